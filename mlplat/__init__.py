@@ -1,0 +1,37 @@
+"""mlplat: a notebook-centric ML platform.
+
+>>> import mlplat
+>>> p = mlplat.connect()          # embedded defaults under $MLPLAT_HOME
+>>> p.features.list_views()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mlplat.errors import MlplatError
+
+__version__ = "0.1.0"
+__all__ = ["MlplatError", "Platform", "connect", "__version__"]
+
+if TYPE_CHECKING:
+    from mlplat.platform import Platform
+
+
+def connect(**settings: Any) -> "Platform":
+    """Open the platform, starting embedded services that are not running yet.
+
+    Keyword arguments override every other configuration layer, e.g.
+    ``connect(home="/tmp/mlp")`` or ``connect(online_store="redis://host:6379/0")``.
+    """
+    from mlplat.platform import Platform
+
+    return Platform.open(**settings)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Platform":
+        from mlplat.platform import Platform
+
+        return Platform
+    raise AttributeError(name)

@@ -1,0 +1,114 @@
+"""Settings: where each service lives, as one URL per service.
+
+Layers, each overriding the one before::
+
+    embedded defaults < $MLPLAT_HOME/config.yaml < ./mlplat.yaml < MLPLAT_* env < arguments
+
+``MLPLAT_HOME`` (default ``~/.mlplat``) holds everything the embedded defaults
+write: the SQLite registry, the Parquet offline store, the Redis data directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import getpass
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlplat.errors import ConfigError
+
+EMBEDDED = "embedded"
+
+# Accepted URL schemes per setting; the value ``embedded`` means "start it here".
+_SCHEMES = {
+    "online_store": (EMBEDDED, "redis://", "rediss://", "unix://"),
+    "registry": ("sqlite:///", "postgresql://", "postgresql+"),
+    "offline_store": ("file://", "s3://", "/"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved platform settings. Build with :func:`load_settings`."""
+
+    home: Path
+    online_store: str  # "embedded" or a redis:// URL
+    registry: str  # SQLAlchemy URL of the metadata database
+    offline_store: str  # file://, s3:// or an absolute path
+    redis_server: str | None = None  # path to a redis-server binary; found on PATH if unset
+    user: str = ""  # who is recorded on registry changes
+    online_prefix: str = "mlp"  # namespace of every online key in Redis
+
+    @property
+    def run_dir(self) -> Path:
+        """Directory for pid/port files of embedded services."""
+        return self.home / "run"
+
+
+_FIELDS = [f.name for f in dataclasses.fields(Settings)]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Merge every configuration layer into :class:`Settings`.
+
+    >>> load_settings(home="/tmp/mlp").registry
+    'sqlite:////tmp/mlp/registry.db'
+    """
+    _check_keys(overrides, "arguments to mlplat.connect()/load_settings()")
+    env = {f: os.environ[f"MLPLAT_{f.upper()}"] for f in _FIELDS if f"MLPLAT_{f.upper()}" in os.environ}
+    home = Path(overrides.get("home") or env.get("home") or "~/.mlplat").expanduser().resolve()
+
+    merged: dict[str, Any] = {}
+    for path in (home / "config.yaml", Path.cwd() / "mlplat.yaml"):
+        merged.update(_read_yaml(path))
+    merged.update(env)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    merged["home"] = home
+
+    merged.setdefault("online_store", EMBEDDED)
+    merged.setdefault("registry", f"sqlite:///{home / 'registry.db'}")
+    merged.setdefault("offline_store", (home / "offline").as_uri())
+    merged.setdefault("user", _current_user())
+    for key, schemes in _SCHEMES.items():
+        value = str(merged[key])
+        if not value.startswith(schemes):
+            raise ConfigError(
+                f"{key}={value!r} is not a supported URL; use one starting with "
+                f"{', '.join(schemes)} (set it in mlplat.yaml or MLPLAT_{key.upper()})."
+            )
+        merged[key] = value
+    return Settings(**merged)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}. Fix the file or remove it.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings such as 'registry: sqlite:///...'.")
+    _check_keys(data, str(path))
+    return data
+
+
+def _check_keys(data: Mapping[str, Any], where: str) -> None:
+    for key in data:
+        if key not in _FIELDS:
+            hint = difflib.get_close_matches(key, _FIELDS, n=1)
+            suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+            raise ConfigError(
+                f"Unknown setting {key!r} in {where}; {suggestion}known settings: {', '.join(_FIELDS)}."
+            )
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

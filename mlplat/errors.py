@@ -1,0 +1,63 @@
+"""Every error a user of mlplat can see.
+
+Each message says what was wrong and what to do about it. Catch ``MlplatError``
+to handle them all; adapters (magics, CLI, REST) turn it into one readable line.
+"""
+
+from __future__ import annotations
+
+
+class MlplatError(Exception):
+    """Base class of every user-facing mlplat error."""
+
+
+class ConfigError(MlplatError):
+    """A setting is missing, mistyped or malformed."""
+
+
+class MissingDependency(MlplatError):
+    """An optional package is needed; the message names the extra to install."""
+
+
+class ServiceError(MlplatError):
+    """An embedded service could not be started, reached or stopped."""
+
+
+class ServiceBinaryNotFound(ServiceError):
+    """The executable of an embedded service is not installed."""
+
+
+class OnlineStoreUnavailable(ServiceError):
+    """The online store (Redis) cannot be reached."""
+
+
+class DefinitionError(MlplatError):
+    """An Entity, Field or FeatureView definition is invalid."""
+
+
+class RegistryError(MlplatError):
+    """The feature registry refused an operation."""
+
+
+class FeatureViewNotFound(RegistryError):
+    """A feature view name is not registered."""
+
+
+class FeatureNotFound(RegistryError):
+    """A ``view:feature`` reference names no feature of that view."""
+
+
+class SchemaError(MlplatError):
+    """Data does not match a feature view's schema."""
+
+
+class MissingColumnError(SchemaError):
+    """A required column (entity key, timestamp, feature) is absent."""
+
+
+class DtypeMismatch(SchemaError):
+    """A column's dtype cannot be stored as the declared feature type."""
+
+
+class EntityDataFrameError(MlplatError):
+    """The entity DataFrame given to ``get_training_set`` is unusable."""

@@ -1,0 +1,188 @@
+"""Typed feature definitions: Entity, Field, FeatureView.
+
+A FeatureView's *schema* (its entities' join keys, timestamp columns and typed
+fields) decides how its data is stored offline and packed online, so changing
+it makes a new version; everything else (TTL, owner, description, tags,
+source) is metadata and changes in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+from mlplat.errors import DefinitionError
+
+DTYPES = ("float32", "float64", "int32", "int64", "bool", "string")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_name(kind: str, name: Any) -> None:
+    if not isinstance(name, str) or not _NAME.match(name) or "__" in name:
+        raise DefinitionError(
+            f"{kind} name {name!r} is invalid; use letters, digits and single underscores, "
+            "starting with a letter (for example 'driver_stats')."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Entity:
+    """A thing features describe, identified by one or more join-key columns.
+
+    >>> Entity("driver", join_keys=["driver_id"])
+    """
+
+    name: str
+    join_keys: list[str]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("Entity", self.name)
+        if isinstance(self.join_keys, str):
+            object.__setattr__(self, "join_keys", [self.join_keys])
+        object.__setattr__(self, "join_keys", list(self.join_keys))
+        if not self.join_keys:
+            raise DefinitionError(f"Entity {self.name!r} needs at least one join key, e.g. join_keys=['{self.name}_id'].")
+        for key in self.join_keys:
+            _check_name("Join key", key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """A typed feature column: ``Field("rating", "float32")``."""
+
+    name: str
+    dtype: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("Field", self.name)
+        if self.dtype not in DTYPES:
+            raise DefinitionError(f"Field {self.name!r} has dtype {self.dtype!r}; use one of {', '.join(DTYPES)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureView:
+    """A versioned group of features of one or more entities, with event timestamps.
+
+    ``ttl`` bounds how old a value may be and still be served (None: forever);
+    ``created_timestamp_field`` breaks ties between rows with the same event time,
+    so a later correction wins; ``source`` is an optional Parquet path that
+    ``ingest(view)`` reads when no DataFrame is given.
+    """
+
+    name: str
+    entities: list[Entity]
+    schema: list[Field]
+    timestamp_field: str = "event_timestamp"
+    created_timestamp_field: str | None = None
+    ttl: timedelta | None = None
+    owner: str = ""
+    description: str = ""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    source: str | None = None
+    version: int = 0  # assigned by the registry
+
+    def __post_init__(self) -> None:
+        _check_name("FeatureView", self.name)
+        object.__setattr__(self, "entities", list(self.entities))
+        object.__setattr__(self, "schema", list(self.schema))
+        object.__setattr__(self, "tags", dict(self.tags))
+        if not self.entities or not all(isinstance(e, Entity) for e in self.entities):
+            raise DefinitionError(f"FeatureView {self.name!r} needs entities=[Entity(...), ...].")
+        if not self.schema or not all(isinstance(f, Field) for f in self.schema):
+            raise DefinitionError(f"FeatureView {self.name!r} needs schema=[Field('name', 'float32'), ...].")
+        if self.ttl is not None and (not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)):
+            raise DefinitionError(f"FeatureView {self.name!r}: ttl must be a positive timedelta or None, not {self.ttl!r}.")
+        _check_name("Timestamp field", self.timestamp_field)
+        if self.created_timestamp_field is not None:
+            _check_name("Created timestamp field", self.created_timestamp_field)
+        columns = [*self.join_keys, self.timestamp_field, *filter(None, [self.created_timestamp_field])]
+        columns += [f.name for f in self.schema]
+        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicates:
+            raise DefinitionError(
+                f"FeatureView {self.name!r} uses the column name(s) {duplicates} twice; each join key, "
+                "timestamp field and feature needs its own name."
+            )
+
+    @property
+    def join_keys(self) -> list[str]:
+        return [key for entity in self.entities for key in entity.join_keys]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.schema]
+
+    def field(self, name: str) -> Field:
+        return next(f for f in self.schema if f.name == name)
+
+    def schema_fingerprint(self) -> str:
+        """Hash of everything that decides how the data is stored."""
+        return hashlib.sha256(json.dumps(self._schema_part(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def _schema_part(self) -> dict[str, Any]:
+        return {
+            "join_keys": self.join_keys,
+            "timestamp_field": self.timestamp_field,
+            "created_timestamp_field": self.created_timestamp_field,
+            "fields": [[f.name, f.dtype] for f in self.schema],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (what the registry stores)."""
+        data = dataclasses.asdict(self)
+        data["ttl"] = None if self.ttl is None else self.ttl.total_seconds()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureView":
+        data = dict(data)
+        data["entities"] = [Entity(**e) for e in data["entities"]]
+        data["schema"] = [Field(**f) for f in data["schema"]]
+        data["ttl"] = None if data.get("ttl") is None else timedelta(seconds=data["ttl"])
+        return cls(**data)
+
+
+def diff_views(old: FeatureView, new: FeatureView) -> list[dict[str, Any]]:
+    """What changed from ``old`` to ``new``, each change marked incompatible or not.
+
+    An incompatible change (a schema change) needs a new version.
+    """
+    changes: list[dict[str, Any]] = []
+    old_fields = {f.name: f for f in old.schema}
+    new_fields = {f.name: f for f in new.schema}
+    for name in new_fields.keys() - old_fields.keys():
+        changes.append({"change": "field added", "name": name, "to": new_fields[name].dtype, "incompatible": True})
+    for name in old_fields.keys() - new_fields.keys():
+        changes.append({"change": "field removed", "name": name, "from": old_fields[name].dtype, "incompatible": True})
+    for name in old_fields.keys() & new_fields.keys():
+        if old_fields[name].dtype != new_fields[name].dtype:
+            changes.append({"change": "dtype changed", "name": name, "from": old_fields[name].dtype,
+                            "to": new_fields[name].dtype, "incompatible": True})
+        elif old_fields[name].description != new_fields[name].description:
+            changes.append({"change": "field description changed", "name": name, "incompatible": False})
+    if [f.name for f in old.schema if f.name in new_fields] != [f.name for f in new.schema if f.name in old_fields]:
+        changes.append({"change": "fields reordered", "incompatible": True})
+    for attr in ("join_keys", "timestamp_field", "created_timestamp_field"):
+        if getattr(old, attr) != getattr(new, attr):
+            changes.append({"change": f"{attr} changed", "from": getattr(old, attr), "to": getattr(new, attr),
+                            "incompatible": True})
+    for attr in ("ttl", "owner", "description", "tags", "source"):
+        if getattr(old, attr) != getattr(new, attr):
+            changes.append({"change": f"{attr} changed", "from": _plain(getattr(old, attr)),
+                            "to": _plain(getattr(new, attr)), "incompatible": False})
+    if [e.name for e in old.entities] != [e.name for e in new.entities] and old.join_keys == new.join_keys:
+        changes.append({"change": "entities renamed", "incompatible": False})
+    return sorted(changes, key=lambda c: (not c["incompatible"], c["change"], c.get("name", "")))
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, timedelta) else value

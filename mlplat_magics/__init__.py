@@ -1,0 +1,1 @@
+"""IPython extension with %feature / %train magics and widgets (filled by the notebook-front issue)."""
