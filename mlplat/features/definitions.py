@@ -186,3 +186,19 @@ def diff_views(old: FeatureView, new: FeatureView) -> list[dict[str, Any]]:
 
 def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, timedelta) else value
+
+
+def definitions_from_file(path: str) -> list[Entity | FeatureView]:
+    """Run a Python file and return the Entity and FeatureView objects it defines."""
+    import runpy
+
+    try:
+        namespace = runpy.run_path(str(path))
+    except FileNotFoundError:
+        raise DefinitionError(f"No definitions file at {path}; give the path of a .py file.") from None
+    except Exception as exc:  # the user's code: report what it raised, wherever
+        raise DefinitionError(f"Running {path} failed: {type(exc).__name__}: {exc}") from exc
+    found = [v for v in namespace.values() if isinstance(v, (Entity, FeatureView))]
+    if not found:
+        raise DefinitionError(f"{path} defines no Entity or FeatureView at module level.")
+    return found

@@ -207,9 +207,9 @@ class Registry:
                 f"Feature view {name!r} has no version {version}; it has versions {self.versions(name)}."
             )
         hint = difflib.get_close_matches(name, names, n=1)
-        did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
         listing = f" Registered views: {', '.join(names)}." if names else " No views are registered yet; apply some first."
-        return FeatureViewNotFound(f"{name!r} is not a registered feature view{did_you_mean}{listing}")
+        return FeatureViewNotFound(f"{name!r} is not a registered feature view{did_you_mean}.{listing}")
 
     def view_names(self) -> list[str]:
         with self.engine.connect() as conn:

