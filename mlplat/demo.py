@@ -42,7 +42,7 @@ def make_dataset(drivers: int = 1000, customers: int = 2000, days: int = 14, tri
     end = pd.Timestamp.now(tz="UTC").floor("h")
     day_starts = pd.date_range(end=end - pd.Timedelta(hours=1), periods=days, freq="D")
     ids = np.repeat(np.arange(1, drivers + 1), days)
-    when = pd.to_datetime(np.tile(day_starts.asi8, drivers), utc=True) + pd.to_timedelta(rng.integers(0, 3600, len(ids)), unit="s")
+    when = day_starts[np.tile(np.arange(days), drivers)] + pd.to_timedelta(rng.integers(0, 3600, len(ids)), unit="s")
     skill = rng.normal(0, 1, drivers)[ids - 1]
     stats = pd.DataFrame({
         "driver_id": ids, "event_timestamp": when,
@@ -123,7 +123,7 @@ def run(fresh: bool = False) -> None:
     print(f"  training set: {train.shape[0]:,} rows x {train.shape[1]} columns, "
           f"{train['rating'].notna().mean():.1%} with driver features, "
           f"label rate {train['completed'].mean():.1%}")
-    print(train.sample(5, random_state=1).round(3).to_string(index=False))
+    print(train.sample(5, random_state=1).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for result in results:
         print(f"  materialised {result.view} v{result.version}: {result.entities:,} entities from {result.rows_read:,} rows")
     print("  online:", {k: [round(v, 3) if isinstance(v, float) else v for v in vs] for k, vs in online.to_dict().items()})
