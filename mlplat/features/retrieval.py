@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mlplat.errors import EntityDataFrameError, MissingColumnError
+from mlplat.errors import EntityDataFrameError, MissingColumnError, SchemaError
 from mlplat.features.offline import OfflineStore
 from mlplat.features.pit import key_codes, latest_at
 from mlplat.features.refs import ViewRequest
@@ -34,7 +34,10 @@ def entity_times(entity_df: pd.DataFrame, timestamp_field: str) -> np.ndarray:
             "timestamp_field='your_column'."
         )
     column = pa.chunked_array([pa.array(entity_df[timestamp_field], from_pandas=True)])
-    return timestamp_column(column, timestamp_field, "entity_df").to_numpy().astype(np.int64)
+    try:
+        return timestamp_column(column, timestamp_field, "entity_df").to_numpy().astype(np.int64)
+    except SchemaError as exc:
+        raise EntityDataFrameError(str(exc)) from None
 
 
 def check_keys(entity_df: pd.DataFrame, requests: list[ViewRequest]) -> None:
