@@ -1,0 +1,78 @@
+"""The `mlplat` command, as a user types it."""
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from mlplat.cli import main
+
+DEFINITIONS = """
+from datetime import timedelta
+from mlplat.features import Entity, FeatureView, Field
+
+driver = Entity("driver", join_keys=["driver_id"])
+stats = FeatureView("driver_stats", entities=[driver], ttl=timedelta(days=2), owner="ana",
+                    schema=[Field("rating", "{rating}"), Field("trips", "int64")])
+"""
+
+
+@pytest.fixture
+def cli(redis_url, monkeypatch):
+    monkeypatch.setenv("MLPLAT_ONLINE_STORE", redis_url)
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    return run
+
+
+def write_defs(tmp_path, rating="float32"):
+    path = tmp_path / "defs.py"
+    path.write_text(textwrap.dedent(DEFINITIONS).replace("{rating}", rating))
+    return str(path)
+
+
+def test_apply_list_show_diff_history(cli, tmp_path):
+    result = cli("features", "apply", write_defs(tmp_path))
+    assert result.exit_code == 0
+    assert "entity       driver: created" in result.output
+    assert "feature_view driver_stats v1: created" in result.output
+    changed = cli("features", "apply", write_defs(tmp_path, rating="float64"))
+    assert "driver_stats v2: new_version" in changed.output
+    assert "dtype changed rating float32 -> float64 (incompatible: new version)" in changed.output
+    listing = cli("features", "list")
+    assert listing.output.split()[:4] == ["driver_stats", "v2", "2", "features"]
+    shown = json.loads(cli("features", "show", "driver_stats", "--version", "1").output)
+    assert shown["schema"][0] == {"name": "rating", "dtype": "float32", "description": ""}
+    assert "dtype changed rating float32 -> float64" in cli("features", "diff", "driver_stats", "1").output
+    history = cli("features", "history", "driver_stats").output.splitlines()
+    assert [line.split()[3] for line in history] == ["created", "new_version"]
+
+
+def test_errors_are_one_line_with_the_fix(cli, tmp_path):
+    result = cli("features", "show", "nope")
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("Error: 'nope' is not a registered feature view")
+    assert "Traceback" not in result.output
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ValueError('oops')\n")
+    assert "Running" in cli("features", "apply", str(broken)).output
+
+
+def test_up_status_down(tmp_path, monkeypatch):
+    runner = CliRunner()
+    up = runner.invoke(main, ["up"])
+    assert up.exit_code == 0 and "redis    running" in up.output
+    status = runner.invoke(main, ["status"])
+    assert status.exit_code == 0 and "redis://127.0.0.1:" in status.output
+    assert "stopped: redis" in runner.invoke(main, ["down"]).output
+    stopped = runner.invoke(main, ["status"])
+    assert stopped.exit_code == 1 and "redis    stopped" in stopped.output
+
+
+def test_materialize_command(cli, tmp_path):
+    cli("features", "apply", write_defs(tmp_path))
+    assert "driver_stats v1: read 0 rows" in cli("features", "materialize").output
