@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from mlplat.platform import Platform
 
 
-def connect(**settings: Any) -> "Platform":
+def connect(**settings: Any) -> Platform:
     """Open the platform, starting embedded services that are not running yet.
 
     Keyword arguments override every other configuration layer, e.g.

@@ -14,8 +14,9 @@ import dataclasses
 import difflib
 import getpass
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mlplat.errors import ConfigError
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

@@ -18,7 +18,7 @@ class Platform:
         self.settings = settings
 
     @classmethod
-    def open(cls, **overrides: Any) -> "Platform":
+    def open(cls, **overrides: Any) -> Platform:
         """Load settings and start the embedded services they ask for."""
         from mlplat import services
 
@@ -46,7 +46,7 @@ class Platform:
             self.features.registry.engine.dispose()
             del self.__dict__["features"]
 
-    def __enter__(self) -> "Platform":
+    def __enter__(self) -> Platform:
         return self
 
     def __exit__(self, *exc: object) -> None:

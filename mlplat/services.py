@@ -18,9 +18,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from mlplat.config import EMBEDDED, Settings
 from mlplat.errors import ServiceBinaryNotFound, ServiceError

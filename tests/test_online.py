@@ -7,12 +7,12 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from oracle import latest_value
 
 import mlplat
 from mlplat import services
 from mlplat.errors import FeatureViewNotFound, MissingColumnError, OnlineStoreUnavailable
 from mlplat.features import Entity, FeatureView, Field
-from oracle import latest_value
 
 NOW = pd.Timestamp.now(tz="UTC").floor("s")
 shop = Entity("shop", ["shop_id", "region"])

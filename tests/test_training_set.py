@@ -6,10 +6,10 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from oracle import latest_value
 
 from mlplat.errors import EntityDataFrameError, MissingColumnError
 from mlplat.features import Entity, FeatureView, Field
-from oracle import latest_value
 
 START = pd.Timestamp("2026-03-01", tz="UTC")
 driver = Entity("driver", ["driver_id"])
@@ -93,7 +93,7 @@ def oracle_frame(batches, entity_df):
     views = {v.name: v for v in VIEWS}
     expected = {column: [] for _, _, column in COLUMNS.values()}
     for query in entity_df.to_dict("records"):
-        for ref, (view_name, feature, column) in COLUMNS.items():
+        for view_name, feature, column in COLUMNS.values():
             view = views[view_name]
             keys = {k: query[k] for k in view.join_keys}
             value = latest_value(rows[view_name], keys, query["event_timestamp"], view.ttl, feature,

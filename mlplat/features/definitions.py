@@ -143,7 +143,7 @@ class FeatureView:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FeatureView":
+    def from_dict(cls, data: dict[str, Any]) -> FeatureView:
         data = dict(data)
         data["entities"] = [Entity(**e) for e in data["entities"]]
         data["schema"] = [Field(**f) for f in data["schema"]]

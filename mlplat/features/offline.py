@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -134,7 +134,7 @@ class OfflineStore:
 
 def day_of(ns: int | None) -> str | None:
     """The UTC date (YYYY-MM-DD) of a ns timestamp, None for None."""
-    return None if ns is None else datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d")
+    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d")
 
 
 def _empty(view: FeatureView, schema: pa.Schema, columns: list[str]) -> pa.Table:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

@@ -10,8 +10,8 @@ share the name.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from mlplat.errors import FeatureNotFound
 from mlplat.features.definitions import FeatureView

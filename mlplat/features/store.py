@@ -7,13 +7,15 @@ together; each operation lives in its own module.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from mlplat.errors import DefinitionError, MissingColumnError
+from mlplat.features import retrieval
 from mlplat.features.definitions import Entity, FeatureView, diff_views
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
 from mlplat.features.offline import IngestResult, OfflineStore
@@ -21,7 +23,6 @@ from mlplat.features.online import RecordCodec, RedisOnlineStore, entity_key_str
 from mlplat.features.refs import ViewRequest, resolve
 from mlplat.features.registry import ApplyResult, Registry
 from mlplat.features.schema import conform
-from mlplat.features import retrieval
 
 
 class OnlineFeatures:
@@ -189,7 +190,7 @@ def _ns(moment: datetime) -> int:
     if not isinstance(moment, datetime):
         raise DefinitionError(f"Expected a datetime, got {moment!r}.")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(pd.Timestamp(moment).value)
 
 
