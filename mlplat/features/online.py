@@ -4,11 +4,13 @@ Key:   ``<prefix>:<view>:<version>:<entity key>``, the entity key being the
        join-key values as text, joined by ``\\x1f`` when there are several.
 Value: a little-endian packed record (numpy structured dtype, no padding)::
 
-           int64 event_ns | int64 created_ns | uint8 valid[n] | one fixed-width slot per numeric feature
-           followed, for views with string features, by uint32 length + UTF-8 bytes per string.
+           int64 event_ns | int64 created_ns | uint8 valid[n_features]
+           | one block per numeric dtype, e.g. float32[k] (the view's float32 features in schema order)
+           then, for views with string features, uint32 length + UTF-8 bytes per string.
 
 A read is one ``MGET`` for every entity of every view, decoded by a single
-``np.frombuffer`` per view: no per-value Python objects until ``to_dict()``.
+``np.frombuffer`` per view and one ``tolist()`` per dtype block: Python objects
+are made only for the values returned.
 Each key expires (``PXAT``) when its value passes the view's TTL, so expired
 entities read as missing without a check on the hot path. Writes compare with
 what is stored and never replace a newer value with an older one, in
@@ -17,15 +19,14 @@ what is stored and never replace a newer value with an older one, in
 
 from __future__ import annotations
 
-import contextlib
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import redis
 
 from mlplat.errors import OnlineStoreUnavailable
 from mlplat.features.definitions import FeatureView
@@ -33,19 +34,39 @@ from mlplat.features.definitions import FeatureView
 _NUMPY = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "u1"}
 _HEADER = np.dtype([("event_ns", "<i8"), ("created_ns", "<i8")])
 BATCH = 5000
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass(frozen=True)
+class _DecodePlan:
+    """For one tuple of requested features: which block columns hold them."""
+
+    blocks: list[tuple[str, np.ndarray | None, list[str], bool]]  # block, columns (None: all), names, is_bool
+    positions: np.ndarray  # each requested feature's index in the valid flags
+    strings: list[str]
 
 
 class RecordCodec:
-    """Packs rows of one view version into bytes and back."""
+    """Packs rows of one view version into bytes and back.
+
+    Numeric features of one dtype sit side by side in one block, so a whole
+    block decodes to per-feature Python lists with a single ``.T.tolist()``.
+    """
 
     def __init__(self, view: FeatureView):
         self.view = view
-        self.numeric = [f for f in view.schema if f.dtype != "string"]
-        self.strings = [f for f in view.schema if f.dtype == "string"]
-        fields = [("event_ns", "<i8"), ("created_ns", "<i8"), ("valid", "u1", (len(view.schema),))]
-        fields += [(f"f_{f.name}", _NUMPY[f.dtype]) for f in self.numeric]
-        self.dtype = np.dtype(fields)
         self.position = {f.name: i for i, f in enumerate(view.schema)}
+        self.strings = [f.name for f in view.schema if f.dtype == "string"]
+        self.blocks: dict[str, list[str]] = {}  # block name -> feature names, in schema order
+        for field in view.schema:
+            if field.dtype != "string":
+                self.blocks.setdefault(field.dtype, []).append(field.name)
+        self.slot = {name: (block, i) for block, names in self.blocks.items() for i, name in enumerate(names)}
+        fields = [("event_ns", "<i8"), ("created_ns", "<i8"), ("valid", "u1", (len(view.schema),))]
+        fields += [(block, _NUMPY[block], (len(names),)) for block, names in self.blocks.items()]
+        self.dtype = np.dtype(fields)
+        self.blank = b"\0" * self.dtype.itemsize  # all valid flags zero: every feature null
+        self._plans: dict[tuple[str, ...], _DecodePlan] = {}
 
     def encode(self, table: pa.Table, event_ns: np.ndarray, created_ns: np.ndarray) -> list[bytes]:
         """One packed value per row of ``table`` (which holds the view's features)."""
@@ -55,56 +76,65 @@ class RecordCodec:
         records["created_ns"] = created_ns
         for field in self.view.schema:
             column = table.column(field.name)
-            valid = ~column.is_null().to_numpy(zero_copy_only=False)
-            records["valid"][:, self.position[field.name]] = valid
+            records["valid"][:, self.position[field.name]] = ~column.is_null().to_numpy(zero_copy_only=False)
             if field.dtype != "string":
+                block, i = self.slot[field.name]
                 filler = pa.scalar(False if field.dtype == "bool" else 0, column.type)
-                records[f"f_{field.name}"] = column.fill_null(filler).to_numpy(zero_copy_only=False)
+                records[block][:, i] = column.fill_null(filler).to_numpy(zero_copy_only=False)
         size = self.dtype.itemsize
         raw = records.tobytes()
         values = [raw[i * size:(i + 1) * size] for i in range(n)]
         if self.strings:
-            texts = [table.column(f.name).to_pylist() for f in self.strings]
-            for i in range(n):
-                tail = b"".join(_pack_text(column[i]) for column in texts)
-                values[i] += tail
+            texts = [table.column(name).to_pylist() for name in self.strings]
+            values = [value + b"".join(_pack_text(column[i]) for column in texts) for i, value in enumerate(values)]
         return values
 
     def decode(self, values: list[bytes | None], features: tuple[str, ...]) -> dict[str, list]:
         """Columns of feature values (None where missing) from stored values."""
-        size = self.dtype.itemsize
-        present = [v is not None for v in values]
-        blank = b"\0" * size  # valid flags all zero: every feature null
-        records = np.frombuffer(b"".join(v[:size] if v is not None else blank for v in values), dtype=self.dtype)
-        valid = records["valid"]
+        plan = self._plans.get(features) or self._plan(features)
+        if self.strings:
+            size = self.dtype.itemsize
+            fixed = b"".join(self.blank if v is None else v[:size] for v in values)
+        else:
+            fixed = b"".join(self.blank if v is None else v for v in values)
+        records = np.frombuffer(fixed, dtype=self.dtype)
         out: dict[str, list] = {}
-        texts = self._decode_texts(values) if self.strings and any(present) else {}
-        for feature in features:
-            flags = valid[:, self.position[feature]]
-            if feature in texts:
-                column = texts[feature]
-            else:
-                column = records[f"f_{feature}"].tolist()
-                if self.view.field(feature).dtype == "bool":
-                    column = [bool(x) for x in column]
-            if not flags.all():
-                column = [x if ok else None for x, ok in zip(column, flags)]
-            out[feature] = column
-        return out
+        for block, columns, names, is_bool in plan.blocks:
+            data = records[block] if columns is None else records[block][:, columns]
+            out.update(zip(names, (data.astype(bool) if is_bool else data).T.tolist()))
+        if plan.strings:
+            out.update(self._decode_texts(values, plan.strings))
+        valid = records["valid"][:, plan.positions]
+        if not valid.all():
+            for name, flags in zip(features, valid.T.tolist()):
+                out[name] = [x if ok else None for x, ok in zip(out[name], flags)]
+        return {name: out[name] for name in features}
 
-    def _decode_texts(self, values: list[bytes | None]) -> dict[str, list]:
+    def _plan(self, features: tuple[str, ...]) -> _DecodePlan:
+        blocks = []
+        for block, names in self.blocks.items():
+            wanted = [name for name in features if self.slot.get(name, ("",))[0] == block]
+            if wanted:
+                columns = None if wanted == names else np.array([self.slot[n][1] for n in wanted])
+                blocks.append((block, columns, wanted, block == "bool"))
+        positions = np.array([self.position[name] for name in features], dtype=np.intp)
+        plan = _DecodePlan(blocks, positions, [n for n in features if n in self.strings])
+        self._plans[features] = plan
+        return plan
+
+    def _decode_texts(self, values: list[bytes | None], wanted: list[str]) -> dict[str, list]:
         size = self.dtype.itemsize
-        columns: dict[str, list] = {f.name: [] for f in self.strings}
+        columns: dict[str, list] = {name: [] for name in self.strings}
         for value in values:
             offset = size
-            for field in self.strings:
+            for name in self.strings:
                 if value is None:
-                    columns[field.name].append(None)
+                    columns[name].append(None)
                     continue
                 (length,) = struct.unpack_from("<I", value, offset)
-                columns[field.name].append(value[offset + 4:offset + 4 + length].decode())
+                columns[name].append(value[offset + 4:offset + 4 + length].decode())
                 offset += 4 + length
-        return columns
+        return {name: columns[name] for name in wanted}
 
     def stamps(self, values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
         """(event_ns, created_ns) of stored values; int64 min where absent."""
@@ -133,17 +163,19 @@ class RedisOnlineStore:
     prefix: str = "mlp"
 
     @cached_property
-    def client(self):
-        import redis
-
+    def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5)
 
     def key_prefix(self, view: FeatureView) -> str:
         return f"{self.prefix}:{view.name}:{view.version}:"
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
-        with _redis_errors(self.url):
-            return self.client.mget(keys) if keys else []
+        if not keys:
+            return []
+        try:
+            return self.client.mget(keys)
+        except _CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
 
     def write(self, view: FeatureView, codec: RecordCodec, entity_keys: list[str], table: pa.Table,
               event_ns: np.ndarray, created_ns: np.ndarray, ttl_ns: int | None, now_ns: int) -> int:
@@ -163,31 +195,25 @@ class RedisOnlineStore:
             if not len(rows):
                 continue
             values = codec.encode(table.slice(start, len(keys)).take(rows), ev[rows], cr[rows])
-            with _redis_errors(self.url):
-                pipe = self.client.pipeline(transaction=True)
-                for i, value in zip(rows.tolist(), values):
-                    if expire is None:
-                        pipe.set(keys[i], value)
-                    else:
-                        pipe.set(keys[i], value, pxat=int(expire[i]))
+            pipe = self.client.pipeline(transaction=True)
+            for i, value in zip(rows.tolist(), values):
+                if expire is None:
+                    pipe.set(keys[i], value)
+                else:
+                    pipe.set(keys[i], value, pxat=int(expire[i]))
+            try:
                 pipe.execute()
+            except _CONNECTION_ERRORS as exc:
+                raise self._unavailable(exc) from None
             written += len(rows)
         return written
+
+    def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
+        return OnlineStoreUnavailable(
+            f"Cannot reach the online store at {self.url} ({exc}). Start it with `mlplat up`, "
+            "or set online_store to a reachable redis:// URL."
+        )
 
     def close(self) -> None:
         if "client" in self.__dict__:
             self.client.close()
-
-
-@contextlib.contextmanager
-def _redis_errors(url: str) -> Iterator[None]:
-    """Turn connection failures into OnlineStoreUnavailable with a way out."""
-    import redis
-
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise OnlineStoreUnavailable(
-            f"Cannot reach the online store at {url} ({exc}). Start it with `mlplat up`, "
-            "or set online_store to a reachable redis:// URL."
-        ) from None
