@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Make sure the system tools mlplat needs exist: Python's venv module and a redis-server.
+# Make sure the system tools mlplat needs exist: Python's venv module, a redis-server, and
+# PostgreSQL's server binaries (for the registry tests).
 # As root, missing ones are installed with apt-get; otherwise we say how.
 set -euo pipefail
 
 missing=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
 command -v redis-server >/dev/null || command -v valkey-server >/dev/null || missing+=(redis-server)
+# The tests run the registry against a private PostgreSQL server too.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
+import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 import mlplat
 from mlplat.config import load_settings
 from mlplat.features import Entity, FeatureView, Field
-from mlplat.services import RedisService
+from mlplat.services import RedisService, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +54,47 @@ def driver():
 def driver_stats(driver):
     return FeatureView("driver_stats", entities=[driver], ttl=timedelta(days=2),
                        schema=[Field("rating", "float32"), Field("trips", "int64")])
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A private PostgreSQL server on a free loopback port (initdb as the postgres user when root)."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (make install adds them with apt-get)")
+    root = Path(tempfile.mkdtemp(prefix="mlplat-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(root / "db"), "-U", "mlplat", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [*as_user, str(bindir / "postgres"), "-D", str(root / "db"), "-p", str(port), "-h", "127.0.0.1",
+         "-k", str(root), "-c", "fsync=off"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql+psycopg://mlplat@127.0.0.1:{port}/postgres"
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(f"host=127.0.0.1 port={port} user=mlplat dbname=postgres").close()
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(30)
+    shutil.rmtree(root, ignore_errors=True)

@@ -3,6 +3,7 @@
 from dataclasses import replace
 from datetime import timedelta
 
+import pandas as pd
 import pytest
 
 import mlplat
@@ -107,3 +108,25 @@ def test_list_filters_by_pattern(platform, driver, driver_stats):
     platform.features.apply([driver, driver_stats, replace(driver_stats, name="driver_profile")])
     assert [v.name for v in platform.features.list_views()] == ["driver_profile", "driver_stats"]
     assert [v.name for v in platform.features.list_views("STATS")] == ["driver_stats"]
+
+
+def test_a_view_renders_as_html(driver, driver_stats):
+    html = replace(driver_stats, description="Daily <stats>")._repr_html_()
+    assert "<td>rating</td><td>float32</td>" in html
+    assert "Daily &lt;stats&gt;" in html and "driver (driver_id)" in html
+
+
+def test_the_registry_on_postgresql(tmp_path, redis_url, postgres_url, driver, driver_stats):
+    p = mlplat.connect(home=str(tmp_path / "h"), online_store=redis_url, registry=postgres_url, user="ana")
+    try:
+        p.features.apply([driver, driver_stats])
+        p.features.apply([replace(driver_stats, schema=[Field("rating", "float64")])])
+        assert p.features.registry.versions("driver_stats") == [1, 2]
+        assert [h["action"] for h in p.features.registry.history("driver_stats")] == ["created", "new_version"]
+        p.features.push("driver_stats", pd.DataFrame(
+            {"driver_id": [1], "event_timestamp": [pd.Timestamp.now(tz="UTC")], "rating": [4.0]}))
+        (result,) = p.features.materialize()
+        assert p.features.registry.watermark(p.features.get_view("driver_stats")).event_end_ns > 0
+        assert result.version == 2
+    finally:
+        p.close()

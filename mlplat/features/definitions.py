@@ -124,6 +124,18 @@ class FeatureView:
     def field(self, name: str) -> Field:
         return next(f for f in self.schema if f.name == name)
 
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(f"<tr><td>{escape(f.name)}</td><td>{f.dtype}</td><td>{escape(f.description)}</td></tr>"
+                       for f in self.schema)
+        facts = {"entities": ", ".join(f"{e.name} ({', '.join(e.join_keys)})" for e in self.entities),
+                 "timestamp": self.timestamp_field, "ttl": str(self.ttl or "none"), "owner": self.owner or "-",
+                 "tags": ", ".join(f"{k}={v}" for k, v in self.tags.items()) or "-"}
+        header = "".join(f"<div><b>{k}</b>: {escape(v)}</div>" for k, v in facts.items())
+        return (f"<div><h4>{escape(self.name)} v{self.version}</h4><p>{escape(self.description)}</p>{header}"
+                f"<table><tr><th>feature</th><th>dtype</th><th>description</th></tr>{rows}</table></div>")
+
     def schema_fingerprint(self) -> str:
         """Hash of everything that decides how the data is stored."""
         return hashlib.sha256(json.dumps(self._schema_part(), sort_keys=True).encode()).hexdigest()[:16]
