@@ -140,6 +140,11 @@ def test_unreachable_redis_is_explained(tmp_path, driver, driver_stats):
     p.features.apply([driver, driver_stats])
     with pytest.raises(OnlineStoreUnavailable, match="Start it with `mlplat up`"):
         p.features.get_online_features(["driver_stats:rating"], [{"driver_id": 1}])
+    with pytest.raises(OnlineStoreUnavailable):
+        p.features.push("driver_stats", pd.DataFrame(
+            {"driver_id": [1], "event_timestamp": [NOW], "rating": [4.5], "trips": [9]}))
+    query = pd.DataFrame({"driver_id": [1], "event_timestamp": [NOW]})
+    assert np.isnan(p.features.get_training_set(query, ["driver_stats:rating"])["rating"].iloc[0])  # nothing written
     p.close()
 
 

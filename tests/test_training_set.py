@@ -118,6 +118,8 @@ def test_matches_the_oracle_row_by_row(loaded, data):
     pd.testing.assert_frame_equal(result[entity_df.columns], entity_df)
     assert list(result.columns) == [*entity_df.columns, *(c for _, _, c in COLUMNS.values())]
     assert result["trips"].dtype == "Int64" and result["busy"].dtype == "boolean"
+    narrow = loaded.features.get_training_set(entity_df.astype({"driver_id": "int32"}), FEATURES)
+    pd.testing.assert_frame_equal(narrow.drop(columns="driver_id"), result.drop(columns="driver_id"))
 
 
 def test_the_same_join_on_a_dask_cluster(loaded, data):

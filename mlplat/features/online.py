@@ -169,6 +169,13 @@ class RedisOnlineStore:
     def key_prefix(self, view: FeatureView) -> str:
         return f"{self.prefix}:{view.name}:{view.version}:"
 
+    def ping(self) -> None:
+        """Raise OnlineStoreUnavailable unless Redis answers."""
+        try:
+            self.client.ping()
+        except _CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
+
     def mget(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []

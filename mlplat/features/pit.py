@@ -27,11 +27,17 @@ def codes_of(keys: list[np.ndarray]) -> np.ndarray:
 
 def key_codes(query_keys: list[np.ndarray], data_keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Codes for both sides at once, so equal key tuples get equal codes."""
-    joined = [np.concatenate([q, d]) if q.dtype == d.dtype else np.concatenate([q.astype(object), d.astype(object)])
+    joined = [np.concatenate([q, d]) if q.dtype == d.dtype else np.concatenate(_common_type(q, d))
               for q, d in zip(query_keys, data_keys)]
     codes = codes_of(joined)
     n = len(query_keys[0])
     return codes[:n], codes[n:]
+
+
+def _common_type(q: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if q.dtype.kind in "iu" and d.dtype.kind in "iu":
+        return q.astype(np.int64), d.astype(np.int64)
+    return q.astype(object), d.astype(object)
 
 
 def latest_at(

@@ -128,6 +128,7 @@ class FeatureStore:
         """Streaming ingestion: append ``df`` offline and update online at once; return rows."""
         definition = self.registry.get_view(view)
         table = conform(definition, df)
+        self.online.ping()  # fail before writing anything when Redis is down
         self.offline.write(definition, table)
         write_latest(self.online, definition, table, time.time_ns())
         return table.num_rows
@@ -140,9 +141,9 @@ class FeatureStore:
         ``entity_rows`` is a list of dicts (``[{"driver_id": 1}]``) or, faster,
         a dict of columns (``{"driver_id": [1, 2]}``).
         """
-        plan = self._plans.get(tuple(features))
-        if plan is None:
-            plan = self._plan(features)
+        if isinstance(features, str):
+            features = [features]
+        plan = self._plans.get(tuple(features)) or self._plan(features)
         if isinstance(entity_rows, Mapping):
             columns = {k: list(v) for k, v in entity_rows.items()}
         else:
@@ -168,8 +169,6 @@ class FeatureStore:
         return OnlineFeatures(out)
 
     def _plan(self, features: Sequence[str]) -> list[tuple[ViewRequest, RecordCodec]]:
-        if isinstance(features, str):
-            features = [features]
         requests = resolve(features, self.registry.get_view)
         plan = [(r, RecordCodec(r.view)) for r in requests]
         self._plans[tuple(features)] = plan
