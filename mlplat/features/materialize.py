@@ -64,7 +64,7 @@ def materialize_view(
 
     def read(subset, since):
         since = max(filter(lambda x: x is not None, (since, lower)), default=None)
-        return offline.read(view, columns, since, end_ns, files=subset)[0]
+        return offline.read(view, columns, since, end_ns, files=subset)
 
     if mark is None:
         parts = [(files, start_ns)]
@@ -73,7 +73,7 @@ def materialize_view(
         parts = [([f for f in files if f.ingest_ns <= mark.ingest_ns], since),
                  ([f for f in files if f.ingest_ns > mark.ingest_ns], None)]
     tables = [read(subset, since) for subset, since in parts if subset]
-    table = pa.concat_tables(tables) if tables else offline.read(view, columns, 0, 0, files=[])[0]
+    table = pa.concat_tables(tables) if tables else offline.read(view, columns, 0, 0, files=[])
     entities, written = write_latest(online, view, table, now_ns)
     newest_file = max((f.ingest_ns for f in files), default=mark.ingest_ns if mark else 0)
     event_end = max(end_ns, mark.event_end_ns) if mark else end_ns

@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -78,7 +77,7 @@ class OfflineStore:
                 self.fs.create_dir(folder, recursive=True)
                 name = f"{ingest_ns:020d}-{uuid.uuid4().hex[:8]}.parquet"
                 temporary = f"{folder}/.{name}.tmp"
-                pq.write_table(part, temporary, filesystem=self.fs, compression="zstd")
+                pq.write_table(part, temporary, filesystem=self.fs, compression="snappy")
                 staged.append((temporary, f"{folder}/{name}"))
         except BaseException:
             for temporary, _ in staged:
@@ -105,17 +104,18 @@ class OfflineStore:
     def read(
         self, view: FeatureView, columns: list[str], start_ns: int | None = None, end_ns: int | None = None,
         files: list[StoredFile] | None = None,
-    ) -> tuple[pa.Table, np.ndarray]:
-        """Rows with ``start_ns <= timestamp <= end_ns`` and the ingest time of each row.
+    ) -> pa.Table:
+        """Rows with ``start_ns <= timestamp <= end_ns``, in ingest order.
 
-        Only date partitions that can hold such rows are opened.
+        Only date partitions that can hold such rows are opened; the files are
+        scanned in parallel and their rows come back in the order of ``files``.
         """
         if files is None:
             files = self.files(view, day_of(start_ns), day_of(end_ns))
         schema = arrow_schema(view)
         wanted = list(dict.fromkeys(columns))
         if not files:
-            return _empty(view, schema, wanted), np.empty(0, dtype=np.int64)
+            return _empty(schema, wanted)
         ts = ds.field(view.timestamp_field)
         condition = None
         if start_ns is not None:
@@ -123,13 +123,8 @@ class OfflineStore:
         if end_ns is not None:
             upper = ts <= pa.scalar(end_ns, TIMESTAMP)
             condition = upper if condition is None else condition & upper
-        parts, seqs = [], []
         dataset = ds.dataset([f.path for f in files], format="parquet", filesystem=self.fs)
-        for fragment, stored in zip(dataset.get_fragments(), files):
-            part = fragment.to_table(columns=wanted, filter=condition)
-            parts.append(part)
-            seqs.append(np.full(part.num_rows, stored.ingest_ns, dtype=np.int64))
-        return pa.concat_tables(parts, promote_options="default"), np.concatenate(seqs)
+        return dataset.to_table(columns=wanted, filter=condition)  # keeps the files' order
 
 
 def day_of(ns: int | None) -> str | None:
@@ -137,6 +132,6 @@ def day_of(ns: int | None) -> str | None:
     return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d")
 
 
-def _empty(view: FeatureView, schema: pa.Schema, columns: list[str]) -> pa.Table:
+def _empty(schema: pa.Schema, columns: list[str]) -> pa.Table:
     fields = [schema.field(c) if c in schema.names else pa.field(c, pa.int64()) for c in columns]
     return pa.Table.from_pylist([], schema=pa.schema(fields))

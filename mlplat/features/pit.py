@@ -51,23 +51,56 @@ def latest_at(
     """
     if len(data_ts) == 0:
         return np.full(len(query_ts), -1, dtype=np.int64)
-    times = np.unique(data_ts)
-    span = len(times) + 1
-    data_key = data_codes * span + np.searchsorted(times, data_ts) + 1
-    if data_created is None:
-        order = np.argsort(data_key, kind="stable")
-    else:
-        order = np.lexsort((data_created, data_key))
+    data_key, query_key = _sortable_keys(query_codes, query_ts, data_codes, data_ts)
+    order = np.argsort(data_key)  # unstable is several times faster; exact ties are redone below
     sorted_key = data_key[order]
-    query_key = query_codes * span + np.searchsorted(times, query_ts, side="right")
-    pos = np.searchsorted(sorted_key, query_key, side="right") - 1
+    if np.any(sorted_key[1:] == sorted_key[:-1]):
+        # Same entity, same time: the later created time wins, then the later ingest (lexsort is stable).
+        order = np.lexsort((data_key,) if data_created is None else (data_created, data_key))
+        sorted_key = data_key[order]
+    pos = _search_right(sorted_key, query_key) - 1
     found = pos >= 0
-    pos[~found] = 0
-    hit = order[pos]
+    hit = order[np.maximum(pos, 0)]
     found &= data_codes[hit] == query_codes
     if ttl_ns is not None:
         found &= query_ts - data_ts[hit] <= ttl_ns
     return np.where(found, hit, -1)
+
+
+def _sortable_keys(query_codes, query_ts, data_codes, data_ts) -> tuple[np.ndarray, np.ndarray]:
+    """One int64 per row ordering rows by (code, time), comparable across both sides.
+
+    ``code * span + time offset`` in the coarsest unit that all times are whole
+    multiples of (seconds, ms, us, ns), so the offset fits beside the code;
+    when it would not fit, times are replaced by their dense rank first.
+    """
+    lo = min(int(data_ts.min()), int(query_ts.min()) if len(query_ts) else int(data_ts.min()))
+    hi = max(int(data_ts.max()), int(query_ts.max()) if len(query_ts) else int(data_ts.max()))
+    codes = int(max(data_codes.max(), query_codes.max() if len(query_codes) else 0)) + 1
+    for unit in (1_000_000_000, 1_000_000, 1_000, 1):
+        if unit > 1 and (np.any(data_ts % unit) or np.any(query_ts % unit)):
+            continue
+        span = (hi - lo) // unit + 1
+        if codes * span < 2**62:
+            return data_codes * span + (data_ts - lo) // unit, query_codes * span + (query_ts - lo) // unit
+        break  # a finer unit only makes the span longer
+    order = np.argsort(data_ts)
+    ordered = data_ts[order]
+    first = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    distinct = ordered[first]
+    data_rank = np.empty(len(data_ts), dtype=np.int64)
+    data_rank[order] = np.cumsum(first) - 1
+    query_rank = _search_right(distinct, query_ts) - 1  # -1: before every data row
+    span = len(distinct) + 1
+    return data_codes * span + data_rank + 1, query_codes * span + query_rank + 1
+
+
+def _search_right(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(..., side="right")``, made cache-friendly by searching in sorted order."""
+    order = np.argsort(queries)
+    positions = np.empty(len(queries), dtype=np.int64)
+    positions[order] = np.searchsorted(sorted_values, queries[order], side="right")
+    return positions
 
 
 def latest_per_key(codes: np.ndarray, ts: np.ndarray, created: np.ndarray | None = None) -> np.ndarray:

@@ -76,7 +76,7 @@ def _join_view(offline: OfflineStore, request: ViewRequest, entity_df: pd.DataFr
         start = end = 0
     created = view.created_timestamp_field
     read = [*view.join_keys, view.timestamp_field, *filter(None, [created]), *request.features]
-    data, _ = offline.read(view, read, start, end)
+    data = offline.read(view, read, start, end)
     _check_key_kinds(entity_df, data, view.join_keys, view.name)
     query_codes, data_codes = key_codes(
         [entity_df[k].to_numpy() for k in view.join_keys],
