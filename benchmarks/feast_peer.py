@@ -32,6 +32,7 @@ from measure import checksum, latencies, latency_summary, timed_with_peak  # noq
 
 VIEW = "driver_stats"
 TTL = timedelta(days=2)
+VIEW_ALL, TTL_ALL = "driver_stats_all", timedelta(days=365)  # every row live: materialise all of them
 CALLS = {1: 2000, 100: 200}  # timed online calls per batch size (100-entity lookups are slow in Feast)
 
 
@@ -49,12 +50,13 @@ def write_repo(repo: Path, redis: str) -> None:
 
 
 def definitions(source: str, features: int) -> list[Entity | FeatureView]:
-    """The driver entity and a feature view of ``features`` float32 columns over the Parquet file."""
+    """The driver entity and two views of ``features`` float32 columns over the Parquet file (TTL 2 and 365 days)."""
     driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
     schema = [Field(name="driver_id", dtype=Int64)] + [Field(name=f"f{i}", dtype=Float32) for i in range(features)]
-    view = FeatureView(name=VIEW, entities=[driver], ttl=TTL, schema=schema, online=True,
-                       source=FileSource(path=source, timestamp_field="event_timestamp"))
-    return [driver, view]
+    views = [FeatureView(name=name, entities=[driver], ttl=ttl, schema=schema, online=True,
+                         source=FileSource(path=source, timestamp_field="event_timestamp"))
+             for name, ttl in ((VIEW, TTL), (VIEW_ALL, TTL_ALL))]
+    return [driver, *views]
 
 
 def refs(features: int) -> list[str]:
@@ -78,11 +80,13 @@ def apply(store: FeatureStore, source: str, features: int) -> dict[str, Any]:
 
 
 def materialize(store: FeatureStore) -> dict[str, float]:
-    """Wall time of materialising the TTL window up to now, as ``materialize_incremental`` would first do."""
+    """Wall time of materialising every row of the 365-day view; then the 2-day view, untimed, for online reads."""
     end = datetime.now(UTC)
     start = time.perf_counter()
-    store.materialize(end - TTL, end)
-    return {"materialize_s": time.perf_counter() - start}
+    store.materialize(end - TTL_ALL, end, feature_views=[VIEW_ALL])
+    seconds = time.perf_counter() - start
+    store.materialize(end - TTL, end, feature_views=[VIEW])
+    return {"materialize_s": seconds}
 
 
 def online(store: FeatureStore, features: int, entities: int, batch: int) -> dict[str, float]:

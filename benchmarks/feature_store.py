@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
@@ -46,6 +46,7 @@ from measure import checksum, interleaved_latencies, latency_summary, median_tim
 
 VIEW = "driver_stats"
 TTL = timedelta(days=2)
+VIEW_ALL, TTL_ALL = "driver_stats_all", timedelta(days=365)  # every row live: materialise all of them
 CALLS, WARMUP, BATCH = 2000, 200, 100
 PEER_TIMEOUT_S = 1800
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -122,21 +123,25 @@ def random_batches(data: Data, size: int, count: int, seed: int) -> list[list[in
 
 # -- mlplat -----------------------------------------------------------------------------------------
 def setup_mlplat(data: Data, home: Path, url: str, features: int) -> Any:
-    """Connect, apply the entity and view, ingest the Parquet file; return the platform."""
+    """Connect, apply the entity and both views (TTL 2 and 365 days), ingest the Parquet file; return the platform."""
     p = mlplat.connect(home=str(home), online_store=url)
     driver = Entity("driver", join_keys=["driver_id"])
-    view = FeatureView(VIEW, entities=[driver], ttl=TTL, source=str(data.features_path),
-                       schema=[Field(f"f{i}", "float32") for i in range(features)])
-    p.features.apply([driver, view])
-    p.features.ingest(VIEW)
+    schema = [Field(f"f{i}", "float32") for i in range(features)]
+    views = [FeatureView(name, entities=[driver], ttl=ttl, source=str(data.features_path), schema=schema)
+             for name, ttl in ((VIEW, TTL), (VIEW_ALL, TTL_ALL))]
+    p.features.apply([driver, *views])
+    for view in views:
+        p.features.ingest(view.name)
     return p
 
 
 def bench_materialize(p: Any) -> dict[str, Any]:
-    """Wall time of one ``materialize()`` (every view, up to now) and what it did."""
+    """Wall time of materialising every row of the 365-day view; then the 2-day view, untimed, for online reads."""
     start = time.perf_counter()
-    (result,) = p.features.materialize(progress=False)
-    return {"materialize_s": time.perf_counter() - start, "materialized": result}
+    (result,) = p.features.materialize(views=[VIEW_ALL], progress=False)
+    seconds = time.perf_counter() - start
+    p.features.materialize(views=[VIEW], progress=False)
+    return {"materialize_s": seconds, "materialized": result}
 
 
 def bench_online(p: Any, data: Data, url: str) -> tuple[dict[str, float], dict[str, Any]]:
@@ -180,15 +185,16 @@ def bench_training(data: Data, home: Path, url: str, repeats: int) -> dict[str, 
 
 # -- raw limits -------------------------------------------------------------------------------------
 def bench_merge_asof(data: Data, repeats: int) -> dict[str, Any]:
-    """Median time of pandas sort + ``merge_asof`` of entity_df with the feature frame already in memory."""
+    """Median times of pandas sort + ``merge_asof``: from the same Parquet file, and of frames already in memory."""
 
-    def asof() -> pd.DataFrame:
+    def asof(features: pd.DataFrame) -> pd.DataFrame:
         left = data.entity_df.sort_values("event_timestamp")
-        return pd.merge_asof(left, data.features, on="event_timestamp", by="driver_id",
+        return pd.merge_asof(left, features, on="event_timestamp", by="driver_id",
                              direction="backward", tolerance=pd.Timedelta(TTL))
 
-    seconds, joined = median_time(asof, repeats)
-    return {"training_s": seconds, "checksum": checksum(joined["f0"])}
+    from_file, joined = median_time(lambda: asof(pd.read_parquet(data.features_path)), repeats)
+    in_memory, _ = median_time(lambda: asof(data.features), repeats)
+    return {"training_s": from_file, "training_memory_s": in_memory, "checksum": checksum(joined["f0"])}
 
 
 # -- Feast ------------------------------------------------------------------------------------------
@@ -244,6 +250,7 @@ class Row:
     key: str
     scale: float
     goals: tuple[tuple[str, Callable[[float, float | None, float | None], bool | None]], ...] = ()
+    raw_key: str | None = None  # where the raw limit's value is, when not under ``key``
 
 
 def _needs(*values: float | None) -> bool:
@@ -259,8 +266,10 @@ ROWS = [
     Row(f"online {BATCH} entities p99 (ms)", f"online{BATCH}_p99", 1e3,
         (("<= 2x raw MGET", lambda m, f, r: m <= 2 * r),)),
     Row("training set time (s)", "training_s", 1,
-        (("<= 1.5x merge_asof", lambda m, f, r: m <= 1.5 * r),
+        (("<= 1.5x read_parquet + merge_asof", lambda m, f, r: m <= 1.5 * r),
          (">= 10x faster than Feast", lambda m, f, r: f >= 10 * m if _needs(f) else None))),
+    Row("  same, raw = merge_asof in memory", "training_s", 1,
+        (("<= 1.5x in-memory merge_asof", lambda m, f, r: m <= 1.5 * r),), raw_key="training_memory_s"),
     Row("training set peak memory (MiB)", "training_mib", 1,
         (("<= 1/2 of Feast", lambda m, f, r: 2 * m <= f if _needs(f) else None),)),
     Row("materialize time (s)", "materialize_s", 1,
@@ -298,7 +307,9 @@ def table(ours: dict[str, Any], feast: dict[str, Any] | None, raw: dict[str, Any
     """The header and one line of cells per row of ROWS."""
     lines = [["measure", "mlplat", "Feast", "raw limit", "mlplat/raw", "Feast/mlplat", "goal"]]
     for row in ROWS:
-        (m_text, m), (f_text, f), (r_text, r) = (cell(s, row, "not run") for s in (ours, feast, raw))
+        raw_row = replace(row, key=row.raw_key or row.key)
+        (m_text, m), (f_text, f), (r_text, r) = (cell(s, r_, "not run") for s, r_ in
+                                                 ((ours, row), (feast, row), (raw, raw_row)))
         ratio_raw = f"{m / r:.1f}x" if _needs(m, r) else "-"
         ratio_feast = f"{f / m:.1f}x" if _needs(m, f) else "-"
         lines.append([row.label, m_text, f_text, r_text, ratio_raw, ratio_feast, goal_text(row, m, f, r)])
@@ -343,9 +354,10 @@ def notes(ours: dict[str, Any], feast: dict[str, Any] | None, raw: dict[str, Any
         f"data: {len(data.features):,} feature rows ({data.entities:,} entities), {len(data.refs)} float32 features, "
         f"entity_df {len(data.entity_df):,} rows",
         f"raw limits: redis-py GET / MGET of {BATCH} of the {raw['value_bytes']}-byte values mlplat stores; "
-        "pandas sort + merge_asof (tolerance = TTL) of the frames already in memory",
-        f"materialize: newest row per entity within the {TTL.days}-day TTL of now; mlplat read {mat.rows_read:,} rows "
-        f"and wrote {mat.written:,} entities; Feast materialize(now - TTL, now)",
+        "pandas read_parquet of the same file + sort + merge_asof (tolerance = TTL); the row below compares "
+        "with merge_asof of frames already in memory (no reading at all)",
+        f"materialize: a {TTL_ALL.days}-day-TTL view of the same file, so every row is live; mlplat read "
+        f"{mat.rows_read:,} rows and wrote {mat.written:,} entities; Feast materialize(now - {TTL_ALL.days} days, now)",
         "training peak memory: peak RSS above the fresh process's RSS just before the call; absolute peaks: "
         f"mlplat {ours.get('training_total_mib', 0):,.0f} MiB, "
         + (f"Feast {feast['training_total_mib']:,.0f} MiB" if feast and "training_total_mib" in feast else "Feast -"),
