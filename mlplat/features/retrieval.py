@@ -59,14 +59,13 @@ def training_set(
     """Join every request onto ``entity_df`` as of each row's timestamp (in process)."""
     query_ts = entity_times(entity_df, timestamp_field)
     check_keys(entity_df, requests)
-    columns: dict[str, Any] = {}
-    for request in requests:
-        columns.update(_join_view(offline, request, entity_df, query_ts))
-    features = pd.DataFrame(columns, index=entity_df.index)
-    return pd.concat([entity_df, features], axis=1)
+    frames = [_join_view(offline, request, entity_df, query_ts) for request in requests]
+    return pd.concat([entity_df, *frames], axis=1)
 
 
-def _join_view(offline: OfflineStore, request: ViewRequest, entity_df: pd.DataFrame, query_ts: np.ndarray) -> dict:
+def _join_view(
+    offline: OfflineStore, request: ViewRequest, entity_df: pd.DataFrame, query_ts: np.ndarray
+) -> pd.DataFrame:
     view = request.view
     ttl_ns = None if view.ttl is None else int(view.ttl.total_seconds() * 1e9)
     if len(query_ts):
@@ -82,16 +81,16 @@ def _join_view(offline: OfflineStore, request: ViewRequest, entity_df: pd.DataFr
         [entity_df[k].to_numpy() for k in view.join_keys],
         [data.column(k).to_numpy() for k in view.join_keys],
     )
-    data_ts = data.column(view.timestamp_field).to_numpy().astype(np.int64)
+    data_ts = data.column(view.timestamp_field).to_numpy().view(np.int64)
     data_created = None
     if created:
         data_created = data.column(created).fill_null(pa.scalar(0, data.schema.field(created).type))
-        data_created = data_created.to_numpy().astype(np.int64)
+        data_created = data_created.to_numpy().view(np.int64)
     hit = latest_at(query_codes, query_ts, data_codes, data_ts, data_created, ttl_ns)
-    picked = data.select(list(request.features)).combine_chunks().take(pa.array(hit, mask=hit < 0))
-    frame = picked.to_pandas(types_mapper=_NULLABLE.get, split_blocks=True)
-    return {column: frame[feature].to_numpy() if frame[feature].dtype.kind == "f" else frame[feature].array
-            for feature, column in zip(request.features, request.columns)}
+    picked = data.select(list(request.features)).take(pa.array(hit, mask=hit < 0))
+    frame = picked.rename_columns(list(request.columns)).to_pandas(types_mapper=_NULLABLE.get, split_blocks=True)
+    frame.index = entity_df.index
+    return frame
 
 
 def _check_key_kinds(entity_df: pd.DataFrame, data: pa.Table, keys: list[str], view: str) -> None:
