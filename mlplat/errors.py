@@ -11,6 +11,10 @@ class MlplatError(Exception):
     """Base class of every user-facing mlplat error."""
 
 
+class InvalidArgument(MlplatError):
+    """An argument has the wrong type or an impossible value."""
+
+
 class ConfigError(MlplatError):
     """A setting is missing, mistyped or malformed."""
 

@@ -11,7 +11,7 @@ from oracle import latest_value
 
 import mlplat
 from mlplat import services
-from mlplat.errors import FeatureViewNotFound, MissingColumnError, OnlineStoreUnavailable
+from mlplat.errors import FeatureViewNotFound, InvalidArgument, MissingColumnError, OnlineStoreUnavailable
 from mlplat.features import Entity, FeatureView, Field
 
 NOW = pd.Timestamp.now(tz="UTC").floor("s")
@@ -133,6 +133,15 @@ def test_bad_lookups_are_explained(shops):
         shops.features.get_online_features(["shop_stats:sales"], [{"shop_id": 1}])
     with pytest.raises(FeatureViewNotFound):
         shops.features.materialize(views=["shop_stat"])
+    with pytest.raises(InvalidArgument, match="start is after end"):
+        shops.features.materialize(start=NOW.to_pydatetime(), end=(NOW - pd.Timedelta(days=1)).to_pydatetime())
+    with pytest.raises(InvalidArgument, match="end must be a datetime"):
+        shops.features.materialize(end="yesterday")
+
+
+def test_no_entities_give_empty_columns(shops):
+    assert shops.features.get_online_features(["shop_stats:sales"], []).to_dict() == {
+        "shop_id": [], "region": [], "sales": []}
 
 
 def test_unreachable_redis_is_explained(tmp_path, driver, driver_stats):

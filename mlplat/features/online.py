@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import redis
 
-from mlplat.errors import OnlineStoreUnavailable
+from mlplat.errors import MissingColumnError, OnlineStoreUnavailable
 from mlplat.features.definitions import FeatureView
 
 _NUMPY = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "u1"}
@@ -153,6 +153,32 @@ def entity_key_strings(columns: list[list[Any]] | list[np.ndarray]) -> list[str]
     if len(columns) == 1:
         return [str(v) for v in columns[0]]
     return ["\x1f".join(map(str, parts)) for parts in zip(*columns)]
+
+
+def read_online(store: RedisOnlineStore, plan: list[tuple[Any, RecordCodec]], columns: dict[str, Any]) -> dict[str, list]:
+    """Entity columns plus one column per requested feature, with one MGET for all views.
+
+    ``plan`` pairs each view request (``mlplat.features.refs.ViewRequest``) with its codec.
+    """
+    keys: list[str] = []
+    spans = []
+    for request, _ in plan:
+        try:
+            key_columns = [columns[k] for k in request.view.join_keys]
+        except KeyError as missing:
+            raise MissingColumnError(
+                f"Entity rows lack join key {missing.args[0]!r}, needed for view {request.view.name!r}."
+            ) from None
+        start = len(keys)
+        prefix = store.key_prefix(request.view)
+        keys.extend(prefix + k for k in entity_key_strings(key_columns))
+        spans.append((start, len(keys)))
+    values = store.mget(keys)
+    out = {name: list(values_) for name, values_ in columns.items()}
+    for (request, codec), (start, stop) in zip(plan, spans):
+        decoded = codec.decode(values[start:stop], request.features)
+        out.update(zip(request.columns, (decoded[f] for f in request.features)))
+    return out
 
 
 @dataclass

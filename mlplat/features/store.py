@@ -14,12 +14,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from mlplat.errors import DefinitionError, MissingColumnError
+from mlplat.errors import DefinitionError, InvalidArgument, MissingColumnError
 from mlplat.features import retrieval
 from mlplat.features.definitions import Entity, FeatureView, diff_views
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
 from mlplat.features.offline import IngestResult, OfflineStore
-from mlplat.features.online import RecordCodec, RedisOnlineStore, entity_key_strings
+from mlplat.features.online import RecordCodec, RedisOnlineStore, read_online
 from mlplat.features.refs import ViewRequest, resolve
 from mlplat.features.registry import ApplyResult, Registry
 from mlplat.features.schema import conform
@@ -115,8 +115,10 @@ class FeatureStore:
         from tqdm.auto import tqdm
 
         now_ns = time.time_ns()
-        end_ns = now_ns if end is None else _ns(end)
-        start_ns = None if start is None else _ns(start)
+        end_ns = now_ns if end is None else _ns(end, "end")
+        start_ns = None if start is None else _ns(start, "start")
+        if start_ns is not None and start_ns > end_ns:
+            raise InvalidArgument(f"materialize(start={start}, end={end}): start is after end; swap them.")
         names = list(views) if views is not None else self.registry.view_names()
         definitions = [self.registry.get_view(n) for n in names]  # unknown names fail before any write
         results = []
@@ -144,29 +146,8 @@ class FeatureStore:
         if isinstance(features, str):
             features = [features]
         plan = self._plans.get(tuple(features)) or self._plan(features)
-        if isinstance(entity_rows, Mapping):
-            columns = {k: list(v) for k, v in entity_rows.items()}
-        else:
-            columns = _rows_to_columns(entity_rows)
-        keys, spans = [], []
-        for request, _ in plan:
-            try:
-                key_columns = [columns[k] for k in request.view.join_keys]
-            except KeyError as missing:
-                raise MissingColumnError(
-                    f"Entity rows lack join key {missing.args[0]!r}, needed for view {request.view.name!r}."
-                ) from None
-            prefix = self.online.key_prefix(request.view)
-            start = len(keys)
-            keys.extend(prefix + k for k in entity_key_strings(key_columns))
-            spans.append((start, len(keys)))
-        values = self.online.mget(keys)
-        out = dict(columns)
-        for (request, codec), (start, stop) in zip(plan, spans):
-            decoded = codec.decode(values[start:stop], request.features)
-            for feature, column in zip(request.features, request.columns):
-                out[column] = decoded[feature]
-        return OnlineFeatures(out)
+        columns = dict(entity_rows) if isinstance(entity_rows, Mapping) else _rows_to_columns(entity_rows, plan)
+        return OnlineFeatures(read_online(self.online, plan, columns))
 
     def _plan(self, features: Sequence[str]) -> list[tuple[ViewRequest, RecordCodec]]:
         requests = resolve(features, self.registry.get_view)
@@ -175,9 +156,9 @@ class FeatureStore:
         return plan
 
 
-def _rows_to_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+def _rows_to_columns(rows: Sequence[Mapping[str, Any]], plan: list[tuple[ViewRequest, RecordCodec]]) -> dict[str, list]:
     if not rows:
-        return {}
+        return {key: [] for request, _ in plan for key in request.view.join_keys}
     names = list(rows[0])
     try:
         return {name: [row[name] for row in rows] for name in names}
@@ -185,12 +166,12 @@ def _rows_to_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
         raise MissingColumnError(f"Every entity row needs the same keys; one lacks {missing.args[0]!r}.") from None
 
 
-def _ns(moment: datetime) -> int:
+def _ns(moment: datetime, name: str) -> int:
     if not isinstance(moment, datetime):
-        raise DefinitionError(f"Expected a datetime, got {moment!r}.")
+        raise InvalidArgument(f"{name} must be a datetime (naive times are taken as UTC), not {moment!r}.")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(pd.Timestamp(moment).value)
+    return int(pd.Timestamp(moment).as_unit("ns").value)
 
 
 def _read_source(view: FeatureView) -> pa.Table:
