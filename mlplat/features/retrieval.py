@@ -131,3 +131,15 @@ def training_set_on_dask(
 
 def _join_partition(chunk: pd.DataFrame, offline_url: str, requests: list[ViewRequest], timestamp_field: str):
     return training_set(OfflineStore(offline_url), requests, chunk, timestamp_field)
+
+
+def training_set_lazy(offline_url: str, requests: list[ViewRequest], entity_ddf: Any, timestamp_field: str) -> Any:
+    """The join over a ``dask.dataframe`` entity set: a lazy dask DataFrame, one task per partition.
+
+    For data larger than memory: nothing is read until the result is computed
+    (or written with ``to_parquet``), and each partition reads only the window
+    its own rows need, so partitions that each span a short time keep tasks small.
+    """
+    meta = training_set(OfflineStore(offline_url), requests, entity_ddf._meta, timestamp_field)
+    return entity_ddf.map_partitions(_join_partition, offline_url=offline_url, requests=requests,
+                                     timestamp_field=timestamp_field, meta=meta)

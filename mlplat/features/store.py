@@ -95,15 +95,19 @@ class FeatureStore:
     def get_training_set(
         self, entity_df: pd.DataFrame, features: Sequence[str], *, timestamp_field: str = "event_timestamp",
         client: Any = None,
-    ) -> pd.DataFrame:
+    ) -> Any:
         """``entity_df`` plus point-in-time correct feature columns.
 
         Each row at time t gets, per view, the latest value with timestamp <= t
         within the view's TTL (nulls where there is none). Pass a
-        ``dask.distributed`` ``client`` to run the join on that cluster.
+        ``dask.distributed`` ``client`` to run the join on that cluster, or a
+        ``dask.dataframe`` as ``entity_df`` to get a lazy dask DataFrame back
+        (for entity sets larger than memory).
         """
         taken = set(getattr(entity_df, "columns", ()))
         requests = resolve(features, self.registry.get_view, taken)
+        if type(entity_df).__module__.startswith("dask"):
+            return retrieval.training_set_lazy(self.offline.url, requests, entity_df, timestamp_field)
         if client is None:
             return retrieval.training_set(self.offline, requests, entity_df, timestamp_field)
         return retrieval.training_set_on_dask(client, self.offline.url, requests, entity_df, timestamp_field)
