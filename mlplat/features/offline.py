@@ -40,9 +40,10 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class StoredFile:
+    """One Parquet file of a view and when it was ingested."""
+
     path: str
     ingest_ns: int
-    date: str
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
@@ -101,7 +102,7 @@ class OfflineStore:
             day = info.path.rsplit("/", 2)[-2].removeprefix("date=")
             if (first_day and day < first_day) or (last_day and day > last_day):
                 continue
-            found.append(StoredFile(info.path, int(name.split("-", 1)[0]), day))
+            found.append(StoredFile(info.path, int(name.split("-", 1)[0])))
         return sorted(found, key=lambda f: (f.ingest_ns, f.path))
 
     def read(
