@@ -20,7 +20,8 @@ def brute_force(query_codes, query_ts, data_codes, data_ts, data_created, ttl_ns
     return np.array(expected)
 
 
-@pytest.mark.parametrize("regime", ["whole seconds", "random nanoseconds over centuries", "many exact ties"])
+@pytest.mark.parametrize("regime", ["whole seconds", "data in seconds, queries in nanoseconds",
+                                    "random nanoseconds over centuries", "many exact ties"])
 @pytest.mark.parametrize("with_created", [False, True])
 def test_latest_at_matches_a_brute_force_scan(regime, with_created):
     rng = np.random.default_rng(zlib.crc32(regime.encode()))
@@ -28,6 +29,10 @@ def test_latest_at_matches_a_brute_force_scan(regime, with_created):
     if regime == "whole seconds":
         data_ts = rng.integers(1_700_000_000, 1_700_100_000, n_data) * NS
         query_ts = rng.integers(1_700_000_000, 1_700_120_000, n_query) * NS
+    elif regime == "data in seconds, queries in nanoseconds":  # queries are floored to whole seconds
+        data_ts = rng.integers(1_700_000_000, 1_700_000_300, n_data) * NS
+        query_ts = np.concatenate([rng.integers(1_699_999_990 * NS, 1_700_000_400 * NS, n_query - 100),
+                                   rng.choice(data_ts, 50), rng.choice(data_ts, 50) - 1])
     elif regime == "random nanoseconds over centuries":  # too wide to pack beside the code: ranks are used
         data_ts = rng.integers(-2**62, 2**62, n_data)
         query_ts = np.concatenate([rng.integers(-2**62, 2**62, n_query - 50), rng.choice(data_ts, 50)])

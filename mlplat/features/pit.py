@@ -70,19 +70,22 @@ def latest_at(
 def _sortable_keys(query_codes, query_ts, data_codes, data_ts) -> tuple[np.ndarray, np.ndarray]:
     """One int64 per row ordering rows by (code, time), comparable across both sides.
 
-    ``code * span + time offset`` in the coarsest unit that all times are whole
-    multiples of (seconds, ms, us, ns), so the offset fits beside the code;
-    when it would not fit, times are replaced by their dense rank first.
+    ``code * span + time offset``, the offset counted in the coarsest unit
+    (second, ms, us or ns) that every *data* time is a whole multiple of; query
+    times are floored to it, which keeps ``data <= query`` exact. When even
+    that does not fit beside the code, data times are replaced by their rank.
     """
-    lo = min(int(data_ts.min()), int(query_ts.min()) if len(query_ts) else int(data_ts.min()))
-    hi = max(int(data_ts.max()), int(query_ts.max()) if len(query_ts) else int(data_ts.max()))
+    lo, width = int(data_ts.min()), int(data_ts.max()) - int(data_ts.min())
     codes = int(max(data_codes.max(), query_codes.max() if len(query_codes) else 0)) + 1
-    for unit in (1_000_000_000, 1_000_000, 1_000, 1):
-        if unit > 1 and (np.any(data_ts % unit) or np.any(query_ts % unit)):
+    for unit in (1_000_000_000, 1_000_000, 1_000, 1) if width < 2**62 else ():
+        if unit > 1 and np.any((data_ts - lo) % unit):
             continue
-        span = (hi - lo) // unit + 1
-        if codes * span < 2**62:
-            return data_codes * span + (data_ts - lo) // unit, query_codes * span + (query_ts - lo) // unit
+        last = width // unit
+        if codes * (last + 2) < 2**62:
+            data_offset = (data_ts - lo) // unit
+            # Clipping first keeps the subtraction in range; lo - 1 floors to -1: before every data row.
+            query_offset = (np.clip(query_ts, lo - 1, lo + width) - lo) // unit
+            return _pack(data_codes, data_offset, query_codes, query_offset, last + 2)
         break  # a finer unit only makes the span longer
     order = np.argsort(data_ts)
     ordered = data_ts[order]
@@ -90,9 +93,13 @@ def _sortable_keys(query_codes, query_ts, data_codes, data_ts) -> tuple[np.ndarr
     distinct = ordered[first]
     data_rank = np.empty(len(data_ts), dtype=np.int64)
     data_rank[order] = np.cumsum(first) - 1
-    query_rank = _search_right(distinct, query_ts) - 1  # -1: before every data row
-    span = len(distinct) + 1
-    return data_codes * span + data_rank + 1, query_codes * span + query_rank + 1
+    query_rank = _search_right(distinct, query_ts) - 1
+    return _pack(data_codes, data_rank, query_codes, query_rank, len(distinct) + 1)
+
+
+def _pack(data_codes, data_offset, query_codes, query_offset, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """``code * span + offset + 1``: offsets of -1 (queries before all data) stay inside their code."""
+    return data_codes * span + data_offset + 1, query_codes * span + query_offset + 1
 
 
 def _search_right(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
