@@ -179,3 +179,23 @@ def test_a_new_version_starts_empty_online(shops):
     shops.features.apply([replace(shop_stats, schema=[Field("sales", "float32")])])
     assert set(read_v2 := shops.features.get_online_features(
         ["shop_stats:sales"], ENTITIES).to_dict()["sales"]) == {None}, read_v2
+
+
+def test_a_concurrent_newer_write_is_never_overwritten(shops, monkeypatch):
+    from mlplat.features import online
+
+    row = {"shop_id": [7], "region": ["eu"], "orders": [1], "open": [True], "manager": ["a"]}
+    older = pd.DataFrame({**row, "event_timestamp": [NOW - pd.Timedelta(hours=1)], "sales": [1.0]})
+    newer = pd.DataFrame({**row, "event_timestamp": [NOW], "sales": [2.0]})
+    real_stamps, calls = online.RecordCodec.stamps, []
+
+    def stamps_then_race(codec, values):
+        calls.append(1)
+        if len(calls) == 1:  # another writer lands between our read and our EXEC
+            shops.features.push("shop_stats", newer)
+        return real_stamps(codec, values)
+
+    monkeypatch.setattr(online.RecordCodec, "stamps", stamps_then_race)
+    shops.features.push("shop_stats", older)
+    assert len(calls) == 3  # our read, the racing push's read, our retried read
+    assert read(shops, [{"shop_id": 7, "region": "eu"}])["sales"] == [2.0]

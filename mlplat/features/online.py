@@ -212,34 +212,44 @@ class RedisOnlineStore:
 
     def write(self, view: FeatureView, codec: RecordCodec, entity_keys: list[str], table: pa.Table,
               event_ns: np.ndarray, created_ns: np.ndarray, ttl_ns: int | None, now_ns: int) -> int:
-        """Store rows that are newer than what is stored; return how many were written."""
+        """Store rows that are newer than what is stored; return how many were written.
+
+        Each batch is a compare-and-set: the keys are WATCHed while their stored
+        times are read, and the batch is retried if another writer (a push, a
+        concurrent materialisation) changed one of them before ``EXEC``.
+        """
         written = 0
         prefix = self.key_prefix(view)
+        expire_ms = None if ttl_ns is None else (event_ns + ttl_ns) // 1_000_000
         for start in range(0, len(entity_keys), BATCH):
-            stop = start + BATCH
-            keys = [prefix + k for k in entity_keys[start:stop]]
-            old_event, old_created = codec.stamps(self.mget(keys))
-            ev, cr = event_ns[start:stop], created_ns[start:stop]
-            newer = (ev > old_event) | ((ev == old_event) & (cr >= old_created))
-            expire = None if ttl_ns is None else (ev + ttl_ns) // 1_000_000
-            if expire is not None:
-                newer &= expire * 1_000_000 > now_ns  # already expired: nothing to serve
-            rows = np.flatnonzero(newer)
-            if not len(rows):
-                continue
-            values = codec.encode(table.slice(start, len(keys)).take(rows), ev[rows], cr[rows])
-            pipe = self.client.pipeline(transaction=True)
-            for i, value in zip(rows.tolist(), values):
-                if expire is None:
-                    pipe.set(keys[i], value)
-                else:
-                    pipe.set(keys[i], value, pxat=int(expire[i]))
+            batch = slice(start, start + BATCH)
+            keys = [prefix + k for k in entity_keys[batch]]
+            expire = None if expire_ms is None else expire_ms[batch]
+            rows = table.slice(start, len(keys))
             try:
-                pipe.execute()
+                written += self.client.transaction(
+                    lambda pipe, keys=keys, rows=rows, batch=batch, expire=expire: self._write_newer(
+                        pipe, codec, keys, rows, event_ns[batch], created_ns[batch], expire, now_ns),
+                    *keys, value_from_callable=True)
             except _CONNECTION_ERRORS as exc:
                 raise self._unavailable(exc) from None
-            written += len(rows)
         return written
+
+    @staticmethod
+    def _write_newer(pipe, codec: RecordCodec, keys: list[str], table: pa.Table, event_ns: np.ndarray,
+                     created_ns: np.ndarray, expire_ms: np.ndarray | None, now_ns: int) -> int:
+        """Inside WATCH: queue a SET for each row newer than the stored value."""
+        old_event, old_created = codec.stamps(pipe.mget(keys))
+        newer = (event_ns > old_event) | ((event_ns == old_event) & (created_ns >= old_created))
+        if expire_ms is not None:
+            newer &= expire_ms * 1_000_000 > now_ns  # already expired: nothing to serve
+        rows = np.flatnonzero(newer)
+        pipe.multi()
+        if len(rows):
+            values = codec.encode(table.take(rows), event_ns[rows], created_ns[rows])
+            for i, value in zip(rows.tolist(), values):
+                pipe.set(keys[i], value, pxat=None if expire_ms is None else int(expire_ms[i]))
+        return len(rows)
 
     def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
         return OnlineStoreUnavailable(
