@@ -5,13 +5,16 @@ Layout under the store's root (a local folder or an S3-compatible bucket)::
     <view>/v<version>/date=YYYY-MM-DD/<ingest-ns>-<random>.parquet
 
 Each ingest writes every file to a hidden temporary name first and renames them
-into place only after all were written, so readers never see half an ingest.
+into place only after all were written, so readers never see half an ingest (on
+object stores, where an upload appears whole, files are written in place and
+removed again if a later one fails).
 The ``<ingest-ns>`` prefix orders files by arrival: among rows with equal
 timestamps the one ingested last wins, and materialisation finds new files by it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -72,6 +75,9 @@ class OfflineStore:
         ingest_ns = time.time_ns()
         # Dictionary pages make distinct floats larger and slower to read; keep them for repeating values.
         dictionary_columns = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+        # A local folder gets hidden temporary files renamed into place at the end; an object
+        # store publishes an object only when its upload completes, so there files go in place.
+        in_place = not isinstance(self.fs, pafs.LocalFileSystem)
         staged: list[tuple[str, str]] = []
         try:
             for day in pc.unique(table.column("__date")).to_pylist():
@@ -79,16 +85,17 @@ class OfflineStore:
                 folder = f"{self._view_dir(view)}/date={day}"
                 self.fs.create_dir(folder, recursive=True)
                 name = f"{ingest_ns:020d}-{uuid.uuid4().hex[:8]}.parquet"
-                temporary = f"{folder}/.{name}.tmp"
-                pq.write_table(part, temporary, filesystem=self.fs, compression="snappy",
+                staged.append((f"{folder}/{name}" if in_place else f"{folder}/.{name}.tmp", f"{folder}/{name}"))
+                pq.write_table(part, staged[-1][0], filesystem=self.fs, compression="snappy",
                                use_dictionary=dictionary_columns)
-                staged.append((temporary, f"{folder}/{name}"))
+            for written, final in staged:
+                if written != final:
+                    self.fs.move(written, final)
         except BaseException:
-            for temporary, _ in staged:
-                self.fs.delete_file(temporary)
+            for path in {p for pair in staged for p in pair}:  # whatever got written, under either name
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(path)
             raise
-        for temporary, final in staged:
-            self.fs.move(temporary, final)
         return IngestResult(view.name, view.version, table.num_rows, [final for _, final in staged])
 
     def files(self, view: FeatureView, first_day: str | None = None, last_day: str | None = None) -> list[StoredFile]:
