@@ -27,6 +27,8 @@ _SCHEMES = {
     "online_store": (EMBEDDED, "redis://", "rediss://", "unix://"),
     "registry": ("sqlite:///", "postgresql://", "postgresql+"),
     "offline_store": ("file://", "s3://", "/"),
+    "tracking": ("sqlite:///", "postgresql://", "postgresql+", "http://", "https://"),
+    "artifacts": ("file://", "s3://", "/"),
 }
 
 
@@ -38,9 +40,12 @@ class Settings:
     online_store: str  # "embedded" or a redis:// URL
     registry: str  # SQLAlchemy URL of the metadata database
     offline_store: str  # file://, s3:// or an absolute path
+    tracking: str = ""  # MLflow tracking URI: sqlite:///, postgresql://, http(s):// of an MLflow server
+    artifacts: str = ""  # where MLflow stores run artifacts and models: file:// or s3://
     redis_server: str | None = None  # path to a redis-server binary; found on PATH if unset
     user: str = ""  # who is recorded on registry changes
     online_prefix: str = "mlp"  # namespace of every online key in Redis
+    kubernetes: dict | None = None  # a `kubernetes:` section makes p.compute() a KubeCluster (see training.cluster)
 
     @property
     def run_dir(self) -> Path:
@@ -67,10 +72,18 @@ def load_settings(**overrides: Any) -> Settings:
     merged.update(env)
     merged.update({k: v for k, v in overrides.items() if v is not None})
     merged["home"] = home
+    if isinstance(merged.get("kubernetes"), str):  # MLPLAT_KUBERNETES holds YAML or JSON
+        import yaml
+
+        merged["kubernetes"] = yaml.safe_load(merged["kubernetes"])
+    if merged.get("kubernetes") is not None and not isinstance(merged["kubernetes"], dict):
+        raise ConfigError("The kubernetes setting must be a mapping such as {image: ..., namespace: ...}.")
 
     merged.setdefault("online_store", EMBEDDED)
     merged.setdefault("registry", f"sqlite:///{home / 'registry.db'}")
     merged.setdefault("offline_store", (home / "offline").as_uri())
+    merged.setdefault("tracking", f"sqlite:///{home / 'mlflow.db'}")
+    merged.setdefault("artifacts", (home / "mlartifacts").as_uri())
     merged.setdefault("user", _current_user())
     for key, schemes in _SCHEMES.items():
         value = str(merged[key])

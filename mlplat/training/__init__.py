@@ -1,0 +1,1 @@
+"""Training: compute clusters, training runs with tracking, tuning and reproduction."""
