@@ -65,3 +65,19 @@ class DtypeMismatch(SchemaError):
 
 class EntityDataFrameError(MlplatError):
     """The entity DataFrame given to ``get_training_set`` is unusable."""
+
+
+class TrainingError(MlplatError):
+    """A training run cannot go on: bad target, bad split, a failed fit."""
+
+
+class TrackingUnavailable(ServiceError):
+    """The MLflow tracking store cannot be reached."""
+
+
+class ModelNotFound(MlplatError):
+    """A registered model, version or alias does not exist."""
+
+
+class PromotionRefused(MlplatError):
+    """A promotion gate refused a model version."""

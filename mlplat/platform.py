@@ -6,6 +6,7 @@ from functools import cached_property
 from typing import Any
 
 from mlplat.config import Settings, load_settings
+from mlplat.errors import InvalidArgument
 
 
 class Platform:
@@ -27,24 +28,83 @@ class Platform:
         return platform
 
     @cached_property
+    def engine(self):
+        """The SQLAlchemy engine of the metadata database (feature registry, audit)."""
+        from mlplat.features.registry import create_registry_engine
+
+        return create_registry_engine(self.settings.registry)
+
+    @cached_property
     def features(self):
         """The feature store (:class:`mlplat.features.store.FeatureStore`)."""
         from mlplat.features.offline import OfflineStore
         from mlplat.features.online import RedisOnlineStore
-        from mlplat.features.registry import Registry, create_registry_engine
+        from mlplat.features.registry import Registry
         from mlplat.features.store import FeatureStore
         from mlplat.services import online_store_url
 
-        registry = Registry(create_registry_engine(self.settings.registry), self.settings.user)
         online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix)
-        return FeatureStore(registry, OfflineStore(self.settings.offline_store), online)
+        return FeatureStore(Registry(self.engine, self.settings.user), OfflineStore(self.settings.offline_store), online)
+
+    @cached_property
+    def models(self):
+        """The model registry (:class:`mlplat.registry.models.ModelRegistry`)."""
+        from mlplat.registry.models import ModelRegistry
+
+        return ModelRegistry(self)
+
+    def compute(self, **overrides: Any):
+        """A Dask cluster for this platform: local by default, Kubernetes when configured."""
+        from mlplat.training.cluster import compute
+
+        return compute(self.settings, **overrides)
+
+    def train(self, estimator: Any, **options: Any):
+        """Train on a point-in-time training set, track it in MLflow, gate it, register it.
+
+        >>> result = p.train("xgboost.XGBClassifier", features=["driver_stats:*"], entity_df=labels,
+        ...                  target="completed", name="churn", validation={"metric": "roc_auc", "min": 0.7})
+
+        Options: ``features``, ``entity_df``, ``target``, ``name`` (required); ``params``,
+        ``validation``, ``split`` (``{"by": "time"|"random", "test_size": 0.2}``),
+        ``timestamp_field``, ``seed``, ``client`` (a Dask client: distributed fit),
+        ``register``. Returns a :class:`mlplat.training.run.TrainResult`.
+        """
+        from mlplat.training.run import train
+
+        return train(self, estimator, **options)
+
+    def tune(self, estimator: Any, space: dict[str, Any], **options: Any):
+        """Search hyperparameters on the cluster; every trial is a nested MLflow run, the best is registered."""
+        from mlplat.training.tune import tune
+
+        return tune(self, estimator, space, **options)
+
+    def reproduce(self, run_id: str, client: Any = None):
+        """Retrain a run from its recorded inputs and compare the metrics."""
+        from mlplat.training.run import reproduce
+
+        return reproduce(self, run_id, client)
+
+    def lineage(self, model: str | None = None, version: str | int | None = None, feature_view: str | None = None):
+        """Where a model version came from, or which model versions use a feature view."""
+        from mlplat import lineage
+
+        if feature_view is not None:
+            return lineage.of_feature_view(self, feature_view)
+        if model is None:
+            raise InvalidArgument("Pass model= (and version=) or feature_view=.")
+        return lineage.of_model(self, model, version)
 
     def close(self) -> None:
         """Close connections; embedded services keep running for other sessions (`mlplat down` stops them)."""
         if "features" in self.__dict__:
             self.features.online.close()
-            self.features.registry.engine.dispose()
             del self.__dict__["features"]
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+            del self.__dict__["engine"]
+        self.__dict__.pop("models", None)
 
     def __enter__(self) -> Platform:
         return self

@@ -19,16 +19,16 @@ import sqlalchemy as sa
 from mlplat.errors import DefinitionError, FeatureViewNotFound, RegistryError
 from mlplat.features.definitions import Entity, FeatureView, diff_views
 
-_metadata = sa.MetaData()
+metadata = sa.MetaData()
 entities_table = sa.Table(
-    "entities", _metadata,
+    "entities", metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_by", sa.String(200), nullable=False),
 )
 views_table = sa.Table(
-    "feature_views", _metadata,
+    "feature_views", metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),
@@ -39,7 +39,7 @@ views_table = sa.Table(
     sa.Column("updated_by", sa.String(200), nullable=False),
 )
 changes_table = sa.Table(
-    "registry_changes", _metadata,
+    "registry_changes", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("who", sa.String(200), nullable=False),
@@ -50,7 +50,7 @@ changes_table = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
 )
 watermarks_table = sa.Table(
-    "materialization_watermarks", _metadata,
+    "materialization_watermarks", metadata,
     sa.Column("view", sa.String(200), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("event_end_ns", sa.BigInteger, nullable=False),
@@ -88,7 +88,7 @@ def create_registry_engine(url: str) -> sa.Engine:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = sa.create_engine(url)
-        _metadata.create_all(engine)
+        metadata.create_all(engine)
     except (sa.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
         raise RegistryError(f"Cannot open the registry database {url!r}: {exc}. Check the registry setting.") from None
     return engine

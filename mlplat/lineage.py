@@ -1,0 +1,110 @@
+"""Lineage: model version -> run -> training set -> feature views at their versions -> sources.
+
+And the other way: which model versions use a feature view. A ``Lineage`` is a
+small tree that prints as text (CLI) and renders as a left-to-right graph in a
+notebook.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+from mlplat.training import tracking
+
+_COLOURS = {"model": "#ddf4ff", "run": "#fff8c5", "training set": "#dafbe1", "feature view": "#fbefff",
+            "source": "#f6f8fa", "model version": "#ddf4ff"}
+
+
+@dataclass
+class Node:
+    """One thing in a lineage graph, with what came before (or after) it."""
+
+    kind: str
+    label: str
+    details: dict[str, Any] = field(default_factory=dict)
+    children: list[Node] = field(default_factory=list)
+
+
+@dataclass
+class Lineage:
+    """A lineage tree; ``str()`` for text, ``_repr_html_`` for notebooks."""
+
+    root: Node
+
+    def __str__(self) -> str:
+        lines: list[str] = []
+
+        def walk(node: Node, depth: int) -> None:
+            details = ", ".join(f"{k}={v}" for k, v in node.details.items() if v not in (None, "", []))
+            lines.append(f"{'  ' * depth}{'└─ ' if depth else ''}{node.kind}: {node.label}" + (f"  ({details})" if details else ""))
+            for child in node.children:
+                walk(child, depth + 1)
+
+        walk(self.root, 0)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        def box(node: Node) -> str:
+            details = "".join(f"<div style='font-size:11px;color:#57606a'>{escape(str(k))}: {escape(str(v))}</div>"
+                              for k, v in node.details.items() if v not in (None, "", []))
+            card = (f"<div style='border:1px solid #d0d7de;border-radius:6px;padding:6px 8px;margin:4px;"
+                    f"background:{_COLOURS.get(node.kind, '#fff')};min-width:140px'><div style='font-size:11px;"
+                    f"text-transform:uppercase;color:#57606a'>{escape(node.kind)}</div><b>{escape(node.label)}</b>"
+                    f"{details}</div>")
+            if not node.children:
+                return card
+            kids = "".join(box(child) for child in node.children)
+            return (f"<div style='display:flex;align-items:center'>{card}<div style='font-size:18px;margin:0 4px'>→"
+                    f"</div><div style='display:flex;flex-direction:column'>{kids}</div></div>")
+
+        return f"<div style='font-family:sans-serif'>{box(self.root)}</div>"
+
+
+def of_model(platform: Any, name: str, version: str | int | None = None) -> Lineage:
+    """Everything that produced a model version (default: the champion)."""
+    found = platform.models.get(name, version)
+    with tracking.session(platform.settings) as client:
+        run = client.get_run(found.run_id)
+    tags, params = run.data.tags, run.data.params
+    by_view: dict[str, list[str]] = {}
+    for ref in found.features:
+        view, feature = ref.split(":")
+        by_view.setdefault(view, []).append(feature)
+    views = [_view_node(platform, ref, features) for ref, features in by_view.items()]
+    training_set = Node("training set", tags.get("mlplat.training_set_fingerprint", "?")[:16],
+                        {"rows": params.get("rows"), "target": params.get("target")}, views)
+    run_node = Node("run", found.run_id[:12], {
+        "estimator": params.get("estimator"), "seed": params.get("seed"), "code": tags.get("mlplat.code_path"),
+        "git": (tags.get("mlplat.git_commit") or "")[:10], "by": tags.get("mlplat.user")}, [training_set])
+    metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(found.metrics.items())[:3])
+    return Lineage(Node("model", f"{name} v{found.version}", {"aliases": ", ".join(found.aliases), "metrics": metrics},
+                        [run_node]))
+
+
+def _view_node(platform: Any, ref: str, features: list[str]) -> Node:
+    name, _, version = ref.partition("@")
+    view = platform.features.get_view(name, int(version) if version else None)
+    offline = platform.features.offline
+    files = offline.files(view)
+    sources = [Node("source", view.source, {})] if view.source else []
+    sources.append(Node("source", f"{offline.url.rstrip('/')}/{view.name}/v{view.version}", {"files": len(files)}))
+    return Node("feature view", f"{view.name} v{view.version}", {"features": ", ".join(features), "owner": view.owner},
+                sources)
+
+
+def of_feature_view(platform: Any, view_name: str) -> Lineage:
+    """The registered model versions whose features come from ``view_name``."""
+    view = platform.features.get_view(view_name)  # unknown names fail with suggestions
+    with tracking.session(platform.settings) as client:
+        versions = client.search_model_versions()
+    users = []
+    for found in sorted(versions, key=lambda v: (v.name, int(v.version))):
+        if view_name in json.loads(found.tags.get("mlplat.feature_views", "[]")):
+            refs = [r for r in json.loads(found.tags.get("mlplat.features", "[]")) if r.split("@")[0] == view_name]
+            used = sorted({r.split(":")[0] for r in refs})
+            users.append(Node("model version", f"{found.name} v{found.version}",
+                              {"uses": ", ".join(used), "run": found.run_id[:12]}))
+    return Lineage(Node("feature view", f"{view.name} (latest v{view.version})", {"owner": view.owner}, users))

@@ -1,0 +1,228 @@
+"""``p.models``: registered models on the MLflow Model Registry.
+
+New versions get the ``challenger`` alias; ``promote`` moves ``champion`` to a
+version only when it beats the current champion on a shared holdout by a
+margin (or when forced, with a reason); ``rollback`` gives ``champion`` back
+to the version that held it before. Every action lands in the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
+from mlplat.registry.audit import AuditLog
+from mlplat.training import tracking
+from mlplat.training.evaluate import LOWER_IS_BETTER, Split, score, split_rows
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+ARCHIVED_TAG = "mlplat.archived"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version with what people look at first."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: list[str]
+    metrics: dict[str, float]
+    features: list[str]
+    archived: bool
+    created: pd.Timestamp
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The outcome of ``promote``: the comparison made on the shared holdout."""
+
+    name: str
+    version: str
+    previous: str | None
+    metric: str
+    challenger_score: float | None
+    champion_score: float | None
+    forced: bool
+
+
+class ModelRegistry:
+    """List, register, promote, roll back and archive model versions."""
+
+    def __init__(self, platform: Any, margin: float = 0.0):
+        self.platform = platform
+        self.settings = platform.settings
+        self.margin = margin
+        self.audit = AuditLog(platform.engine, platform.settings.user)
+
+    def _client(self):
+        return tracking.session(self.settings)
+
+    # -- reading -----------------------------------------------------------------
+    def list(self) -> list[dict[str, Any]]:
+        """Every registered model: name, latest version, aliases."""
+        with self._client() as client:
+            models = _call(self.settings, client.search_registered_models)
+            return [{"name": m.name, "latest": max((int(v.version) for v in m.latest_versions), default=None),
+                     "aliases": dict(m.aliases or {})} for m in models]
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, newest first, with its run's metrics."""
+        with self._client() as client:
+            found = _call(self.settings, client.search_model_versions, f"name='{name}'")
+            if not found:
+                raise self._unknown(client, name)
+            aliases = client.get_registered_model(name).aliases or {}
+            return [self._describe(client, v, aliases) for v in sorted(found, key=lambda v: -int(v.version))]
+
+    def get(self, name: str, version: str | int | None = None, alias: str | None = None) -> ModelVersion:
+        """One version, by number or alias (default: the champion)."""
+        with self._client() as client:
+            aliases = self._aliases(client, name)
+            if version is None:
+                alias = alias or CHAMPION
+                if alias not in aliases:
+                    raise ModelNotFound(f"Model {name!r} has no {alias!r} alias; it has {sorted(aliases) or 'none'}. "
+                                        "Promote a version first, or pass version=.")
+                version = aliases[alias]
+            try:
+                found = client.get_model_version(name, str(version))
+            except Exception:
+                raise ModelNotFound(f"Model {name!r} has no version {version}.") from None
+            return self._describe(client, found, aliases)
+
+    def _describe(self, client, version, aliases: dict[str, str]) -> ModelVersion:
+        run = client.get_run(version.run_id)
+        return ModelVersion(version.name, version.version, version.run_id,
+                            sorted(a for a, v in aliases.items() if v == version.version), dict(run.data.metrics),
+                            json.loads(version.tags.get("mlplat.features", "[]")),
+                            version.tags.get(ARCHIVED_TAG) == "true",
+                            pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC"))
+
+    def _aliases(self, client, name: str) -> dict[str, str]:
+        try:
+            return dict(client.get_registered_model(name).aliases or {})
+        except Exception:
+            raise self._unknown(client, name) from None
+
+    def _unknown(self, client, name: str) -> ModelNotFound:
+        names = sorted(m.name for m in client.search_registered_models())
+        return ModelNotFound(f"{name!r} is not a registered model; registered: {', '.join(names) or 'none yet'}.")
+
+    # -- writing -----------------------------------------------------------------
+    def register(self, name: str, model_uri: str, run_id: str, features: list[str], fingerprint: str) -> str:
+        """Register a logged model as a new version of ``name`` and make it the challenger."""
+        with self._client() as client:
+            if not _call(self.settings, client.search_registered_models, f"name='{name}'"):
+                client.create_registered_model(name)
+            tags = {"mlplat.features": json.dumps(features), "mlplat.training_set_fingerprint": fingerprint,
+                    "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features}))}
+            version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version
+            client.set_registered_model_alias(name, CHALLENGER, version)
+        self.audit.record(name, version, "registered", run_id=run_id)
+        return version
+
+    def promote(self, name: str, version: str | int | None = None, *, metric: str | None = None,
+                margin: float | None = None, force: bool = False, reason: str = "") -> Promotion:
+        """Make ``version`` (default: the challenger) the champion if it beats the champion.
+
+        Both are scored on the challenger's holdout rows, each with its own
+        features as of each row's time; the challenger must be better by
+        ``margin``. ``force=True`` skips the comparison but needs a ``reason``.
+        """
+        if force and not reason:
+            raise InvalidArgument("A forced promotion needs a reason, e.g. reason='hotfix for the Q3 incident'.")
+        candidate = self.get(name, version, alias=CHALLENGER if version is None else None)
+        if candidate.archived:
+            raise PromotionRefused(f"{name} version {candidate.version} is archived; archived versions cannot be promoted.")
+        with self._client() as client:
+            champion = self._aliases(client, name).get(CHAMPION)
+        metric = metric or _default_metric(candidate.metrics)
+        margin = self.margin if margin is None else margin
+        scores: tuple[float | None, float | None] = (None, None)
+        if champion and champion != candidate.version and not force:
+            scores = self._shared_holdout(name, candidate.version, champion, metric)
+            better = _improvement(metric, scores[0], scores[1])
+            if better < margin:
+                self.audit.record(name, candidate.version, "promotion_refused", reason,
+                                  metric=metric, challenger=scores[0], champion=scores[1], margin=margin)
+                raise PromotionRefused(
+                    f"{name} version {candidate.version} scores {metric}={scores[0]:.4f} on the shared holdout, "
+                    f"champion version {champion} scores {scores[1]:.4f}; it must be better by {margin}. "
+                    "Keep the champion, or promote with force=True and a reason."
+                )
+        with self._client() as client:
+            client.set_registered_model_alias(name, CHAMPION, candidate.version)
+            if self._aliases(client, name).get(CHALLENGER) == candidate.version:
+                client.delete_registered_model_alias(name, CHALLENGER)
+        self.audit.record(name, candidate.version, "promoted", reason, previous=champion, forced=force,
+                          metric=metric, challenger=scores[0], champion=scores[1])
+        return Promotion(name, candidate.version, champion, metric, scores[0], scores[1], force)
+
+    def rollback(self, name: str, reason: str = "") -> str:
+        """Give ``champion`` back to the version that held it before the last promotion; return it."""
+        with self._client() as client:
+            current = self._aliases(client, name).get(CHAMPION)
+        history = [e for e in self.audit.entries(name) if e["action"] in ("promoted", "rolled_back")]
+        if not history or current is None:
+            raise ModelNotFound(f"Model {name!r} has no earlier champion to roll back to.")
+        previous = history[-1]["detail"].get("previous")
+        if previous is None:
+            raise ModelNotFound(f"Version {current} of {name!r} was its first champion; there is nothing to roll back to.")
+        with self._client() as client:
+            client.set_registered_model_alias(name, CHAMPION, previous)
+        self.audit.record(name, previous, "rolled_back", reason, previous=current)
+        return previous
+
+    def archive(self, name: str, version: str | int, reason: str = "") -> None:
+        """Retire a version: it loses its aliases and cannot be promoted again."""
+        found = self.get(name, version)
+        with self._client() as client:
+            for alias in found.aliases:
+                client.delete_registered_model_alias(name, alias)
+            client.set_model_version_tag(name, found.version, ARCHIVED_TAG, "true")
+        self.audit.record(name, found.version, "archived", reason, aliases=found.aliases)
+
+    def history(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The audit trail: who did what, when and why."""
+        return self.audit.entries(name)
+
+    # -- the shared holdout --------------------------------------------------------
+    def _shared_holdout(self, name: str, challenger: str, champion: str, metric: str) -> tuple[float, float]:
+        from mlplat.training.run import load_spec
+
+        spec, entity_df = load_spec(self.settings, self.get(name, challenger).run_id)
+        frame_times = entity_df.reset_index(drop=True)
+        _, test = split_rows(frame_times, Split(**spec.split), spec.timestamp_field, spec.seed)
+        holdout = frame_times.iloc[test]
+        return self._score(name, challenger, holdout, metric), self._score(name, champion, holdout, metric)
+
+    def _score(self, name: str, version: str, holdout: pd.DataFrame, metric: str) -> float:
+        from mlplat.features.refs import resolve
+        from mlplat.training.run import load_model, load_spec, model_inputs
+
+        spec, _ = load_spec(self.settings, self.get(name, version).run_id)
+        requests = resolve(spec.features, self.platform.features.get_view, set(holdout.columns))
+        frame = self.platform.features.get_training_set(holdout, spec.features, timestamp_field=spec.timestamp_field)
+        X = model_inputs(frame, [c for r in requests for c in r.columns])
+        model = load_model(self.settings, name, version, spec.family)
+        return score(model, X, frame[spec.target], spec.kind)[metric]
+
+
+def _default_metric(metrics: dict[str, float]) -> str:
+    return "roc_auc" if "roc_auc" in metrics else "rmse"
+
+
+def _improvement(metric: str, challenger: float, champion: float) -> float:
+    return champion - challenger if metric in LOWER_IS_BETTER else challenger - champion
+
+
+def _call(settings, method, *args):
+    try:
+        return method(*args)
+    except Exception as exc:  # an unreachable store surfaces as many exception types
+        raise tracking.unavailable(settings, exc) from None

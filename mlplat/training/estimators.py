@@ -1,0 +1,138 @@
+"""Estimators by name or instance, their kind, and their distributed (Dask) twins.
+
+``"xgboost.XGBClassifier"``, ``"lightgbm.LGBMRegressor"`` and any scikit-learn
+estimator path (``"sklearn.ensemble.RandomForestClassifier"``) resolve to a
+class; an instance is used as given (cloned, with ``params`` applied on top).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from mlplat.errors import InvalidArgument, MissingDependency
+
+SHORT_NAMES = {
+    "xgboost": "xgboost.XGBClassifier", "xgboost_regressor": "xgboost.XGBRegressor",
+    "lightgbm": "lightgbm.LGBMClassifier", "lightgbm_regressor": "lightgbm.LGBMRegressor",
+    "random_forest": "sklearn.ensemble.RandomForestClassifier",
+    "logistic_regression": "sklearn.linear_model.LogisticRegression",
+}
+_EXTRAS = {"xgboost": "xgboost", "lightgbm": "lightgbm", "sklearn": "training"}
+_SEED_PARAMS = ("random_state", "seed")
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """What a training run needs to know about an estimator."""
+
+    path: str  # importable "module.Class"
+    params: dict[str, Any]  # constructor parameters as given by the user (plus the seed)
+    kind: str  # "classifier" or "regressor"
+    family: str  # "sklearn", "xgboost" or "lightgbm": decides the MLflow flavour and the Dask path
+
+    def build(self) -> Any:
+        """A fresh, unfitted estimator."""
+        return load_class(self.path)(**self.params)
+
+
+def load_class(path: str) -> type:
+    """Import ``module.Class``; clear errors for typos and missing packages."""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise InvalidArgument(
+            f"Unknown estimator {path!r}: give 'module.Class' (e.g. 'xgboost.XGBClassifier') or one of "
+            f"{', '.join(SHORT_NAMES)}."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        root = module_name.split(".")[0]
+        if root in _EXTRAS and exc.name and exc.name.split(".")[0] == root:
+            raise MissingDependency(f"{path} needs {root}: pip install 'mlplat[{_EXTRAS[root]}]'.") from None
+        raise InvalidArgument(f"Unknown estimator {path!r}: there is no module {module_name!r}.") from None
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        raise InvalidArgument(f"Unknown estimator {path!r}: {module_name} has no {class_name!r}"
+                              f"{_did_you_mean(class_name, dir(module))}.") from None
+
+
+def resolve(estimator: Any, params: dict[str, Any] | None, seed: int) -> EstimatorSpec:
+    """An EstimatorSpec from a name, a class or an instance, with the seed applied where supported."""
+    params = dict(params or {})
+    if isinstance(estimator, str):
+        path = SHORT_NAMES.get(estimator, estimator)
+        cls = load_class(path)
+    else:
+        cls = estimator if isinstance(estimator, type) else type(estimator)
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        if not isinstance(estimator, type):
+            params = {**_explicit_params(estimator), **params}
+    if not (hasattr(cls, "fit") and hasattr(cls, "predict")):
+        raise InvalidArgument(f"{path} is not an estimator: it needs fit() and predict().")
+    try:
+        accepted = cls().get_params()
+    except TypeError:
+        accepted = {}
+    unknown = sorted(set(params) - set(accepted)) if accepted else []
+    if unknown:
+        raise InvalidArgument(f"{path} has no parameter {unknown[0]!r}{_did_you_mean(unknown[0], accepted)}; "
+                              f"it takes {', '.join(sorted(accepted))}.")
+    for name in _SEED_PARAMS:
+        if name in accepted and params.get(name) is None:
+            params[name] = seed
+            break
+    return EstimatorSpec(path, params, _kind(cls, path), _family(path))
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    hint = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _explicit_params(estimator: Any) -> dict[str, Any]:
+    """Parameters of an instance that differ from the class defaults."""
+    defaults = type(estimator)().get_params()
+    return {k: v for k, v in estimator.get_params().items() if k in defaults and defaults[k] is not v
+            and not _same(defaults[k], v)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _kind(cls: type, path: str) -> str:
+    estimator_type = getattr(cls, "_estimator_type", None)
+    if estimator_type is None:
+        from sklearn.base import is_classifier, is_regressor
+
+        instance = cls()
+        estimator_type = "classifier" if is_classifier(instance) else "regressor" if is_regressor(instance) else None
+    if estimator_type not in ("classifier", "regressor"):
+        raise InvalidArgument(f"{path} is neither a classifier nor a regressor; mlplat trains those two kinds.")
+    return estimator_type
+
+
+def _family(path: str) -> str:
+    root = path.split(".")[0]
+    return root if root in ("xgboost", "lightgbm") else "sklearn"
+
+
+def dask_twin(path: str, family: str) -> type | None:
+    """The library's own distributed estimator for ``path`` (xgboost.dask, lightgbm.dask), if any."""
+    name = path.rsplit(".", 1)[1]
+    if family == "xgboost":
+        import xgboost.dask
+
+        return getattr(xgboost.dask, f"Dask{name}", None)
+    if family == "lightgbm":
+        import lightgbm
+
+        return getattr(lightgbm, f"Dask{name}", None)
+    return None

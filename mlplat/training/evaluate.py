@@ -1,0 +1,119 @@
+"""Splitting a training set, scoring a model, and the validation gate.
+
+The default split is by time: the model trains on earlier rows and is tested on
+later ones, as it will be used. Rows sharing the boundary timestamp all go to
+the test side, so no test row is older than a training row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplat.errors import InvalidArgument, TrainingError
+
+CLASSIFIER_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1", "log_loss")
+REGRESSOR_METRICS = ("rmse", "mae", "r2")
+LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """How to hold out test rows: ``by="time"`` (default) or ``"random"``, ``test_size`` a fraction."""
+
+    by: str = "time"
+    test_size: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.by not in ("time", "random"):
+            raise InvalidArgument(f"split by={self.by!r}; use 'time' or 'random'.")
+        if not 0 < self.test_size < 1:
+            raise InvalidArgument(f"test_size={self.test_size} must be a fraction between 0 and 1, e.g. 0.2.")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A validation gate: ``{"metric": "roc_auc", "min": 0.7}`` (or ``"max"`` for losses)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any] | None, kind: str) -> Gate | None:
+        if spec is None:
+            return None
+        unknown = set(spec) - {"metric", "min", "max"}
+        if unknown or "metric" not in spec or ("min" not in spec and "max" not in spec):
+            raise InvalidArgument(f"validation={spec!r}: write {{'metric': 'roc_auc', 'min': 0.7}} (or 'max').")
+        known = metric_names(kind)
+        if spec["metric"] not in known:
+            raise InvalidArgument(f"validation metric {spec['metric']!r} is not computed for a {kind}; use one of {', '.join(known)}.")
+        return cls(spec["metric"], spec.get("min"), spec.get("max"))
+
+    def check(self, metrics: dict[str, float]) -> str | None:
+        """None when the metrics pass, else why not."""
+        value = metrics[self.metric]
+        if self.min is not None and not value >= self.min:
+            return f"{self.metric} {value:.4f} is below the required minimum {self.min}"
+        if self.max is not None and not value <= self.max:
+            return f"{self.metric} {value:.4f} is above the allowed maximum {self.max}"
+        return None
+
+
+def metric_names(kind: str) -> tuple[str, ...]:
+    return CLASSIFIER_METRICS if kind == "classifier" else REGRESSOR_METRICS
+
+
+def split_rows(frame: pd.DataFrame, split: Split, timestamp_field: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training and test rows."""
+    n = len(frame)
+    if split.by == "random":
+        order = np.random.default_rng(seed).permutation(n)
+        cut = n - max(1, int(round(n * split.test_size)))
+        return np.sort(order[:cut]), np.sort(order[cut:])
+    times = frame[timestamp_field].to_numpy()
+    order = np.argsort(times, kind="stable")
+    boundary = times[order[min(n - 1, n - max(1, int(round(n * split.test_size))))]]
+    test = times >= boundary
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def check_target(y_train: pd.Series, y_test: pd.Series, kind: str, target: str) -> None:
+    """Refuse splits a model cannot learn from or be scored on."""
+    if y_train.isna().any() or y_test.isna().any():
+        raise TrainingError(f"Target {target!r} has missing values; drop those rows from entity_df first.")
+    if len(y_train) == 0 or len(y_test) == 0:
+        raise TrainingError("The split left no training or no test rows; pass more rows or another test_size.")
+    if kind == "classifier":
+        for side, values in (("training", y_train), ("test", y_test)):
+            if values.nunique() < 2:
+                raise TrainingError(
+                    f"The {side} rows hold one class only ({values.iloc[0]!r}) of {target!r}; a classifier needs "
+                    "both. Use more data, another test_size, or split={'by': 'random'}."
+                )
+
+
+def score(model: Any, X: pd.DataFrame, y: pd.Series, kind: str) -> dict[str, float]:
+    """Metrics of ``model`` on ``(X, y)``."""
+    from sklearn import metrics as m
+
+    if kind == "regressor":
+        predicted = model.predict(X)
+        return {"rmse": float(np.sqrt(m.mean_squared_error(y, predicted))),
+                "mae": float(m.mean_absolute_error(y, predicted)), "r2": float(m.r2_score(y, predicted))}
+    probabilities = model.predict_proba(X)
+    predicted = model.classes_[probabilities.argmax(axis=1)]
+    binary = probabilities.shape[1] == 2
+    positive = probabilities[:, 1] if binary else probabilities
+    return {
+        "roc_auc": float(m.roc_auc_score(y, positive, multi_class="ovr", labels=model.classes_)),
+        "pr_auc": float(m.average_precision_score(y, positive, pos_label=model.classes_[1]))
+        if binary else float("nan"),
+        "accuracy": float(m.accuracy_score(y, predicted)),
+        "f1": float(m.f1_score(y, predicted, average="binary" if binary else "macro", pos_label=model.classes_[-1])),
+        "log_loss": float(m.log_loss(y, probabilities, labels=model.classes_)),
+    }

@@ -1,0 +1,256 @@
+"""One training run: training set -> split -> fit -> score -> track -> gate -> register.
+
+Everything needed to redo the run is recorded with it (``mlplat/train_spec.json``
+and the entity rows), so :func:`reproduce` can rebuild the same training set
+and refit the same estimator with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplat.errors import MissingColumnError, TrainingError
+from mlplat.features.refs import resolve as resolve_refs
+from mlplat.training import estimators, tracking
+from mlplat.training.evaluate import Gate, Split, check_target, score, split_rows
+from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
+
+SPEC_ARTIFACT = "mlplat/train_spec.json"
+ENTITIES_ARTIFACT = "mlplat/entity_df.parquet"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; ``version`` is None when the gate refused the model."""
+
+    name: str
+    run_id: str
+    metrics: dict[str, float]
+    version: str | None
+    rejected: str | None
+    features: list[str]
+    training_set_fingerprint: str
+    model_uri: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:
+        verdict = (f"<b style='color:#1a7f37'>registered as version {self.version}</b>" if self.version
+                   else f"<b style='color:#cf222e'>not registered</b>: {escape(self.rejected or 'registration off')}")
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in self.metrics.items())
+        return (f"<div><h4>{escape(self.name)} — run {self.run_id[:8]}</h4><p>{verdict}</p>"
+                f"<table><tr><th>metric (test rows)</th><th>value</th></tr>{rows}</table>"
+                f"<p>features: {escape(', '.join(self.features))}<br>training set {self.training_set_fingerprint[:12]}"
+                "</p></div>")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Every input of a run except the data itself, as recorded next to it."""
+
+    estimator: str
+    params: dict[str, Any]
+    kind: str
+    family: str
+    features: list[str]  # pinned: view@version:feature
+    target: str
+    timestamp_field: str
+    split: dict[str, Any]
+    seed: int
+    validation: dict[str, Any] | None
+    name: str
+
+
+def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.DataFrame, target: str, name: str,
+          params: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
+          split: dict[str, Any] | Split | None = None, timestamp_field: str = "event_timestamp", seed: int = 0,
+          client: Any = None, register: bool = True) -> TrainResult:
+    """Train, evaluate, track and (if the gate passes) register a model version. See ``Platform.train``."""
+    spec_ = estimators.resolve(estimator, params, seed)
+    gate = Gate.parse(validation, spec_.kind)
+    split = split if isinstance(split, Split) else Split(**(split or {}))
+    if target not in getattr(entity_df, "columns", ()):
+        raise MissingColumnError(f"entity_df has no target column {target!r}; it has {list(entity_df.columns)}.")
+    requests = resolve_refs(features, platform.features.get_view, set(entity_df.columns))
+    pinned = [f"{r.view.name}@{r.view.version}:{f}" for r in requests for f in r.features]
+    spec = TrainSpec(spec_.path, spec_.params, spec_.kind, spec_.family, pinned, target, timestamp_field,
+                     asdict(split), seed, asdict(gate) if gate else None, name)
+    return _run(platform, spec, entity_df, [c for r in requests for c in r.columns], gate, client, register)
+
+
+def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
+         client: Any, register: bool, parent_run_id: str | None = None, extra_tags: dict | None = None) -> TrainResult:
+    import mlflow
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    frame = platform.features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field,
+                                               client=client)
+    seconds["training_set"] = time.perf_counter() - started
+    X, y = model_inputs(frame, columns), frame[spec.target]
+    train_rows, test_rows = split_rows(frame, Split(**spec.split), spec.timestamp_field, spec.seed)
+    check_target(y.iloc[train_rows], y.iloc[test_rows], spec.kind, spec.target)
+    fingerprint = frame_fingerprint(frame[[*entity_df.columns, *columns]])
+    with tracking.session(platform.settings) as mlflow_client:
+        experiment = tracking.experiment_id(mlflow_client, platform.settings, spec.name)
+        run = mlflow.start_run(experiment_id=experiment, parent_run_id=parent_run_id, nested=parent_run_id is not None,
+                               run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
+        try:
+            _log_inputs(spec, entity_df, fingerprint, platform.settings.user, extra_tags)
+            started = time.perf_counter()
+            model = fit(spec, X.iloc[train_rows], y.iloc[train_rows], client)
+            seconds["fit"] = time.perf_counter() - started
+            started = time.perf_counter()
+            metrics = score(model, X.iloc[test_rows], y.iloc[test_rows], spec.kind)
+            mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+            output = model.predict_proba(X.head(5)) if spec.kind == "classifier" else model.predict(X.head(5))
+            logged = tracking.log_model(model, spec.family, X.iloc[test_rows], output)
+            tracking.log_plots(model, X.iloc[test_rows], y.iloc[test_rows], spec.kind)
+            rejected = gate.check(metrics) if gate else None
+            mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
+            version = None
+            if rejected is None and register:
+                version = platform.models.register(spec.name, logged.model_uri, run.info.run_id, spec.features,
+                                                   fingerprint)
+            seconds["tracking"] = time.perf_counter() - started
+            mlflow.end_run("FINISHED")
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+    return TrainResult(spec.name, run.info.run_id, metrics, version, rejected, spec.features, fingerprint,
+                       logged.model_uri, seconds)
+
+
+def model_inputs(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Feature columns as estimators and model signatures take them: float64, NaN for missing values."""
+    X = frame[columns]
+    strings = [c for c in columns if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))]
+    if strings:
+        raise TrainingError(f"Feature(s) {strings} are not numeric; encode them in a feature view (e.g. one-hot) first.")
+    return X.astype("float64")
+
+
+def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None) -> Any:
+    """Fit the estimator: in process, or on the Dask cluster behind ``client`` with the library's own path."""
+    try:
+        if client is None:
+            return spec_build(spec).fit(X, y)
+        twin = estimators.dask_twin(spec.estimator, spec.family)
+        if twin is None:  # scikit-learn: parallel parts of the fit run through joblib's Dask backend
+            import joblib
+
+            with joblib.parallel_backend("dask"):
+                return spec_build(spec).fit(X, y)
+        return _fit_distributed(twin, spec, X, y, client)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise TrainingError(f"{spec.estimator}.fit failed: {exc}") from exc
+
+
+def spec_build(spec: Any) -> Any:
+    return estimators.load_class(spec.estimator)(**spec.params)
+
+
+def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, client: Any) -> Any:
+    import dask.dataframe as dd
+
+    partitions = max(1, len(client.scheduler_info().get("workers", {})))
+    dX = dd.from_pandas(X, npartitions=partitions, sort=False)
+    dy = dd.from_pandas(y, npartitions=partitions, sort=False)
+    model = twin(**spec.params)
+    model.client = client
+    model.fit(dX, dy)
+    if spec.family == "lightgbm":
+        return model.to_local()
+    with tempfile.TemporaryDirectory() as folder:  # the booster, with the sklearn attributes, as one file
+        path = Path(folder) / "model.json"
+        model.save_model(path)
+        local = spec_build(spec)
+        local.load_model(path)
+    return local
+
+
+def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, user: str, extra: dict | None) -> None:
+    import mlflow
+
+    mlflow.log_params({"estimator": spec.estimator, "seed": spec.seed, "target": spec.target, "rows": len(entity_df),
+                       "split": json.dumps(spec.split), "n_features": len(spec.features),
+                       **{f"param.{k}": v for k, v in spec.params.items()}})
+    code = code_fingerprint()
+    views = sorted({ref.split(":")[0] for ref in spec.features})
+    mlflow.set_tags({"mlplat.features": json.dumps(spec.features), "mlplat.feature_views": json.dumps(views),
+                     "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": user,
+                     "mlplat.code_path": code["path"] or "", "mlplat.code_sha256": code["sha256"] or "",
+                     "mlplat.git_commit": code["git_commit"] or "", **(extra or {})})
+    mlflow.log_dict(asdict(spec), SPEC_ARTIFACT)
+    mlflow.log_dict({"code": code, "environment": environment()}, "mlplat/provenance.json")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "entity_df.parquet"
+        entity_df.to_parquet(path)
+        mlflow.log_artifact(str(path), "mlplat")
+
+def load_spec(settings: Any, run_id: str) -> tuple[TrainSpec, pd.DataFrame]:
+    """The recorded inputs of a run: its TrainSpec and its entity rows."""
+    import mlflow
+
+    with tracking.session(settings):
+        try:
+            spec = TrainSpec(**mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPEC_ARTIFACT}"))
+            with tempfile.TemporaryDirectory() as folder:
+                path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{ENTITIES_ARTIFACT}", dst_path=folder)
+                entity_df = pd.read_parquet(path)
+        except Exception as exc:
+            raise TrainingError(f"Run {run_id} has no mlplat training record ({exc}); was it made by p.train?") from None
+    return spec, entity_df
+
+
+def load_model(settings: Any, name: str, version: str, family: str) -> Any:
+    """A registered version as its native estimator (with predict_proba), not the pyfunc wrapper."""
+    import mlflow
+
+    flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm}.get(family, mlflow.sklearn)
+    with tracking.session(settings):
+        return flavour.load_model(f"models:/{name}/{version}")
+
+
+@dataclass
+class Reproduction:
+    """A retrained run next to the original: same data? same metrics?"""
+
+    original_run_id: str
+    run_id: str
+    original_metrics: dict[str, float]
+    metrics: dict[str, float]
+    same_training_set: bool
+
+    @property
+    def identical(self) -> bool:
+        """True when the data fingerprints and every metric match exactly."""
+        return self.same_training_set and all(
+            self.metrics.get(k) == v for k, v in self.original_metrics.items() if np.isfinite(v))
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:.6f}</td><td>{self.metrics.get(k, float('nan')):.6f}</td></tr>"
+                       for k, v in self.original_metrics.items())
+        return (f"<div><h4>Reproduction of run {self.original_run_id[:8]}: "
+                f"{'identical' if self.identical else 'DIFFERENT'}</h4><p>same training set: {self.same_training_set}</p>"
+                f"<table><tr><th>metric</th><th>original</th><th>reproduced</th></tr>{rows}</table></div>")
+
+
+def reproduce(platform: Any, run_id: str, client: Any = None) -> Reproduction:
+    """Retrain from a run's recorded inputs (pinned feature versions, rows, estimator, seed, split)."""
+    spec, entity_df = load_spec(platform.settings, run_id)
+    with tracking.session(platform.settings) as mlflow_client:
+        original = mlflow_client.get_run(run_id)
+    requests = resolve_refs(spec.features, platform.features.get_view, set(entity_df.columns))
+    result = _run(platform, spec, entity_df, [c for r in requests for c in r.columns], None, client,
+                  register=False, extra_tags={"mlplat.reproduces": run_id})
+    same = result.training_set_fingerprint == original.data.tags.get("mlplat.training_set_fingerprint")
+    return Reproduction(run_id, result.run_id, dict(original.data.metrics), result.metrics, same)

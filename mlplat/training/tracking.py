@@ -1,0 +1,117 @@
+"""MLflow, configured from the platform settings: runs, models and plots.
+
+MLflow's fluent API keeps its tracking URI in process-wide state; ``session``
+points it at this platform's store for the duration of a block and puts the
+previous one back afterwards, so two platforms in one process do not mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplat.config import Settings
+from mlplat.errors import TrackingUnavailable
+from mlplat.training.fingerprint import requirements
+
+# MLflow logs a line per registered version and per new experiment; mlplat reports those itself.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+_FLAVOURS = {"sklearn": ("scikit-learn",), "xgboost": ("xgboost", "scikit-learn"),
+             "lightgbm": ("lightgbm", "scikit-learn")}
+
+
+@contextlib.contextmanager
+def session(settings: Settings) -> Iterator[Any]:
+    """Point MLflow at the platform's tracking store and yield a ``MlflowClient``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(settings.tracking)
+    mlflow.set_registry_uri(settings.tracking)
+    try:
+        yield MlflowClient(settings.tracking, settings.tracking)
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+def experiment_id(client: Any, settings: Settings, name: str) -> str:
+    """The id of experiment ``name``, created with its artifacts under the platform's artifact root."""
+    try:
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(name, artifact_location=f"{settings.artifacts.rstrip('/')}/{name}")
+    except Exception as exc:  # MLflow raises many kinds for an unreachable store
+        raise unavailable(settings, exc) from None
+
+
+def unavailable(settings: Settings, exc: Exception) -> TrackingUnavailable:
+    return TrackingUnavailable(
+        f"Cannot use the MLflow tracking store {settings.tracking} ({type(exc).__name__}: {str(exc)[:200]}). "
+        "Start it (`mlplat up` starts the embedded one) or fix the tracking setting."
+    )
+
+
+def log_model(model: Any, family: str, X_sample: pd.DataFrame, output: Any) -> Any:
+    """Log ``model`` with its MLflow flavour, a signature, an input example and pinned requirements."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(X_sample, output)
+    pip = [*requirements(*_FLAVOURS[family]), *requirements("numpy", "pandas", "scipy")]
+    common = {"name": "model", "signature": signature, "input_example": X_sample.head(3), "pip_requirements": pip}
+    if family == "xgboost":
+        return mlflow.xgboost.log_model(model, **common)
+    if family == "lightgbm":
+        return mlflow.lightgbm.log_model(model, **common)
+    import skops.io
+
+    # skops refuses to load types it was not told to trust; trust exactly the types this model holds.
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return mlflow.sklearn.log_model(model, skops_trusted_types=trusted, **common)
+
+
+def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str) -> None:
+    """ROC and precision-recall curves (classifiers) or residuals (regressors), and feature importance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    if kind == "classifier" and len(getattr(model, "classes_", [])) == 2:
+        from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+        figure, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
+        scores = model.predict_proba(X_test)[:, 1]
+        RocCurveDisplay.from_predictions(y_test, scores, ax=roc, pos_label=model.classes_[1])
+        PrecisionRecallDisplay.from_predictions(y_test, scores, ax=pr, pos_label=model.classes_[1])
+        mlflow.log_figure(figure, "plots/roc_pr.png")
+        plt.close(figure)
+    elif kind == "regressor":
+        figure, ax = plt.subplots(figsize=(5, 4))
+        predicted = model.predict(X_test)
+        ax.scatter(predicted, np.asarray(y_test) - predicted, s=4, alpha=0.5)
+        ax.axhline(0, color="grey", lw=1)
+        ax.set(xlabel="predicted", ylabel="residual", title="Residuals on the test rows")
+        mlflow.log_figure(figure, "plots/residuals.png")
+        plt.close(figure)
+    importance = getattr(model, "feature_importances_", None)
+    if importance is None and hasattr(model, "coef_"):
+        importance = np.abs(np.asarray(model.coef_)).reshape(-1, len(X_test.columns)).mean(axis=0)
+    if importance is not None:
+        order = np.argsort(importance)[-20:]
+        figure, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
+        ax.barh(np.asarray(X_test.columns)[order], np.asarray(importance)[order])
+        ax.set(title="Feature importance")
+        figure.tight_layout()
+        mlflow.log_figure(figure, "plots/feature_importance.png")
+        plt.close(figure)
