@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,8 @@ def resolve(estimator: Any, params: dict[str, Any] | None, seed: int) -> Estimat
         accepted = cls().get_params()
     except TypeError:
         accepted = {}
-    unknown = sorted(set(params) - set(accepted)) if accepted else []
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    unknown = sorted(set(params) - set(accepted)) if accepted and not takes_any else []
     if unknown:
         raise InvalidArgument(f"{path} has no parameter {unknown[0]!r}{_did_you_mean(unknown[0], accepted)}; "
                               f"it takes {', '.join(sorted(accepted))}.")
