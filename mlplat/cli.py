@@ -33,6 +33,12 @@ def _settings():
     return load_settings()
 
 
+def _platform():
+    import mlplat
+
+    return mlplat.connect()
+
+
 @main.command()
 def up() -> None:
     """Start the embedded services (or reuse the running ones)."""
@@ -74,9 +80,7 @@ def features() -> None:
 
 
 def _store():
-    import mlplat
-
-    return mlplat.connect().features
+    return _platform().features
 
 
 @features.command("apply")
@@ -147,3 +151,76 @@ def _describe(change: dict[str, Any]) -> str:
     if change.get("incompatible"):
         parts.append("(incompatible: new version)")
     return " ".join(str(p) for p in parts)
+
+
+@main.group()
+def models() -> None:
+    """Registered models: versions, promotion, rollback, audit."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Every registered model with its latest version and aliases."""
+    for model in _platform().models.list():
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(model["aliases"].items())) or "-"
+        click.echo(f"{model['name']:24} latest v{model['latest']}  {aliases}")
+
+
+@models.command("versions")
+@click.argument("name")
+def models_versions(name: str) -> None:
+    """Versions of NAME, newest first, with aliases and test metrics."""
+    for v in _platform().models.versions(name):
+        metrics = "  ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
+        flags = ",".join(v.aliases) + (" archived" if v.archived else "")
+        click.echo(f"v{v.version:<4} {flags or '-':22} {v.created:%Y-%m-%d %H:%M}  {metrics}")
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", required=False)
+@click.option("--margin", type=float, help="How much better than the champion it must be.")
+@click.option("--force", is_flag=True, help="Skip the comparison (needs --reason).")
+@click.option("--reason", default="", help="Why; recorded in the audit log.")
+def models_promote(name: str, version: str | None, margin: float | None, force: bool, reason: str) -> None:
+    """Make VERSION (default: the challenger) the champion if it beats the current one."""
+    done = _platform().models.promote(name, version, margin=margin, force=force, reason=reason)
+    compared = (f" ({done.metric} {done.challenger_score:.4f} vs {done.champion_score:.4f})"
+                if done.champion_score is not None else "")
+    click.echo(f"{name} v{done.version} is the champion{compared}; previous: {done.previous or 'none'}")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--reason", default="")
+def models_rollback(name: str, reason: str) -> None:
+    """Give the champion alias back to the previous champion."""
+    click.echo(f"{name}: champion is v{_platform().models.rollback(name, reason)} again")
+
+
+@models.command("archive")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", default="")
+def models_archive(name: str, version: str, reason: str) -> None:
+    """Retire VERSION: it loses its aliases and cannot be promoted."""
+    _platform().models.archive(name, version, reason)
+    click.echo(f"{name} v{version} archived")
+
+
+@models.command("history")
+@click.argument("name", required=False)
+def models_history(name: str | None) -> None:
+    """The audit trail: who did what, when and why."""
+    for e in _platform().models.history(name):
+        why = f"  -- {e['reason']}" if e["reason"] else ""
+        click.echo(f"{e['at']:%Y-%m-%d %H:%M:%S}  {e['who']:10} {e['action']:18} {e['model']} v{e['version']}{why}")
+
+
+@main.command()
+@click.option("--model", help="A registered model.")
+@click.option("--version", help="Its version (default: the champion).")
+@click.option("--feature-view", help="Show the model versions that use this view instead.")
+def lineage(model: str | None, version: str | None, feature_view: str | None) -> None:
+    """Where a model version came from, or which models use a feature view."""
+    click.echo(str(_platform().lineage(model=model, version=version, feature_view=feature_view)))

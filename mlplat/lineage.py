@@ -79,7 +79,7 @@ def of_model(platform: Any, name: str, version: str | int | None = None) -> Line
     run_node = Node("run", found.run_id[:12], {
         "estimator": params.get("estimator"), "seed": params.get("seed"), "code": tags.get("mlplat.code_path"),
         "git": (tags.get("mlplat.git_commit") or "")[:10], "by": tags.get("mlplat.user")}, [training_set])
-    metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(found.metrics.items())[:3])
+    metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(found.metrics.items()))
     return Lineage(Node("model", f"{name} v{found.version}", {"aliases": ", ".join(found.aliases), "metrics": metrics},
                         [run_node]))
 

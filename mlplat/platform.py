@@ -24,7 +24,7 @@ class Platform:
         from mlplat import services
 
         platform = cls(load_settings(**overrides))
-        services.up(platform.settings)
+        services.up(platform.settings, only=("redis",))  # the MLflow UI is for people: `mlplat up`
         return platform
 
     @cached_property

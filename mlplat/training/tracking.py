@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,11 @@ def session(settings: Settings) -> Iterator[Any]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    if settings.tracking.startswith(("http://", "https://")):  # fail in seconds, not after MLflow's retries
+        try:
+            urllib.request.urlopen(f"{settings.tracking.rstrip('/')}/health", timeout=3).close()
+        except OSError as exc:
+            raise unavailable(settings, exc) from None
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(settings.tracking)
     mlflow.set_registry_uri(settings.tracking)
