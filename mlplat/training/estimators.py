@@ -78,8 +78,10 @@ def resolve(estimator: Any, params: dict[str, Any] | None, seed: int) -> Estimat
         accepted = cls().get_params()
     except TypeError:
         accepted = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
-    unknown = sorted(set(params) - set(accepted)) if accepted and not takes_any else []
+    unknown = sorted(set(params) - set(accepted)) if accepted else []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
+        # **kwargs go on to the booster (xgboost, lightgbm): refuse only what looks like a typo.
+        unknown = [name for name in unknown if difflib.get_close_matches(name, accepted, n=1, cutoff=0.85)]
     if unknown:
         raise InvalidArgument(f"{path} has no parameter {unknown[0]!r}{_did_you_mean(unknown[0], accepted)}; "
                               f"it takes {', '.join(sorted(accepted))}.")
