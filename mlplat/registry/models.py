@@ -68,7 +68,7 @@ class ModelRegistry:
         with self._client() as client:
             models = _call(self.settings, client.search_registered_models)
             return [{"name": m.name, "latest": max((int(v.version) for v in m.latest_versions), default=None),
-                     "aliases": dict(m.aliases or {})} for m in models]
+                     "aliases": {a: str(v) for a, v in (m.aliases or {}).items()}} for m in models]
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, newest first, with its run's metrics."""
@@ -76,7 +76,7 @@ class ModelRegistry:
             found = _call(self.settings, client.search_model_versions, f"name='{name}'")
             if not found:
                 raise self._unknown(client, name)
-            aliases = client.get_registered_model(name).aliases or {}
+            aliases = self._aliases(client, name)
             return [self._describe(client, v, aliases) for v in sorted(found, key=lambda v: -int(v.version))]
 
     def get(self, name: str, version: str | int | None = None, alias: str | None = None) -> ModelVersion:
@@ -97,15 +97,16 @@ class ModelRegistry:
 
     def _describe(self, client, version, aliases: dict[str, str]) -> ModelVersion:
         run = client.get_run(version.run_id)
-        return ModelVersion(version.name, version.version, version.run_id,
-                            sorted(a for a, v in aliases.items() if v == version.version), dict(run.data.metrics),
+        number = str(version.version)
+        return ModelVersion(version.name, number, version.run_id,
+                            sorted(a for a, v in aliases.items() if v == number), dict(run.data.metrics),
                             json.loads(version.tags.get("mlplat.features", "[]")),
                             version.tags.get(ARCHIVED_TAG) == "true",
                             pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC"))
 
     def _aliases(self, client, name: str) -> dict[str, str]:
         try:
-            return dict(client.get_registered_model(name).aliases or {})
+            return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
         except Exception:
             raise self._unknown(client, name) from None
 
@@ -121,7 +122,7 @@ class ModelRegistry:
                 client.create_registered_model(name)
             tags = {"mlplat.features": json.dumps(features), "mlplat.training_set_fingerprint": fingerprint,
                     "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features}))}
-            version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version
+            version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
             client.set_registered_model_alias(name, CHALLENGER, version)
         self.audit.record(name, version, "registered", run_id=run_id)
         return version

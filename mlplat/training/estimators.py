@@ -85,6 +85,8 @@ def resolve(estimator: Any, params: dict[str, Any] | None, seed: int) -> Estimat
     if unknown:
         raise InvalidArgument(f"{path} has no parameter {unknown[0]!r}{_did_you_mean(unknown[0], accepted)}; "
                               f"it takes {', '.join(sorted(accepted))}.")
+    if _family(path) == "lightgbm":
+        params.setdefault("verbose", -1)  # LightGBM logs every tree otherwise
     for name in _SEED_PARAMS:
         if name in accepted and params.get(name) is None:
             params[name] = seed
