@@ -2,7 +2,8 @@
 
 Generates a ride-hailing dataset (driver and customer features, trip labels),
 defines the features, ingests them, builds a point-in-time training set,
-materialises, reads online, pushes a fresh value, and prints a summary.
+materialises, reads online, pushes a fresh value, then trains, gates, registers
+and promotes a model, and prints a summary with the model's lineage.
 """
 
 from __future__ import annotations
@@ -118,6 +119,14 @@ def run(fresh: bool = False) -> None:
     with step("push a fresh value for driver 1"):
         p.features.push("driver_stats", fresh_value)
     after = p.features.get_online_features(["driver_stats:rating"], [{"driver_id": 1}]).to_dict()
+    model_features = ["driver_stats:*", "customer_profile:avg_fare"]
+    with step("train, track and gate an XGBoost model (MLflow)"):
+        trained = p.train("xgboost.XGBClassifier", features=model_features, entity_df=labels, target="completed",
+                          name="trip_completion", params={"n_estimators": 100, "max_depth": 4},
+                          validation={"metric": "roc_auc", "min": 0.6})
+    if trained.version:
+        with step(f"promote version {trained.version} to champion"):
+            p.models.promote("trip_completion", trained.version, reason="demo")
 
     print("\nSummary")
     print(f"  training set: {train.shape[0]:,} rows x {train.shape[1]} columns, "
@@ -128,6 +137,12 @@ def run(fresh: bool = False) -> None:
         print(f"  materialised {result.view} v{result.version}: {result.entities:,} entities from {result.rows_read:,} rows")
     print("  online:", {k: [round(v, 3) if isinstance(v, float) else v for v in vs] for k, vs in online.to_dict().items()})
     print(f"  after push, driver 1 rating: {after['rating'][0]:.2f}")
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items())
+    print(f"  model trip_completion: {metrics} on the latest 20% of trips; "
+          + (f"registered as version {trained.version}" if trained.version else f"not registered: {trained.rejected}"))
+    if trained.version:
+        print("\nLineage")
+        print(p.lineage(model="trip_completion"))
     p.close()
     from mlplat import services
 

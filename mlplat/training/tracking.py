@@ -8,6 +8,7 @@ previous one back afterwards, so two platforms in one process do not mix.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -20,8 +21,9 @@ from mlplat.config import Settings
 from mlplat.errors import TrackingUnavailable
 from mlplat.training.fingerprint import requirements
 
-# MLflow logs a line per registered version and per new experiment; mlplat reports those itself.
+# mlplat reports what it did itself: no artifact progress bars, no database set-up chatter.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+_QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.tracking.fluent")
 
 _FLAVOURS = {"sklearn": ("scikit-learn",), "xgboost": ("xgboost", "scikit-learn"),
              "lightgbm": ("lightgbm", "scikit-learn")}
@@ -38,6 +40,8 @@ def session(settings: Settings) -> Iterator[Any]:
             urllib.request.urlopen(f"{settings.tracking.rstrip('/')}/health", timeout=3).close()
         except OSError as exc:
             raise unavailable(settings, exc) from None
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(settings.tracking)
     mlflow.set_registry_uri(settings.tracking)
