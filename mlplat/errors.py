@@ -71,6 +71,10 @@ class TrainingError(MlplatError):
     """A training run cannot go on: bad target, bad split, a failed fit."""
 
 
+class GateFailed(TrainingError):
+    """A model did not pass its validation gate (raised by ``TrainResult.check()``)."""
+
+
 class TrackingUnavailable(ServiceError):
     """The MLflow tracking store cannot be reached."""
 

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 import mlplat
 from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
-from mlplat.errors import InvalidArgument, MissingColumnError, TrackingUnavailable, TrainingError
+from mlplat.errors import GateFailed, InvalidArgument, MissingColumnError, TrackingUnavailable, TrainingError
 from mlplat.services import free_port
 from mlplat.training import tracking
 
@@ -61,8 +61,8 @@ def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels):
     assert run.data.tags["mlplat.code_sha256"]  # the running file (pytest's entry point) is hashed
     assert {a.path for a in plots} == {"plots/roc_pr.png", "plots/feature_importance.png"}
     assert platform.models.get("passes", alias="challenger").version == result.version
+    model = platform.models.load("passes", result.version)
     with tracking.session(platform.settings):
-        model = mlflow.pyfunc.load_model(f"models:/passes/{result.version}")
         provenance = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/mlplat/provenance.json")
     frame = platform.features.get_training_set(labels.head(50), FEATURES)
     inputs = frame[["rating", "trips_today", "acceptance_rate", "avg_speed_kmh", "avg_fare"]].astype("float64")
@@ -92,6 +92,8 @@ def test_a_failing_gate_registers_nothing(platform, labels):
     run, _ = run_of(platform, result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mlplat.gate"].startswith("refused")
     assert "refused" not in [m["name"] for m in platform.models.list()]
+    with pytest.raises(GateFailed, match="not registered: roc_auc"):
+        result.check()
 
 
 def test_a_failed_fit_marks_the_run_failed(platform, labels):

@@ -95,6 +95,14 @@ class ModelRegistry:
                 raise ModelNotFound(f"Model {name!r} has no version {version}.") from None
             return self._describe(client, found, aliases)
 
+    def load(self, name: str, version: str | int | None = None, alias: str | None = None) -> Any:
+        """A version (default: the champion) as an ``mlflow.pyfunc`` model, ready to ``predict``."""
+        import mlflow
+
+        found = self.get(name, version, alias)
+        with self._client():
+            return mlflow.pyfunc.load_model(f"models:/{name}/{found.version}")
+
     def _describe(self, client, version, aliases: dict[str, str]) -> ModelVersion:
         run = client.get_run(version.run_id)
         number = str(version.version)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplat.errors import MissingColumnError, TrainingError
+from mlplat.errors import GateFailed, MissingColumnError, TrainingError
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import Gate, Split, check_target, score, split_rows
@@ -41,6 +41,12 @@ class TrainResult:
     training_set_fingerprint: str
     model_uri: str
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def check(self) -> TrainResult:
+        """Raise GateFailed when the gate refused the model (for jobs that must fail); else return self."""
+        if self.rejected:
+            raise GateFailed(f"Model {self.name!r} was not registered: {self.rejected}. See run {self.run_id}.")
+        return self
 
     def _repr_html_(self) -> str:
         verdict = (f"<b style='color:#1a7f37'>registered as version {self.version}</b>" if self.version
