@@ -121,7 +121,8 @@ def training_set_on_dask(
         partitions = max(1, 2 * len(client.scheduler_info().get("workers", {})))
     order = np.argsort(query_ts, kind="stable")
     chunks = [entity_df.iloc[part] for part in np.array_split(order, partitions) if len(part)]
-    futures = client.map(_join_partition, chunks, offline_url=offline_url, requests=requests,
+    # Scattered first, the rows go straight to the workers rather than through the scheduler's graph.
+    futures = client.map(_join_partition, client.scatter(chunks), offline_url=offline_url, requests=requests,
                          timestamp_field=timestamp_field, pure=False)
     joined = pd.concat(client.gather(futures)) if chunks else training_set(
         OfflineStore(offline_url), requests, entity_df, timestamp_field)

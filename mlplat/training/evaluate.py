@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlplat.errors import InvalidArgument, TrainingError
+from mlplat.features.retrieval import entity_times
 
 CLASSIFIER_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1", "log_loss")
 REGRESSOR_METRICS = ("rmse", "mae", "r2")
@@ -75,7 +76,7 @@ def split_rows(frame: pd.DataFrame, split: Split, timestamp_field: str, seed: in
         order = np.random.default_rng(seed).permutation(n)
         cut = n - max(1, int(round(n * split.test_size)))
         return np.sort(order[:cut]), np.sort(order[cut:])
-    times = frame[timestamp_field].to_numpy()
+    times = entity_times(frame, timestamp_field)  # int64 ns: tz-aware columns would sort as objects
     order = np.argsort(times, kind="stable")
     boundary = times[order[min(n - 1, n - max(1, int(round(n * split.test_size))))]]
     test = times >= boundary
@@ -97,23 +98,27 @@ def check_target(y_train: pd.Series, y_test: pd.Series, kind: str, target: str) 
                 )
 
 
-def score(model: Any, X: pd.DataFrame, y: pd.Series, kind: str) -> dict[str, float]:
-    """Metrics of ``model`` on ``(X, y)``."""
+def predict(model: Any, X: pd.DataFrame, kind: str) -> np.ndarray:
+    """What the metrics and plots are computed from: class probabilities, or predicted values."""
+    return model.predict_proba(X) if kind == "classifier" else model.predict(X)
+
+
+def score(model: Any, X: pd.DataFrame, y: pd.Series, kind: str, predictions: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of ``model`` on ``(X, y)`` (from ``predictions`` when already computed)."""
     from sklearn import metrics as m
 
+    output = predict(model, X, kind) if predictions is None else predictions
     if kind == "regressor":
-        predicted = model.predict(X)
-        return {"rmse": float(np.sqrt(m.mean_squared_error(y, predicted))),
-                "mae": float(m.mean_absolute_error(y, predicted)), "r2": float(m.r2_score(y, predicted))}
-    probabilities = model.predict_proba(X)
-    predicted = model.classes_[probabilities.argmax(axis=1)]
-    binary = probabilities.shape[1] == 2
-    positive = probabilities[:, 1] if binary else probabilities
+        return {"rmse": float(np.sqrt(m.mean_squared_error(y, output))),
+                "mae": float(m.mean_absolute_error(y, output)), "r2": float(m.r2_score(y, output))}
+    predicted = model.classes_[output.argmax(axis=1)]
+    binary = output.shape[1] == 2
+    positive = output[:, 1] if binary else output
     return {
         "roc_auc": float(m.roc_auc_score(y, positive, multi_class="ovr", labels=model.classes_)),
         "pr_auc": float(m.average_precision_score(y, positive, pos_label=model.classes_[1]))
         if binary else float("nan"),
         "accuracy": float(m.accuracy_score(y, predicted)),
         "f1": float(m.f1_score(y, predicted, average="binary" if binary else "macro", pos_label=model.classes_[-1])),
-        "log_loss": float(m.log_loss(y, probabilities, labels=model.classes_)),
+        "log_loss": float(m.log_loss(y, output, labels=model.classes_)),
     }

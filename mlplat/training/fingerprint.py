@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -50,14 +51,15 @@ def _running_file() -> Path | None:
     return Path(main).resolve() if main else None
 
 
-def environment() -> list[str]:
-    """``name==version`` of every installed distribution, sorted: the full pip environment."""
+@functools.cache
+def environment() -> tuple[str, ...]:
+    """``name==version`` of every installed distribution, sorted: the full pip environment (read once)."""
     found = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
         if name:
             found[name.lower()] = f"{name}=={dist.version}"
-    return [found[k] for k in sorted(found)]
+    return tuple(found[k] for k in sorted(found))
 
 
 def requirements(*packages: str) -> list[str]:

@@ -21,7 +21,7 @@ import pandas as pd
 from mlplat.errors import GateFailed, MissingColumnError, TrainingError
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.training import estimators, tracking
-from mlplat.training.evaluate import Gate, Split, check_target, score, split_rows
+from mlplat.training.evaluate import Gate, Split, check_target, predict, score, split_rows
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
 
 SPEC_ARTIFACT = "mlplat/train_spec.json"
@@ -115,11 +115,12 @@ def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[
             model = fit(spec, X.iloc[train_rows], y.iloc[train_rows], client)
             seconds["fit"] = time.perf_counter() - started
             started = time.perf_counter()
-            metrics = score(model, X.iloc[test_rows], y.iloc[test_rows], spec.kind)
+            X_test, y_test = X.iloc[test_rows], y.iloc[test_rows]
+            predictions = predict(model, X_test, spec.kind)
+            metrics = score(model, X_test, y_test, spec.kind, predictions)
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-            output = model.predict_proba(X.head(5)) if spec.kind == "classifier" else model.predict(X.head(5))
-            logged = tracking.log_model(model, spec.family, X.iloc[test_rows], output)
-            tracking.log_plots(model, X.iloc[test_rows], y.iloc[test_rows], spec.kind)
+            logged = tracking.log_model(model, spec.family, X_test.head(100), predictions[:100])
+            tracking.log_plots(model, X_test, y_test, spec.kind, predictions)
             rejected = gate.check(metrics) if gate else None
             mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
             version = None
@@ -168,8 +169,11 @@ def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, clien
     import dask.dataframe as dd
 
     partitions = max(1, len(client.scheduler_info().get("workers", {})))
-    dX = dd.from_pandas(X, npartitions=partitions, sort=False)
-    dy = dd.from_pandas(y, npartitions=partitions, sort=False)
+    # Scatter the rows to the workers first: inside the task graph they would travel through the scheduler.
+    bounds = np.linspace(0, len(X), partitions + 1).astype(int)
+    parts = [(X.iloc[a:b], y.iloc[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    dX = dd.from_delayed(client.scatter([p[0] for p in parts]), meta=X.iloc[:0], verify_meta=False)
+    dy = dd.from_delayed(client.scatter([p[1] for p in parts]), meta=y.iloc[:0], verify_meta=False)
     model = twin(**spec.params)
     model.client = client
     model.fit(dX, dy)

@@ -71,7 +71,11 @@ def unavailable(settings: Settings, exc: Exception) -> TrackingUnavailable:
 
 
 def log_model(model: Any, family: str, X_sample: pd.DataFrame, output: Any) -> Any:
-    """Log ``model`` with its MLflow flavour, a signature, an input example and pinned requirements."""
+    """Log ``model`` with its MLflow flavour, a signature, an input example and pinned requirements.
+
+    The signature is inferred from a small sample (``X_sample`` and its ``output``):
+    MLflow checks every value it is given, which costs seconds on a whole test set.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
@@ -89,7 +93,7 @@ def log_model(model: Any, family: str, X_sample: pd.DataFrame, output: Any) -> A
     return mlflow.sklearn.log_model(model, skops_trusted_types=trusted, **common)
 
 
-def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str) -> None:
+def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, predictions: np.ndarray) -> None:
     """ROC and precision-recall curves (classifiers) or residuals (regressors), and feature importance."""
     import matplotlib
 
@@ -101,15 +105,14 @@ def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str) ->
         from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
         figure, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
-        scores = model.predict_proba(X_test)[:, 1]
+        scores = predictions[:, 1]
         RocCurveDisplay.from_predictions(y_test, scores, ax=roc, pos_label=model.classes_[1])
         PrecisionRecallDisplay.from_predictions(y_test, scores, ax=pr, pos_label=model.classes_[1])
         mlflow.log_figure(figure, "plots/roc_pr.png")
         plt.close(figure)
     elif kind == "regressor":
         figure, ax = plt.subplots(figsize=(5, 4))
-        predicted = model.predict(X_test)
-        ax.scatter(predicted, np.asarray(y_test) - predicted, s=4, alpha=0.5)
+        ax.scatter(predictions, np.asarray(y_test) - predictions, s=4, alpha=0.5)
         ax.axhline(0, color="grey", lw=1)
         ax.set(xlabel="predicted", ylabel="residual", title="Residuals on the test rows")
         mlflow.log_figure(figure, "plots/residuals.png")
