@@ -29,6 +29,7 @@ test: install
 bench: install
 	bash benchmarks/setup_feast.sh
 	$(PY) benchmarks/feature_store.py --feast-python .venv-feast/bin/python
+	$(PY) benchmarks/training.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics tests benchmarks
