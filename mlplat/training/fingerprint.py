@@ -11,14 +11,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
 def frame_fingerprint(frame: pd.DataFrame) -> str:
-    """SHA-256 of the exact rows and columns (values, order, column names and dtypes)."""
+    """SHA-256 of the exact rows and columns (values, order, column names and dtypes).
+
+    Plain numeric columns are hashed as their raw bytes (fast); other columns
+    (strings, nullable or timezone-aware types) through pandas' row hashes.
+    """
     digest = hashlib.sha256()
     digest.update(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    for _, column in frame.items():
+        if isinstance(column.dtype, np.dtype) and column.dtype.kind in "biuf":
+            digest.update(np.ascontiguousarray(column.to_numpy()).data)
+        else:
+            digest.update(pd.util.hash_pandas_object(column, index=False).to_numpy().data)
     return digest.hexdigest()
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from mlplat.errors import GateFailed, MissingColumnError, TrainingError
 from mlplat.features.refs import resolve as resolve_refs
+from mlplat.features.retrieval import entity_times
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import Gate, Split, check_target, predict, score, split_rows
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
@@ -98,11 +99,16 @@ def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    # In time order, a time split is two contiguous slices: no copies of the (large) feature matrix.
+    times = entity_times(entity_df, spec.timestamp_field)
+    if np.any(times[1:] < times[:-1]):
+        entity_df = entity_df.iloc[np.argsort(times, kind="stable")]
     frame = platform.features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field,
                                                client=client)
     seconds["training_set"] = time.perf_counter() - started
     X, y = model_inputs(frame, columns), frame[spec.target]
-    train_rows, test_rows = split_rows(frame, Split(**spec.split), spec.timestamp_field, spec.seed)
+    train_rows, test_rows = (_positions(rows) for rows in
+                             split_rows(frame, Split(**spec.split), spec.timestamp_field, spec.seed))
     check_target(y.iloc[train_rows], y.iloc[test_rows], spec.kind, spec.target)
     fingerprint = frame_fingerprint(frame[[*entity_df.columns, *columns]])
     with tracking.session(platform.settings) as mlflow_client:
@@ -136,13 +142,20 @@ def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[
                        logged.model_uri, seconds)
 
 
+def _positions(rows: np.ndarray) -> slice | np.ndarray:
+    """A slice when the positions are one contiguous run (``iloc`` then takes a view, not a copy)."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
 def model_inputs(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Feature columns as estimators and model signatures take them: float64, NaN for missing values."""
+    """Feature columns as estimators take them: floats (as stored), others as float64; NaN when missing."""
     X = frame[columns]
     strings = [c for c in columns if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))]
     if strings:
         raise TrainingError(f"Feature(s) {strings} are not numeric; encode them in a feature view (e.g. one-hot) first.")
-    return X.astype("float64")
+    return X.astype({c: "float64" for c in columns if X[c].dtype.kind != "f"})
 
 
 def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None) -> Any:

@@ -75,10 +75,12 @@ def log_model(model: Any, family: str, X_sample: pd.DataFrame, output: Any) -> A
 
     The signature is inferred from a small sample (``X_sample`` and its ``output``):
     MLflow checks every value it is given, which costs seconds on a whole test set.
+    Inputs are declared float64, which every estimator here accepts for float32 features.
     """
     import mlflow
     from mlflow.models import infer_signature
 
+    X_sample = X_sample.astype("float64")  # serving sends float64; float32 features widen losslessly
     signature = infer_signature(X_sample, output)
     pip = [*requirements(*_FLAVOURS[family]), *requirements("numpy", "pandas", "scipy")]
     common = {"name": "model", "signature": signature, "input_example": X_sample.head(3), "pip_requirements": pip}
