@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -42,7 +41,15 @@ from mlplat.services import free_port
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import checksum, interleaved_latencies, latency_summary, median_time, timed_with_peak  # noqa: E402
+from measure import (  # noqa: E402
+    checksum,
+    git_commit,
+    interleaved_latencies,
+    latency_summary,
+    machine_line,
+    median_time,
+    timed_with_peak,
+)
 
 VIEW = "driver_stats"
 TTL = timedelta(days=2)
@@ -330,15 +337,10 @@ def render(lines: list[list[str]]) -> str:
 
 def machine_and_versions(feast: str | None) -> list[str]:
     """Cores, CPU model and load average (taken before the run), and every version involved."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
     server = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout.split()
-    commit = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "?"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
-        f"machine: {os.cpu_count()} cores ({model}), load average {load} before the run, {platform.platform()}",
-        f"versions: python {platform.python_version()}, mlplat {mlplat.__version__} (git {commit}), "
+        machine_line(),
+        f"versions: python {platform.python_version()}, mlplat {mlplat.__version__} (git {git_commit(HERE)}), "
         f"pandas {pd.__version__}, pyarrow {pyarrow.__version__}, numpy {np.__version__}, redis-py {redis.__version__}, "
         f"hiredis {hiredis.__version__}, redis-server {server[2].removeprefix('v=') if len(server) > 2 else '?'}, "
         f"Feast {feast or '-'}",

@@ -7,8 +7,11 @@ Peak memory uses Linux's ``/proc`` (``clear_refs`` resets the high-water mark).
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,3 +83,17 @@ def checksum(values: Any) -> dict[str, float]:
     """Rows with a value and their sum: a cheap check that two joins agree."""
     present = values[values.notna()]
     return {"count": int(len(present)), "sum": float(present.astype("float64").sum())}
+
+
+def machine_line() -> str:
+    """Cores, CPU model, load average (call it before the run) and platform, as one line."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"machine: {os.cpu_count()} cores ({model}), load average {load} before the run, {platform.platform()}"
+
+
+def git_commit(folder: Path) -> str:
+    """The checkout's commit (with -dirty when it has changes), so each table says what it measured."""
+    found = subprocess.run(["git", "-C", str(folder), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return found.stdout.strip() or "?"

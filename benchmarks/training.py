@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from mlplat.training.run import TrainResult, model_inputs
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from feature_store import number, redis_server, render  # noqa: E402
-from measure import median_time  # noqa: E402
+from measure import git_commit, machine_line, median_time  # noqa: E402
 
 VIEW, TTL = "driver_stats", timedelta(days=2)
 TARGET, TIMESTAMP, SEED = "label", "event_timestamp", 0
@@ -275,14 +274,9 @@ def notes(results: dict[str, Any], data: Data, args: argparse.Namespace) -> list
 
 def machine_and_versions() -> list[str]:
     """Cores, CPU model and load average (taken before the run), and every version involved."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
-    commit = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "?"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
-        f"machine: {os.cpu_count()} cores ({model}), load average {load} before the run, {platform.platform()}",
-        f"versions: python {platform.python_version()}, mlplat {mlplat.__version__} (git {commit}), "
+        machine_line(),
+        f"versions: python {platform.python_version()}, mlplat {mlplat.__version__} (git {git_commit(HERE)}), "
         f"mlflow {mlflow.__version__}, xgboost {xgboost.__version__}, scikit-learn {sklearn.__version__}, "
         f"dask {dask.__version__}, pandas {pd.__version__}, numpy {np.__version__}",
     ]

@@ -82,6 +82,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def log_entries(engine: sa.Engine, table: sa.Table, key: sa.Column, value: str | None) -> list[dict[str, Any]]:
+    """Rows of an append-only log table (those whose ``key`` is ``value``, when given), oldest first."""
+    query = sa.select(table).order_by(table.c.id)
+    if value is not None:
+        query = query.where(key == value)
+    with engine.connect() as conn:
+        return [{**row._asdict(), "detail": json.loads(row.detail)} for row in conn.execute(query)]
+
+
 def create_registry_engine(url: str) -> sa.Engine:
     """A SQLAlchemy engine for ``url``, creating the SQLite file's folder if needed."""
     if url.startswith("sqlite:///"):
@@ -233,11 +242,7 @@ class Registry:
 
     def history(self, name: str | None = None) -> list[dict[str, Any]]:
         """Every recorded change (of one object, when named), oldest first."""
-        query = sa.select(changes_table).order_by(changes_table.c.id)
-        if name is not None:
-            query = query.where(changes_table.c.name == name)
-        with self.engine.connect() as conn:
-            return [{**row._asdict(), "detail": json.loads(row.detail)} for row in conn.execute(query)]
+        return log_entries(self.engine, changes_table, changes_table.c.name, name)
 
     # -- materialisation watermarks ----------------------------------------------
     def watermark(self, view: FeatureView) -> Watermark | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlplat.features.registry import metadata
+from mlplat.features.registry import log_entries, metadata
 
 model_audit = sa.Table(
     "model_audit", metadata,
@@ -39,8 +39,4 @@ class AuditLog:
 
     def entries(self, model: str | None = None) -> list[dict[str, Any]]:
         """Every recorded action (of one model, when named), oldest first."""
-        query = sa.select(model_audit).order_by(model_audit.c.id)
-        if model is not None:
-            query = query.where(model_audit.c.model == model)
-        with self.engine.connect() as conn:
-            return [{**row._asdict(), "detail": json.loads(row.detail)} for row in conn.execute(query)]
+        return log_entries(self.engine, model_audit, model_audit.c.model, model)
