@@ -264,7 +264,7 @@ def notes(results: dict[str, Any], data: Data, args: argparse.Namespace) -> list
         + ("every timed run passed the gate and registered a version" if registered else "some timed runs were NOT "
            "registered (gate refused), so their overhead leaves registration out"),
         f"LocalCluster: 2 workers x 1 thread on {os.cpu_count()} cores against one process using all cores; its fit "
-        "includes dd.from_pandas, shipping the rows to the workers and bringing the booster back; the join runs on the "
+        "includes scattering the rows to the workers and bringing the booster back; the join runs on the "
         f"cluster too; starting the cluster ({dist['cluster_start']:.1f} s) is not counted",
         f"ROC AUC on the test rows: bare xgboost {xgb['bare']['roc_auc']:.4f}, p.train xgboost "
         f"{xgb['train']['roc_auc']:.4f} ({'same' if same else 'DIFFER'}), LocalCluster xgboost {dist['roc_auc']:.4f}, "
