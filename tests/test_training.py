@@ -213,3 +213,13 @@ def test_tracking_and_registry_on_postgresql(tmp_path, redis_url, postgres_url, 
     assert result.version is not None
     assert p.models.get("on_postgres", alias="challenger").run_id == result.run_id
     p.close()
+
+
+def test_progress_is_shown_when_asked(platform, labels, capsys):
+    platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=labels, target="completed",
+                   name="watched", params={"n_estimators": 5}, progress=True)
+    shown = capsys.readouterr().err
+    assert "train watched" in shown and "4/4" in shown and "gate and register" in shown
+    platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=labels, target="completed",
+                   name="watched", params={"n_estimators": 5})
+    assert "train watched" not in capsys.readouterr().err  # no terminal here: nothing by default

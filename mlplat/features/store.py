@@ -23,6 +23,7 @@ from mlplat.features.online import RecordCodec, RedisOnlineStore, read_online
 from mlplat.features.refs import ViewRequest, resolve
 from mlplat.features.registry import ApplyResult, Registry
 from mlplat.features.schema import conform
+from mlplat.progress import progress_bar
 
 
 class OnlineFeatures:
@@ -116,8 +117,6 @@ class FeatureStore:
     def materialize(self, start: datetime | None = None, end: datetime | None = None,
                     views: Sequence[str] | None = None, progress: bool | None = None) -> list[MaterializeResult]:
         """Write the latest value per entity within TTL of ``end`` (default now) online."""
-        from tqdm.auto import tqdm
-
         now_ns = time.time_ns()
         end_ns = now_ns if end is None else _ns(end, "end")
         start_ns = None if start is None else _ns(start, "start")
@@ -126,8 +125,11 @@ class FeatureStore:
         names = list(views) if views is not None else self.registry.view_names()
         definitions = [self.registry.get_view(n) for n in names]  # unknown names fail before any write
         results = []
-        for view in tqdm(definitions, desc="materialize", unit="view", disable=not progress if progress is not None else None):
-            results.append(materialize_view(self.offline, self.online, self.registry, view, start_ns, end_ns, now_ns))
+        with progress_bar(len(definitions), "materialize", progress, unit="view") as bar:
+            for view in definitions:
+                bar.set_postfix_str(view.name)
+                results.append(materialize_view(self.offline, self.online, self.registry, view, start_ns, end_ns, now_ns))
+                bar.update()
         return results
 
     def push(self, view: str, df: Any) -> int:

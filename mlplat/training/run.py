@@ -21,6 +21,7 @@ import pandas as pd
 from mlplat.errors import GateFailed, MissingColumnError, TrainingError
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.features.retrieval import entity_times
+from mlplat.progress import progress_bar
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import Gate, Split, check_target, predict, score, split_rows
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
@@ -79,7 +80,7 @@ class TrainSpec:
 def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.DataFrame, target: str, name: str,
           params: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
           split: dict[str, Any] | Split | None = None, timestamp_field: str = "event_timestamp", seed: int = 0,
-          client: Any = None, register: bool = True) -> TrainResult:
+          client: Any = None, register: bool = True, progress: bool | None = None) -> TrainResult:
     """Train, evaluate, track and (if the gate passes) register a model version. See ``Platform.train``."""
     spec_ = estimators.resolve(estimator, params, seed)
     gate = Gate.parse(validation, spec_.kind)
@@ -90,14 +91,24 @@ def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.D
     pinned = [f"{r.view.name}@{r.view.version}:{f}" for r in requests for f in r.features]
     spec = TrainSpec(spec_.path, spec_.params, spec_.kind, spec_.family, pinned, target, timestamp_field,
                      asdict(split), seed, asdict(gate) if gate else None, name)
-    return _run(platform, spec, entity_df, [c for r in requests for c in r.columns], gate, client, register)
+    return _run(platform, spec, entity_df, [c for r in requests for c in r.columns], gate, client, register,
+                progress=progress)
 
 
 def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
-         client: Any, register: bool, parent_run_id: str | None = None, extra_tags: dict | None = None) -> TrainResult:
+         client: Any, register: bool, parent_run_id: str | None = None, extra_tags: dict | None = None,
+         progress: bool | None = None) -> TrainResult:
+
+    with progress_bar(4, f"train {spec.name}", progress) as bar:
+        return _stages(platform, spec, entity_df, columns, gate, client, register, parent_run_id, extra_tags, bar)
+
+
+def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
+            client: Any, register: bool, parent_run_id: str | None, extra_tags: dict | None, bar: Any) -> TrainResult:
     import mlflow
 
     seconds: dict[str, float] = {}
+    bar.set_postfix_str("training set")
     started = time.perf_counter()
     # In time order, a time split is two contiguous slices: no copies of the (large) feature matrix.
     times = entity_times(entity_df, spec.timestamp_field)
@@ -117,9 +128,13 @@ def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[
                                run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
         try:
             _log_inputs(spec, entity_df, fingerprint, platform.settings.user, extra_tags)
+            bar.update()
+            bar.set_postfix_str("fit")
             started = time.perf_counter()
             model = fit(spec, X.iloc[train_rows], y.iloc[train_rows], client)
             seconds["fit"] = time.perf_counter() - started
+            bar.update()
+            bar.set_postfix_str("evaluate and log")
             started = time.perf_counter()
             X_test, y_test = X.iloc[test_rows], y.iloc[test_rows]
             predictions = predict(model, X_test, spec.kind)
@@ -127,6 +142,8 @@ def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
             logged = tracking.log_model(model, spec.family, X_test.head(100), predictions[:100])
             tracking.log_plots(model, X_test, y_test, spec.kind, predictions)
+            bar.update()
+            bar.set_postfix_str("gate and register")
             rejected = gate.check(metrics) if gate else None
             mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
             version = None
@@ -134,6 +151,7 @@ def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[
                 version = platform.models.register(spec.name, logged.model_uri, run.info.run_id, spec.features,
                                                    fingerprint)
             seconds["tracking"] = time.perf_counter() - started
+            bar.update()
             mlflow.end_run("FINISHED")
         except BaseException:
             mlflow.end_run("FAILED")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from mlplat.errors import InvalidArgument
 from mlplat.features.refs import resolve as resolve_refs
+from mlplat.progress import progress_bar
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import LOWER_IS_BETTER, Gate, Split, check_target, metric_names, score, split_rows
 from mlplat.training.run import TrainResult, TrainSpec, _run, model_inputs
@@ -80,7 +81,7 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
          target: str, name: str, search: str = "grid", n_trials: int = 10, metric: str | None = None,
          params: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
          split: dict[str, Any] | None = None, timestamp_field: str = "event_timestamp", seed: int = 0,
-         client: Any = None, register: bool = True) -> TuneResult:
+         client: Any = None, register: bool = True, progress: bool | None = None) -> TuneResult:
     """Search ``space`` for the best parameters, then train, gate and register them. See ``Platform.tune``."""
     import mlflow
 
@@ -102,11 +103,20 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
     X, y = model_inputs(fitting, columns), fitting[target]
     check_target(y.iloc[fit_rows], y.iloc[val_rows], base.kind, target)
     data = (X.iloc[fit_rows], y.iloc[fit_rows], X.iloc[val_rows], y.iloc[val_rows])
-    if client is None:
-        scores = [trial(s.path, s.params, s.kind, data) for s in specs]
-    else:
-        shared = client.scatter(data, broadcast=True)
-        scores = client.gather([client.submit(trial, s.path, s.params, s.kind, shared, pure=False) for s in specs])
+    with progress_bar(len(specs), f"tune {name}", progress, unit="trial") as bar:
+        if client is None:
+            scores = []
+            for s in specs:
+                scores.append(trial(s.path, s.params, s.kind, data))
+                bar.update()
+        else:
+            from distributed import as_completed
+
+            shared = client.scatter(data, broadcast=True)
+            futures = [client.submit(trial, s.path, s.params, s.kind, shared, pure=False) for s in specs]
+            for _ in as_completed(futures):
+                bar.update()
+            scores = client.gather(futures)
 
     better = min if metric in LOWER_IS_BETTER else max
     best = better(range(len(sets)), key=lambda i: scores[i][metric])
