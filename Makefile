@@ -5,11 +5,16 @@ PYTHON    ?= python3
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
+# Triton's python-backend stub needs numpy < 2: the server side gets its own venv beside .venv.
+TRITON    := .venv-triton
+TRITON_STAMP := $(TRITON)/.installed
 DEMO_HOME ?= $(CURDIR)/.mlplat-demo
 
-.PHONY: install system demo test bench lint clean
+.PHONY: install system triton demo test bench lint clean
 
-install: system $(STAMP)
+install: system $(STAMP) $(TRITON_STAMP)
+
+triton: $(TRITON_STAMP)
 
 system:
 	@bash scripts/setup-system.sh
@@ -19,6 +24,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
+
+$(TRITON_STAMP):
+	$(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/python -m pip install -q --upgrade pip
+	$(TRITON)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" onnxruntime "numpy<2" redis
+	@touch $(TRITON_STAMP)
 
 demo: install
 	MLPLAT_HOME=$(DEMO_HOME) $(PY) -m mlplat.demo --fresh
@@ -36,4 +47,4 @@ lint: install
 
 clean:
 	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat down
-	rm -rf $(VENV) .venv-feast $(DEMO_HOME) .pytest_cache
+	rm -rf $(VENV) $(TRITON) .venv-feast $(DEMO_HOME) .pytest_cache

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import getpass
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Settings:
     user: str = ""  # who is recorded on registry changes
     online_prefix: str = "mlp"  # namespace of every online key in Redis
     kubernetes: dict | None = None  # a `kubernetes:` section makes p.compute() a KubeCluster (see training.cluster)
+    triton_env: str = ""  # the venv holding nvidia-pytriton's tritonserver (default: .venv-triton beside ours)
 
     @property
     def run_dir(self) -> Path:
@@ -84,6 +86,7 @@ def load_settings(**overrides: Any) -> Settings:
     merged.setdefault("offline_store", (home / "offline").as_uri())
     merged.setdefault("tracking", f"sqlite:///{home / 'mlflow.db'}")
     merged.setdefault("artifacts", (home / "mlartifacts").as_uri())
+    merged.setdefault("triton_env", str(Path(sys.prefix).parent / ".venv-triton"))
     merged.setdefault("user", _current_user())
     for key, schemes in _SCHEMES.items():
         value = str(merged[key])

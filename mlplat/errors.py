@@ -85,3 +85,11 @@ class ModelNotFound(MlplatError):
 
 class PromotionRefused(MlplatError):
     """A promotion gate refused a model version."""
+
+
+class OnnxExportError(MlplatError):
+    """A model cannot be exported to ONNX, or its export does not predict what the model does."""
+
+
+class ServingError(MlplatError):
+    """Triton refused a deployment or a request."""

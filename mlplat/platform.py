@@ -96,6 +96,35 @@ class Platform:
             raise InvalidArgument("Pass model= (and version=) or feature_view=.")
         return lineage.of_model(self, model, version)
 
+    def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
+        """Put a registered version (default: the champion) live on Triton; returns a Deployment."""
+        from mlplat.serving.deploy import deploy
+
+        return deploy(self, name, version, alias, **options)
+
+    def undeploy(self, name: str) -> None:
+        """Take a model off Triton."""
+        from mlplat.serving.deploy import undeploy
+
+        undeploy(self, name)
+
+    def deployments(self):
+        """What is live on Triton."""
+        from mlplat.serving.deploy import deployments
+
+        return deployments(self)
+
+    @cached_property
+    def serving(self):
+        """The gRPC client of this platform's Triton (:class:`mlplat.serving.client.Client`)."""
+        from mlplat.serving.client import Client
+
+        return Client(self)
+
+    def predict(self, name: str, entity_rows: Any = None, features: Any = None):
+        """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix."""
+        return self.serving.predict(name, entity_rows, features)
+
     def close(self) -> None:
         """Close connections; embedded services keep running for other sessions (`mlplat down` stops them)."""
         if "features" in self.__dict__:
@@ -105,6 +134,8 @@ class Platform:
             self.engine.dispose()
             del self.__dict__["engine"]
         self.__dict__.pop("models", None)
+        if "serving" in self.__dict__:
+            self.__dict__.pop("serving").close()
 
     def __enter__(self) -> Platform:
         return self

@@ -83,6 +83,10 @@ class EmbeddedService(abc.ABC):
     def healthy(self, state: ServiceState) -> bool:
         """True when the server answers requests."""
 
+    def environment(self) -> dict[str, str] | None:
+        """Environment variables for the server process (None: inherit ours)."""
+        return None
+
     def shutdown(self, state: ServiceState) -> None:
         """Ask the server to stop; the default sends SIGTERM to its process group (it and its workers)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -126,7 +130,7 @@ class EmbeddedService(abc.ABC):
             port = free_port()
             with open(self.log_file, "ab") as log:
                 proc = subprocess.Popen(
-                    self.command(port), stdout=log, stderr=subprocess.STDOUT,
+                    self.command(port), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
                     stdin=subprocess.DEVNULL, start_new_session=True,
                 )
             state = ServiceState(self.name, proc.pid, port, self.url(port), time.time())
@@ -267,6 +271,10 @@ def embedded_services(settings: Settings) -> list[EmbeddedService]:
         wanted.append(SERVICES["redis"](settings))
     if settings.tracking.startswith("sqlite:///"):
         wanted.append(SERVICES["mlflow"](settings))
+    from mlplat.serving.triton import TritonService, triton_installed
+
+    if triton_installed(settings):
+        wanted.append(TritonService(settings))
     return wanted
 
 

@@ -1,0 +1,91 @@
+"""``mlplat.serving.Client``: entity ids in, predictions out, over Triton's gRPC API.
+
+Features are looked up online (one MGET) and sent as one FP32 tensor. The
+gRPC channel is kept open between calls. If Triton has died, the client
+starts it again, reloads the deployed models and retries the request once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlplat.errors import ServingError
+from mlplat.serving.deploy import reload_all, serving_info
+from mlplat.serving.onnx_export import INPUT
+from mlplat.serving.triton import TritonService
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Outputs for each row and the model version that served them."""
+
+    model: str
+    version: str
+    outputs: np.ndarray  # class probabilities (rows x classes) or values (rows x 1)
+    latency_ms: float
+
+
+class Client:
+    """Predict with models deployed on the platform's Triton."""
+
+    def __init__(self, platform: Any):
+        self.platform = platform
+        self._grpc: Any = None
+        self._info: dict[str, dict[str, Any]] = {}
+
+    def predict(self, name: str, entity_rows: Any = None, features: Any = None) -> Prediction:
+        """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix."""
+        info = self._info.get(name) or self._info.setdefault(name, serving_info(self.platform, name))
+        if features is None:
+            features = self._online(info["features"], entity_rows)
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != len(info["features"]):
+            raise ServingError(f"{name} takes rows of {len(info['features'])} features ({info['features']}), "
+                               f"got an array of shape {features.shape}.")
+        started = time.perf_counter()
+        result = self._infer(name, info, features)
+        latency = (time.perf_counter() - started) * 1000
+        return Prediction(name, result.get_response().model_version, result.as_numpy(info["output"]), latency)
+
+    def _online(self, refs: list[str], entity_rows: Any) -> np.ndarray:
+        online = self.platform.features.get_online_features(refs, entity_rows).to_dict()
+        keys = entity_rows if isinstance(entity_rows, dict) else (entity_rows[0] if entity_rows else {})
+        return np.array([v for k, v in online.items() if k not in keys], dtype=np.float32).T
+
+    def _infer(self, name: str, info: dict[str, Any], features: np.ndarray) -> Any:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        tensor = grpcclient.InferInput(INPUT, list(features.shape), "FP32")
+        tensor.set_data_from_numpy(features)
+        output = [grpcclient.InferRequestedOutput(info["output"])]
+        for attempt in (1, 2):
+            try:
+                return self._client().infer(name, [tensor], model_version=info["version"], outputs=output,
+                                            client_timeout=10)
+            except InferenceServerException as exc:
+                if attempt == 2 or "UNAVAILABLE" not in str(exc.status()):
+                    raise ServingError(f"Triton could not serve {name}: {exc.message()}") from None
+                self._restart()
+
+    def _client(self) -> Any:
+        if self._grpc is None:
+            import tritonclient.grpc as grpcclient
+
+            self._grpc = grpcclient.InferenceServerClient(TritonService(self.platform.settings).ensure().url)
+        return self._grpc
+
+    def _restart(self) -> None:
+        """Triton is gone: start it again (a new port) and reload what was deployed."""
+        self.close()
+        state = TritonService(self.platform.settings).ensure()
+        reload_all(self.platform, state.url)
+
+    def close(self) -> None:
+        if self._grpc is not None:
+            self._grpc.close()
+            self._grpc = None

@@ -1,0 +1,150 @@
+"""Deploy registered models to Triton and call them over gRPC.
+
+``deploy`` exports the version to ONNX, checks the export against the native
+model on rows from the model's own training data, writes a standard Triton
+model repository entry (``<name>/config.pbtxt`` and ``<name>/<version>/model.onnx``,
+Triton versions = registry versions) and loads it with explicit model control.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlplat.errors import ServingError
+from mlplat.serving.onnx_export import INPUT, OnnxModel, check_parity, export
+from mlplat.serving.triton import TritonService
+
+CONFIG = """name: "{name}"
+backend: "onnxruntime"
+max_batch_size: {max_batch_size}
+input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {n_features} ] }} ]
+output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 100 }}
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
+version_policy: {{ specific: {{ versions: [ {version} ] }} }}
+"""
+SERVING_INFO = "mlplat.json"  # what predict needs: the pinned features, in column order
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A model version live on Triton."""
+
+    name: str
+    version: str
+    endpoint: str  # Triton's gRPC host:port
+    triton_model: str
+    status: str
+    features: list[str]
+
+    def _repr_html_(self) -> str:
+        return (f"<div><b>{self.triton_model}</b> v{self.version} — {self.status} at <code>{self.endpoint}</code>"
+                f"<br>features: {', '.join(self.features)}</div>")
+
+
+def config_text(name: str, version: str, onnx: OnnxModel, width: int, max_batch_size: int, instances: int) -> str:
+    """The ``config.pbtxt`` shared by the CPU (python backend) and GPU (native onnxruntime) Tritons."""
+    return CONFIG.format(name=name, version=version, input=INPUT, output=onnx.output, n_features=onnx.n_features,
+                         width=width, max_batch_size=max_batch_size, instances=instances)
+
+
+def deploy(platform: Any, name: str, version: str | int | None = None, alias: str = "champion",
+           max_batch_size: int = 256, instances: int = 1, tolerance: float = 1e-4) -> Deployment:
+    """Export, check and load a registered version (default: the champion) on Triton."""
+    from mlplat.features.refs import resolve
+    from mlplat.training.run import load_model, load_spec, model_inputs
+
+    found = platform.models.get(name, version, alias if version is None else None)
+    spec, entity_df = load_spec(platform.settings, found.run_id)
+    model = load_model(platform.settings, name, found.version, spec.family)
+    requests = resolve(spec.features, platform.features.get_view, set(entity_df.columns))
+    columns = [c for r in requests for c in r.columns]
+    onnx = export(model, spec.family, spec.kind, len(columns))
+    sample = platform.features.get_training_set(entity_df.head(256), spec.features,
+                                                timestamp_field=spec.timestamp_field)
+    check_parity(onnx, model, spec.kind, model_inputs(sample, columns).to_numpy(np.float32), tolerance)
+    width = len(model.classes_) if spec.kind == "classifier" else 1
+    folder = TritonService(platform.settings).models / name
+    (folder / found.version).mkdir(parents=True, exist_ok=True)
+    (folder / found.version / "model.onnx").write_bytes(onnx.data)
+    (folder / "config.pbtxt").write_text(config_text(name, found.version, onnx, width, max_batch_size, instances))
+    (folder / SERVING_INFO).write_text(json.dumps({"version": found.version, "features": spec.features,
+                                                   "kind": spec.kind, "output": onnx.output}))
+    state = TritonService(platform.settings).ensure()
+    with _client(state.url) as client:
+        _call(client.load_model, name)
+        status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
+    return Deployment(name, found.version, state.url, name, status, spec.features)
+
+
+def undeploy(platform: Any, name: str) -> None:
+    """Unload a model from Triton and remove it from the model repository."""
+    folder = TritonService(platform.settings).models / name
+    if not folder.exists():
+        raise ServingError(f"{name!r} is not deployed; deployed: {', '.join(_deployed(platform)) or 'none'}.")
+    state = TritonService(platform.settings).ensure()
+    with _client(state.url) as client:
+        _call(client.unload_model, name)
+    shutil.rmtree(folder)
+
+
+def deployments(platform: Any) -> list[Deployment]:
+    """What is deployed, with Triton's view of each model's state."""
+    state = TritonService(platform.settings).ensure()
+    found = []
+    with _client(state.url) as client:
+        for name in _deployed(platform):
+            info = json.loads((TritonService(platform.settings).models / name / SERVING_INFO).read_text())
+            ready = client.is_model_ready(name, info["version"])
+            found.append(Deployment(name, info["version"], state.url, name, "READY" if ready else "UNAVAILABLE",
+                                    info["features"]))
+    return found
+
+
+def reload_all(platform: Any, url: str) -> None:
+    """Load every deployed model into a (re)started Triton, which starts empty in explicit mode."""
+    with _client(url) as client:
+        for name in _deployed(platform):
+            _call(client.load_model, name)
+
+
+def serving_info(platform: Any, name: str) -> dict[str, Any]:
+    """What predict needs to know about a deployed model; ServingError if it is not deployed."""
+    path = TritonService(platform.settings).models / name / SERVING_INFO
+    if not path.is_file():
+        raise ServingError(f"{name!r} is not deployed; deploy it first with p.deploy({name!r}).")
+    return json.loads(path.read_text())
+
+
+def _deployed(platform: Any) -> list[str]:
+    models = TritonService(platform.settings).models
+    return sorted(p.name for p in models.iterdir() if (p / SERVING_INFO).is_file()) if models.exists() else []
+
+
+class _client:
+    """A gRPC client to Triton, closed after use."""
+
+    def __init__(self, url: str):
+        import tritonclient.grpc as grpcclient
+
+        self.client = grpcclient.InferenceServerClient(url)
+
+    def __enter__(self):
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+
+def _call(method, *args, **kwargs):
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return method(*args, **kwargs)
+    except InferenceServerException as exc:
+        raise ServingError(f"Triton refused {method.__name__}: {exc.message()}") from None

@@ -1,0 +1,115 @@
+"""The local Triton Inference Server: the ``tritonserver`` binary from the nvidia-pytriton wheel.
+
+That build has only the python backend, and its python-backend stub needs
+numpy < 2, so it lives in its own virtual environment (``triton_env``, made by
+``make triton``), which goes first on the server's ``PATH``. The stub is copied
+beside the python backend, and mlplat's ``onnxruntime`` python-based backend
+(``backend/model.py``) is installed so standard ONNX model repositories load.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import cached_property
+from pathlib import Path
+
+from mlplat.config import Settings
+from mlplat.errors import ServiceBinaryNotFound
+from mlplat.services import EmbeddedService, ServiceState, free_port
+
+BACKEND_SHIM = Path(__file__).parent / "backend" / "model.py"
+
+
+def triton_installed(settings: Settings) -> bool:
+    """True when ``triton_env`` holds a tritonserver binary."""
+    return bool(settings.triton_env) and any(Path(settings.triton_env).glob(_SERVER_GLOB))
+
+
+_SERVER_GLOB = "lib/python3*/site-packages/pytriton/tritonserver/bin/tritonserver"
+
+
+class TritonService(EmbeddedService):
+    """tritonserver with explicit model control on loopback gRPC, HTTP and metrics ports."""
+
+    name = "triton"
+    start_timeout = 60.0
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.root = settings.home / "triton"
+        self.models = self.root / "models"
+
+    @cached_property
+    def server_dir(self) -> Path:
+        found = sorted(Path(self.settings.triton_env).glob(_SERVER_GLOB))
+        if not found:
+            raise ServiceBinaryNotFound(
+                f"No tritonserver in {self.settings.triton_env}. Create it with `make triton` (a venv with "
+                "nvidia-pytriton==0.7.0, onnxruntime and numpy<2), or set triton_env to such a venv."
+            )
+        return found[0].parent.parent
+
+    @cached_property
+    def _python(self) -> tuple[str, str]:
+        """(version, LIBDIR) of the triton env's interpreter: the stub must match and load that libpython."""
+        python = Path(self.settings.triton_env) / "bin" / "python"
+        out = subprocess.run([str(python), "-c", "import sys, sysconfig; print(f'{sys.version_info[0]}."
+                              "{sys.version_info[1]}'); print(sysconfig.get_config_var('LIBDIR'))"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], out[1]
+
+    def _backends(self) -> Path:
+        backends = self.root / "backends"
+        python = backends / "python"
+        python.mkdir(parents=True, exist_ok=True)
+        for item in (self.server_dir / "backends" / "python").iterdir():
+            if item.is_file():
+                _install(item, python / item.name)
+        _install(self.server_dir / "python_backend_stubs" / self._python[0] / "triton_python_backend_stub",
+                 python / "triton_python_backend_stub")
+        (backends / "onnxruntime").mkdir(exist_ok=True)
+        _install(BACKEND_SHIM, backends / "onnxruntime" / "model.py")
+        return backends
+
+    def command(self, port: int) -> list[str]:
+        self.models.mkdir(parents=True, exist_ok=True)
+        return [
+            str(self.server_dir / "bin" / "tritonserver"), "--model-repository", str(self.models),
+            "--backend-directory", str(self._backends()), "--model-control-mode", "explicit",
+            "--grpc-address", "127.0.0.1", "--grpc-port", str(port),
+            "--http-address", "127.0.0.1", "--http-port", str(free_port()),
+            "--metrics-address", "127.0.0.1", "--metrics-port", str(free_port()),
+            "--exit-timeout-secs", "5", "--allow-gpu-metrics", "false", "--pinned-memory-pool-byte-size", "0",
+            "--log-verbose", "0",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        libs = self.server_dir.parent.parent / "nvidia_pytriton.libs"
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [self._python[1], str(libs), env.get("LD_LIBRARY_PATH")]))
+        env["PATH"] = os.pathsep.join([str(Path(self.settings.triton_env) / "bin"), env.get("PATH", "")])
+        return env
+
+    def url(self, port: int) -> str:
+        return f"127.0.0.1:{port}"
+
+    def healthy(self, state: ServiceState) -> bool:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            client = grpcclient.InferenceServerClient(state.url)
+            try:
+                return bool(client.is_server_ready(client_timeout=1))
+            finally:
+                client.close()
+        except InferenceServerException:
+            return False
+
+
+def _install(source: Path, target: Path) -> None:
+    """Copy unless the same file is there already (a running stub binary cannot be overwritten)."""
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        shutil.copy2(source, target)
