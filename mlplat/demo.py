@@ -3,7 +3,8 @@
 Generates a ride-hailing dataset (driver and customer features, trip labels),
 defines the features, ingests them, builds a point-in-time training set,
 materialises, reads online, pushes a fresh value, then trains, gates, registers
-and promotes a model, and prints a summary with the model's lineage.
+and promotes a model, serves it from Triton over gRPC, and prints a summary
+with the model's lineage.
 """
 
 from __future__ import annotations
@@ -124,9 +125,15 @@ def run(fresh: bool = False) -> None:
         trained = p.train("xgboost.XGBClassifier", features=model_features, entity_df=labels, target="completed",
                           name="trip_completion", params={"n_estimators": 100, "max_depth": 4},
                           validation={"metric": "roc_auc", "min": 0.6})
+    served = []
     if trained.version:
         with step(f"promote version {trained.version} to champion"):
             p.models.promote("trip_completion", trained.version, reason="demo")
+        with step("deploy the champion to Triton (ONNX, parity-checked)"):
+            deployment = p.deploy("trip_completion")
+        trips = labels.tail(3)[["driver_id", "customer_id"]].to_dict("records")
+        p.predict("trip_completion", trips)  # the first call opens the gRPC channel
+        served = [(trip, p.predict("trip_completion", [trip])) for trip in trips]
 
     print("\nSummary")
     print(f"  training set: {train.shape[0]:,} rows x {train.shape[1]} columns, "
@@ -140,6 +147,12 @@ def run(fresh: bool = False) -> None:
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items())
     print(f"  model trip_completion: {metrics} on the latest 20% of trips; "
           + (f"registered as version {trained.version}" if trained.version else f"not registered: {trained.rejected}"))
+    if served:
+        print(f"\nServing: {deployment.triton_model} v{deployment.version} {deployment.status} on Triton gRPC "
+              f"{deployment.endpoint}")
+        for trip, prediction in served:
+            print(f"  {trip} -> P(completed) {prediction.outputs[0, 1]:.3f}  "
+                  f"(v{prediction.version}, {prediction.latency_ms:.2f} ms incl. online feature lookup)")
     if trained.version:
         print("\nLineage")
         print(p.lineage(model="trip_completion"))

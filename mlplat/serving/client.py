@@ -26,7 +26,7 @@ class Prediction:
     model: str
     version: str
     outputs: np.ndarray  # class probabilities (rows x classes) or values (rows x 1)
-    latency_ms: float
+    latency_ms: float  # the whole call: online lookup and gRPC round trip
 
 
 class Client:
@@ -39,6 +39,7 @@ class Client:
 
     def predict(self, name: str, entity_rows: Any = None, features: Any = None) -> Prediction:
         """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix."""
+        started = time.perf_counter()
         info = self._info.get(name) or self._info.setdefault(name, serving_info(self.platform, name))
         if features is None:
             features = self._online(info["features"], entity_rows)
@@ -46,7 +47,6 @@ class Client:
         if features.ndim != 2 or features.shape[1] != len(info["features"]):
             raise ServingError(f"{name} takes rows of {len(info['features'])} features ({info['features']}), "
                                f"got an array of shape {features.shape}.")
-        started = time.perf_counter()
         result = self._infer(name, info, features)
         latency = (time.perf_counter() - started) * 1000
         return Prediction(name, result.get_response().model_version, result.as_numpy(info["output"]), latency)
