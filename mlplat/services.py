@@ -100,10 +100,22 @@ class EmbeddedService(abc.ABC):
         return None
 
     def ensure(self) -> ServiceState:
-        """Reuse the running server or start a new one; return its state."""
+        """Reuse the running server or start a new one; return its state.
+
+        A server that is running but slow to answer (busy loading, a loaded
+        machine) gets time to answer before it is replaced: two servers on one
+        home would fight over its data and ports.
+        """
         with self._lock():
-            state = self.status()
-            return state if state else self._start()
+            state = self._read_state()
+            if state and _pid_alive(state.pid):
+                deadline = time.monotonic() + self.start_timeout
+                while time.monotonic() < deadline and _pid_alive(state.pid):
+                    if self.healthy(state):
+                        return state
+                    time.sleep(0.1)
+                self._terminate(state, timeout=5.0)
+            return self._start()
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop the server cleanly; return False when none was running."""
@@ -112,16 +124,20 @@ class EmbeddedService(abc.ABC):
             if not state or not _pid_alive(state.pid):
                 self.state_file.unlink(missing_ok=True)
                 return False
-            self.shutdown(state)
-            deadline = time.monotonic() + timeout
-            while _pid_alive(state.pid):
-                if time.monotonic() > deadline:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(state.pid, signal.SIGKILL)
-                    break
-                time.sleep(0.02)
-            self.state_file.unlink(missing_ok=True)
+            self._terminate(state, timeout)
             return True
+
+    def _terminate(self, state: ServiceState, timeout: float) -> None:
+        """Shut the server down, killing its process group if it has not exited within ``timeout``."""
+        self.shutdown(state)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(state.pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(state.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        self.state_file.unlink(missing_ok=True)
 
     def _start(self) -> ServiceState:
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)

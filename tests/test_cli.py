@@ -66,14 +66,17 @@ def test_up_status_down(tmp_path, monkeypatch):
     import urllib.request
 
     runner = CliRunner()
-    up = runner.invoke(main, ["up"])
-    assert up.exit_code == 0 and "redis    running" in up.output and "mlflow   running" in up.output
-    status = runner.invoke(main, ["status"])
-    assert status.exit_code == 0 and "redis://127.0.0.1:" in status.output
-    ui = status.output.split("mlflow   running")[1].splitlines()[0].split()[-1]
-    with urllib.request.urlopen(f"{ui}/api/2.0/mlflow/experiments/search?max_results=5") as response:
-        assert b"experiments" in response.read()  # the UI's API answers, over the platform's own store
-    assert "stopped: redis, mlflow" in runner.invoke(main, ["down"]).output  # (and triton, when installed)
+    try:
+        up = runner.invoke(main, ["up"])
+        assert up.exit_code == 0 and "redis    running" in up.output and "mlflow   running" in up.output
+        status = runner.invoke(main, ["status"])
+        assert status.exit_code == 0 and "redis://127.0.0.1:" in status.output
+        ui = status.output.split("mlflow   running")[1].splitlines()[0].split()[-1]
+        with urllib.request.urlopen(f"{ui}/api/2.0/mlflow/experiments/search?max_results=5") as response:
+            assert b"experiments" in response.read()  # the UI's API answers, over the platform's own store
+    finally:
+        down = runner.invoke(main, ["down"]).output
+    assert "stopped: redis, mlflow" in down  # (and triton, when installed)
     stopped = runner.invoke(main, ["status"])
     assert stopped.exit_code == 1 and "redis    stopped" in stopped.output and "mlflow   stopped" in stopped.output
 
