@@ -100,13 +100,18 @@ class Platform:
         """Put a registered version (default: the champion) live on Triton; returns a Deployment."""
         from mlplat.serving.deploy import deploy
 
-        return deploy(self, name, version, alias, **options)
+        deployment = deploy(self, name, version, alias, **options)
+        if "serving" in self.__dict__:
+            self.serving.forget(name)
+        return deployment
 
     def undeploy(self, name: str) -> None:
         """Take a model off Triton."""
         from mlplat.serving.deploy import undeploy
 
         undeploy(self, name)
+        if "serving" in self.__dict__:
+            self.serving.forget(name)
 
     def deployments(self):
         """What is live on Triton."""
@@ -121,9 +126,14 @@ class Platform:
 
         return Client(self)
 
-    def predict(self, name: str, entity_rows: Any = None, features: Any = None):
+    def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None):
         """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix."""
-        return self.serving.predict(name, entity_rows, features)
+        return self.serving.predict(name, entity_rows, features, version)
+
+    def rollback(self, name: str, reason: str = ""):
+        """In one call: give ``champion`` back to the previous champion and serve it on Triton."""
+        self.models.rollback(name, reason)
+        return self.deploy(name)
 
     def close(self) -> None:
         """Close connections; embedded services keep running for other sessions (`mlplat down` stops them)."""

@@ -37,10 +37,18 @@ class Client:
         self._grpc: Any = None
         self._info: dict[str, dict[str, Any]] = {}
 
-    def predict(self, name: str, entity_rows: Any = None, features: Any = None) -> Prediction:
-        """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix."""
+    def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None
+                ) -> Prediction:
+        """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix.
+
+        ``version`` picks one of the loaded versions (default: the deployed default).
+        """
         started = time.perf_counter()
-        info = self._info.get(name) or self._info.setdefault(name, serving_info(self.platform, name))
+        deployed = self._info.get(name) or self._info.setdefault(name, serving_info(self.platform, name))
+        version = str(version or deployed["default"])
+        if version not in deployed["versions"]:
+            raise ServingError(f"{name} v{version} is not loaded on Triton; loaded: {sorted(deployed['versions'])}.")
+        info = {**deployed["versions"][version], "version": version}
         if features is None:
             features = self._online(info["features"], entity_rows)
         features = np.ascontiguousarray(features, dtype=np.float32)
@@ -84,6 +92,10 @@ class Client:
         self.close()
         state = TritonService(self.platform.settings).ensure()
         reload_all(self.platform, state.url)
+
+    def forget(self, name: str) -> None:
+        """Drop what is cached about ``name`` (after a (re)deployment)."""
+        self._info.pop(name, None)
 
     def close(self) -> None:
         if self._grpc is not None:

@@ -26,7 +26,7 @@ input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {n_features} ] }} ]
 output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
 dynamic_batching {{ max_queue_delay_microseconds: 100 }}
 instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
-version_policy: {{ specific: {{ versions: [ {version} ] }} }}
+version_policy: {{ specific: {{ versions: [ {versions} ] }} }}
 """
 SERVING_INFO = "mlplat.json"  # what predict needs: the pinned features, in column order
 
@@ -47,15 +47,21 @@ class Deployment:
                 f"<br>features: {', '.join(self.features)}</div>")
 
 
-def config_text(name: str, version: str, onnx: OnnxModel, width: int, max_batch_size: int, instances: int) -> str:
+def config_text(name: str, versions: str, onnx: OnnxModel, width: int, max_batch_size: int, instances: int) -> str:
     """The ``config.pbtxt`` shared by the CPU (python backend) and GPU (native onnxruntime) Tritons."""
-    return CONFIG.format(name=name, version=version, input=INPUT, output=onnx.output, n_features=onnx.n_features,
+    return CONFIG.format(name=name, versions=", ".join(versions.split()), input=INPUT, output=onnx.output, n_features=onnx.n_features,
                          width=width, max_batch_size=max_batch_size, instances=instances)
 
 
 def deploy(platform: Any, name: str, version: str | int | None = None, alias: str = "champion",
-           max_batch_size: int = 256, instances: int = 1, tolerance: float = 1e-4) -> Deployment:
-    """Export, check and load a registered version (default: the champion) on Triton."""
+           max_batch_size: int = 256, instances: int = 1, tolerance: float = 1e-4, keep: tuple[str, ...] = (),
+           default: bool = True) -> Deployment:
+    """Export, check and load a registered version (default: the champion) on Triton.
+
+    ``keep`` names versions already deployed that stay loaded beside it (an A/B
+    test serves two); ``default=False`` loads it without making it the version
+    that ``predict`` uses when none is asked for.
+    """
     from mlplat.features.refs import resolve
     from mlplat.training.run import load_model, load_spec, model_inputs
 
@@ -70,11 +76,21 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     check_parity(onnx, model, spec.kind, model_inputs(sample, columns).to_numpy(np.float32), tolerance)
     width = len(model.classes_) if spec.kind == "classifier" else 1
     folder = TritonService(platform.settings).models / name
+    info = json.loads((folder / SERVING_INFO).read_text()) if (folder / SERVING_INFO).is_file() else {"versions": {}}
+    kept = {v: info["versions"][v] for v in keep if v in info["versions"]}
+    for v, other in kept.items():
+        if other["features"] != spec.features:
+            raise ServingError(f"{name} v{v} takes {other['features']} but v{found.version} takes {spec.features}; "
+                               "versions served side by side must take the same features.")
+    if set(keep) - set(kept):
+        raise ServingError(f"Cannot keep {sorted(set(keep) - set(kept))} of {name}: deploy them first.")
+    versions = {**kept, found.version: {"features": spec.features, "kind": spec.kind, "output": onnx.output}}
     (folder / found.version).mkdir(parents=True, exist_ok=True)
     (folder / found.version / "model.onnx").write_bytes(onnx.data)
-    (folder / "config.pbtxt").write_text(config_text(name, found.version, onnx, width, max_batch_size, instances))
-    (folder / SERVING_INFO).write_text(json.dumps({"version": found.version, "features": spec.features,
-                                                   "kind": spec.kind, "output": onnx.output}))
+    loaded = " ".join(sorted(versions, key=int))
+    (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
+    default_version = found.version if default or not kept else info["default"]
+    (folder / SERVING_INFO).write_text(json.dumps({"default": default_version, "versions": versions}))
     state = TritonService(platform.settings).ensure()
     with _client(state.url) as client:
         _call(client.load_model, name)
@@ -99,10 +115,11 @@ def deployments(platform: Any) -> list[Deployment]:
     found = []
     with _client(state.url) as client:
         for name in _deployed(platform):
-            info = json.loads((TritonService(platform.settings).models / name / SERVING_INFO).read_text())
-            ready = client.is_model_ready(name, info["version"])
-            found.append(Deployment(name, info["version"], state.url, name, "READY" if ready else "UNAVAILABLE",
-                                    info["features"]))
+            info = serving_info(platform, name)
+            for version, details in sorted(info["versions"].items(), key=lambda item: int(item[0])):
+                ready = client.is_model_ready(name, version)
+                found.append(Deployment(name, version, state.url, name, "READY" if ready else "UNAVAILABLE",
+                                        details["features"]))
     return found
 
 
