@@ -126,6 +126,13 @@ class Platform:
 
         return Client(self)
 
+    @cached_property
+    def experiments(self):
+        """A/B tests, canaries and shadow tests (:class:`mlplat.serving.experiments.Experiments`)."""
+        from mlplat.serving.experiments import Experiments
+
+        return Experiments(self)
+
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None):
         """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix."""
         return self.serving.predict(name, entity_rows, features, version)
@@ -144,6 +151,7 @@ class Platform:
             self.engine.dispose()
             del self.__dict__["engine"]
         self.__dict__.pop("models", None)
+        self.__dict__.pop("experiments", None)
         if "serving" in self.__dict__:
             self.__dict__.pop("serving").close()
 

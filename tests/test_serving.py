@@ -116,3 +116,85 @@ def test_a_model_onnx_cannot_express_is_refused(platform):
                    entity_df=complete_rows(platform), target="completed", name="exotic")
     with pytest.raises(OnnxExportError, match="LabelPropagation cannot be expressed in ONNX"):
         platform.deploy("exotic", alias="challenger")
+
+
+def test_assignment_is_stable_and_splits_by_traffic():
+    from mlplat.serving.experiments import assign
+
+    arms = [assign("salt-1", unit, 30) for unit in range(20_000)]
+    assert abs(arms.count("challenger") / len(arms) - 0.30) < 0.015
+    assert arms == [assign("salt-1", unit, 30) for unit in range(20_000)]  # the same units, the same arms
+    assert arms != [assign("salt-2", unit, 30) for unit in range(20_000)]  # another experiment reshuffles
+
+
+def test_an_ab_test_serves_both_arms_and_concludes_for_the_winner(platform):
+    name = "ab_model"
+    first = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
+                           target="completed", name=name, params={"n_estimators": 10})
+    platform.models.promote(name)
+    second = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
+                            target="completed", name=name, params={"n_estimators": 30})
+    experiment = platform.experiments.start("bigger_forest", name, traffic=50)
+    assert (experiment["champion"], experiment["challenger"]) == (first.version, second.version)
+    rng = np.random.default_rng(0)
+    served = {}
+    for unit in range(400):
+        prediction = platform.experiments.predict("bigger_forest", unit, [ROWS[unit % 3]])
+        served[unit] = prediction.version
+        won = rng.random() < (0.65 if prediction.version == second.version else 0.45)
+        platform.experiments.record_outcome("bigger_forest", unit, int(won))
+    assert set(served.values()) == {first.version, second.version}
+    summary = platform.experiments.summary("bigger_forest")
+    # the two-proportion z-test, computed here from the outcomes as served
+    a = np.array([o for o in _outcomes(platform, "bigger_forest", served, first.version)])
+    b = np.array([o for o in _outcomes(platform, "bigger_forest", served, second.version)])
+    pooled = (a.sum() + b.sum()) / (len(a) + len(b))
+    z = (b.mean() - a.mean()) / np.sqrt(pooled * (1 - pooled) * (1 / len(a) + 1 / len(b)))
+    from scipy.stats import norm
+
+    assert summary.test == "two-proportion z-test"
+    assert (summary.champion.n, summary.challenger.n) == (len(a), len(b))
+    assert summary.p_value == pytest.approx(2 * norm.sf(abs(z)))
+    assert summary.ci_low < summary.difference < summary.ci_high and summary.significant
+    platform.experiments.conclude("bigger_forest")
+    assert platform.models.get(name).version == second.version  # the winner is champion
+    assert platform.predict(name, ROWS).version == second.version  # and is what Triton serves
+    with pytest.raises(ServingError, match="has concluded"):
+        platform.experiments.predict("bigger_forest", 1, [ROWS[0]])
+    restored = platform.rollback(name, reason="rolling back the experiment")
+    assert restored.version == first.version == platform.predict(name, ROWS).version
+
+
+def _outcomes(platform, experiment, served, version):
+    import sqlalchemy as sa
+
+    from mlplat.serving.experiments import events_table
+
+    with platform.engine.connect() as conn:
+        rows = conn.execute(sa.select(events_table).where(events_table.c.experiment == experiment,
+                                                          events_table.c.kind == "outcome")).all()
+    return [r.value for r in rows if served[int(r.unit)] == version]
+
+
+def test_a_shadow_test_serves_the_champion_and_logs_the_challenger(platform):
+    name = "shadowed"
+    first = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
+                           target="completed", name=name, params={"n_estimators": 5})
+    platform.models.promote(name)
+    second = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
+                            target="completed", name=name, params={"n_estimators": 15})
+    platform.experiments.start("quiet", name, mode="shadow")
+    served = [platform.experiments.predict("quiet", unit, [ROWS[unit % 3]]) for unit in range(20)]
+    assert {p.version for p in served} == {first.version}
+    import sqlalchemy as sa
+
+    from mlplat.serving.experiments import events_table
+
+    with platform.engine.connect() as conn:
+        shadow = conn.execute(sa.select(events_table).where(events_table.c.experiment == "quiet",
+                                                            events_table.c.kind == "shadow")).all()
+    assert len(shadow) == 20 and {r.version for r in shadow} == {second.version}
+    with pytest.raises(ServingError, match="shadow test"):
+        platform.experiments.summary("quiet")
+    with pytest.raises(ServingError, match="No experiment named 'loud'"):
+        platform.experiments.predict("loud", 1, [ROWS[0]])
