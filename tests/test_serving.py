@@ -105,6 +105,10 @@ def test_bad_requests_are_explained(platform):
         platform.deploy("nope")
     with pytest.raises(ServingError, match="takes rows of 3 features"):
         platform.predict("serve_xgboost", features=[[1.0, 2.0]])
+    with pytest.raises(ServingError, match="takes numeric features"):
+        platform.predict("serve_xgboost", features=[["a", "b", "c"]])
+    with pytest.raises(ServingError, match="v99 is not loaded"):
+        platform.predict("serve_xgboost", ROWS, version="99")
     with pytest.raises(ServingError, match="not deployed"):
         platform.undeploy("nope")
     with pytest.raises(OnnxExportError, match="refusing to deploy"):

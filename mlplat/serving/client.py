@@ -51,7 +51,10 @@ class Client:
         info = {**deployed["versions"][version], "version": version}
         if features is None:
             features = self._online(info["features"], entity_rows)
-        features = np.ascontiguousarray(features, dtype=np.float32)
+        try:
+            features = np.ascontiguousarray(features, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ServingError(f"{name} takes numeric features; these cannot be read as float32 ({exc}).") from None
         if features.ndim != 2 or features.shape[1] != len(info["features"]):
             raise ServingError(f"{name} takes rows of {len(info['features'])} features ({info['features']}), "
                                f"got an array of shape {features.shape}.")
