@@ -39,6 +39,15 @@ def platform(tmp_path_factory, redis_url):
     TritonService(p.settings).stop()
 
 
+@pytest.fixture(scope="module")
+def base(platform):
+    """A deployed XGBoost champion that the tests below predict with."""
+    platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels, target="completed",
+                   name="base", params={"n_estimators": 20})
+    platform.models.promote("base")
+    return platform.deploy("base")
+
+
 def native_outputs(p, deployment, family, rows=ROWS):
     online = p.features.get_online_features(deployment.features, rows).to_dict()
     X = np.array([v for k, v in online.items() if k not in rows[0]], dtype=np.float32).T
@@ -74,20 +83,20 @@ def test_an_export_that_predicts_differently_is_refused(platform):
     assert "with_gaps" not in [d.name for d in platform.deployments()]
 
 
-def test_raw_features_and_column_input(platform):
-    name = "serve_xgboost"
+def test_raw_features_and_column_input(platform, base):
+    name = "base"
     by_columns = platform.predict(name, {"driver_id": [1, 2], "customer_id": [5, 7]})
     raw = platform.predict(name, features=[[4.5, 0.9, 12.0], [3.0, 0.2, 40.0]])
     assert by_columns.outputs.shape == raw.outputs.shape == (2, 2)
     np.testing.assert_allclose(by_columns.outputs, platform.predict(name, ROWS[:2]).outputs)
 
 
-def test_triton_killed_comes_back_and_predictions_resume(platform):
-    before = platform.predict("serve_xgboost", ROWS).outputs
+def test_triton_killed_comes_back_and_predictions_resume(platform, base):
+    before = platform.predict("base", ROWS).outputs
     os.kill(TritonService(platform.settings).status().pid, signal.SIGKILL)
-    after = platform.predict("serve_xgboost", ROWS)
+    after = platform.predict("base", ROWS)
     np.testing.assert_allclose(after.outputs, before)
-    assert {d.name: d.status for d in platform.deployments()}["serve_xgboost"] == "READY"
+    assert {d.name: d.status for d in platform.deployments()}["base"] == "READY"
 
 
 def test_undeploy(platform):
@@ -100,19 +109,19 @@ def test_undeploy(platform):
         platform.predict("short_lived", ROWS)
 
 
-def test_bad_requests_are_explained(platform):
+def test_bad_requests_are_explained(platform, base):
     with pytest.raises(ModelNotFound, match="not a registered model"):
         platform.deploy("nope")
     with pytest.raises(ServingError, match="takes rows of 3 features"):
-        platform.predict("serve_xgboost", features=[[1.0, 2.0]])
+        platform.predict("base", features=[[1.0, 2.0]])
     with pytest.raises(ServingError, match="takes numeric features"):
-        platform.predict("serve_xgboost", features=[["a", "b", "c"]])
+        platform.predict("base", features=[["a", "b", "c"]])
     with pytest.raises(ServingError, match="v99 is not loaded"):
-        platform.predict("serve_xgboost", ROWS, version="99")
+        platform.predict("base", ROWS, version="99")
     with pytest.raises(ServingError, match="not deployed"):
         platform.undeploy("nope")
     with pytest.raises(OnnxExportError, match="refusing to deploy"):
-        platform.deploy("serve_xgboost", tolerance=-1)  # no export can meet a negative tolerance
+        platform.deploy("base", tolerance=-1)  # no export can meet a negative tolerance
 
 
 def test_a_model_onnx_cannot_express_is_refused(platform):
