@@ -46,6 +46,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -115,7 +124,8 @@ class EmbeddedService(abc.ABC):
                         return state
                     time.sleep(0.1)
                 self._terminate(state, timeout=5.0)
-            return self._start()
+            # Back on the same port when it is free, so clients holding the endpoint reconnect.
+            return self._start(state.port if state else None)
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop the server cleanly; return False when none was running."""
@@ -139,11 +149,11 @@ class EmbeddedService(abc.ABC):
             time.sleep(0.02)
         self.state_file.unlink(missing_ok=True)
 
-    def _start(self) -> ServiceState:
+    def _start(self, preferred_port: int | None = None) -> ServiceState:
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         last_error = ""
-        for _ in range(3):  # a free port can be taken between probing and binding
-            port = free_port()
+        for attempt in range(3):  # a free port can be taken between probing and binding
+            port = preferred_port if attempt == 0 and preferred_port and _port_free(preferred_port) else free_port()
             with open(self.log_file, "ab") as log:
                 proc = subprocess.Popen(
                     self.command(port), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),

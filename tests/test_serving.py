@@ -93,9 +93,11 @@ def test_raw_features_and_column_input(platform, base):
 
 def test_triton_killed_comes_back_and_predictions_resume(platform, base):
     before = platform.predict("base", ROWS).outputs
-    os.kill(TritonService(platform.settings).status().pid, signal.SIGKILL)
+    killed = TritonService(platform.settings).status()
+    os.kill(killed.pid, signal.SIGKILL)
     after = platform.predict("base", ROWS)
     np.testing.assert_allclose(after.outputs, before)
+    assert TritonService(platform.settings).status().url == killed.url  # back on its port: endpoints stay valid
     assert {d.name: d.status for d in platform.deployments()}["base"] == "READY"
 
 
@@ -211,3 +213,20 @@ def test_a_shadow_test_serves_the_champion_and_logs_the_challenger(platform):
         platform.experiments.summary("quiet")
     with pytest.raises(ServingError, match="No experiment named 'loud'"):
         platform.experiments.predict("loud", 1, [ROWS[0]])
+
+
+def test_any_grpc_client_can_predict_with_entity_ids_only(platform, base):
+    import tritonclient.grpc as grpcclient
+
+    ids = {"driver_id": [b"1", b"2", b"999"], "customer_id": [b"5", b"7", b"1"]}
+    inputs = []
+    for key, values in ids.items():
+        tensor = grpcclient.InferInput(key, [3, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(values, dtype=object).reshape(3, 1))
+        inputs.append(tensor)
+    client = grpcclient.InferenceServerClient(base.endpoint)
+    by_id = client.infer("base_by_id", inputs).as_numpy("probabilities")
+    client.close()
+    expected = platform.predict("base", [{"driver_id": 1, "customer_id": 5}, {"driver_id": 2, "customer_id": 7},
+                                         {"driver_id": 999, "customer_id": 1}]).outputs
+    np.testing.assert_allclose(by_id, expected, atol=1e-6)

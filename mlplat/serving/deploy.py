@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 version_policy: {{ specific: {{ versions: [ {versions} ] }} }}
 """
 SERVING_INFO = "mlplat.json"  # what predict needs: the pinned features, in column order
+BY_ID_MODEL = Path(__file__).parent / "backend" / "by_id.py"
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,50 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
     default_version = found.version if default or not kept else info["default"]
     (folder / SERVING_INFO).write_text(json.dumps({"default": default_version, "versions": versions}))
+    if default:
+        _write_by_id(platform, name, found.version, requests, onnx.output, width, max_batch_size)
     state = TritonService(platform.settings).ensure()
     with _client(state.url) as client:
         _call(client.load_model, name)
+        if default:
+            _call(client.load_model, f"{name}{BY_ID}")
         status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
     return Deployment(name, found.version, state.url, name, status, spec.features)
+
+
+BY_ID = "_by_id"
+BY_ID_CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [ {inputs} ]
+output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+
+def _write_by_id(platform: Any, name: str, version: str, requests: list, output: str, width: int,
+                 max_batch_size: int) -> None:
+    """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton."""
+    from mlplat.features.online import RecordCodec
+
+    views, keys, column = [], [], 0
+    for request in requests:
+        codec = RecordCodec(request.view)
+        slots = [[*codec.slot[f], codec.position[f]] for f in request.features]
+        views.append({"prefix": platform.features.online.key_prefix(request.view), "dtype": codec.dtype.descr,
+                      "join_keys": request.view.join_keys, "features": slots,
+                      "columns": list(range(column, column + len(slots)))})
+        column += len(slots)
+        keys += [k for k in request.view.join_keys if k not in keys]
+    lookup = {"redis": platform.features.online.url, "model": name, "version": version, "output": output,
+              "keys": keys, "views": views, "n_features": column}
+    folder = TritonService(platform.settings).models / f"{name}{BY_ID}"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BY_ID_MODEL, folder / "1" / "model.py")
+    (folder / "1" / "lookup.json").write_text(json.dumps(lookup))
+    inputs = ", ".join(f'{{ name: "{k}" data_type: TYPE_STRING dims: [ 1 ] }}' for k in keys)
+    (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(
+        name=f"{name}{BY_ID}", max_batch_size=max_batch_size, inputs=inputs, output=output, width=width))
 
 
 def undeploy(platform: Any, name: str) -> None:
@@ -106,7 +147,10 @@ def undeploy(platform: Any, name: str) -> None:
     state = TritonService(platform.settings).ensure()
     with _client(state.url) as client:
         _call(client.unload_model, name)
+        if (folder.parent / f"{name}{BY_ID}").exists():
+            _call(client.unload_model, f"{name}{BY_ID}")
     shutil.rmtree(folder)
+    shutil.rmtree(folder.parent / f"{name}{BY_ID}", ignore_errors=True)
 
 
 def deployments(platform: Any) -> list[Deployment]:
@@ -125,9 +169,12 @@ def deployments(platform: Any) -> list[Deployment]:
 
 def reload_all(platform: Any, url: str) -> None:
     """Load every deployed model into a (re)started Triton, which starts empty in explicit mode."""
+    models = TritonService(platform.settings).models
     with _client(url) as client:
-        for name in _deployed(platform):
+        for name in _deployed(platform):  # the models first: the _by_id ones call them
             _call(client.load_model, name)
+            if (models / f"{name}{BY_ID}").exists():
+                _call(client.load_model, f"{name}{BY_ID}")
 
 
 def serving_info(platform: Any, name: str) -> dict[str, Any]:
