@@ -224,3 +224,27 @@ def models_history(name: str | None) -> None:
 def lineage(model: str | None, version: str | None, feature_view: str | None) -> None:
     """Where a model version came from, or which models use a feature view."""
     click.echo(str(_platform().lineage(model=model, version=version, feature_view=feature_view)))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--version", help="A registered version (default: the champion).")
+def deploy(name: str, version: str | None) -> None:
+    """Put NAME (the champion, or --version) live on Triton."""
+    d = _platform().deploy(name, version)
+    click.echo(f"{d.triton_model} v{d.version} {d.status} at {d.endpoint} (gRPC; entity ids: {d.triton_model}_by_id)")
+
+
+@main.command()
+def deployments() -> None:
+    """What is live on Triton."""
+    for d in _platform().deployments():
+        click.echo(f"{d.triton_model:24} v{d.version:<4} {d.status:12} {d.endpoint}")
+
+
+@main.command()
+@click.argument("name")
+def undeploy(name: str) -> None:
+    """Take NAME off Triton."""
+    _platform().undeploy(name)
+    click.echo(f"{name} undeployed")

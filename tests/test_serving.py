@@ -107,6 +107,7 @@ def test_undeploy(platform):
     platform.deploy("short_lived", version=trained.version)
     platform.undeploy("short_lived")
     assert "short_lived" not in [d.name for d in platform.deployments()]
+    assert [e["action"] for e in platform.models.history("short_lived")][-2:] == ["deployed", "undeployed"]
     with pytest.raises(ServingError, match="not deployed"):
         platform.predict("short_lived", ROWS)
 

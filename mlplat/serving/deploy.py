@@ -101,6 +101,8 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
         if default:
             _call(client.load_model, f"{name}{BY_ID}")
         status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
+    platform.models.audit.record(name, found.version, "deployed", endpoint=state.url, status=status,
+                                 serving=sorted(versions, key=int))
     return Deployment(name, found.version, state.url, name, status, spec.features)
 
 
@@ -151,6 +153,7 @@ def undeploy(platform: Any, name: str) -> None:
             _call(client.unload_model, f"{name}{BY_ID}")
     shutil.rmtree(folder)
     shutil.rmtree(folder.parent / f"{name}{BY_ID}", ignore_errors=True)
+    platform.models.audit.record(name, None, "undeployed")
 
 
 def deployments(platform: Any) -> list[Deployment]:
