@@ -46,13 +46,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+def _port_free(port: int, wait: float = 0.0) -> bool:
+    """True when ``port`` can be bound on loopback, trying for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+        time.sleep(0.05)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,6 +129,9 @@ class EmbeddedService(abc.ABC):
                         return state
                     time.sleep(0.1)
                 self._terminate(state, timeout=5.0)
+            elif state:  # it died: its workers (same process group) may still hold its port
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(state.pid, signal.SIGKILL)
             # Back on the same port when it is free, so clients holding the endpoint reconnect.
             return self._start(state.port if state else None)
 
@@ -153,7 +161,8 @@ class EmbeddedService(abc.ABC):
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         last_error = ""
         for attempt in range(3):  # a free port can be taken between probing and binding
-            port = preferred_port if attempt == 0 and preferred_port and _port_free(preferred_port) else free_port()
+            port = preferred_port if attempt == 0 and preferred_port and _port_free(preferred_port, wait=2.0) \
+                else free_port()
             with open(self.log_file, "ab") as log:
                 proc = subprocess.Popen(
                     self.command(port), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),

@@ -225,7 +225,7 @@ def test_any_grpc_client_can_predict_with_entity_ids_only(platform, base):
         tensor = grpcclient.InferInput(key, [3, 1], "BYTES")
         tensor.set_data_from_numpy(np.array(values, dtype=object).reshape(3, 1))
         inputs.append(tensor)
-    client = grpcclient.InferenceServerClient(base.endpoint)
+    client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
     by_id = client.infer("base_by_id", inputs).as_numpy("probabilities")
     client.close()
     expected = platform.predict("base", [{"driver_id": 1, "customer_id": 5}, {"driver_id": 2, "customer_id": 7},
