@@ -41,6 +41,7 @@ bench: install
 	bash benchmarks/setup_feast.sh
 	$(PY) benchmarks/feature_store.py --feast-python .venv-feast/bin/python
 	$(PY) benchmarks/training.py
+	$(PY) benchmarks/serving.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics tests benchmarks

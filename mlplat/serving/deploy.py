@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlplat.errors import ServingError
 from mlplat.serving.onnx_export import INPUT, OnnxModel, check_parity, export
 from mlplat.serving.triton import TritonService
@@ -25,7 +23,7 @@ backend: "onnxruntime"
 max_batch_size: {max_batch_size}
 input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {n_features} ] }} ]
 output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
-dynamic_batching {{ max_queue_delay_microseconds: 100 }}
+dynamic_batching {{ }}
 instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 version_policy: {{ specific: {{ versions: [ {versions} ] }} }}
 """
@@ -56,13 +54,15 @@ def config_text(name: str, versions: str, onnx: OnnxModel, width: int, max_batch
 
 
 def deploy(platform: Any, name: str, version: str | int | None = None, alias: str = "champion",
-           max_batch_size: int = 256, instances: int = 1, tolerance: float = 1e-4, keep: tuple[str, ...] = (),
+           max_batch_size: int = 1024, instances: int = 1, tolerance: float = 1e-4, keep: tuple[str, ...] = (),
            default: bool = True) -> Deployment:
     """Export, check and load a registered version (default: the champion) on Triton.
 
     ``keep`` names versions already deployed that stay loaded beside it (an A/B
     test serves two); ``default=False`` loads it without making it the version
-    that ``predict`` uses when none is asked for.
+    that ``predict`` uses when none is asked for. Dynamic batching merges
+    concurrent requests (no added delay) up to ``max_batch_size`` rows;
+    ``instances`` model copies run in parallel (one per core is a good start).
     """
     from mlplat.features.refs import resolve
     from mlplat.training.run import load_model, load_spec, model_inputs
@@ -75,7 +75,7 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     onnx = export(model, spec.family, spec.kind, len(columns))
     sample = platform.features.get_training_set(entity_df.head(256), spec.features,
                                                 timestamp_field=spec.timestamp_field)
-    check_parity(onnx, model, spec.kind, model_inputs(sample, columns).to_numpy(np.float32), tolerance)
+    check_parity(onnx, model, spec.kind, model_inputs(sample, columns), tolerance)
     width = len(model.classes_) if spec.kind == "classifier" else 1
     folder = TritonService(platform.settings).models / name
     info = json.loads((folder / SERVING_INFO).read_text()) if (folder / SERVING_INFO).is_file() else {"versions": {}}

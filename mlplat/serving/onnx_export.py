@@ -61,11 +61,14 @@ def run(onnx: OnnxModel, rows: np.ndarray) -> np.ndarray:
     return session.run([onnx.output], {INPUT: np.ascontiguousarray(rows, dtype=np.float32)})[0]
 
 
-def check_parity(onnx: OnnxModel, model: Any, kind: str, rows: np.ndarray, tolerance: float = 1e-4) -> float:
-    """Largest difference between the export and the native model on ``rows``; refuse above ``tolerance``."""
-    rows = np.asarray(rows, dtype=np.float32)
+def check_parity(onnx: OnnxModel, model: Any, kind: str, rows: Any, tolerance: float = 1e-4) -> float:
+    """Largest difference between the export and the native model on ``rows``; refuse above ``tolerance``.
+
+    ``rows`` go to the native model as given (a DataFrame keeps its feature names)
+    and to the export as float32, as Triton receives them.
+    """
     native = model.predict_proba(rows) if kind == "classifier" else model.predict(rows)
-    exported = run(onnx, rows).reshape(np.shape(native))
+    exported = run(onnx, np.asarray(rows, dtype=np.float32)).reshape(np.shape(native))
     worst = float(np.nanmax(np.abs(exported.astype(np.float64) - native))) if len(rows) else 0.0
     if not worst <= tolerance:
         raise OnnxExportError(

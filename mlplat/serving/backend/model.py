@@ -25,10 +25,16 @@ class TritonPythonModel:
         self.outputs = [tensor["name"] for tensor in config["output"]]
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
-            results = self.session.run(self.outputs, feeds)
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in zip(self.outputs, results)]
+        # The requests Triton batched together run as one onnxruntime call, then split back per request.
+        inputs = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs}
+                  for r in requests]
+        sizes = [len(feeds[self.inputs[0]]) for feeds in inputs]
+        merged = {name: np.concatenate([feeds[name] for feeds in inputs]) for name in self.inputs}
+        results = self.session.run(self.outputs, merged)
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value[start:start + size]))
+                       for name, value in zip(self.outputs, results)]
             responses.append(pb_utils.InferenceResponse(tensors))
+            start += size
         return responses
