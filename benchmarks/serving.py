@@ -472,8 +472,8 @@ def notes(results: dict[str, Any], trained: Any, data: Data, args: argparse.Name
         f"only): {cpu_ceiling(results['profile1_conc']):,.0f} rows/s with 1 instance, "
         f"{cpu_ceiling(results['profile2_conc']):,.0f} with 2",
         "Triton: the CPU tritonserver of nvidia-pytriton with mlplat's python-based 'onnxruntime' backend (one "
-        "onnxruntime thread per instance, one session.run per request), dynamic batching with a 100 us queue "
-        "delay, max_batch_size 256; onnxruntime in process: the deployed model.onnx, spinning off; mlflow models "
+        "onnxruntime thread per instance, one session.run per batch Triton forms), the config p.deploy writes "
+        "(dynamic batching without queue delay); onnxruntime in process: the deployed model.onnx, spinning off; mlflow models "
         "serve: --env-manager local, 1 uvicorn worker (its default), JSON dataframe_split encoded per call, "
         "predictions = class labels (the pyfunc's predict)",
         f"same answers: max |Triton - onnxruntime| {results['max_diff']:.2g} on a batch, max |p.predict - "
