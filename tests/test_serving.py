@@ -143,13 +143,20 @@ def test_assignment_is_stable_and_splits_by_traffic():
     assert arms != [assign("salt-2", unit, 30) for unit in range(20_000)]  # another experiment reshuffles
 
 
+def champion_and_challenger(platform, name, trees):
+    """Two registered versions of ``name``: the first promoted to champion, the second its challenger."""
+    versions = []
+    for count in trees:
+        versions.append(platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
+                                       target="completed", name=name, params={"n_estimators": count}))
+        if len(versions) == 1:
+            platform.models.promote(name)
+    return versions
+
+
 def test_an_ab_test_serves_both_arms_and_concludes_for_the_winner(platform):
     name = "ab_model"
-    first = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
-                           target="completed", name=name, params={"n_estimators": 10})
-    platform.models.promote(name)
-    second = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
-                            target="completed", name=name, params={"n_estimators": 30})
+    first, second = champion_and_challenger(platform, name, trees=(10, 30))
     experiment = platform.experiments.start("bigger_forest", name, traffic=50)
     assert (experiment["champion"], experiment["challenger"]) == (first.version, second.version)
     rng = np.random.default_rng(0)
@@ -194,11 +201,7 @@ def _outcomes(platform, experiment, served, version):
 
 def test_a_shadow_test_serves_the_champion_and_logs_the_challenger(platform):
     name = "shadowed"
-    first = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
-                           target="completed", name=name, params={"n_estimators": 5})
-    platform.models.promote(name)
-    second = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
-                            target="completed", name=name, params={"n_estimators": 15})
+    first, second = champion_and_challenger(platform, name, trees=(5, 15))
     platform.experiments.start("quiet", name, mode="shadow")
     served = [platform.experiments.predict("quiet", unit, [ROWS[unit % 3]]) for unit in range(20)]
     assert {p.version for p in served} == {first.version}
