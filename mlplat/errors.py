@@ -93,3 +93,11 @@ class OnnxExportError(MlplatError):
 
 class ServingError(MlplatError):
     """Triton refused a deployment or a request."""
+
+
+class JobError(MlplatError):
+    """A notebook job cannot run: missing notebook, undeclared parameter, unknown kernel, bad schedule."""
+
+
+class JobFailed(MlplatError):
+    """A notebook job ran and a cell failed; the message names the cell and its error."""

@@ -127,6 +127,13 @@ class Platform:
         return Client(self)
 
     @cached_property
+    def jobs(self):
+        """Notebook jobs (:class:`mlplat.jobs.runs.Jobs`): run, history, rerun."""
+        from mlplat.jobs.runs import Jobs
+
+        return Jobs(self)
+
+    @cached_property
     def experiments(self):
         """A/B tests, canaries and shadow tests (:class:`mlplat.serving.experiments.Experiments`)."""
         from mlplat.serving.experiments import Experiments
@@ -152,6 +159,7 @@ class Platform:
             del self.__dict__["engine"]
         self.__dict__.pop("models", None)
         self.__dict__.pop("experiments", None)
+        self.__dict__.pop("jobs", None)
         if "serving" in self.__dict__:
             self.__dict__.pop("serving").close()
 

@@ -1,0 +1,1 @@
+"""Notebook jobs: papermill runs with provenance, history and reruns."""

@@ -1,0 +1,195 @@
+"""``p.jobs``: run a notebook as a parameterised, tracked, reproducible job (papermill).
+
+Each run keeps a copy of the notebook it ran and the executed output under
+``$MLPLAT_HOME/jobs/<run id>/``, records its parameters, input hash, kernel,
+code version, status and duration in the metadata database and in MLflow (the
+output notebook as an artifact), and retries failed attempts with backoff.
+Everything that can be checked (the notebook, its declared parameters, the
+kernel) is checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlplat.errors import JobError, JobFailed
+from mlplat.features.registry import metadata
+from mlplat.training import tracking
+from mlplat.training.fingerprint import environment
+
+job_runs = sa.Table(
+    "job_runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("notebook", sa.Text, nullable=False),
+    sa.Column("parameters", sa.Text, nullable=False),
+    sa.Column("kernel", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("seconds", sa.Float),
+    sa.Column("input_sha256", sa.String(64), nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("mlflow_run_id", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("rerun_of", sa.String(32)),
+)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One execution of a notebook."""
+
+    id: str
+    notebook: str
+    parameters: dict[str, Any]
+    kernel: str
+    status: str  # "succeeded" or "failed"
+    attempts: int
+    seconds: float
+    output: str  # the executed notebook
+    error: str | None
+    mlflow_run_id: str | None
+
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.status == "succeeded" else "#cf222e"
+        return (f"<div><b>{escape(Path(self.notebook).name)}</b> run {self.id[:8]}: "
+                f"<b style='color:{colour}'>{self.status}</b> in {self.seconds:.1f} s ({self.attempts} attempt(s))"
+                f"<br>parameters: {escape(json.dumps(self.parameters))}<br>output: {escape(self.output)}"
+                + (f"<pre>{escape(self.error)}</pre>" if self.error else "") + "</div>")
+
+
+class Jobs:
+    """Run notebooks as jobs, see their history, rerun them."""
+
+    def __init__(self, platform: Any):
+        self.platform = platform
+        self.engine = platform.engine
+        self.root = platform.settings.home / "jobs"
+        metadata.create_all(self.engine, tables=[job_runs])
+
+    def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
+            retries: int = 0, backoff: float = 1.0) -> JobRun:
+        """Execute ``notebook`` with ``parameters``; raise JobFailed (with the failing cell) if every attempt fails."""
+        source = Path(notebook).resolve()
+        parameters = dict(parameters or {})
+        kernel = self._check(source, parameters, kernel)
+        run_id = uuid.uuid4().hex
+        folder = self.root / run_id
+        folder.mkdir(parents=True)
+        shutil.copy2(source, folder / "input.ipynb")  # what ran, for reruns, whatever happens to the original
+        return self._execute(run_id, source, folder, parameters, kernel, retries, backoff, rerun_of=None)
+
+    def rerun(self, run_id: str) -> JobRun:
+        """Execute the very notebook and parameters of an earlier run again."""
+        earlier = self._row(run_id)
+        new_id = uuid.uuid4().hex
+        folder = self.root / new_id
+        folder.mkdir(parents=True)
+        shutil.copy2(self.root / run_id / "input.ipynb", folder / "input.ipynb")
+        return self._execute(new_id, Path(earlier["notebook"]), folder, json.loads(earlier["parameters"]),
+                             earlier["kernel"], 0, 1.0, rerun_of=run_id)
+
+    def history(self, notebook: str | Path | None = None) -> list[JobRun]:
+        """Runs, newest first (of one notebook, when given)."""
+        query = sa.select(job_runs).order_by(job_runs.c.started_at.desc())
+        if notebook is not None:
+            query = query.where(job_runs.c.notebook == str(Path(notebook).resolve()))
+        with self.engine.connect() as conn:
+            return [_job(row._asdict()) for row in conn.execute(query)]
+
+    # -- internals ---------------------------------------------------------------
+    def _check(self, source: Path, parameters: dict[str, Any], kernel: str | None) -> str:
+        import papermill
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        if source.suffix != ".ipynb" or not source.is_file():
+            raise JobError(f"No notebook at {source}; give the path of an .ipynb file.")
+        declared = {p["name"] for p in papermill.inspect_notebook(str(source)).values()}
+        unknown = sorted(set(parameters) - declared)
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], declared, n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            declares = sorted(declared) if declared else "nothing (tag a cell 'parameters')"
+            raise JobError(f"{source.name} declares no parameter {unknown[0]!r}{did_you_mean}; "
+                           f"its parameters cell declares {declares}.")
+        kernels = KernelSpecManager().find_kernel_specs()
+        kernel = kernel or json.loads(source.read_text())["metadata"].get("kernelspec", {}).get("name") or "python3"
+        if kernel not in kernels:
+            raise JobError(f"No Jupyter kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels))}.")
+        return kernel
+
+    def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
+                 retries: int, backoff: float, rerun_of: str | None) -> JobRun:
+        import mlflow
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        snapshot, output = folder / "input.ipynb", folder / source.name
+        started, attempts, error = time.perf_counter(), 0, None
+        with tracking.session(self.platform.settings) as client:
+            experiment = tracking.experiment_id(client, self.platform.settings, f"jobs-{source.stem}")
+            with mlflow.start_run(experiment_id=experiment, run_name=f"{source.stem}-{run_id[:8]}") as run:
+                mlflow.log_params({f"param.{k}": v for k, v in parameters.items()} | {"kernel": kernel})
+                mlflow.set_tags({"mlplat.job_id": run_id, "mlplat.notebook": str(source),
+                                 "mlplat.input_sha256": _sha256(snapshot), "mlplat.rerun_of": rerun_of or ""})
+                mlflow.log_dict({"environment": environment()}, "mlplat/provenance.json")
+                while True:
+                    attempts += 1
+                    try:
+                        papermill.execute_notebook(str(snapshot), str(output), parameters=parameters,
+                                                   kernel_name=kernel, cwd=str(source.parent), progress_bar=False)
+                        error = None
+                        break
+                    except PapermillExecutionError as exc:
+                        error = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
+                        if attempts > retries:
+                            break
+                        time.sleep(backoff * 2 ** (attempts - 1))
+                if output.exists():
+                    mlflow.log_artifact(str(output), "notebook")
+                mlflow.set_tag("mlplat.status", "failed" if error else "succeeded")
+                mlflow_run_id = run.info.run_id
+        job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", attempts,
+                     time.perf_counter() - started, str(output), error, mlflow_run_id)
+        self._record(job, _sha256(snapshot), rerun_of)
+        if error:
+            raise JobFailed(f"{source.name} failed after {attempts} attempt(s): {error}. The executed notebook, "
+                            f"with the traceback, is {output} (job {run_id}).")
+        return job
+
+    def _record(self, job: JobRun, sha: str, rerun_of: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(job_runs.insert().values(
+                id=job.id, notebook=job.notebook, parameters=json.dumps(job.parameters, default=str),
+                kernel=job.kernel, status=job.status, attempts=job.attempts, started_at=datetime.now(UTC),
+                seconds=job.seconds, input_sha256=sha, output=job.output, mlflow_run_id=job.mlflow_run_id,
+                error=job.error, who=self.platform.settings.user, rerun_of=rerun_of))
+
+    def _row(self, run_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(job_runs).where(job_runs.c.id == run_id)).first()
+        if row is None:
+            raise JobError(f"No job run {run_id!r}; see p.jobs.history() for run ids.")
+        return row._asdict()
+
+
+def _job(row: dict[str, Any]) -> JobRun:
+    return JobRun(row["id"], row["notebook"], json.loads(row["parameters"]), row["kernel"], row["status"],
+                  row["attempts"], row["seconds"], row["output"], row["error"], row["mlflow_run_id"])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
