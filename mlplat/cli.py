@@ -248,3 +248,20 @@ def undeploy(name: str) -> None:
     """Take NAME off Triton."""
     _platform().undeploy(name)
     click.echo(f"{name} undeployed")
+
+
+@main.command()
+@click.option("--interval", type=float, default=30.0, help="Seconds between looks for due jobs.")
+@click.option("--max-concurrent", type=int, default=2, help="Jobs running at once, at most.")
+@click.option("--heartbeat", type=click.Path(dir_okay=False), help="A file touched on every look (health).")
+def scheduler(interval: float, max_concurrent: int, heartbeat: str | None) -> None:
+    """Run scheduled notebook jobs as their slots come due (`mlplat up` starts this)."""
+    from pathlib import Path
+
+    from mlplat.jobs.schedules import Scheduler
+
+    Scheduler(_platform(), max_concurrent).serve(interval, heartbeat=Path(heartbeat) if heartbeat else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -296,7 +297,36 @@ class MlflowService(EmbeddedService):
             return False
 
 
-SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": MlflowService}
+class SchedulerService(EmbeddedService):
+    """``mlplat scheduler``: runs due slots of scheduled notebook jobs; healthy while its heartbeat is fresh."""
+
+    name = "scheduler"
+    interval = 30.0
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "mlplat.cli", "scheduler", "--interval", str(self.interval),
+                "--heartbeat", str(self.heartbeat)]
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.settings.run_dir / "scheduler.heartbeat"
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "MLPLAT_HOME": str(self.settings.home)}
+
+    def url(self, port: int) -> str:
+        return f"file://{self.heartbeat}"
+
+    def healthy(self, state: ServiceState) -> bool:
+        try:
+            return time.time() - self.heartbeat.stat().st_mtime < 3 * self.interval and state.started_at <= \
+                self.heartbeat.stat().st_mtime + 1
+        except FileNotFoundError:
+            return False
+
+
+SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": MlflowService,
+                                              "scheduler": SchedulerService}
 
 
 def embedded_services(settings: Settings) -> list[EmbeddedService]:
@@ -310,6 +340,8 @@ def embedded_services(settings: Settings) -> list[EmbeddedService]:
 
     if triton_installed(settings):
         wanted.append(TritonService(settings))
+    if importlib.util.find_spec("papermill") and importlib.util.find_spec("croniter"):
+        wanted.append(SERVICES["scheduler"](settings))
     return wanted
 
 

@@ -69,3 +69,39 @@ def test_bad_jobs_are_refused_before_anything_runs(p, tmp_path):
     with pytest.raises(JobError, match="No job run"):
         p.jobs.rerun("nope")
     assert p.jobs.history() == []
+
+
+def test_the_scheduler_runs_each_slot_once_across_restarts(p, tmp_path):
+    from datetime import UTC, timedelta
+
+    import sqlalchemy as sa
+
+    from mlplat.jobs.schedules import Scheduler, schedules_table, slots_of
+
+    source = notebook(tmp_path / "tick.ipynb", "print(x)")
+    schedule_id = p.jobs.schedule(source, "*/10 * * * *", parameters={"x": 3})
+    with p.engine.connect() as conn:
+        made = conn.execute(sa.select(schedules_table.c.created_at)).scalar().replace(tzinfo=UTC)
+    later = made + timedelta(minutes=25)
+    # independently: every 10-minute mark after the schedule was made, up to `later`
+    mark = made.replace(minute=made.minute - made.minute % 10, second=0, microsecond=0) + timedelta(minutes=10)
+    expected = []
+    while mark <= later:
+        expected.append(mark)
+        mark += timedelta(minutes=10)
+
+    assert len(Scheduler(p).tick(later)) == len(expected)  # a scheduler that was down catches up
+    assert Scheduler(p).tick(later) == []  # and a restarted one runs none of them again
+    slots = slots_of(p, schedule_id)
+    assert [s["slot"] for s in slots] == expected
+    assert {s["status"] for s in slots} == {"succeeded"} and len({s["job_id"] for s in slots}) == len(expected)
+    assert len(Scheduler(p).tick(later + timedelta(minutes=10))) == 1  # the next slot, once
+    assert len(p.jobs.history(source)) == len(expected) + 1
+
+
+def test_a_bad_schedule_is_refused(p, tmp_path):
+    source = notebook(tmp_path / "ok.ipynb", "print(x)")
+    with pytest.raises(JobError, match="not a cron expression"):
+        p.jobs.schedule(source, "every hour")
+    with pytest.raises(JobError, match="declares no parameter"):
+        p.jobs.schedule(source, "0 * * * *", parameters={"z": 1})

@@ -102,6 +102,13 @@ class Jobs:
         return self._execute(new_id, Path(earlier["notebook"]), folder, json.loads(earlier["parameters"]),
                              earlier["kernel"], 0, 1.0, rerun_of=run_id)
 
+    def schedule(self, notebook: str | Path, cron: str, parameters: dict[str, Any] | None = None,
+                 kernel: str | None = None) -> int:
+        """Run ``notebook`` on a cron schedule (``mlplat scheduler``, started by ``mlplat up``, runs it)."""
+        from mlplat.jobs.schedules import schedule
+
+        return schedule(self.platform, notebook, cron, parameters, kernel)
+
     def history(self, notebook: str | Path | None = None) -> list[JobRun]:
         """Runs, newest first (of one notebook, when given)."""
         query = sa.select(job_runs).order_by(job_runs.c.started_at.desc())
