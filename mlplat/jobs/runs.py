@@ -140,35 +140,38 @@ class Jobs:
 
     def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
                  retries: int, backoff: float, rerun_of: str | None) -> JobRun:
-        import mlflow
         import papermill
+        from mlflow.tracking import MlflowClient
         from papermill.exceptions import PapermillExecutionError
 
+        # An explicit client, not MLflow's process-wide fluent state: the scheduler runs jobs in threads.
+        client = MlflowClient(self.platform.settings.tracking, self.platform.settings.tracking)
+        experiment = tracking.experiment_id(client, self.platform.settings, f"jobs-{source.stem}")
         snapshot, output = folder / "input.ipynb", folder / source.name
+        run = client.create_run(experiment, run_name=f"{source.stem}-{run_id[:8]}", tags={
+            "mlplat.job_id": run_id, "mlplat.notebook": str(source), "mlplat.input_sha256": _sha256(snapshot),
+            "mlplat.rerun_of": rerun_of or ""})
+        mlflow_run_id = run.info.run_id
+        for key, value in {**{f"param.{k}": v for k, v in parameters.items()}, "kernel": kernel}.items():
+            client.log_param(mlflow_run_id, key, value)
+        client.log_dict(mlflow_run_id, {"environment": environment()}, "mlplat/provenance.json")
         started, attempts, error = time.perf_counter(), 0, None
-        with tracking.session(self.platform.settings) as client:
-            experiment = tracking.experiment_id(client, self.platform.settings, f"jobs-{source.stem}")
-            with mlflow.start_run(experiment_id=experiment, run_name=f"{source.stem}-{run_id[:8]}") as run:
-                mlflow.log_params({f"param.{k}": v for k, v in parameters.items()} | {"kernel": kernel})
-                mlflow.set_tags({"mlplat.job_id": run_id, "mlplat.notebook": str(source),
-                                 "mlplat.input_sha256": _sha256(snapshot), "mlplat.rerun_of": rerun_of or ""})
-                mlflow.log_dict({"environment": environment()}, "mlplat/provenance.json")
-                while True:
-                    attempts += 1
-                    try:
-                        papermill.execute_notebook(str(snapshot), str(output), parameters=parameters,
-                                                   kernel_name=kernel, cwd=str(source.parent), progress_bar=False)
-                        error = None
-                        break
-                    except PapermillExecutionError as exc:
-                        error = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
-                        if attempts > retries:
-                            break
-                        time.sleep(backoff * 2 ** (attempts - 1))
-                if output.exists():
-                    mlflow.log_artifact(str(output), "notebook")
-                mlflow.set_tag("mlplat.status", "failed" if error else "succeeded")
-                mlflow_run_id = run.info.run_id
+        while True:
+            attempts += 1
+            try:
+                papermill.execute_notebook(str(snapshot), str(output), parameters=parameters, kernel_name=kernel,
+                                           cwd=str(source.parent), progress_bar=False)
+                error = None
+                break
+            except PapermillExecutionError as exc:
+                error = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
+                if attempts > retries:
+                    break
+                time.sleep(backoff * 2 ** (attempts - 1))
+        if output.exists():
+            client.log_artifact(mlflow_run_id, str(output), "notebook")
+        client.set_tag(mlflow_run_id, "mlplat.status", "failed" if error else "succeeded")
+        client.set_terminated(mlflow_run_id, "FAILED" if error else "FINISHED")
         job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", attempts,
                      time.perf_counter() - started, str(output), error, mlflow_run_id)
         self._record(job, _sha256(snapshot), rerun_of)

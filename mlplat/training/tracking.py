@@ -58,7 +58,13 @@ def experiment_id(client: Any, settings: Settings, name: str) -> str:
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        return client.create_experiment(name, artifact_location=f"{settings.artifacts.rstrip('/')}/{name}")
+        try:
+            return client.create_experiment(name, artifact_location=f"{settings.artifacts.rstrip('/')}/{name}")
+        except Exception:  # created meanwhile by another thread or process?
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
     except Exception as exc:  # MLflow raises many kinds for an unreachable store
         raise unavailable(settings, exc) from None
 
