@@ -1,0 +1,60 @@
+"""The magics, in a real Jupyter kernel running a real notebook."""
+
+import nbformat
+import pytest
+
+import mlplat
+from mlplat.demo import driver, driver_stats, make_dataset
+
+CELLS = [
+    "%load_ext mlplat_magics",
+    "views = %feature list\nprint('views', [v.name for v in views])",
+    "import pandas as pd\nlabels = pd.read_parquet(LABELS)",
+    "ts = %feature training-set labels driver_stats:rating driver_stats:trips_today\nprint('shape', ts.shape)",
+    "online = %feature get driver_stats:rating --entity driver_id=1,2\nprint('online', online.to_dict())",
+    "r = %train xgboost.XGBClassifier --features driver_stats:* --entity-df labels --target completed "
+    "--name nb_model --param n_estimators=5 --gate roc_auc>=0.01\nprint('version', r.version, r.rejected)",
+    "from IPython.core.error import UsageError\n"
+    "try:\n    get_ipython().run_line_magic('feature', 'show driver_stat')\n"
+    "except UsageError as exc:\n    print('usage', exc)",
+    "try:\n    get_ipython().run_line_magic('train', 'xgboost.XGBClassifier --features driver_stats:*')\n"
+    "except UsageError as exc:\n    print('usage', exc)",
+    "status = %mlplat status\nprint('status', status)",
+]
+
+
+@pytest.fixture
+def home(tmp_path, redis_url, monkeypatch):
+    stats, _, labels = make_dataset(drivers=50, customers=10, days=4, trips=600, seed=2)
+    settings = {"home": str(tmp_path / "h"), "online_store": redis_url, "online_prefix": "magics"}
+    p = mlplat.connect(**settings)
+    p.features.apply([driver, driver_stats])
+    p.features.ingest("driver_stats", stats)
+    p.features.materialize()
+    p.close()
+    for key, value in settings.items():
+        monkeypatch.setenv(f"MLPLAT_{key.upper()}", value)  # the kernel inherits them
+    labels.to_parquet(tmp_path / "labels.parquet")
+    return tmp_path
+
+
+def test_every_magic_in_a_real_kernel(home):
+    import papermill
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell(f"LABELS = {str(home / 'labels.parquet')!r}")
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, *(nbformat.v4.new_code_cell(c) for c in CELLS)]
+    nbformat.write(nb, home / "magics.ipynb")
+    papermill.execute_notebook(str(home / "magics.ipynb"), str(home / "out.ipynb"), kernel_name="python3",
+                               progress_bar=False)
+    printed = "".join(o.get("text", "") for c in nbformat.read(home / "out.ipynb", as_version=4).cells
+                      for o in c.get("outputs", []))
+    assert "views ['driver_stats']" in printed
+    assert "shape (600, 7)" in printed
+    assert "online {'driver_id': [1, 2], 'rating': [" in printed
+    assert "version 1 None" in printed
+    assert "usage 'driver_stat' is not a registered feature view (did you mean 'driver_stats'?)" in printed
+    assert "usage %train: the following arguments are required: --entity-df, --target, --name" in printed
+    assert "status {" in printed and "'mlflow': 'stopped'" in printed  # the UI is `mlplat up`'s job
