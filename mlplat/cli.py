@@ -263,5 +263,15 @@ def scheduler(interval: float, max_concurrent: int, heartbeat: str | None) -> No
     Scheduler(_platform(), max_concurrent).serve(interval, heartbeat=Path(heartbeat) if heartbeat else None)
 
 
+@main.command("install-kernels")
+@click.option("--prefix", help="Where to install (default: this Python environment).")
+def install_kernels(prefix: str | None) -> None:
+    """Install the "Python 3 (mlplat)" and "Python 3 (mlplat, GPU)" Jupyter kernels."""
+    from mlplat.kernels import install_kernels as install
+
+    for path in install(prefix):
+        click.echo(f"installed {path}")
+
+
 if __name__ == "__main__":
     main()

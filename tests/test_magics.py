@@ -58,3 +58,24 @@ def test_every_magic_in_a_real_kernel(home):
     assert "usage 'driver_stat' is not a registered feature view (did you mean 'driver_stats'?)" in printed
     assert "usage %train: the following arguments are required: --entity-df, --target, --name" in printed
     assert "status {" in printed and "'mlflow': 'stopped'" in printed  # the UI is `mlplat up`'s job
+
+
+def test_the_mlplat_kernels_load_the_magics_and_pin_the_gpu(home, tmp_path, monkeypatch):
+    import papermill
+    from click.testing import CliRunner
+
+    from mlplat.cli import main
+
+    prefix = tmp_path / "prefix"
+    installed = CliRunner().invoke(main, ["install-kernels", "--prefix", str(prefix)])
+    assert installed.exit_code == 0 and "mlplat-gpu" in installed.output
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os\nviews = %feature list\n"
+        "print([v.name for v in views], os.environ['MLPLAT_DEVICE'], os.environ['CUDA_VISIBLE_DEVICES'])")]
+    nbformat.write(nb, tmp_path / "gpu.ipynb")
+    papermill.execute_notebook(str(tmp_path / "gpu.ipynb"), str(tmp_path / "gpu-out.ipynb"),
+                               kernel_name="mlplat-gpu", progress_bar=False)
+    out = nbformat.read(tmp_path / "gpu-out.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    assert out.strip() == "['driver_stats'] gpu:0 0"

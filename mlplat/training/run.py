@@ -8,6 +8,7 @@ and refit the same estimator with the same seed.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -229,7 +230,8 @@ def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, user
     mlflow.set_tags({"mlplat.features": json.dumps(spec.features), "mlplat.feature_views": json.dumps(views),
                      "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": user,
                      "mlplat.code_path": code["path"] or "", "mlplat.code_sha256": code["sha256"] or "",
-                     "mlplat.git_commit": code["git_commit"] or "", **(extra or {})})
+                     "mlplat.git_commit": code["git_commit"] or "",
+                     "mlplat.device": os.environ.get("MLPLAT_DEVICE", "cpu"), **(extra or {})})
     mlflow.log_dict(asdict(spec), SPEC_ARTIFACT)
     mlflow.log_dict({"code": code, "environment": environment()}, "mlplat/provenance.json")
     with tempfile.TemporaryDirectory() as folder:
