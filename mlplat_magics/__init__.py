@@ -1,4 +1,5 @@
-"""IPython extension: ``%load_ext mlplat_magics`` gives ``%feature``, ``%train``, ``%deploy``, ``%predict``, ``%mlplat``.
+"""IPython extension: ``%load_ext mlplat_magics`` gives ``%feature``, ``%train``, ``%deploy``, ``%predict``,
+``%job`` and ``%mlplat``.
 
 Magics parse their line, call one library function and return its result, so
 the notebook renders it (HTML reprs) and ``x = %feature ...`` binds it. A user
@@ -39,6 +40,9 @@ def _parsers() -> dict[str, _Parser]:
     training.add_argument("entity_df", help="a DataFrame in the notebook's namespace")
     training.add_argument("features", nargs="+")
     commands.add_parser("materialize").add_argument("views", nargs="*")
+    push = commands.add_parser("push")
+    push.add_argument("view")
+    push.add_argument("df", help="a DataFrame in the notebook's namespace")
 
     train = _Parser(prog="%train", description="Train, track, gate and register a model.")
     train.add_argument("estimator")
@@ -55,9 +59,16 @@ def _parsers() -> dict[str, _Parser]:
     predict = _Parser(prog="%predict", description="Predict over gRPC with online features.")
     predict.add_argument("model")
     predict.add_argument("entity", nargs="+", help="key=v1,v2")
+    job = _Parser(prog="%job", description="Notebook jobs: run, history, rerun.")
+    job_commands = job.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = job_commands.add_parser("run")
+    run.add_argument("notebook")
+    run.add_argument("parameters", nargs="*", help="name=value")
+    job_commands.add_parser("history").add_argument("notebook", nargs="?")
+    job_commands.add_parser("rerun").add_argument("run_id")
     status = _Parser(prog="%mlplat", description="Platform status.")
     status.add_argument("command", choices=["status"])
-    return {"feature": feature, "train": train, "deploy": deploy, "predict": predict, "mlplat": status}
+    return {"feature": feature, "train": train, "deploy": deploy, "predict": predict, "job": job, "mlplat": status}
 
 
 def _columns(pairs: list[str]) -> dict[str, list[Any]]:
@@ -106,7 +117,8 @@ class MlplatMagics(Magics):
 
     @line_magic
     def feature(self, line: str) -> Any:
-        """%feature list [PATTERN] | show VIEW | get FEATURES --entity k=v,.. | training-set DF FEATURES | materialize"""
+        """%feature list [PATTERN] | show VIEW | get FEATURES --entity k=v,.. | training-set DF FEATURES |
+        materialize [VIEW ...] | push VIEW DF"""
         store = lambda: self.platform.features  # noqa: E731
 
         def act(a):
@@ -118,10 +130,9 @@ class MlplatMagics(Magics):
                 entities = _columns(a.entity)
                 return store().get_online_features(a.features, entities)
             if a.command == "training-set":
-                frame = self.shell.user_ns.get(a.entity_df)
-                if frame is None:
-                    raise UsageError(f"No variable {a.entity_df!r} in the notebook; create the entity DataFrame first.")
-                return store().get_training_set(frame, a.features)
+                return store().get_training_set(self._frame(a.entity_df), a.features)
+            if a.command == "push":
+                return store().push(a.view, self._frame(a.df))
             return store().materialize(views=a.views or None)
 
         return self._run("feature", line, act)
@@ -131,9 +142,7 @@ class MlplatMagics(Magics):
         """%train ESTIMATOR --features F.. --entity-df NAME --target COL --name MODEL [--param k=v] [--gate m>=x]"""
 
         def act(a):
-            frame = self.shell.user_ns.get(a.entity_df)
-            if frame is None:
-                raise UsageError(f"No variable {a.entity_df!r} in the notebook; create the entity DataFrame first.")
+            frame = self._frame(a.entity_df)
             params = {k: _value(v) for k, _, v in (p.partition("=") for p in a.param)}
             validation = None
             if a.gate:
@@ -156,6 +165,26 @@ class MlplatMagics(Magics):
     def predict(self, line: str) -> Any:
         """%predict MODEL key=v1,v2 [key2=...]"""
         return self._run("predict", line, lambda a: self.platform.predict(a.model, _columns(a.entity)))
+
+    @line_magic
+    def job(self, line: str) -> Any:
+        """%job run NOTEBOOK [name=value ...] | history [NOTEBOOK] | rerun RUN_ID"""
+
+        def act(a):
+            if a.command == "run":
+                return self.platform.jobs.run(a.notebook, {k: _value(v) for k, _, v in
+                                                           (p.partition("=") for p in a.parameters)})
+            if a.command == "history":
+                return self.platform.jobs.history(a.notebook)
+            return self.platform.jobs.rerun(a.run_id)
+
+        return self._run("job", line, act)
+
+    def _frame(self, name: str) -> Any:
+        frame = self.shell.user_ns.get(name)
+        if frame is None:
+            raise UsageError(f"No variable {name!r} in the notebook; create the DataFrame first.")
+        return frame
 
     @line_magic
     def mlplat(self, line: str) -> Any:

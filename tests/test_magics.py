@@ -20,6 +20,14 @@ CELLS = [
     "try:\n    get_ipython().run_line_magic('train', 'xgboost.XGBClassifier --features driver_stats:*')\n"
     "except UsageError as exc:\n    print('usage', exc)",
     "status = %mlplat status\nprint('status', status)",
+    "fresh = pd.DataFrame({'driver_id': [1], 'event_timestamp': [pd.Timestamp.now(tz='UTC')], 'rating': [1.25],"
+    " 'trips_today': [2], 'acceptance_rate': [0.5], 'avg_speed_kmh': [30.0]})\n"
+    "pushed = %feature push driver_stats fresh\n"
+    "now = %feature get driver_stats:rating --entity driver_id=1\nprint('pushed', pushed, now.to_dict()['rating'])",
+    "import nbformat\nnb = nbformat.v4.new_notebook()\nfirst = nbformat.v4.new_code_cell('n = 1')\n"
+    "first.metadata['tags'] = ['parameters']\nnb.cells = [first, nbformat.v4.new_code_cell('print(n * 3)')]\n"
+    "nbformat.write(nb, 'tiny.ipynb')\njob = %job run tiny.ipynb n=5\nruns = %job history tiny.ipynb\n"
+    "print('job', job.status, len(runs))",
 ]
 
 
@@ -48,7 +56,7 @@ def test_every_magic_in_a_real_kernel(home):
     nb.cells = [parameters, *(nbformat.v4.new_code_cell(c) for c in CELLS)]
     nbformat.write(nb, home / "magics.ipynb")
     papermill.execute_notebook(str(home / "magics.ipynb"), str(home / "out.ipynb"), kernel_name="python3",
-                               progress_bar=False)
+                               progress_bar=False, cwd=str(home))
     printed = "".join(o.get("text", "") for c in nbformat.read(home / "out.ipynb", as_version=4).cells
                       for o in c.get("outputs", []))
     assert "views ['driver_stats']" in printed
@@ -58,6 +66,8 @@ def test_every_magic_in_a_real_kernel(home):
     assert "usage 'driver_stat' is not a registered feature view (did you mean 'driver_stats'?)" in printed
     assert "usage %train: the following arguments are required: --entity-df, --target, --name" in printed
     assert "status {" in printed and "'mlflow': 'stopped'" in printed  # the UI is `mlplat up`'s job
+    assert "pushed 1 [1.25]" in printed
+    assert "job succeeded 1" in printed
 
 
 def test_the_mlplat_kernels_load_the_magics_and_pin_the_gpu(home, tmp_path, monkeypatch):

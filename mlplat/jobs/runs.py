@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -119,12 +120,22 @@ class Jobs:
 
     # -- internals ---------------------------------------------------------------
     def _check(self, source: Path, parameters: dict[str, Any], kernel: str | None) -> str:
+        import nbformat
         import papermill
         from jupyter_client.kernelspec import KernelSpecManager
 
         if source.suffix != ".ipynb" or not source.is_file():
             raise JobError(f"No notebook at {source}; give the path of an .ipynb file.")
-        declared = {p["name"] for p in papermill.inspect_notebook(str(source)).values()}
+        notebook = nbformat.read(source, as_version=4)
+        kernel = kernel or notebook.metadata.get("kernelspec", {}).get("name") or "python3"
+        kernels = KernelSpecManager().find_kernel_specs()
+        if kernel not in kernels:
+            raise JobError(f"No Jupyter kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels))}.")
+        # papermill infers parameters by the notebook's kernel language; say which when the notebook does not
+        notebook.metadata.setdefault("kernelspec", {"name": kernel, "display_name": kernel, "language": "python"})
+        with tempfile.TemporaryDirectory() as folder:
+            nbformat.write(notebook, Path(folder) / source.name)
+            declared = {p["name"] for p in papermill.inspect_notebook(str(Path(folder) / source.name)).values()}
         unknown = sorted(set(parameters) - declared)
         if unknown:
             hint = difflib.get_close_matches(unknown[0], declared, n=1)
@@ -132,10 +143,6 @@ class Jobs:
             declares = sorted(declared) if declared else "nothing (tag a cell 'parameters')"
             raise JobError(f"{source.name} declares no parameter {unknown[0]!r}{did_you_mean}; "
                            f"its parameters cell declares {declares}.")
-        kernels = KernelSpecManager().find_kernel_specs()
-        kernel = kernel or json.loads(source.read_text())["metadata"].get("kernelspec", {}).get("name") or "python3"
-        if kernel not in kernels:
-            raise JobError(f"No Jupyter kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels))}.")
         return kernel
 
     def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
@@ -155,12 +162,15 @@ class Jobs:
         for key, value in {**{f"param.{k}": v for k, v in parameters.items()}, "kernel": kernel}.items():
             client.log_param(mlflow_run_id, key, value)
         client.log_dict(mlflow_run_id, {"environment": environment()}, "mlplat/provenance.json")
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        language = KernelSpecManager().get_kernel_spec(kernel).language
         started, attempts, error = time.perf_counter(), 0, None
         while True:
             attempts += 1
             try:
                 papermill.execute_notebook(str(snapshot), str(output), parameters=parameters, kernel_name=kernel,
-                                           cwd=str(source.parent), progress_bar=False)
+                                           language=language, cwd=str(source.parent), progress_bar=False)
                 error = None
                 break
             except PapermillExecutionError as exc:
