@@ -97,3 +97,10 @@ def git_commit(folder: Path) -> str:
     """The checkout's commit (with -dirty when it has changes), so each table says what it measured."""
     found = subprocess.run(["git", "-C", str(folder), "describe", "--always", "--dirty"], capture_output=True, text=True)
     return found.stdout.strip() or "?"
+
+
+def versions_line(folder: Path, mlplat_version: str, packages: dict[str, str]) -> str:
+    """Python, mlplat (with its commit) and each named package's version, as one line."""
+    listed = ", ".join(f"{name} {version}" for name, version in packages.items())
+    return (f"versions: python {platform.python_version()}, mlplat {mlplat_version} (git {git_commit(folder)}), "
+            f"{listed}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -51,7 +50,7 @@ from mlplat.serving.triton import TritonService, triton_installed
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from feature_store import number, redis_server, render  # noqa: E402
-from measure import git_commit, interleaved_latencies, latency_summary, machine_line  # noqa: E402
+from measure import interleaved_latencies, latency_summary, machine_line, versions_line  # noqa: E402
 
 VIEW, TTL, NAME = "driver_stats", timedelta(days=1), "serving_bench"
 TARGET, TIMESTAMP, SEED = "label", "event_timestamp", 0
@@ -486,12 +485,10 @@ def notes(results: dict[str, Any], trained: Any, data: Data, args: argparse.Name
 
 def machine_and_versions() -> list[str]:
     """Cores, CPU model and load average (taken before the run), and every version involved."""
-    return [
-        machine_line(),
-        f"versions: python {platform.python_version()}, mlplat {mlplat.__version__} (git {git_commit(HERE)}), "
-        f"mlflow {mlflow.__version__}, scikit-learn {sklearn.__version__}, onnxruntime {onnxruntime.__version__}, "
-        f"tritonclient {metadata.version('tritonclient')}, numpy {np.__version__}",
-    ]
+    return [machine_line(), versions_line(HERE, mlplat.__version__, {
+        "mlflow": mlflow.__version__, "scikit-learn": sklearn.__version__, "onnxruntime": onnxruntime.__version__,
+        "tritonclient": metadata.version("tritonclient"), "numpy": np.__version__,
+    })]
 
 
 def parse_args() -> argparse.Namespace:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from mlplat.training.run import TrainResult, model_inputs
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from feature_store import number, redis_server, render  # noqa: E402
-from measure import git_commit, machine_line, median_time  # noqa: E402
+from measure import machine_line, median_time, versions_line  # noqa: E402
 
 VIEW, TTL = "driver_stats", timedelta(days=2)
 TARGET, TIMESTAMP, SEED = "label", "event_timestamp", 0
@@ -276,12 +275,10 @@ def notes(results: dict[str, Any], data: Data, args: argparse.Namespace) -> list
 
 def machine_and_versions() -> list[str]:
     """Cores, CPU model and load average (taken before the run), and every version involved."""
-    return [
-        machine_line(),
-        f"versions: python {platform.python_version()}, mlplat {mlplat.__version__} (git {git_commit(HERE)}), "
-        f"mlflow {mlflow.__version__}, xgboost {xgboost.__version__}, scikit-learn {sklearn.__version__}, "
-        f"dask {dask.__version__}, pandas {pd.__version__}, numpy {np.__version__}",
-    ]
+    return [machine_line(), versions_line(HERE, mlplat.__version__, {
+        "mlflow": mlflow.__version__, "xgboost": xgboost.__version__, "scikit-learn": sklearn.__version__,
+        "dask": dask.__version__, "pandas": pd.__version__, "numpy": np.__version__,
+    })]
 
 
 def parse_args() -> argparse.Namespace:

@@ -64,14 +64,12 @@ def status() -> None:
 
     settings = _settings()
     click.echo(f"home     {settings.home}")
-    down_count = 0
-    for service in services.embedded_services(settings):
-        state = service.status()
-        down_count += state is None
-        click.echo(f"{service.name:8} " + (f"running  pid {state.pid}  {state.url}" if state else "stopped"))
+    states = services.status(settings)
+    for name, state in states.items():
+        click.echo(f"{name:8} " + (f"running  pid {state.pid}  {state.url}" if state else "stopped"))
     if settings.online_store != "embedded":
         click.echo(f"online   external  {settings.online_store}")
-    sys.exit(1 if down_count else 0)
+    sys.exit(1 if None in states.values() else 0)
 
 
 @main.group()

@@ -345,6 +345,11 @@ def embedded_services(settings: Settings) -> list[EmbeddedService]:
     return wanted
 
 
+def status(settings: Settings) -> dict[str, ServiceState | None]:
+    """Each embedded service's state, None for those not running."""
+    return {service.name: service.status() for service in embedded_services(settings)}
+
+
 def up(settings: Settings, only: tuple[str, ...] | None = None) -> list[ServiceState]:
     """Start (or reuse) the embedded services (``only`` those named); return their states."""
     return [s.ensure() for s in embedded_services(settings) if only is None or s.name in only]

@@ -192,8 +192,8 @@ class MlplatMagics(Magics):
         from mlplat import services
 
         def act(a):
-            return {s.name: (state.url if (state := s.status()) else "stopped")
-                    for s in services.embedded_services(self.platform.settings)}
+            states = services.status(self.platform.settings)
+            return {name: state.url if state else "stopped" for name, state in states.items()}
 
         return self._run("mlplat", line, act)
 
