@@ -88,10 +88,7 @@ def features_apply(path: str) -> None:
     from mlplat.features.definitions import definitions_from_file
 
     for result in _store().apply(definitions_from_file(path)):
-        version = f" v{result.version}" if result.version else ""
-        click.echo(f"{result.kind:12} {result.name}{version}: {result.action}")
-        for change in result.changes:
-            click.echo(f"    {_describe(change)}")
+        click.echo(str(result))
 
 
 @features.command("list")
@@ -117,10 +114,12 @@ def features_show(view: str, version: int | None) -> None:
 @click.argument("new", type=int, required=False)
 def features_diff(view: str, old: int, new: int | None) -> None:
     """Changes of VIEW from version OLD to version NEW (default: latest)."""
+    from mlplat.features.registry import describe_change
+
     store = _store()
     changes = store.diff(view, old) if new is None else store.diff(store.get_view(view, old), store.get_view(view, new))
     for change in changes or [{"change": "no changes", "incompatible": False}]:
-        click.echo(_describe(change))
+        click.echo(describe_change(change))
 
 
 @features.command("history")
@@ -138,17 +137,6 @@ def features_materialize(views: tuple[str, ...]) -> None:
     """Write the latest feature values online (incrementally)."""
     for result in _store().materialize(views=list(views) or None):
         click.echo(f"{result.view} v{result.version}: read {result.rows_read} rows, {result.entities} entities, wrote {result.written}")
-
-
-def _describe(change: dict[str, Any]) -> str:
-    parts = [change["change"]]
-    if "name" in change:
-        parts.append(change["name"])
-    if "from" in change or "to" in change:
-        parts.append(f"{change.get('from')} -> {change.get('to')}")
-    if change.get("incompatible"):
-        parts.append("(incompatible: new version)")
-    return " ".join(str(p) for p in parts)
 
 
 @main.group()
@@ -259,6 +247,97 @@ def scheduler(interval: float, max_concurrent: int, heartbeat: str | None) -> No
     from mlplat.jobs.schedules import Scheduler
 
     Scheduler(_platform(), max_concurrent).serve(interval, heartbeat=Path(heartbeat) if heartbeat else None)
+
+
+@main.group()
+def jobs() -> None:
+    """Notebook jobs: run, history, rerun, schedule, and CronJob manifests."""
+
+
+_parameter = click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
+                          help="A notebook parameter (YAML value); repeatable.")
+
+
+def _parameters(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
+    from mlplat.config import parse_assignments
+
+    base = json.loads(as_json) if as_json else {}
+    return {**base, **parse_assignments(pairs, "parameter")}
+
+
+@jobs.command("run")
+@click.argument("notebook", type=click.Path(dir_okay=False))
+@_parameter
+@click.option("--parameters", "as_json", help="All parameters as one JSON object (what CronJobs pass).")
+@click.option("--kernel", help="A Jupyter kernel name (default: the notebook's).")
+@click.option("--retries", type=int, default=0, help="Attempts after a failure, with backoff.")
+def jobs_run(notebook: str, parameters: tuple[str, ...], as_json: str | None, kernel: str | None,
+             retries: int) -> None:
+    """Execute NOTEBOOK with papermill, tracked; exit 1 when it fails."""
+    run = _platform().jobs.run(notebook, _parameters(parameters, as_json), kernel, retries=retries)
+    click.echo(f"{run.status} in {run.seconds:.1f} s: {run.output} (job {run.id})")
+
+
+@jobs.command("history")
+@click.argument("notebook", required=False)
+def jobs_history(notebook: str | None) -> None:
+    """Recent runs, newest first."""
+    for run in _platform().jobs.history(notebook):
+        click.echo(f"{run.id}  {run.status:9}  {run.seconds:7.1f} s  {run.notebook}")
+
+
+@jobs.command("rerun")
+@click.argument("run_id")
+def jobs_rerun(run_id: str) -> None:
+    """Execute the notebook and parameters of RUN_ID again."""
+    run = _platform().jobs.rerun(run_id)
+    click.echo(f"{run.status} in {run.seconds:.1f} s: {run.output} (job {run.id})")
+
+
+@jobs.command("schedule")
+@click.argument("notebook", type=click.Path(dir_okay=False))
+@click.option("--cron", required=True, help="Five cron fields, e.g. '0 * * * *' (hourly, UTC).")
+@_parameter
+@click.option("--kernel", help="A Jupyter kernel name (default: the notebook's).")
+def jobs_schedule(notebook: str, cron: str, parameters: tuple[str, ...], kernel: str | None) -> None:
+    """Run NOTEBOOK on a cron schedule (the scheduler started by `mlplat up` runs it)."""
+    schedule_id = _platform().jobs.schedule(notebook, cron, _parameters(parameters, None), kernel)
+    click.echo(f"schedule {schedule_id}: {notebook} at '{cron}'")
+
+
+@jobs.command("schedules")
+def jobs_schedules() -> None:
+    """Every schedule, with its next run and last status."""
+    for s in _platform().jobs.schedules():
+        following = s.next_run.isoformat(timespec="minutes") if s.next_run else "paused"
+        click.echo(f"{s.id:4}  {s.cron:15}  next {following:22}  last {s.last_status or '-':9}  {s.notebook}")
+
+
+@jobs.command("pause")
+@click.argument("schedule_id", type=int)
+def jobs_pause(schedule_id: int) -> None:
+    """Stop SCHEDULE_ID from running."""
+    _platform().jobs.pause(schedule_id)
+    click.echo(f"schedule {schedule_id} paused")
+
+
+@jobs.command("resume")
+@click.argument("schedule_id", type=int)
+def jobs_resume(schedule_id: int) -> None:
+    """Run SCHEDULE_ID again from its next slot."""
+    _platform().jobs.resume(schedule_id)
+    click.echo(f"schedule {schedule_id} resumed")
+
+
+@jobs.command("cronjob")
+@click.argument("schedule_id", type=int)
+@click.option("--project", type=click.Path(file_okay=False), default=".", help="The folder the volume holds.")
+@click.option("--retries", type=int, default=0, help="Attempts after a failure, inside one Job.")
+def jobs_cronjob(schedule_id: int, project: str, retries: int) -> None:
+    """Print SCHEDULE_ID as a Kubernetes CronJob manifest (YAML, for `kubectl apply -f -`)."""
+    import yaml
+
+    click.echo(yaml.safe_dump(_platform().jobs.cronjob(schedule_id, project, retries), sort_keys=False), nl=False)
 
 
 @main.command("install-kernels")

@@ -15,11 +15,11 @@ import difflib
 import getpass
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlplat.errors import ConfigError
+from mlplat.errors import ConfigError, InvalidArgument
 
 EMBEDDED = "embedded"
 
@@ -129,3 +129,20 @@ def _current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def parse_assignments(pairs: Iterable[str], what: str = "value") -> dict[str, Any]:
+    """``["n=5", "name=churn", "tags=[a, b]"]`` -> ``{"n": 5, "name": "churn", "tags": ["a", "b"]}`` (YAML values)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"{pair!r}: write each {what} as name=value, e.g. n_estimators=100.")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+

@@ -53,11 +53,11 @@ class Platform:
 
         return ModelRegistry(self)
 
-    def compute(self, **overrides: Any):
-        """A Dask cluster for this platform: local by default, Kubernetes when configured."""
+    def compute(self, kind: str | None = None, **overrides: Any):
+        """A Dask cluster: ``kind`` "local" or "kubernetes" (default: Kubernetes when configured, else local)."""
         from mlplat.training.cluster import compute
 
-        return compute(self.settings, **overrides)
+        return compute(self.settings, kind, **overrides)
 
     def train(self, estimator: Any, **options: Any):
         """Train on a point-in-time training set, track it in MLflow, gate it, register it.
@@ -148,6 +148,12 @@ class Platform:
         """In one call: give ``champion`` back to the previous champion and serve it on Triton."""
         self.models.rollback(name, reason)
         return self.deploy(name)
+
+    def status(self):
+        """Services, endpoints and versions (:class:`mlplat.status.Status`)."""
+        from mlplat.status import status
+
+        return status(self.settings)
 
     def close(self) -> None:
         """Close connections; embedded services keep running for other sessions (`mlplat down` stops them)."""

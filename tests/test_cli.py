@@ -84,3 +84,33 @@ def test_up_status_down(tmp_path, monkeypatch):
 def test_materialize_command(cli, tmp_path):
     cli("features", "apply", write_defs(tmp_path))
     assert "driver_stats v1: read 0 rows" in cli("features", "materialize").output
+
+
+def test_jobs_from_the_shell(cli, tmp_path):
+    import nbformat
+    import yaml
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    first = nbformat.v4.new_code_cell("n = 1\nwords = []")
+    first.metadata["tags"] = ["parameters"]
+    nb.cells = [first, nbformat.v4.new_code_cell("print(n * 2, words)")]
+    nbformat.write(nb, tmp_path / "double.ipynb")
+
+    ran = cli("jobs", "run", "double.ipynb", "-p", "n=21", "-p", "words=[a, b]")
+    assert ran.exit_code == 0 and ran.output.startswith("succeeded in ")
+    output = nbformat.read(ran.output.split(": ")[1].split(" (job")[0], as_version=4)
+    assert output.cells[-1].outputs[0]["text"] == "42 ['a', 'b']\n"  # YAML values: an int and a list
+    refused = cli("jobs", "run", "double.ipynb", "-p", "word=a")
+    assert refused.output == ("Error: double.ipynb declares no parameter 'word' (did you mean 'words'?); "
+                              "its parameters cell declares ['n', 'words'].\n")
+    assert "succeeded" in cli("jobs", "history").output
+    assert cli("jobs", "schedule", "double.ipynb", "--cron", "0 3 * * *", "-p", "n=2").output == \
+        "schedule 1: double.ipynb at '0 3 * * *'\n"
+    assert cli("jobs", "pause", "1").output == "schedule 1 paused\n"
+    listed = cli("jobs", "schedules").output
+    assert "0 3 * * *" in listed and "next paused" in listed
+    refused = cli("jobs", "cronjob", "1")
+    assert refused.exit_code == 1 and "needs the kubernetes settings section" in refused.output
+    (tmp_path / "mlplat.yaml").write_text(yaml.safe_dump({"kubernetes": {"image": "mlplat:1", "volume": "projects"}}))
+    assert "cannot reach registry=sqlite" in cli("jobs", "cronjob", "1").output

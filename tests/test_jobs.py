@@ -1,12 +1,13 @@
 """Notebook jobs on a real Jupyter kernel (papermill): provenance, failures, retries, reruns, bad input."""
 
 import json
+import os
 
 import nbformat
 import pytest
 
 import mlplat
-from mlplat.errors import JobError, JobFailed
+from mlplat.errors import ConfigError, JobError, JobFailed
 from mlplat.training import tracking
 
 
@@ -105,3 +106,100 @@ def test_a_bad_schedule_is_refused(p, tmp_path):
         p.jobs.schedule(source, "every hour")
     with pytest.raises(JobError, match="declares no parameter"):
         p.jobs.schedule(source, "0 * * * *", parameters={"z": 1})
+
+
+def test_a_job_runs_on_a_dask_worker(p, tmp_path):
+    from distributed import Client, LocalCluster
+
+    source = notebook(tmp_path / "where.ipynb", "import os\nprint(x * 2, os.getpid())")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        (worker,) = client.scheduler_info()["workers"]
+        worker_pid = client.run(os.getpid)[worker]
+        run = p.jobs.run(source, parameters={"x": 21}, client=client)
+        with pytest.raises(JobFailed, match="cell 2 raised NameError"):  # a failure on the worker reads the same
+            p.jobs.run(notebook(tmp_path / "bad.ipynb", "print(undefined)"), client=client)
+    assert run.host == worker and p.jobs.history(source)[0].host == worker
+    printed = outputs(run.output)[0].split()
+    assert printed[0] == "42"
+    assert int(printed[1]) != os.getpid()  # the kernel was started by the worker, not by this process
+    assert worker_pid != os.getpid()
+
+
+def test_schedules_are_listed_paused_and_resumed_without_a_backlog(p, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from mlplat.jobs.schedules import Scheduler
+
+    source = notebook(tmp_path / "tick.ipynb", "print(x)")
+    schedule_id = p.jobs.schedule(source, "0 * * * *", parameters={"x": 3})
+    (listed,) = p.jobs.schedules()
+    now = datetime.now(UTC)
+    assert (listed.id, listed.cron, listed.parameters, listed.enabled) == (schedule_id, "0 * * * *", {"x": 3}, True)
+    assert listed.next_run == (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    p.jobs.pause(schedule_id)
+    assert p.jobs.schedules()[0].next_run is None
+    assert Scheduler(p).tick(now + timedelta(hours=3)) == []  # paused: nothing runs
+    p.jobs.resume(schedule_id)
+    assert Scheduler(p).due(now + timedelta(minutes=1)) == []  # the slots missed while paused are skipped
+    assert len(Scheduler(p).due(now + timedelta(hours=1, minutes=1))) == 1
+    with pytest.raises(JobError, match="No schedule 99"):
+        p.jobs.pause(99)
+
+
+K8S = {"image": "registry.example/mlplat:1.0", "namespace": "ml", "volume": "team-projects", "gpu": 1,
+       "cpu": "2", "memory": "8Gi", "node_selector": {"pool": "gpu"},
+       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+SERVERS = {"registry": "postgresql+psycopg://ml@db.ml:5432/mlplat", "tracking": "http://mlflow.ml:5000",
+           "online_store": "redis://redis.ml:6379/0", "offline_store": "s3://features/offline",
+           "artifacts": "s3://features/artifacts"}
+
+
+def test_a_schedule_becomes_a_kubernetes_cronjob(tmp_path, redis_url):
+    from croniter import croniter
+    from kubernetes.client import ApiClient, V1CronJob
+
+    project = tmp_path / "project"
+    (project / "reports").mkdir(parents=True)
+    source = notebook(project / "reports" / "Daily Report.ipynb", "print(x)")
+    local = mlplat.connect(home=str(tmp_path / "h"), online_store=redis_url, online_prefix="cron")
+    schedule_id = local.jobs.schedule(source, "30 6 * * 1-5", parameters={"x": 5, "seed": 1})
+    with pytest.raises(ConfigError, match="needs the kubernetes settings section"):
+        local.jobs.cronjob(schedule_id, project)
+    local.close()
+    # the same metadata database, now described by the server URLs the cluster reaches
+    p = mlplat.connect(home=str(tmp_path / "h"), kubernetes=K8S,
+                       **{**SERVERS, "registry": local.settings.registry})
+    with pytest.raises(ConfigError, match="cannot reach registry=sqlite"):  # embedded services stay on this machine
+        p.jobs.cronjob(schedule_id, project)
+    manifest = build_cronjob(p, schedule_id, project)
+    # read back as the client reads the API server's JSON: every field must be one the CronJob model knows
+    job = ApiClient().deserialize(json.dumps(manifest), "V1CronJob", "application/json")
+    assert ApiClient().sanitize_for_serialization(job) == manifest  # nothing was dropped on the way
+    assert isinstance(job, V1CronJob) and job.metadata.name == f"mlplat-daily-report-{schedule_id}"
+    assert croniter.is_valid(job.spec.schedule) and job.spec.schedule == "30 6 * * 1-5"
+    assert job.spec.concurrency_policy == "Forbid" and job.spec.suspend is False
+    pod = job.spec.job_template.spec.template.spec
+    (container,) = pod.containers
+    assert container.command == ["mlplat", "jobs", "run", "/workspace/reports/Daily Report.ipynb", "--kernel",
+                                 "python3", "--parameters", '{"seed": 1, "x": 5}']
+    assert container.working_dir == "/workspace/reports"
+    assert container.resources.limits == {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert pod.node_selector == {"pool": "gpu"} and pod.tolerations[0].effect == "NoSchedule"
+    assert pod.volumes[0].persistent_volume_claim.claim_name == "team-projects"
+    env = {e.name: e.value for e in container.env}
+    assert env["MLPLAT_TRACKING"] == "http://mlflow.ml:5000" and env["MLPLAT_ONLINE_STORE"] == "redis://redis.ml:6379/0"
+    with pytest.raises(JobError, match="not inside the project folder"):
+        p.jobs.cronjob(schedule_id, tmp_path / "elsewhere")
+    p.close()
+
+
+def build_cronjob(p, schedule_id, project):
+    """The manifest with the registry URL swapped for a server's (the test's registry is a local SQLite file)."""
+    from dataclasses import replace
+
+    from mlplat.jobs.kubernetes import cronjob, manifest
+    from mlplat.jobs.schedules import schedule_of
+
+    cluster_settings = replace(p.settings, registry=SERVERS["registry"])
+    return manifest(cronjob(cluster_settings, schedule_of(p, schedule_id), project))

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -210,7 +211,12 @@ def definitions_from_file(path: str) -> list[Entity | FeatureView]:
         raise DefinitionError(f"No definitions file at {path}; give the path of a .py file.") from None
     except Exception as exc:  # the user's code: report what it raised, wherever
         raise DefinitionError(f"Running {path} failed: {type(exc).__name__}: {exc}") from exc
-    found = [v for v in namespace.values() if isinstance(v, (Entity, FeatureView))]
+    return definitions_in(namespace.values(), str(path))
+
+
+def definitions_in(values: Iterable[Any], where: str) -> list[Entity | FeatureView]:
+    """The Entity and FeatureView objects among ``values``; ``where`` names their source in the error."""
+    found = [v for v in values if isinstance(v, (Entity, FeatureView))]
     if not found:
-        raise DefinitionError(f"{path} defines no Entity or FeatureView at module level.")
+        raise DefinitionError(f"{where} defines no Entity or FeatureView at module level.")
     return found

@@ -69,6 +69,24 @@ class ApplyResult:
     version: int | None
     changes: list[dict[str, Any]]
 
+    def __str__(self) -> str:
+        """``view     driver_stats v2: new_version`` and one indented line per change."""
+        version = f" v{self.version}" if self.version else ""
+        return "\n".join([f"{self.kind:12} {self.name}{version}: {self.action}",
+                          *(f"    {describe_change(c)}" for c in self.changes)])
+
+
+def describe_change(change: dict[str, Any]) -> str:
+    """One line for one change of a diff: what changed, from what to what, and whether it made a new version."""
+    parts = [change["change"]]
+    if "name" in change:
+        parts.append(change["name"])
+    if "from" in change or "to" in change:
+        parts.append(f"{change.get('from')} -> {change.get('to')}")
+    if change.get("incompatible"):
+        parts.append("(incompatible: new version)")
+    return " ".join(str(p) for p in parts)
+
 
 @dataclass(frozen=True)
 class Watermark:

@@ -11,6 +11,7 @@ kernel) is checked before anything runs.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import shutil
@@ -46,6 +47,7 @@ job_runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("who", sa.String(200), nullable=False),
     sa.Column("rerun_of", sa.String(32)),
+    sa.Column("host", sa.String(200)),  # "local", or the Dask worker that ran it
 )
 
 
@@ -63,11 +65,12 @@ class JobRun:
     output: str  # the executed notebook
     error: str | None
     mlflow_run_id: str | None
+    host: str  # "local", or the address of the Dask worker that ran it
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.status == "succeeded" else "#cf222e"
         return (f"<div><b>{escape(Path(self.notebook).name)}</b> run {self.id[:8]}: "
-                f"<b style='color:{colour}'>{self.status}</b> in {self.seconds:.1f} s ({self.attempts} attempt(s))"
+                f"<b style='color:{colour}'>{self.status}</b> in {self.seconds:.1f} s ({self.attempts} attempt(s)) on {escape(self.host)}"
                 f"<br>parameters: {escape(json.dumps(self.parameters))}<br>output: {escape(self.output)}"
                 + (f"<pre>{escape(self.error)}</pre>" if self.error else "") + "</div>")
 
@@ -82,8 +85,13 @@ class Jobs:
         metadata.create_all(self.engine, tables=[job_runs])
 
     def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
-            retries: int = 0, backoff: float = 1.0) -> JobRun:
-        """Execute ``notebook`` with ``parameters``; raise JobFailed (with the failing cell) if every attempt fails."""
+            retries: int = 0, backoff: float = 1.0, client: Any = None) -> JobRun:
+        """Execute ``notebook`` with ``parameters``; raise JobFailed (with the failing cell) if every attempt fails.
+
+        With a Dask ``client`` (``p.compute().client``) the notebook executes on a worker, which must see
+        the notebook's folder and this platform's services (true on a LocalCluster; on Kubernetes mount a
+        shared volume and use server URLs). Without one it executes here.
+        """
         source = Path(notebook).resolve()
         parameters = dict(parameters or {})
         kernel = self._check(source, parameters, kernel)
@@ -91,17 +99,17 @@ class Jobs:
         folder = self.root / run_id
         folder.mkdir(parents=True)
         shutil.copy2(source, folder / "input.ipynb")  # what ran, for reruns, whatever happens to the original
-        return self._execute(run_id, source, folder, parameters, kernel, retries, backoff, rerun_of=None)
+        return self._execute(run_id, source, folder, parameters, kernel, retries, backoff, None, client)
 
-    def rerun(self, run_id: str) -> JobRun:
-        """Execute the very notebook and parameters of an earlier run again."""
+    def rerun(self, run_id: str, client: Any = None) -> JobRun:
+        """Execute the very notebook and parameters of an earlier run again (on a Dask worker with ``client``)."""
         earlier = self._row(run_id)
         new_id = uuid.uuid4().hex
         folder = self.root / new_id
         folder.mkdir(parents=True)
         shutil.copy2(self.root / run_id / "input.ipynb", folder / "input.ipynb")
         return self._execute(new_id, Path(earlier["notebook"]), folder, json.loads(earlier["parameters"]),
-                             earlier["kernel"], 0, 1.0, rerun_of=run_id)
+                             earlier["kernel"], 0, 1.0, run_id, client)
 
     def schedule(self, notebook: str | Path, cron: str, parameters: dict[str, Any] | None = None,
                  kernel: str | None = None) -> int:
@@ -109,6 +117,31 @@ class Jobs:
         from mlplat.jobs.schedules import schedule
 
         return schedule(self.platform, notebook, cron, parameters, kernel)
+
+    def schedules(self) -> list[Any]:
+        """Every schedule (:class:`mlplat.jobs.schedules.Schedule`) with its next run and last status."""
+        from mlplat.jobs.schedules import schedules
+
+        return schedules(self.platform)
+
+    def pause(self, schedule_id: int) -> None:
+        """Stop a schedule from running until :meth:`resume`."""
+        from mlplat.jobs.schedules import set_enabled
+
+        set_enabled(self.platform, schedule_id, False)
+
+    def resume(self, schedule_id: int) -> None:
+        """Run a paused schedule again."""
+        from mlplat.jobs.schedules import set_enabled
+
+        set_enabled(self.platform, schedule_id, True)
+
+    def cronjob(self, schedule_id: int, project: str | Path = ".", retries: int = 0) -> dict[str, Any]:
+        """The schedule as a Kubernetes CronJob manifest; ``project`` is the folder ``kubernetes.volume`` holds."""
+        from mlplat.jobs.kubernetes import cronjob, manifest
+        from mlplat.jobs.schedules import schedule_of
+
+        return manifest(cronjob(self.platform.settings, schedule_of(self.platform, schedule_id), project, retries))
 
     def history(self, notebook: str | Path | None = None) -> list[JobRun]:
         """Runs, newest first (of one notebook, when given)."""
@@ -146,31 +179,31 @@ class Jobs:
         return kernel
 
     def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
-                 retries: int, backoff: float, rerun_of: str | None) -> JobRun:
-        import papermill
-        from mlflow.tracking import MlflowClient
+                 retries: int, backoff: float, rerun_of: str | None, client: Any) -> JobRun:
         from papermill.exceptions import PapermillExecutionError
 
         # An explicit client, not MLflow's process-wide fluent state: the scheduler runs jobs in threads.
-        client = MlflowClient(self.platform.settings.tracking, self.platform.settings.tracking)
-        experiment = tracking.experiment_id(client, self.platform.settings, f"jobs-{source.stem}")
+        tracker = tracking.client(self.platform.settings)
+        experiment = tracking.experiment_id(tracker, self.platform.settings, f"jobs-{source.stem}")
         snapshot, output = folder / "input.ipynb", folder / source.name
-        run = client.create_run(experiment, run_name=f"{source.stem}-{run_id[:8]}", tags={
+        run = tracker.create_run(experiment, run_name=f"{source.stem}-{run_id[:8]}", tags={
             "mlplat.job_id": run_id, "mlplat.notebook": str(source), "mlplat.input_sha256": _sha256(snapshot),
             "mlplat.rerun_of": rerun_of or ""})
         mlflow_run_id = run.info.run_id
         for key, value in {**{f"param.{k}": v for k, v in parameters.items()}, "kernel": kernel}.items():
-            client.log_param(mlflow_run_id, key, value)
-        client.log_dict(mlflow_run_id, {"environment": environment()}, "mlplat/provenance.json")
+            tracker.log_param(mlflow_run_id, key, value)
+        tracker.log_dict(mlflow_run_id, {"environment": environment()}, "mlplat/provenance.json")
         from jupyter_client.kernelspec import KernelSpecManager
 
         language = KernelSpecManager().get_kernel_spec(kernel).language
-        started, attempts, error = time.perf_counter(), 0, None
+        execute = functools.partial(execute_notebook, input_path=str(snapshot), output_path=str(output),
+                                    parameters=parameters, kernel_name=kernel, language=language,
+                                    cwd=str(source.parent), progress_bar=False)
+        started, attempts, error, host = time.perf_counter(), 0, None, "local"
         while True:
             attempts += 1
             try:
-                papermill.execute_notebook(str(snapshot), str(output), parameters=parameters, kernel_name=kernel,
-                                           language=language, cwd=str(source.parent), progress_bar=False)
+                host = execute() if client is None else client.submit(execute, pure=False).result()
                 error = None
                 break
             except PapermillExecutionError as exc:
@@ -179,11 +212,12 @@ class Jobs:
                     break
                 time.sleep(backoff * 2 ** (attempts - 1))
         if output.exists():
-            client.log_artifact(mlflow_run_id, str(output), "notebook")
-        client.set_tag(mlflow_run_id, "mlplat.status", "failed" if error else "succeeded")
-        client.set_terminated(mlflow_run_id, "FAILED" if error else "FINISHED")
+            tracker.log_artifact(mlflow_run_id, str(output), "notebook")
+        tracker.set_tag(mlflow_run_id, "mlplat.host", host)
+        tracker.set_tag(mlflow_run_id, "mlplat.status", "failed" if error else "succeeded")
+        tracker.set_terminated(mlflow_run_id, "FAILED" if error else "FINISHED")
         job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", attempts,
-                     time.perf_counter() - started, str(output), error, mlflow_run_id)
+                     time.perf_counter() - started, str(output), error, mlflow_run_id, host)
         self._record(job, _sha256(snapshot), rerun_of)
         if error:
             raise JobFailed(f"{source.name} failed after {attempts} attempt(s): {error}. The executed notebook, "
@@ -196,7 +230,7 @@ class Jobs:
                 id=job.id, notebook=job.notebook, parameters=json.dumps(job.parameters, default=str),
                 kernel=job.kernel, status=job.status, attempts=job.attempts, started_at=datetime.now(UTC),
                 seconds=job.seconds, input_sha256=sha, output=job.output, mlflow_run_id=job.mlflow_run_id,
-                error=job.error, who=self.platform.settings.user, rerun_of=rerun_of))
+                error=job.error, who=self.platform.settings.user, rerun_of=rerun_of, host=job.host))
 
     def _row(self, run_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
@@ -208,7 +242,21 @@ class Jobs:
 
 def _job(row: dict[str, Any]) -> JobRun:
     return JobRun(row["id"], row["notebook"], json.loads(row["parameters"]), row["kernel"], row["status"],
-                  row["attempts"], row["seconds"], row["output"], row["error"], row["mlflow_run_id"])
+                  row["attempts"], row["seconds"], row["output"], row["error"], row["mlflow_run_id"],
+                  row["host"] or "local")
+
+
+def execute_notebook(**papermill_options: Any) -> str:
+    """``papermill.execute_notebook``; return where it ran: "local", or the Dask worker's address."""
+    import papermill
+
+    papermill.execute_notebook(**papermill_options)
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):  # not on a worker
+        return "local"
 
 
 def _sha256(path: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ schedules_table = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("created_by", sa.String(200), nullable=False),
     sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("resumed_at", sa.DateTime(timezone=True)),  # slots missed while paused are skipped
 )
 slots_table = sa.Table(
     "job_slots", metadata,
@@ -59,6 +61,56 @@ def schedule(platform: Any, notebook: str | Path, cron: str, parameters: dict[st
             created_at=datetime.now(UTC), created_by=platform.settings.user, enabled=True)).inserted_primary_key[0]
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A notebook on a cron schedule, with when it runs next and how its last slot went."""
+
+    id: int
+    notebook: str
+    cron: str
+    parameters: dict[str, Any]
+    kernel: str
+    enabled: bool
+    created_by: str
+    next_run: datetime | None  # None while paused
+    last_slot: datetime | None
+    last_status: str | None  # "running", "succeeded" or "failed"
+
+
+def schedules(platform: Any) -> list[Schedule]:
+    """Every schedule, oldest first."""
+    from croniter import croniter
+
+    now = datetime.now(UTC)
+    with platform.engine.begin() as conn:
+        metadata.create_all(conn, tables=[schedules_table, slots_table])
+        found = []
+        for row in conn.execute(sa.select(schedules_table).order_by(schedules_table.c.id)):
+            last = conn.execute(sa.select(slots_table).where(slots_table.c.schedule_id == row.id)
+                                .order_by(slots_table.c.slot.desc()).limit(1)).first()
+            found.append(Schedule(row.id, row.notebook, row.cron, json.loads(row.parameters), row.kernel, row.enabled,
+                                  row.created_by, croniter(row.cron, now).get_next(datetime) if row.enabled else None,
+                                  _utc(last.slot) if last else None, last.status if last else None))
+    return found
+
+
+def schedule_of(platform: Any, schedule_id: int) -> Schedule:
+    """One schedule by id."""
+    for found in schedules(platform):
+        if found.id == schedule_id:
+            return found
+    raise JobError(f"No schedule {schedule_id}; see p.jobs.schedules() for their ids.")
+
+
+def set_enabled(platform: Any, schedule_id: int, enabled: bool) -> None:
+    """Pause or resume a schedule; a resumed schedule skips the slots it missed while paused."""
+    schedule_of(platform, schedule_id)
+    resumed = {"resumed_at": datetime.now(UTC)} if enabled else {}
+    with platform.engine.begin() as conn:
+        conn.execute(schedules_table.update().where(schedules_table.c.id == schedule_id)
+                     .values(enabled=enabled, **resumed))
+
+
 class Scheduler:
     """Runs due slots of every enabled schedule, at most ``max_concurrent`` jobs at a time."""
 
@@ -77,7 +129,7 @@ class Scheduler:
             for row in conn.execute(sa.select(schedules_table).where(schedules_table.c.enabled)):
                 last = conn.execute(sa.select(sa.func.max(slots_table.c.slot))
                                     .where(slots_table.c.schedule_id == row.id)).scalar()
-                start = _utc(last) if last is not None else _utc(row.created_at)
+                start = max(_utc(t) for t in (last, row.created_at, row.resumed_at) if t is not None)
                 slots = croniter(row.cron, start)
                 slot = slots.get_next(datetime)
                 while slot <= now:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
+from mlplat.registry import scoring
 from mlplat.registry.audit import AuditLog
 from mlplat.training import tracking
 from mlplat.training.evaluate import LOWER_IS_BETTER, Split, score, split_rows
@@ -196,6 +197,17 @@ class ModelRegistry:
             client.set_model_version_tag(name, found.version, ARCHIVED_TAG, "true")
         self.audit.record(name, found.version, "archived", reason, aliases=found.aliases)
 
+    def score(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
+              alias: str | None = None) -> pd.DataFrame:
+        """Batch scoring: ``entity_df`` with the version's predictions, from its features as of each row's time."""
+        found = self.get(name, version, alias)
+        return scoring.predictions(scoring.inputs(self.platform, name, found.version, entity_df))
+
+    def evaluate(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
+                 alias: str | None = None) -> scoring.Evaluation:
+        """Metrics and plots of a version (default: the champion) on labelled entity rows."""
+        return scoring.evaluate(self.platform, name, self.get(name, version, alias).version, entity_df)
+
     def history(self, name: str | None = None) -> list[dict[str, Any]]:
         """The audit trail: who did what, when and why."""
         return self.audit.entries(name)
@@ -211,15 +223,8 @@ class ModelRegistry:
         return self._score(name, challenger, holdout, metric), self._score(name, champion, holdout, metric)
 
     def _score(self, name: str, version: str, holdout: pd.DataFrame, metric: str) -> float:
-        from mlplat.features.refs import resolve
-        from mlplat.training.run import load_model, load_spec, model_inputs
-
-        spec, _ = load_spec(self.settings, self.get(name, version).run_id)
-        requests = resolve(spec.features, self.platform.features.get_view, set(holdout.columns))
-        frame = self.platform.features.get_training_set(holdout, spec.features, timestamp_field=spec.timestamp_field)
-        X = model_inputs(frame, [c for r in requests for c in r.columns])
-        model = load_model(self.settings, name, version, spec.family)
-        return score(model, X, frame[spec.target], spec.kind)[metric]
+        found = scoring.inputs(self.platform, name, version, holdout)
+        return score(found.model, found.X, found.frame[found.spec.target], found.spec.kind)[metric]
 
 
 def _default_metric(metrics: dict[str, float]) -> str:

@@ -95,6 +95,7 @@ class KubernetesSettings:
     adapt_min: int | None = None
     adapt_max: int | None = None  # set it to let the cluster scale between adapt_min (default 0) and it
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    volume: str | None = None  # a PersistentVolumeClaim with the project folder (notebook jobs)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> KubernetesSettings:
@@ -106,7 +107,7 @@ class KubernetesSettings:
             raise ConfigError("kubernetes.image is required: the container image of the Dask scheduler and "
                               "workers, e.g. 'ghcr.io/dask/dask:latest' (with your training packages installed).")
         values = dict(data)
-        for key in ("image", "name", "namespace"):
+        for key in ("image", "name", "namespace", "volume"):
             if key in values:
                 values[key] = _text(values[key], key)
         for key in ("workers", "gpu"):
@@ -276,14 +277,22 @@ class Compute:
         return f"<div><strong>mlplat compute</strong><table>{body}</table></div>"
 
 
-def compute(settings: Settings, **overrides: Any) -> Compute:
+def compute(settings: Settings, kind: str | None = None, **overrides: Any) -> Compute:
     """Start the cluster these settings ask for and connect a client: ``p.compute()``.
 
-    Overrides: for a local cluster ``workers`` and ``threads`` (per worker); on
-    Kubernetes any key of the ``kubernetes`` section, e.g. ``compute(s, gpu=1)``.
-    Every call starts a fresh cluster (see the module docstring for Kubernetes).
+    ``kind`` is "local" or "kubernetes"; by default Kubernetes when the settings
+    have a ``kubernetes`` section, else local. Overrides: for a local cluster
+    ``workers`` and ``threads`` (per worker); on Kubernetes any key of the
+    ``kubernetes`` section, e.g. ``compute(s, gpu=1)``. Every call starts a
+    fresh cluster (see the module docstring for Kubernetes).
     """
-    if settings.kubernetes is None:
+    kind = kind or ("local" if settings.kubernetes is None else "kubernetes")
+    if kind not in ("local", "kubernetes"):
+        raise InvalidArgument(f"Compute kind {kind!r} is not one of 'local', 'kubernetes'.")
+    if kind == "kubernetes" and settings.kubernetes is None:
+        raise ConfigError("Kubernetes compute needs a kubernetes section in mlplat.yaml (image, namespace, "
+                          "workers, ...); see KubernetesSettings. Use 'local' to compute on this machine.")
+    if kind == "local":
         _check_keys(overrides, _LOCAL_OPTIONS, "p.compute() options for a local cluster", InvalidArgument)
         return Compute.local(**overrides)
     return Compute.kubernetes(KubernetesSettings.from_mapping({**settings.kubernetes, **overrides}))

@@ -29,10 +29,8 @@ _FLAVOURS = {"sklearn": ("scikit-learn",), "xgboost": ("xgboost", "scikit-learn"
              "lightgbm": ("lightgbm", "scikit-learn")}
 
 
-@contextlib.contextmanager
-def session(settings: Settings) -> Iterator[Any]:
-    """Point MLflow at the platform's tracking store and yield a ``MlflowClient``."""
-    import mlflow
+def client(settings: Settings) -> Any:
+    """A ``MlflowClient`` on the platform's tracking store (checked reachable), without MLflow's process-wide state."""
     from mlflow.tracking import MlflowClient
 
     if settings.tracking.startswith(("http://", "https://")):  # fail in seconds, not after MLflow's retries
@@ -42,11 +40,20 @@ def session(settings: Settings) -> Iterator[Any]:
             raise unavailable(settings, exc) from None
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(settings.tracking, settings.tracking)
+
+
+@contextlib.contextmanager
+def session(settings: Settings) -> Iterator[Any]:
+    """Point MLflow's fluent API at the platform's tracking store and yield a ``MlflowClient``."""
+    import mlflow
+
+    tracker = client(settings)
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(settings.tracking)
     mlflow.set_registry_uri(settings.tracking)
     try:
-        yield MlflowClient(settings.tracking, settings.tracking)
+        yield tracker
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
@@ -102,13 +109,23 @@ def log_model(model: Any, family: str, X_sample: pd.DataFrame, output: Any) -> A
 
 
 def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, predictions: np.ndarray) -> None:
+    """Log :func:`figures` to the active run under ``plots/``."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    for name, figure in figures(model, X_test, y_test, kind, predictions).items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
+        plt.close(figure)
+
+
+def figures(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, predictions: np.ndarray) -> dict[str, Any]:
     """ROC and precision-recall curves (classifiers) or residuals (regressors), and feature importance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow
 
+    found = {}
     if kind == "classifier" and len(getattr(model, "classes_", [])) == 2:
         from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
@@ -116,15 +133,13 @@ def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, pr
         scores = predictions[:, 1]
         RocCurveDisplay.from_predictions(y_test, scores, ax=roc, pos_label=model.classes_[1])
         PrecisionRecallDisplay.from_predictions(y_test, scores, ax=pr, pos_label=model.classes_[1])
-        mlflow.log_figure(figure, "plots/roc_pr.png")
-        plt.close(figure)
+        found["roc_pr"] = figure
     elif kind == "regressor":
         figure, ax = plt.subplots(figsize=(5, 4))
         ax.scatter(predictions, np.asarray(y_test) - predictions, s=4, alpha=0.5)
         ax.axhline(0, color="grey", lw=1)
         ax.set(xlabel="predicted", ylabel="residual", title="Residuals on the test rows")
-        mlflow.log_figure(figure, "plots/residuals.png")
-        plt.close(figure)
+        found["residuals"] = figure
     importance = getattr(model, "feature_importances_", None)
     if importance is None and hasattr(model, "coef_"):
         importance = np.abs(np.asarray(model.coef_)).reshape(-1, len(X_test.columns)).mean(axis=0)
@@ -134,5 +149,5 @@ def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, pr
         ax.barh(np.asarray(X_test.columns)[order], np.asarray(importance)[order])
         ax.set(title="Feature importance")
         figure.tight_layout()
-        mlflow.log_figure(figure, "plots/feature_importance.png")
-        plt.close(figure)
+        found["feature_importance"] = figure
+    return found

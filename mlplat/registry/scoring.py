@@ -1,0 +1,98 @@
+"""Batch scoring and evaluation of a registered version on any entity rows.
+
+Each version is fed its own pinned features as of each row's time (a
+point-in-time training set), so an old version is scored exactly as it was
+trained, whatever the feature views look like today.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplat.errors import MissingColumnError
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A version's model and its feature matrix for some entity rows."""
+
+    spec: Any  # the version's TrainSpec
+    model: Any
+    frame: pd.DataFrame  # the entity rows joined with the version's features
+    X: pd.DataFrame
+
+
+def inputs(platform: Any, name: str, version: str, entity_df: pd.DataFrame) -> Inputs:
+    """Load ``version`` of ``name`` and build its features for ``entity_df``."""
+    from mlplat.features.refs import resolve
+    from mlplat.training.run import load_model, load_spec, model_inputs
+
+    spec, _ = load_spec(platform.settings, platform.models.get(name, version).run_id)
+    if spec.timestamp_field not in entity_df.columns:
+        raise MissingColumnError(f"The entity rows need a {spec.timestamp_field!r} column (the time to score as of); "
+                                 f"they have {list(entity_df.columns)}.")
+    requests = resolve(spec.features, platform.features.get_view, set(entity_df.columns))
+    frame = platform.features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field)
+    X = model_inputs(frame, [c for r in requests for c in r.columns])
+    return Inputs(spec, load_model(platform.settings, name, version, spec.family), frame, X)
+
+
+def predictions(found: Inputs) -> pd.DataFrame:
+    """The entity rows with ``prediction`` (and per-class ``probability_<class>`` for classifiers)."""
+    from mlplat.training.evaluate import predict
+
+    output = predict(found.model, found.X, found.spec.kind)
+    keys = found.frame.drop(columns=list(found.X.columns))
+    if found.spec.kind != "classifier":
+        return keys.assign(prediction=output)
+    classes = found.model.classes_
+    columns = {f"probability_{c}": output[:, i] for i, c in enumerate(classes)}
+    return keys.assign(prediction=classes[output.argmax(axis=1)], **columns)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics and plots of one version on labelled rows."""
+
+    name: str
+    version: str
+    rows: int
+    metrics: dict[str, float]
+    plots: dict[str, bytes] = field(repr=False)  # PNG images by name
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in self.metrics.items())
+        images = "".join(f"<img alt='{escape(k)}' src='data:image/png;base64,{base64.b64encode(v).decode()}'>"
+                         for k, v in self.plots.items())
+        return (f"<div><h4>{escape(self.name)} version {escape(self.version)} on {self.rows:,} rows</h4>"
+                f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>{images}</div>")
+
+
+def evaluate(platform: Any, name: str, version: str, entity_df: pd.DataFrame) -> Evaluation:
+    """Score ``version`` on labelled entity rows (they carry the version's target column)."""
+    import matplotlib.pyplot as plt
+
+    from mlplat.training.evaluate import predict, score
+    from mlplat.training.tracking import figures
+
+    found = inputs(platform, name, version, entity_df)
+    target = found.spec.target
+    if target not in found.frame.columns:
+        raise MissingColumnError(f"Evaluating {name} needs labelled rows: add the target column {target!r}.")
+    y = found.frame[target]
+    output = predict(found.model, found.X, found.spec.kind)
+    metrics = {k: v for k, v in score(found.model, found.X, y, found.spec.kind, output).items() if np.isfinite(v)}
+    plots = {}
+    for key, figure in figures(found.model, found.X, y, found.spec.kind, output).items():
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80)
+        plt.close(figure)
+        plots[key] = buffer.getvalue()
+    return Evaluation(name, version, len(found.frame), metrics, plots)
