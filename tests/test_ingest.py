@@ -6,7 +6,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mlplat.errors import DefinitionError, DtypeMismatch, FeatureViewNotFound, MissingColumnError, SchemaError
+from mlplat.errors import (
+    DefinitionError,
+    DtypeMismatch,
+    FeatureViewNotFound,
+    InvalidArgument,
+    MissingColumnError,
+    SchemaError,
+)
 
 
 def frame(**overrides):
@@ -67,7 +74,7 @@ def test_integral_floats_with_gaps_fit_an_int_feature(registered):
     (frame(event_timestamp=pd.to_datetime(["2026-01-01", None, "2026-01-01"], utc=True)), SchemaError, "1 null value"),
     (frame(driver_id=[1.0, 2.0, 3.0]), DtypeMismatch, "join keys must be integers or strings"),
     (frame(driver_id=["a", None, "b"]), SchemaError, "Join key 'driver_id'.*null"),
-    ("not a frame", SchemaError, "Expected a pandas DataFrame"),
+    (42, SchemaError, "Expected a pandas DataFrame"),
 ])
 def test_bad_data_is_refused_and_nothing_is_written(registered, df, error, message):
     with pytest.raises(error, match=message):
@@ -107,3 +114,17 @@ def test_ingest_from_the_views_parquet_source(platform, driver, driver_stats, tm
     platform.features.apply([replace(driver_stats, source=None)])
     with pytest.raises(DefinitionError, match="no source"):
         platform.features.ingest("driver_stats")
+
+
+def test_a_backfill_window_from_a_csv_file(registered, tmp_path):
+    frame().to_csv(tmp_path / "raw.csv", index=False)
+    result = registered.features.ingest("driver_stats", tmp_path / "raw.csv", start="2026-01-01 12:00",
+                                        end="2026-01-02")
+    assert result.rows == 1  # [12:00, midnight): only the 23:59 row
+    (written,) = stored_files(registered)
+    assert pq.read_table(written).column("driver_id").to_pylist() == [2]
+    with pytest.raises(InvalidArgument, match="end='soon' is not a date or time"):
+        registered.features.ingest("driver_stats", frame(), end="soon")
+    with pytest.raises(InvalidArgument, match="Cannot read .*missing.parquet for view 'driver_stats'"):
+        registered.features.ingest("driver_stats", tmp_path / "missing.parquet")
+    assert stored_files(registered) == [written]  # refused input wrote nothing

@@ -203,3 +203,9 @@ def build_cronjob(p, schedule_id, project):
 
     cluster_settings = replace(p.settings, registry=SERVERS["registry"])
     return manifest(cronjob(cluster_settings, schedule_of(p, schedule_id), project))
+
+
+def test_a_parameter_line_papermill_cannot_read_is_named(p, tmp_path):
+    source = notebook(tmp_path / "gate.ipynb", "print(gate)", parameters="gate = None  # None = no gate")
+    with pytest.raises(JobError, match="papermill cannot read the line assigning 'gate'.*write it as `gate = value"):
+        p.jobs.run(source, parameters={"gate": 0.7})

@@ -19,7 +19,7 @@ CELLS = [
     "except UsageError as exc:\n    print('usage', exc)",
     "try:\n    get_ipython().run_line_magic('train', 'xgboost.XGBClassifier --features driver_stats:*')\n"
     "except UsageError as exc:\n    print('usage', exc)",
-    "status = %mlplat status\nprint('status', status)",
+    "status = %mlplat status\nprint('status', status.services)",
     "fresh = pd.DataFrame({'driver_id': [1], 'event_timestamp': [pd.Timestamp.now(tz='UTC')], 'rating': [1.25],"
     " 'trips_today': [2], 'acceptance_rate': [0.5], 'avg_speed_kmh': [30.0]})\n"
     "pushed = %feature push driver_stats fresh\n"
@@ -28,6 +28,22 @@ CELLS = [
     "first.metadata['tags'] = ['parameters']\nnb.cells = [first, nbformat.v4.new_code_cell('print(n * 3)')]\n"
     "nbformat.write(nb, 'tiny.ipynb')\njob = %job run tiny.ipynb n=5\nruns = %job history tiny.ipynb\n"
     "print('job', job.status, len(runs))",
+    "%%feature apply\nfrom datetime import timedelta\nfrom mlplat.features import Entity, FeatureView, Field\n"
+    "customer = Entity('customer', join_keys=['customer_id'])\n"
+    "names = ['spend', 'visits']\n"
+    "customer_stats = FeatureView('customer_stats', entities=[customer], ttl=timedelta(days=1),\n"
+    "                             schema=[Field(n, 'float64') for n in names])",
+    "applied = %feature list\nprint('applied', [v.name for v in applied])",
+    "%%train --features driver_stats:rating driver_stats:trips_today --entity-df labels --target completed "
+    "--name nb_cell --cluster local\nfrom sklearn.ensemble import HistGradientBoostingClassifier\nrounds = 20\n"
+    "HistGradientBoostingClassifier(max_iter=rounds)",
+    "cell = _\nprint('cell', cell.version, cell.metrics['roc_auc'] > 0)",
+    "promoted = %model promote nb_model\nscored = %model score nb_model labels\n"
+    "print('promoted', promoted.version, 'scored', len(scored), sorted(set(scored.columns) - set(labels.columns)))",
+    "%job schedule tiny.ipynb '0 3 * * *' n=2\nlisted = %job schedules\n"
+    "print('schedules', [(s.cron, s.parameters) for s in listed])",
+    "try:\n    get_ipython().run_line_magic('job', '--help')\nexcept UsageError as exc:\n"
+    "    print('help', str(exc).splitlines()[0])",
 ]
 
 
@@ -65,9 +81,14 @@ def test_every_magic_in_a_real_kernel(home):
     assert "version 1 None" in printed
     assert "usage 'driver_stat' is not a registered feature view (did you mean 'driver_stats'?)" in printed
     assert "usage %train: the following arguments are required: --entity-df, --target, --name" in printed
-    assert "status {" in printed and "'mlflow': 'stopped'" in printed  # the UI is `mlplat up`'s job
+    assert "status {" in printed and "'mlflow': None" in printed  # the UI is `mlplat up`'s job
     assert "pushed 1 [1.25]" in printed
     assert "job succeeded 1" in printed
+    assert "applied ['customer_stats', 'driver_stats']" in printed  # the cell's definitions, registered
+    assert "cell 1 True" in printed  # %%train: the cell built the estimator, fitted on a local Dask cluster
+    assert "promoted 1 scored 600 ['prediction', 'probability_0', 'probability_1']" in printed
+    assert "schedules [('0 3 * * *', {'n': 2})]" in printed
+    assert "help usage: %job [-h]" in printed
 
 
 def test_the_mlplat_kernels_load_the_magics_and_pin_the_gpu(home, tmp_path, monkeypatch):

@@ -112,6 +112,20 @@ def test_undeploy(platform):
         platform.predict("short_lived", ROWS)
 
 
+def test_the_model_card_deploy_button_puts_the_chosen_version_live(platform):
+    from mlplat_magics.widgets import ModelCard
+
+    trained = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels,
+                             target="completed", name="carded", params={"n_estimators": 5})
+    card = ModelCard(platform, "carded")
+    card.version.value = trained.version
+    card.deploy_button.click()
+    live = {d.name: d for d in platform.deployments()}["carded"]
+    assert (live.version, live.status) == (trained.version, "READY")
+    assert f"deployed version {trained.version}: READY at grpc://{live.endpoint}" in card.status.value
+    assert platform.predict("carded", ROWS).version == trained.version
+
+
 def test_bad_requests_are_explained(platform, base):
     with pytest.raises(ModelNotFound, match="not a registered model"):
         platform.deploy("nope")

@@ -6,13 +6,15 @@ together; each operation lives in its own module.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlplat.errors import DefinitionError, InvalidArgument, MissingColumnError
 from mlplat.features import retrieval
@@ -23,7 +25,8 @@ from mlplat.features.online import RecordCodec, RedisOnlineStore, read_online
 from mlplat.features.refs import ViewRequest, resolve
 from mlplat.features.registry import ApplyResult, Registry
 from mlplat.features.schema import conform
-from mlplat.progress import progress_bar
+from mlplat.features.stats import Freshness, ViewStats, freshness, view_stats
+from mlplat.progress import ProgressBar, progress_bar
 
 
 class OnlineFeatures:
@@ -73,6 +76,15 @@ class FeatureStore:
     def list_views(self, pattern: str | None = None) -> list[FeatureView]:
         return self.registry.list_views(pattern)
 
+    def search(self, text: str = "") -> list[FeatureView]:
+        """The latest version of every view that mentions each word of ``text``, case-insensitively.
+
+        A view mentions what is in its name, description, feature names, feature
+        descriptions and tags (keys and values): ``search("driver gold")``.
+        """
+        words = text.lower().split()
+        return [view for view in self.registry.list_views() if all(word in _searchable(view) for word in words)]
+
     def diff(self, view: FeatureView | str, other: FeatureView | int | None = None) -> list[dict[str, Any]]:
         """Changes from the registered view to ``view`` (a definition), or between two versions.
 
@@ -86,12 +98,21 @@ class FeatureStore:
         return diff_views(old, new)
 
     # -- offline ----------------------------------------------------------------
-    def ingest(self, view: str, df: Any = None) -> IngestResult:
-        """Validate ``df`` (or the view's Parquet source) and append it offline."""
+    def ingest(self, view: str, df: Any = None, start: datetime | str | None = None,
+               end: datetime | str | None = None) -> IngestResult:
+        """Validate rows and append them offline, all or nothing.
+
+        ``df`` is a DataFrame or Arrow table, the path of a Parquet or CSV file, or (default) the
+        view's ``source``. ``start``/``end`` keep only rows with event time in ``[start, end)``: a
+        backfill window (ISO strings or datetimes; naive times are UTC).
+        """
         definition = self.registry.get_view(view)
-        if df is None:
-            df = _read_source(definition)
-        return self.offline.write(definition, conform(definition, df))
+        table = conform(definition, _read(definition, df))
+        for bound, name, keep in ((start, "start", pc.greater_equal), (end, "end", pc.less)):
+            if bound:
+                times = table.column(definition.timestamp_field)
+                table = table.filter(keep(times, pa.scalar(_ns(bound, name), times.type)))
+        return self.offline.write(definition, table)
 
     def get_training_set(
         self, entity_df: pd.DataFrame, features: Sequence[str], *, timestamp_field: str = "event_timestamp",
@@ -113,9 +134,26 @@ class FeatureStore:
             return retrieval.training_set(self.offline, requests, entity_df, timestamp_field)
         return retrieval.training_set_on_dask(client, self.offline.url, requests, entity_df, timestamp_field)
 
+    def freshness(self, view: str, version: int | None = None) -> Freshness:
+        """The newest event and ingest of a view (default: its latest version) and its materialisation watermark.
+
+        >>> p.features.freshness("driver_stats").age
+        Timedelta('0 days 01:12:09')
+        """
+        return freshness(self.offline, self.registry, self.registry.get_view(view, version))
+
+    def stats(self, view: str, version: int | None = None, window: timedelta | None = timedelta(days=7)) -> ViewStats:
+        """Per-feature statistics (null fraction, mean, std, min, max; distinct strings) of recent rows.
+
+        Only events within ``window`` of the view's newest event are read, so
+        this stays fast on large views; ``window=None`` reads every row.
+        """
+        return view_stats(self.offline, self.registry.get_view(view, version), window)
+
     # -- online -----------------------------------------------------------------
     def materialize(self, start: datetime | None = None, end: datetime | None = None,
-                    views: Sequence[str] | None = None, progress: bool | None = None) -> list[MaterializeResult]:
+                    views: Sequence[str] | None = None,
+                    progress: bool | ProgressBar | None = None) -> list[MaterializeResult]:
         """Write the latest value per entity within TTL of ``end`` (default now) online."""
         now_ns = time.time_ns()
         end_ns = now_ns if end is None else _ns(end, "end")
@@ -162,6 +200,12 @@ class FeatureStore:
         return plan
 
 
+def _searchable(view: FeatureView) -> str:
+    fields = [text for f in view.schema for text in (f.name, f.description)]
+    tags = [text for item in view.tags.items() for text in item]
+    return " ".join([view.name, view.description, *fields, *tags]).lower()
+
+
 def _rows_to_columns(rows: Sequence[Mapping[str, Any]], plan: list[tuple[ViewRequest, RecordCodec]]) -> dict[str, list]:
     if not rows:
         return {key: [] for request, _ in plan for key in request.view.join_keys}
@@ -172,7 +216,12 @@ def _rows_to_columns(rows: Sequence[Mapping[str, Any]], plan: list[tuple[ViewReq
         raise MissingColumnError(f"Every entity row needs the same keys; one lacks {missing.args[0]!r}.") from None
 
 
-def _ns(moment: datetime, name: str) -> int:
+def _ns(moment: datetime | str, name: str) -> int:
+    if isinstance(moment, str):
+        try:
+            moment = pd.Timestamp(moment).to_pydatetime()
+        except ValueError:
+            raise InvalidArgument(f"{name}={moment!r} is not a date or time; write e.g. '2024-01-31'.") from None
     if not isinstance(moment, datetime):
         raise InvalidArgument(f"{name} must be a datetime (naive times are taken as UTC), not {moment!r}.")
     if moment.tzinfo is None:
@@ -180,15 +229,23 @@ def _ns(moment: datetime, name: str) -> int:
     return int(pd.Timestamp(moment).as_unit("ns").value)
 
 
-def _read_source(view: FeatureView) -> pa.Table:
-    if not view.source:
+def _read(view: FeatureView, data: Any) -> Any:
+    """``data`` as given, or read from a Parquet or CSV path (default: the view's source)."""
+    if data is None and not view.source:
         raise DefinitionError(
-            f"ingest({view.name!r}) was given no data and the view has no source; pass a DataFrame "
-            "or define the view with source='path/to/data.parquet'."
+            f"ingest({view.name!r}) was given no data and the view has no source; pass a DataFrame or a "
+            "file path, or define the view with source='path/to/data.parquet'."
         )
-    import pyarrow.parquet as pq
-
+    path = view.source if data is None else data
+    if not isinstance(path, (str, os.PathLike)):
+        return data
     try:
-        return pq.read_table(view.source)
+        if str(path).lower().endswith(".csv"):
+            from pyarrow import csv
+
+            return csv.read_csv(path)
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise DefinitionError(f"Cannot read the source of view {view.name!r} ({view.source}): {exc}.") from None
+        raise InvalidArgument(f"Cannot read {path} for view {view.name!r}: {exc}.") from None

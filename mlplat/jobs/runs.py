@@ -66,6 +66,7 @@ class JobRun:
     error: str | None
     mlflow_run_id: str | None
     host: str  # "local", or the address of the Dask worker that ran it
+    started_at: datetime
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.status == "succeeded" else "#cf222e"
@@ -170,6 +171,10 @@ class Jobs:
             nbformat.write(notebook, Path(folder) / source.name)
             declared = {p["name"] for p in papermill.inspect_notebook(str(Path(folder) / source.name)).values()}
         unknown = sorted(set(parameters) - declared)
+        unread = sorted(set(unknown) & _assigned_parameters(notebook))
+        if unread:  # assigned in the cell, yet papermill's parser skipped the line
+            raise JobError(f"papermill cannot read the line assigning {unread[0]!r} in {source.name}'s parameters "
+                           f"cell (an '=' inside its comment?); write it as `{unread[0]} = value  # comment`.")
         if unknown:
             hint = difflib.get_close_matches(unknown[0], declared, n=1)
             did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -199,7 +204,8 @@ class Jobs:
         execute = functools.partial(execute_notebook, input_path=str(snapshot), output_path=str(output),
                                     parameters=parameters, kernel_name=kernel, language=language,
                                     cwd=str(source.parent), progress_bar=False)
-        started, attempts, error, host = time.perf_counter(), 0, None, "local"
+        started_at, started = datetime.now(UTC), time.perf_counter()
+        attempts, error, host = 0, None, "local"
         while True:
             attempts += 1
             try:
@@ -217,7 +223,7 @@ class Jobs:
         tracker.set_tag(mlflow_run_id, "mlplat.status", "failed" if error else "succeeded")
         tracker.set_terminated(mlflow_run_id, "FAILED" if error else "FINISHED")
         job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", attempts,
-                     time.perf_counter() - started, str(output), error, mlflow_run_id, host)
+                     time.perf_counter() - started, str(output), error, mlflow_run_id, host, started_at)
         self._record(job, _sha256(snapshot), rerun_of)
         if error:
             raise JobFailed(f"{source.name} failed after {attempts} attempt(s): {error}. The executed notebook, "
@@ -228,7 +234,7 @@ class Jobs:
         with self.engine.begin() as conn:
             conn.execute(job_runs.insert().values(
                 id=job.id, notebook=job.notebook, parameters=json.dumps(job.parameters, default=str),
-                kernel=job.kernel, status=job.status, attempts=job.attempts, started_at=datetime.now(UTC),
+                kernel=job.kernel, status=job.status, attempts=job.attempts, started_at=job.started_at,
                 seconds=job.seconds, input_sha256=sha, output=job.output, mlflow_run_id=job.mlflow_run_id,
                 error=job.error, who=self.platform.settings.user, rerun_of=rerun_of, host=job.host))
 
@@ -243,7 +249,7 @@ class Jobs:
 def _job(row: dict[str, Any]) -> JobRun:
     return JobRun(row["id"], row["notebook"], json.loads(row["parameters"]), row["kernel"], row["status"],
                   row["attempts"], row["seconds"], row["output"], row["error"], row["mlflow_run_id"],
-                  row["host"] or "local")
+                  row["host"] or "local", as_utc(row["started_at"]))
 
 
 def execute_notebook(**papermill_options: Any) -> str:
@@ -257,6 +263,29 @@ def execute_notebook(**papermill_options: Any) -> str:
         return get_worker().address
     except (ImportError, ValueError):  # not on a worker
         return "local"
+
+
+def _assigned_parameters(notebook: Any) -> set[str]:
+    """Names the cell tagged ``parameters`` assigns, as Python reads it."""
+    import ast
+
+    names = set()
+    for cell in notebook.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                continue
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, ast.AnnAssign) else []
+                names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A datetime read back from the database, as UTC (SQLite drops the zone)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _sha256(path: Path) -> str:

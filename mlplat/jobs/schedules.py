@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from mlplat.errors import JobError, JobFailed
 from mlplat.features.registry import metadata
+from mlplat.jobs.runs import as_utc
 
 schedules_table = sa.Table(
     "job_schedules", metadata,
@@ -90,7 +91,7 @@ def schedules(platform: Any) -> list[Schedule]:
                                 .order_by(slots_table.c.slot.desc()).limit(1)).first()
             found.append(Schedule(row.id, row.notebook, row.cron, json.loads(row.parameters), row.kernel, row.enabled,
                                   row.created_by, croniter(row.cron, now).get_next(datetime) if row.enabled else None,
-                                  _utc(last.slot) if last else None, last.status if last else None))
+                                  as_utc(last.slot) if last else None, last.status if last else None))
     return found
 
 
@@ -129,7 +130,7 @@ class Scheduler:
             for row in conn.execute(sa.select(schedules_table).where(schedules_table.c.enabled)):
                 last = conn.execute(sa.select(sa.func.max(slots_table.c.slot))
                                     .where(slots_table.c.schedule_id == row.id)).scalar()
-                start = max(_utc(t) for t in (last, row.created_at, row.resumed_at) if t is not None)
+                start = max(as_utc(t) for t in (last, row.created_at, row.resumed_at) if t is not None)
                 slots = croniter(row.cron, start)
                 slot = slots.get_next(datetime)
                 while slot <= now:
@@ -176,14 +177,11 @@ class Scheduler:
         return job_id
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
 
 def slots_of(platform: Any, schedule_id: int) -> list[dict[str, Any]]:
     """The claimed slots of a schedule, oldest first."""
     with platform.engine.connect() as conn:
         rows = conn.execute(sa.select(slots_table).where(slots_table.c.schedule_id == schedule_id)
                             .order_by(slots_table.c.slot))
-        return [{**r._asdict(), "slot": _utc(r.slot)} for r in rows]
+        return [{**r._asdict(), "slot": as_utc(r.slot)} for r in rows]
 

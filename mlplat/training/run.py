@@ -22,7 +22,7 @@ import pandas as pd
 from mlplat.errors import GateFailed, MissingColumnError, TrainingError
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.features.retrieval import entity_times
-from mlplat.progress import progress_bar
+from mlplat.progress import ProgressBar, progress_bar
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import Gate, Split, check_target, predict, score, split_rows
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
@@ -81,7 +81,7 @@ class TrainSpec:
 def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.DataFrame, target: str, name: str,
           params: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
           split: dict[str, Any] | Split | None = None, timestamp_field: str = "event_timestamp", seed: int = 0,
-          client: Any = None, register: bool = True, progress: bool | None = None) -> TrainResult:
+          client: Any = None, register: bool = True, progress: bool | ProgressBar | None = None) -> TrainResult:
     """Train, evaluate, track and (if the gate passes) register a model version. See ``Platform.train``."""
     spec_ = estimators.resolve(estimator, params, seed)
     gate = Gate.parse(validation, spec_.kind)
@@ -98,8 +98,7 @@ def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.D
 
 def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
          client: Any, register: bool, parent_run_id: str | None = None, extra_tags: dict | None = None,
-         progress: bool | None = None) -> TrainResult:
-
+         progress: bool | ProgressBar | None = None) -> TrainResult:
     with progress_bar(4, f"train {spec.name}", progress) as bar:
         return _stages(platform, spec, entity_df, columns, gate, client, register, parent_run_id, extra_tags, bar)
 
@@ -140,6 +139,7 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
             X_test, y_test = X.iloc[test_rows], y.iloc[test_rows]
             predictions = predict(model, X_test, spec.kind)
             metrics = score(model, X_test, y_test, spec.kind, predictions)
+            bar.set_postfix(metrics)
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
             logged = tracking.log_model(model, spec.family, X_test.head(100), predictions[:100])
             tracking.log_plots(model, X_test, y_test, spec.kind, predictions)

@@ -8,6 +8,7 @@ until the chosen model is evaluated on them.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -17,7 +18,7 @@ import pandas as pd
 
 from mlplat.errors import InvalidArgument
 from mlplat.features.refs import resolve as resolve_refs
-from mlplat.progress import progress_bar
+from mlplat.progress import ProgressBar, progress_bar
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import LOWER_IS_BETTER, Gate, Split, check_target, metric_names, score, split_rows
 from mlplat.training.run import TrainResult, TrainSpec, _run, model_inputs
@@ -81,7 +82,7 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
          target: str, name: str, search: str = "grid", n_trials: int = 10, metric: str | None = None,
          params: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
          split: dict[str, Any] | None = None, timestamp_field: str = "event_timestamp", seed: int = 0,
-         client: Any = None, register: bool = True, progress: bool | None = None) -> TuneResult:
+         client: Any = None, register: bool = True, progress: bool | ProgressBar | None = None) -> TuneResult:
     """Search ``space`` for the best parameters, then train, gate and register them. See ``Platform.tune``."""
     import mlflow
 
@@ -103,22 +104,24 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
     X, y = model_inputs(fitting, columns), fitting[target]
     check_target(y.iloc[fit_rows], y.iloc[val_rows], base.kind, target)
     data = (X.iloc[fit_rows], y.iloc[fit_rows], X.iloc[val_rows], y.iloc[val_rows])
+    better = min if metric in LOWER_IS_BETTER else max
     with progress_bar(len(specs), f"tune {name}", progress, unit="trial") as bar:
         if client is None:
             scores = []
             for s in specs:
                 scores.append(trial(s.path, s.params, s.kind, data))
-                bar.update()
+                _trial_done(bar, metric, better, scores)
         else:
             from distributed import as_completed
 
             shared = client.scatter(data, broadcast=True)
             futures = [client.submit(trial, s.path, s.params, s.kind, shared, pure=False) for s in specs]
-            for _ in as_completed(futures):
-                bar.update()
+            finished = []
+            for future in as_completed(futures):
+                finished.append(future.result())
+                _trial_done(bar, metric, better, finished)
             scores = client.gather(futures)
 
-    better = min if metric in LOWER_IS_BETTER else max
     best = better(range(len(sets)), key=lambda i: scores[i][metric])
     with tracking.session(platform.settings) as mlflow_client:
         experiment = tracking.experiment_id(mlflow_client, platform.settings, name)
@@ -131,7 +134,14 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
             mlflow.log_params({f"best.{k}": v for k, v in sets[best].items()})
             spec = TrainSpec(specs[best].path, specs[best].params, base.kind, base.family, pinned, target,
                              timestamp_field, vars(split_), seed, vars(gate) if gate else None, name)
-            result = _run(platform, spec, entity_df, columns, gate, client, register, parent_run_id=parent.info.run_id)
+            result = _run(platform, spec, entity_df, columns, gate, client, register, parent_run_id=parent.info.run_id,
+                          progress=progress)
     trials = pd.DataFrame([{**s, **sc} for s, sc in zip(sets, scores)])
     return TuneResult(sets[best], metric, trials, result, parent.info.run_id)
+
+
+def _trial_done(bar: Any, metric: str, better: Callable[..., float], scores: list[dict[str, float]]) -> None:
+    """Count one more finished trial and show the best validation score so far."""
+    bar.set_postfix({f"best val_{metric}": better(s[metric] for s in scores)})
+    bar.update()
 
