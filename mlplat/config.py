@@ -45,6 +45,7 @@ class Settings:
     artifacts: str = ""  # where MLflow stores run artifacts and models: file:// or s3://
     redis_server: str | None = None  # path to a redis-server binary; found on PATH if unset
     user: str = ""  # who is recorded on registry changes
+    team: str = ""  # the team that owns what this user creates (a JupyterHub group in a workspace)
     online_prefix: str = "mlp"  # namespace of every online key in Redis
     kubernetes: dict | None = None  # a `kubernetes:` section makes p.compute() a KubeCluster (see training.cluster)
     triton_env: str = ""  # the venv holding nvidia-pytriton's tritonserver (default: .venv-triton beside ours)

@@ -44,7 +44,8 @@ class Platform:
         from mlplat.services import online_store_url
 
         online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix)
-        return FeatureStore(Registry(self.engine, self.settings.user), OfflineStore(self.settings.offline_store), online)
+        registry = Registry(self.engine, self.settings.user, self.settings.team)
+        return FeatureStore(registry, OfflineStore(self.settings.offline_store), online)
 
     @cached_property
     def models(self):

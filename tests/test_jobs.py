@@ -28,7 +28,8 @@ def outputs(path):
 
 @pytest.fixture
 def p(tmp_path, redis_url):
-    platform = mlplat.connect(home=str(tmp_path / "h"), online_store=redis_url, online_prefix="jobs")
+    platform = mlplat.connect(home=str(tmp_path / "h"), online_store=redis_url, online_prefix="jobs", user="ana",
+                              team="pricing")
     yield platform
     platform.close()
 
@@ -43,11 +44,13 @@ def test_a_run_is_parameterised_tracked_and_rerun_identically(p, tmp_path):
         tracked = client.get_run(run.mlflow_run_id)
         artifacts = [a.path for a in client.list_artifacts(run.mlflow_run_id, "notebook")]
     assert tracked.data.params["param.x"] == "7" and tracked.data.tags["mlplat.status"] == "succeeded"
+    assert (run.owner, run.team, tracked.data.tags["mlplat.team"]) == ("ana", "pricing", "pricing")
     assert artifacts == ["notebook/square.ipynb"]
     source.write_text(source.read_text().replace("x * x", "x + x"))  # the original changes afterwards
     again = p.jobs.rerun(run.id)
     assert again.id != run.id and outputs(again.output) == outputs(run.output)  # same inputs, same outputs
-    assert [j.id for j in p.jobs.history(source)] == [again.id, run.id]
+    assert [(j.id, j.owner, j.team) for j in p.jobs.history(source)] == [(again.id, "ana", "pricing"),
+                                                                          (run.id, "ana", "pricing")]
 
 
 def test_a_failing_cell_is_reported_plainly_after_retries(p, tmp_path):
@@ -136,6 +139,7 @@ def test_schedules_are_listed_paused_and_resumed_without_a_backlog(p, tmp_path):
     (listed,) = p.jobs.schedules()
     now = datetime.now(UTC)
     assert (listed.id, listed.cron, listed.parameters, listed.enabled) == (schedule_id, "0 * * * *", {"x": 3}, True)
+    assert (listed.created_by, listed.team) == ("ana", "pricing")
     assert listed.next_run == (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     p.jobs.pause(schedule_id)
     assert p.jobs.schedules()[0].next_run is None

@@ -18,7 +18,7 @@ def test_apply_creates_then_is_idempotent(platform, driver, driver_stats):
     again = platform.features.apply([driver, driver_stats])
     assert [r.action for r in again] == ["unchanged", "unchanged"]
     stored = platform.features.get_view("driver_stats")
-    assert stored == replace(driver_stats, version=1)
+    assert stored == replace(driver_stats, version=1, owner=platform.settings.user)  # who applied it first
 
 
 def test_metadata_change_updates_in_place(platform, driver, driver_stats):
@@ -130,3 +130,17 @@ def test_the_registry_on_postgresql(tmp_path, redis_url, postgres_url, driver, d
         assert result.version == 2
     finally:
         p.close()
+
+
+def test_a_view_belongs_to_whoever_applied_it_and_their_team(tmp_path, redis_url, driver, driver_stats):
+    ana = mlplat.connect(home=str(tmp_path / "h"), online_store=redis_url, user="ana", team="pricing")
+    ana.features.apply([driver, driver_stats])
+    ana.close()
+    bob = mlplat.connect(home=str(tmp_path / "h"), online_store=redis_url, user="bob", team="risk")
+    assert bob.features.apply([driver, replace(driver_stats, description="ratings")])[1].action == "updated"
+    stored = bob.features.get_view("driver_stats")
+    assert (stored.owner, stored.team, stored.description) == ("ana", "pricing", "ratings")  # an edit keeps owners
+    (_, handed_over) = bob.features.apply([driver, replace(driver_stats, owner="bob", team="risk")])
+    assert {c["change"] for c in handed_over.changes} >= {"owner changed", "team changed"}
+    assert (bob.features.get_view("driver_stats").owner, bob.features.get_view("driver_stats").team) == ("bob", "risk")
+    bob.close()

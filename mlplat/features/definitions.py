@@ -85,7 +85,8 @@ class FeatureView:
     timestamp_field: str = "event_timestamp"
     created_timestamp_field: str | None = None
     ttl: timedelta | None = None
-    owner: str = ""
+    owner: str = ""  # default: the user who first applies it
+    team: str = ""  # default: that user's team (MLPLAT_TEAM; the JupyterHub group in a workspace)
     description: str = ""
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     source: str | None = None
@@ -132,7 +133,7 @@ class FeatureView:
                        for f in self.schema)
         facts = {"entities": ", ".join(f"{e.name} ({', '.join(e.join_keys)})" for e in self.entities),
                  "timestamp": self.timestamp_field, "ttl": str(self.ttl or "none"), "owner": self.owner or "-",
-                 "tags": ", ".join(f"{k}={v}" for k, v in self.tags.items()) or "-"}
+                 "team": self.team or "-", "tags": ", ".join(f"{k}={v}" for k, v in self.tags.items()) or "-"}
         header = "".join(f"<div><b>{k}</b>: {escape(v)}</div>" for k, v in facts.items())
         return (f"<div><h4>{escape(self.name)} v{self.version}</h4><p>{escape(self.description)}</p>{header}"
                 f"<table><tr><th>feature</th><th>dtype</th><th>description</th></tr>{rows}</table></div>")
@@ -164,6 +165,11 @@ class FeatureView:
         return cls(**data)
 
 
+def keep_ownership(view: FeatureView, registered: FeatureView) -> FeatureView:
+    """``view`` with ``registered``'s owner and team where it names none: an edit does not change hands."""
+    return dataclasses.replace(view, owner=view.owner or registered.owner, team=view.team or registered.team)
+
+
 def diff_views(old: FeatureView, new: FeatureView) -> list[dict[str, Any]]:
     """What changed from ``old`` to ``new``, each change marked incompatible or not.
 
@@ -188,7 +194,7 @@ def diff_views(old: FeatureView, new: FeatureView) -> list[dict[str, Any]]:
         if getattr(old, attr) != getattr(new, attr):
             changes.append({"change": f"{attr} changed", "from": getattr(old, attr), "to": getattr(new, attr),
                             "incompatible": True})
-    for attr in ("ttl", "owner", "description", "tags", "source"):
+    for attr in ("ttl", "owner", "team", "description", "tags", "source"):
         if getattr(old, attr) != getattr(new, attr):
             changes.append({"change": f"{attr} changed", "from": _plain(getattr(old, attr)),
                             "to": _plain(getattr(new, attr)), "incompatible": False})

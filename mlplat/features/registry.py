@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlplat.errors import DefinitionError, FeatureViewNotFound, RegistryError
-from mlplat.features.definitions import Entity, FeatureView, diff_views
+from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
 
 metadata = sa.MetaData()
 entities_table = sa.Table(
@@ -124,9 +124,10 @@ def create_registry_engine(url: str) -> sa.Engine:
 class Registry:
     """Entities and feature views, with versions and an audit trail."""
 
-    def __init__(self, engine: sa.Engine, user: str):
+    def __init__(self, engine: sa.Engine, user: str, team: str = ""):
         self.engine = engine
         self.user = user
+        self.team = team
 
     # -- writing ---------------------------------------------------------------
     def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
@@ -177,9 +178,11 @@ class Registry:
 
     def _apply_view(self, conn: sa.Connection, view: FeatureView) -> ApplyResult:
         latest = self._latest_row(conn, view.name)
-        if latest is None:
-            return self._insert_view(conn, view, 1, "created", [])
+        if latest is None:  # a new view belongs to whoever applies it, unless it names its owner and team
+            owned = replace(view, owner=view.owner or self.user, team=view.team or self.team)
+            return self._insert_view(conn, owned, 1, "created", [])
         old = FeatureView.from_dict(json.loads(latest.spec))
+        view = keep_ownership(view, old)
         changes = diff_views(old, replace(view, version=old.version))
         if not changes:
             return ApplyResult("feature_view", view.name, "unchanged", old.version, [])

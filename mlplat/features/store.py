@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from mlplat.errors import DefinitionError, InvalidArgument, MissingColumnError
 from mlplat.features import retrieval
-from mlplat.features.definitions import Entity, FeatureView, diff_views
+from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
 from mlplat.features.offline import IngestResult, OfflineStore
 from mlplat.features.online import RecordCodec, RedisOnlineStore, read_online
@@ -92,7 +92,8 @@ class FeatureStore:
         compares version 1 with the latest.
         """
         if isinstance(view, FeatureView):
-            return diff_views(self.registry.get_view(view.name), view)
+            registered = self.registry.get_view(view.name)
+            return diff_views(registered, keep_ownership(view, registered))
         old = self.registry.get_view(view, other if isinstance(other, int) else None)
         new = other if isinstance(other, FeatureView) else self.registry.get_view(view)
         return diff_views(old, new)

@@ -58,7 +58,8 @@ def cronjob(settings: Settings, schedule: Any, project: str | Path, retries: int
     return k8s.V1CronJob(
         api_version="batch/v1", kind="CronJob",
         metadata=k8s.V1ObjectMeta(name=_name(notebook.stem, schedule.id), namespace=k.namespace, labels=labels,
-                                  annotations={"mlplat/notebook": str(notebook), "mlplat/owner": schedule.created_by}),
+                                  annotations={"mlplat/notebook": str(notebook), "mlplat/owner": schedule.created_by,
+                                               "mlplat/team": schedule.team}),
         spec=k8s.V1CronJobSpec(
             schedule=schedule.cron, time_zone="Etc/UTC", concurrency_policy="Forbid", suspend=not schedule.enabled,
             starting_deadline_seconds=3600, successful_jobs_history_limit=3, failed_jobs_history_limit=5,

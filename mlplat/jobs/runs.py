@@ -46,6 +46,7 @@ job_runs = sa.Table(
     sa.Column("mlflow_run_id", sa.String(64)),
     sa.Column("error", sa.Text),
     sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("team", sa.String(200)),
     sa.Column("rerun_of", sa.String(32)),
     sa.Column("host", sa.String(200)),  # "local", or the Dask worker that ran it
 )
@@ -67,6 +68,8 @@ class JobRun:
     mlflow_run_id: str | None
     host: str  # "local", or the address of the Dask worker that ran it
     started_at: datetime
+    owner: str  # who ran it
+    team: str
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.status == "succeeded" else "#cf222e"
@@ -187,13 +190,14 @@ class Jobs:
                  retries: int, backoff: float, rerun_of: str | None, client: Any) -> JobRun:
         from papermill.exceptions import PapermillExecutionError
 
+        settings = self.platform.settings
         # An explicit client, not MLflow's process-wide fluent state: the scheduler runs jobs in threads.
-        tracker = tracking.client(self.platform.settings)
-        experiment = tracking.experiment_id(tracker, self.platform.settings, f"jobs-{source.stem}")
+        tracker = tracking.client(settings)
+        experiment = tracking.experiment_id(tracker, settings, f"jobs-{source.stem}")
         snapshot, output = folder / "input.ipynb", folder / source.name
         run = tracker.create_run(experiment, run_name=f"{source.stem}-{run_id[:8]}", tags={
             "mlplat.job_id": run_id, "mlplat.notebook": str(source), "mlplat.input_sha256": _sha256(snapshot),
-            "mlplat.rerun_of": rerun_of or ""})
+            "mlplat.rerun_of": rerun_of or "", "mlplat.owner": settings.user, "mlplat.team": settings.team})
         mlflow_run_id = run.info.run_id
         for key, value in {**{f"param.{k}": v for k, v in parameters.items()}, "kernel": kernel}.items():
             tracker.log_param(mlflow_run_id, key, value)
@@ -223,7 +227,8 @@ class Jobs:
         tracker.set_tag(mlflow_run_id, "mlplat.status", "failed" if error else "succeeded")
         tracker.set_terminated(mlflow_run_id, "FAILED" if error else "FINISHED")
         job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", attempts,
-                     time.perf_counter() - started, str(output), error, mlflow_run_id, host, started_at)
+                     time.perf_counter() - started, str(output), error, mlflow_run_id, host, started_at,
+                     settings.user, settings.team)
         self._record(job, _sha256(snapshot), rerun_of)
         if error:
             raise JobFailed(f"{source.name} failed after {attempts} attempt(s): {error}. The executed notebook, "
@@ -236,7 +241,7 @@ class Jobs:
                 id=job.id, notebook=job.notebook, parameters=json.dumps(job.parameters, default=str),
                 kernel=job.kernel, status=job.status, attempts=job.attempts, started_at=job.started_at,
                 seconds=job.seconds, input_sha256=sha, output=job.output, mlflow_run_id=job.mlflow_run_id,
-                error=job.error, who=self.platform.settings.user, rerun_of=rerun_of, host=job.host))
+                error=job.error, who=job.owner, team=job.team, rerun_of=rerun_of, host=job.host))
 
     def _row(self, run_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
@@ -249,7 +254,7 @@ class Jobs:
 def _job(row: dict[str, Any]) -> JobRun:
     return JobRun(row["id"], row["notebook"], json.loads(row["parameters"]), row["kernel"], row["status"],
                   row["attempts"], row["seconds"], row["output"], row["error"], row["mlflow_run_id"],
-                  row["host"] or "local", as_utc(row["started_at"]))
+                  row["host"] or "local", as_utc(row["started_at"]), row["who"], row["team"] or "")
 
 
 def execute_notebook(**papermill_options: Any) -> str:

@@ -32,6 +32,7 @@ schedules_table = sa.Table(
     sa.Column("kernel", sa.String(200), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("team", sa.String(200)),
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("resumed_at", sa.DateTime(timezone=True)),  # slots missed while paused are skipped
 )
@@ -59,7 +60,8 @@ def schedule(platform: Any, notebook: str | Path, cron: str, parameters: dict[st
         metadata.create_all(conn, tables=[schedules_table, slots_table])
         return conn.execute(schedules_table.insert().values(
             notebook=str(source), cron=cron, parameters=json.dumps(parameters, default=str), kernel=kernel,
-            created_at=datetime.now(UTC), created_by=platform.settings.user, enabled=True)).inserted_primary_key[0]
+            created_at=datetime.now(UTC), created_by=platform.settings.user, team=platform.settings.team,
+            enabled=True)).inserted_primary_key[0]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Schedule:
     kernel: str
     enabled: bool
     created_by: str
+    team: str
     next_run: datetime | None  # None while paused
     last_slot: datetime | None
     last_status: str | None  # "running", "succeeded" or "failed"
@@ -90,7 +93,7 @@ def schedules(platform: Any) -> list[Schedule]:
             last = conn.execute(sa.select(slots_table).where(slots_table.c.schedule_id == row.id)
                                 .order_by(slots_table.c.slot.desc()).limit(1)).first()
             found.append(Schedule(row.id, row.notebook, row.cron, json.loads(row.parameters), row.kernel, row.enabled,
-                                  row.created_by, croniter(row.cron, now).get_next(datetime) if row.enabled else None,
+                                  row.created_by, row.team or "", croniter(row.cron, now).get_next(datetime) if row.enabled else None,
                                   as_utc(last.slot) if last else None, last.status if last else None))
     return found
 
