@@ -27,7 +27,7 @@ def dataset():
 def platform(tmp_path_factory, redis_url, dataset):
     """One platform (and one MLflow store) for the module; tests use their own model names."""
     p = mlplat.connect(home=str(tmp_path_factory.mktemp("training")), online_store=redis_url,
-                       online_prefix="training")
+                       online_prefix="training", user="ana", team="pricing")
     stats, profiles, _ = dataset
     p.features.apply([driver, customer, driver_stats, customer_profile])
     p.features.ingest("driver_stats", stats)
@@ -46,7 +46,8 @@ def run_of(p, run_id):
         return client.get_run(run_id), client.list_artifacts(run_id, "plots")
 
 
-def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels):
+def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, monkeypatch):
+    monkeypatch.setenv("MLPLAT_PROFILE", "gpu-x1")  # what a workspace's profile sets
     result = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=labels, target="completed",
                             name="passes", params={"n_estimators": 30, "max_depth": 3},
                             validation={"metric": "roc_auc", "min": 0.55})
@@ -59,6 +60,7 @@ def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels):
         "driver_stats@1:rating", "driver_stats@1:trips_today", "driver_stats@1:acceptance_rate",
         "driver_stats@1:avg_speed_kmh", "customer_profile@1:avg_fare"]
     assert run.data.tags["mlplat.code_sha256"]  # the running file (pytest's entry point) is hashed
+    assert [run.data.tags[f"mlplat.{k}"] for k in ("user", "team", "profile")] == ["ana", "pricing", "gpu-x1"]
     assert {a.path for a in plots} == {"plots/roc_pr.png", "plots/feature_importance.png"}
     assert platform.models.get("passes", alias="challenger").version == result.version
     model = platform.models.load("passes", result.version)

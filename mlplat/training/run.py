@@ -127,7 +127,7 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
         run = mlflow.start_run(experiment_id=experiment, parent_run_id=parent_run_id, nested=parent_run_id is not None,
                                run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
         try:
-            _log_inputs(spec, entity_df, fingerprint, platform.settings.user, extra_tags)
+            _log_inputs(spec, entity_df, fingerprint, platform.settings, extra_tags)
             bar.update()
             bar.set_postfix_str("fit")
             started = time.perf_counter()
@@ -219,7 +219,7 @@ def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, clien
     return local
 
 
-def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, user: str, extra: dict | None) -> None:
+def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Any, extra: dict | None) -> None:
     import mlflow
 
     mlflow.log_params({"estimator": spec.estimator, "seed": spec.seed, "target": spec.target, "rows": len(entity_df),
@@ -228,7 +228,8 @@ def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, user
     code = code_fingerprint()
     views = sorted({ref.split(":")[0] for ref in spec.features})
     mlflow.set_tags({"mlplat.features": json.dumps(spec.features), "mlplat.feature_views": json.dumps(views),
-                     "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": user,
+                     "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": settings.user,
+                     "mlplat.team": settings.team, "mlplat.profile": os.environ.get("MLPLAT_PROFILE", ""),
                      "mlplat.code_path": code["path"] or "", "mlplat.code_sha256": code["sha256"] or "",
                      "mlplat.git_commit": code["git_commit"] or "",
                      "mlplat.device": os.environ.get("MLPLAT_DEVICE", "cpu"), **(extra or {})})
