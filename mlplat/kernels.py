@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 KERNELS = {
-    "mlplat": {"display_name": "Python 3 (mlplat)", "env": {"MLPLAT_DEVICE": "cpu"}},
+    # A CPU kernel hides the GPUs, as a CPU workspace does: what a run records is what it could use.
+    "mlplat": {"display_name": "Python 3 (mlplat)", "env": {"MLPLAT_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}},
     "mlplat-gpu": {"display_name": "Python 3 (mlplat, GPU)", "env": {"MLPLAT_DEVICE": "gpu:0",
                                                                      "CUDA_VISIBLE_DEVICES": "0"}},
 }
@@ -39,5 +40,5 @@ def install_kernels(prefix: str | None = None) -> list[str]:
     for name in KERNELS:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "kernel.json").write_text(json.dumps(kernel_spec(name), indent=1))
-            installed.append(manager.install_kernel_spec(folder, name, prefix=prefix or sys.prefix, replace=True))
+            installed.append(manager.install_kernel_spec(folder, name, prefix=prefix or sys.prefix))
     return installed

@@ -110,3 +110,7 @@ def test_the_mlplat_kernels_load_the_magics_and_pin_the_gpu(home, tmp_path, monk
                                kernel_name="mlplat-gpu", progress_bar=False)
     out = nbformat.read(tmp_path / "gpu-out.ipynb", as_version=4).cells[0].outputs[0]["text"]
     assert out.strip() == "['driver_stats'] gpu:0 0"
+    papermill.execute_notebook(str(tmp_path / "gpu.ipynb"), str(tmp_path / "cpu-out.ipynb"),
+                               kernel_name="mlplat", progress_bar=False)
+    out = nbformat.read(tmp_path / "cpu-out.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    assert out.strip() == "['driver_stats'] cpu"  # the CPU kernel hides the GPUs (CUDA_VISIBLE_DEVICES empty)
