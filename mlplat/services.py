@@ -40,6 +40,18 @@ class ServiceState:
     started_at: float
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
@@ -197,15 +209,8 @@ class EmbeddedService(abc.ABC):
         except FileNotFoundError:
             return "(no log)"
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.settings.run_dir / f"{self.name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.settings.run_dir / f"{self.name}.lock")
 
 
 class RedisService(EmbeddedService):
@@ -288,6 +293,12 @@ class MlflowService(EmbeddedService):
 
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
+
+    def _start(self, preferred_port: int | None = None) -> ServiceState:
+        from mlplat.training.tracking import prepare_store
+
+        prepare_store(self.settings)  # the server would create a new store's tables itself, racing the clients
+        return super()._start(preferred_port)
 
     def healthy(self, state: ServiceState) -> bool:
         try:

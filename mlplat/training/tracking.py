@@ -29,6 +29,31 @@ _FLAVOURS = {"sklearn": ("scikit-learn",), "xgboost": ("xgboost", "scikit-learn"
              "lightgbm": ("lightgbm", "scikit-learn")}
 
 
+_PREPARED: set[str] = set()  # tracking URIs whose store this process has seen ready
+
+
+def prepare_store(settings: Settings) -> None:
+    """Create an embedded (SQLite) store's tables once, under a file lock.
+
+    MLflow creates them on first use; two processes doing so at once (a notebook's kernel and the
+    Jupyter server, say) collide with "table _alembic_tmp_experiments already exists".
+    """
+    uri = settings.tracking
+    if uri in _PREPARED or not uri.startswith("sqlite:///"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    from mlplat.services import file_lock
+
+    _quiet()
+    with file_lock(settings.run_dir / "tracking.lock"):
+        try:
+            MlflowClient(uri, uri).search_registered_models(max_results=1)  # creates every table
+        except Exception as exc:  # an unusable store surfaces as many exception types
+            raise unavailable(settings, exc) from None
+    _PREPARED.add(uri)
+
+
 def client(settings: Settings) -> Any:
     """A ``MlflowClient`` on the platform's tracking store (checked reachable), without MLflow's process-wide state."""
     from mlflow.tracking import MlflowClient
@@ -38,9 +63,14 @@ def client(settings: Settings) -> Any:
             urllib.request.urlopen(f"{settings.tracking.rstrip('/')}/health", timeout=3).close()
         except OSError as exc:
             raise unavailable(settings, exc) from None
+    prepare_store(settings)
+    _quiet()
+    return MlflowClient(settings.tracking, settings.tracking)
+
+
+def _quiet() -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(settings.tracking, settings.tracking)
 
 
 @contextlib.contextmanager

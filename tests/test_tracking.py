@@ -1,0 +1,29 @@
+"""The embedded tracking store is safe to open for the first time from several processes at once."""
+
+import subprocess
+import sys
+import time
+
+FIRST_USE = """
+import sys, time
+from pathlib import Path
+from mlplat.config import load_settings
+from mlplat.training import tracking
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+client = tracking.client(load_settings(home=sys.argv[1]))
+client.create_experiment(sys.argv[3])
+print(len(client.search_experiments()) >= 1)
+"""
+
+
+def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
+    home, go = tmp_path / "h", tmp_path / "go"
+    workers = [subprocess.Popen([sys.executable, "-c", FIRST_USE, str(home), str(go), f"e{i}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    time.sleep(3)  # every process has imported MLflow and waits at the line
+    go.touch()
+    finished = [w.communicate(timeout=120) for w in workers]
+    assert [(w.returncode, out.strip()) for w, (out, _) in zip(workers, finished)] == [(0, "True")] * 4, \
+        [err[-400:] for _, err in finished]
