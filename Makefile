@@ -32,7 +32,9 @@ $(TRITON_STAMP):
 	@touch $(TRITON_STAMP)
 
 demo: install
-	MLPLAT_HOME=$(DEMO_HOME) $(PY) -m mlplat.demo --fresh
+	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat hub --stop
+	MLPLAT_HOME=$(DEMO_HOME) $(PY) -m mlplat.demo --fresh --keep-services
+	MLPLAT_HOME=$(DEMO_HOME) $(PY) -m mlplat_hub.demo
 
 test: install
 	$(PY) -m pytest -q
@@ -44,8 +46,25 @@ bench: install
 	$(PY) benchmarks/serving.py
 
 lint: install
-	$(VENV)/bin/ruff check mlplat mlplat_magics tests benchmarks
+	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks
 
 clean:
+	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat hub --stop
 	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat down
-	rm -rf $(VENV) $(TRITON) .venv-feast $(DEMO_HOME) .pytest_cache
+	rm -rf $(VENV) $(TRITON) .venv-feast .node extension/node_modules $(DEMO_HOME) .pytest_cache
+
+# JupyterHub's proxy (an npm package), in .node beside .venv, where mlplat_hub finds it.
+PROXY_STAMP := .node/.installed
+.PHONY: hub-proxy
+install: hub-proxy
+hub-proxy: $(PROXY_STAMP)
+$(PROXY_STAMP): | system
+	npm install --prefix .node --no-audit --no-fund --silent configurable-http-proxy@4
+	@touch $@
+
+# The JupyterLab extension: `pip install -e` builds it with npm (the jupyter-builder hook in pyproject.toml) and
+# copies it into the venv, so the venv is reinstalled when its sources change; node_modules follows the lock file.
+LAB_SOURCES := extension/package.json extension/tsconfig.json $(wildcard extension/src/*.ts extension/style/*)
+$(STAMP): extension/node_modules/.package-lock.json $(LAB_SOURCES)
+extension/node_modules/.package-lock.json: extension/package-lock.json | system
+	cd extension && npm ci --no-audit --no-fund

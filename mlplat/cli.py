@@ -350,5 +350,22 @@ def install_kernels(prefix: str | None) -> None:
         click.echo(f"installed {path}")
 
 
+@main.command()
+@click.option("--ip", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, help="Port to listen on (default: a free one).")
+@click.option("--stop", is_flag=True, help="Stop the hub, its workspace servers and its services.")
+def hub(ip: str, port: int | None, stop: bool) -> None:
+    """Start JupyterHub with CPU/GPU workspaces on this machine (or show the running one); MLPLAT_HUB_* configure it."""
+    from mlplat_hub.app import start_hub, stop_hub
+
+    if stop:
+        click.echo("hub stopped" if stop_hub(_settings()) else "no hub was running")
+        return
+    running = start_hub(_settings(), ip, port)
+    click.echo(f"hub      running  pid {running.pid}  {running.url}")
+    names = ", ".join(running.users) if running.users else "any user name"
+    click.echo(f"login    {names}, password {running.password}")
+
+
 if __name__ == "__main__":
     main()

@@ -87,8 +87,8 @@ def step(title: str) -> Iterator[None]:
     print(f" {time.perf_counter() - start:.2f} s")
 
 
-def run(fresh: bool = False) -> None:
-    """Run the demo against ``mlplat.connect()``'s platform."""
+def run(fresh: bool = False, keep_services: bool = False) -> None:
+    """Run the demo against ``mlplat.connect()``'s platform (and stop its services, unless kept)."""
     if fresh:
         from mlplat import services
         from mlplat.config import load_settings
@@ -157,15 +157,18 @@ def run(fresh: bool = False) -> None:
         print("\nLineage")
         print(p.lineage(model="trip_completion"))
     p.close()
-    from mlplat import services
+    if not keep_services:
+        from mlplat import services
 
-    services.down(p.settings)
+        services.down(p.settings)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fresh", action="store_true", help="Stop services and clear $MLPLAT_HOME first.")
-    run(parser.parse_args().fresh)
+    parser.add_argument("--keep-services", action="store_true", help="Leave the services running (for workspaces).")
+    args = parser.parse_args()
+    run(args.fresh, args.keep_services)
 
 
 if __name__ == "__main__":

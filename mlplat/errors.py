@@ -101,3 +101,7 @@ class JobError(MlplatError):
 
 class JobFailed(MlplatError):
     """A notebook job ran and a cell failed; the message names the cell and its error."""
+
+
+class HubError(ServiceError):
+    """The workspace hub (JupyterHub) could not be configured, started or reached."""

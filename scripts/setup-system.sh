@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure the system tools mlplat needs exist: Python's venv module, a redis-server, and
-# PostgreSQL's server binaries (for the registry tests).
+# Make sure the system tools mlplat needs exist: Python's venv module, a redis-server,
+# PostgreSQL's server binaries (for the registry tests), Node.js and npm (the JupyterLab extension
+# build and JupyterHub's proxy) and Chromium (the browser tests).
 # As root, missing ones are installed with apt-get; otherwise we say how.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python
 command -v redis-server >/dev/null || command -v valkey-server >/dev/null || missing+=(redis-server)
 # The tests run the registry against a private PostgreSQL server too.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
+command -v npm >/dev/null || missing+=(nodejs npm)
+command -v chromium >/dev/null || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

@@ -97,3 +97,20 @@ def test_lineage_both_ways(platform):
     users = str(platform.lineage(feature_view="customer_profile"))
     assert f"traced v{result.version}" in users
     assert "first v" not in users  # built from driver_stats only
+
+
+def test_the_version_a_notebook_trained_is_found_by_its_path(platform, tmp_path, monkeypatch):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    trained = {}
+    for notebook, name in [("churn.ipynb", "from_nb"), ("other.ipynb", "elsewhere"), ("churn.ipynb", "from_nb")]:
+        monkeypatch.setenv("MLPLAT_NOTEBOOK", str(tmp_path / notebook))  # what Jupyter tells a kernel
+        trained[notebook] = train(platform, name, WEAK)
+    platform.models.archive("elsewhere", trained["other.ipynb"].version)
+    monkeypatch.delenv("MLPLAT_NOTEBOOK")
+
+    found = platform.models.trained_in("churn.ipynb")  # relative to the working directory, tmp_path here
+    assert (found.name, found.version, found.run_id) == ("from_nb", "2", trained["churn.ipynb"].run_id)
+    with pytest.raises(ModelNotFound, match=r"trained in .*other.ipynb; run its training cell"):
+        platform.models.trained_in(tmp_path / "other.ipynb")  # archived versions are not offered
+    with pytest.raises(ModelNotFound, match="choose a registered model by name"):
+        platform.models.trained_in(tmp_path / "never.ipynb")

@@ -62,7 +62,8 @@ def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, 
     assert run.data.tags["mlplat.code_sha256"]  # the running file (pytest's entry point) is hashed
     assert [run.data.tags[f"mlplat.{k}"] for k in ("user", "team", "profile")] == ["ana", "pricing", "gpu-x1"]
     assert {a.path for a in plots} == {"plots/roc_pr.png", "plots/feature_importance.png"}
-    assert platform.models.get("passes", alias="challenger").version == result.version
+    registered = platform.models.get("passes", alias="challenger")
+    assert (registered.version, registered.owner, registered.team) == (result.version, "ana", "pricing")
     model = platform.models.load("passes", result.version)
     with tracking.session(platform.settings):
         provenance = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/mlplat/provenance.json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,6 +37,8 @@ class ModelVersion:
     features: list[str]
     archived: bool
     created: pd.Timestamp
+    owner: str  # who registered it
+    team: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,22 @@ class ModelRegistry:
                 raise ModelNotFound(f"Model {name!r} has no version {version}.") from None
             return self._describe(client, found, aliases)
 
+    def trained_in(self, notebook: str | Path) -> ModelVersion:
+        """The newest registered, unarchived version whose training run recorded ``notebook`` as its code.
+
+        Runs record the notebook (or script) that called ``p.train``, so a notebook's Deploy
+        button can find what it trained: ``p.models.trained_in("churn.ipynb").version``.
+        """
+        path = str(Path(notebook).resolve())
+        with self._client() as client:
+            found = _call(self.settings, client.search_model_versions)
+            for version in sorted(found, key=lambda v: (-v.creation_timestamp, -int(v.version))):
+                if version.tags.get(ARCHIVED_TAG) != "true" and \
+                        client.get_run(version.run_id).data.tags.get("mlplat.code_path") == path:
+                    return self._describe(client, version, self._aliases(client, version.name))
+        raise ModelNotFound(f"No registered model version was trained in {path}; run its training cell "
+                            "(p.train or %train) first, or choose a registered model by name.")
+
     def load(self, name: str, version: str | int | None = None, alias: str | None = None) -> Any:
         """A version (default: the champion) as an ``mlflow.pyfunc`` model, ready to ``predict``."""
         import mlflow
@@ -111,7 +130,8 @@ class ModelRegistry:
                             sorted(a for a, v in aliases.items() if v == number), dict(run.data.metrics),
                             json.loads(version.tags.get("mlplat.features", "[]")),
                             version.tags.get(ARCHIVED_TAG) == "true",
-                            pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC"))
+                            pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC"),
+                            version.tags.get("mlplat.owner", ""), version.tags.get("mlplat.team", ""))
 
     def _aliases(self, client, name: str) -> dict[str, str]:
         try:
@@ -130,7 +150,8 @@ class ModelRegistry:
             if not _call(self.settings, client.search_registered_models, f"name='{name}'"):
                 client.create_registered_model(name)
             tags = {"mlplat.features": json.dumps(features), "mlplat.training_set_fingerprint": fingerprint,
-                    "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features}))}
+                    "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features})),
+                    "mlplat.owner": self.settings.user, "mlplat.team": self.settings.team}
             version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
             client.set_registered_model_alias(name, CHALLENGER, version)
         self.audit.record(name, version, "registered", run_id=run_id)

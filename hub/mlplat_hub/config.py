@@ -1,0 +1,87 @@
+"""Configure a JupyterHub ``c`` for mlplat workspaces: on one machine, or on Kubernetes.
+
+Both give every workspace the platform's endpoints and a profile (CPU small, CPU
+large, GPU x1), make teams JupyterHub groups with shared project folders, cull idle
+servers and run the MLflow UI and the job scheduler as hub services.
+``hub/jupyterhub_config.py`` and ``mlplat hub`` call :func:`configure_from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from mlplat.config import Settings, load_settings
+from mlplat.kernels import install_kernels
+from mlplat.services import free_port
+from mlplat_hub.environment import workspace_environment
+from mlplat_hub.kubernetes import check_shared, literal, mount_team_folders, team_volume
+from mlplat_hub.options import HubOptions
+from mlplat_hub.profiles import apply_profile, kubespawner_profile_list
+from mlplat_hub.proxy import proxy_command
+from mlplat_hub.services import hub_services
+from mlplat_hub.spawner import WorkspaceSpawner
+
+
+def configure_local(c: Any, options: HubOptions, settings: Settings) -> None:
+    """Workspaces as processes on this machine, behind a shared password; hub state in ``options.state_dir``."""
+    state = options.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    c.JupyterHub.bind_url = f"http://{options.ip}:{options.port}"
+    # The hub's and the proxy's APIs stay on loopback, on ports free now: hubs can share a machine.
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = free_port()
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{free_port()}"
+    c.ConfigurableHTTPProxy.command = [proxy_command(options.proxy)]
+    # Absolute paths: nothing depends on the directory the hub starts in.
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+
+    # Any user name (or those listed) with the one shared password: one machine, trusted people.
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = options.login_password()
+    if options.users:
+        c.Authenticator.allowed_users = set(options.users)
+    else:
+        c.Authenticator.allow_all = True
+
+    c.JupyterHub.spawner_class = WorkspaceSpawner
+    c.WorkspaceSpawner.workspace_root = str(options.root)
+    # The kernels "Python 3 (mlplat)" and "(mlplat, GPU)", installed for the hub's servers only.
+    kernels = state / "jupyter"
+    install_kernels(str(kernels))
+    c.WorkspaceSpawner.environment = {**workspace_environment(settings, share_home=True),
+                                      "JUPYTER_PATH": str(kernels / "share" / "jupyter")}
+    _configure_common(c, c.WorkspaceSpawner, options, settings)
+
+
+def configure_kubernetes(c: Any, options: HubOptions, settings: Settings) -> None:
+    """Workspaces as pods (KubeSpawner) of ``options.image``; the site's Helm chart sets auth, proxy and database."""
+    check_shared(settings)
+    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+    c.KubeSpawner.image = options.image
+    c.KubeSpawner.profile_list = kubespawner_profile_list()
+    c.KubeSpawner.environment = literal(workspace_environment(settings, share_home=False))
+    c.KubeSpawner.volumes = [team_volume(options.team_claim)]
+    c.KubeSpawner.modify_pod_hook = mount_team_folders
+    _configure_common(c, c.KubeSpawner, options, settings)
+
+
+def _configure_common(c: Any, spawner: Any, options: HubOptions, settings: Settings) -> None:
+    # A bad profile in a spawn request is refused with HTTP 400, before anything starts.
+    spawner.apply_user_options = apply_profile
+    spawner.default_url = "/lab"
+    c.JupyterHub.services, c.JupyterHub.load_roles = hub_services(options, settings)
+    # Teams are JupyterHub groups; a workspace links (or mounts) each of its user's team folders.
+    c.JupyterHub.load_groups = {team: {"users": list(members)} for team, members in options.teams.items()}
+
+
+def configure_from_env(c: Any, env: Mapping[str, str] = os.environ) -> HubOptions:
+    """Configure ``c`` as ``MLPLAT_HUB_MODE`` (local or kubernetes) and the other ``MLPLAT_HUB_*`` say."""
+    settings = load_settings()
+    options = HubOptions.from_env(settings, env)
+    configure = configure_kubernetes if options.mode == "kubernetes" else configure_local
+    configure(c, options, settings)
+    return options

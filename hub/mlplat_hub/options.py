@@ -1,0 +1,129 @@
+"""How the hub runs, read from ``MLPLAT_HUB_*`` variables (a mistyped one is refused).
+
+=========================  ==========================================================  ==========================
+variable                   meaning                                                      default
+=========================  ==========================================================  ==========================
+MLPLAT_HUB_MODE            ``local`` (processes here) or ``kubernetes`` (KubeSpawner)    local
+MLPLAT_HUB_IP / _PORT      where the hub listens (local)                                127.0.0.1 / 8000
+MLPLAT_HUB_STATE           cookie secret, database, proxy pid, password (local)         $MLPLAT_HOME/hub
+MLPLAT_HUB_ROOT            ``users/<name>`` and ``teams/<team>`` folders (local)         $MLPLAT_HOME/workspaces
+MLPLAT_HUB_PASSWORD        the shared login password (local)                            generated, in the state dir
+MLPLAT_HUB_USERS           who may log in, comma-separated                              anyone with the password
+MLPLAT_HUB_TEAMS           teams as YAML ``{team-a: [alice, bob]}``                     none
+MLPLAT_HUB_CULL_TIMEOUT    seconds a server may idle before it is stopped; 0: never     3600
+MLPLAT_HUB_SERVICES        hub services to run, comma-separated: mlflow, scheduler      mlflow,scheduler
+MLPLAT_HUB_ADMIN_TOKEN     API token of the ``mlplat-admin`` service (provisioning)     none
+MLPLAT_HUB_PROXY           the configurable-http-proxy executable (local)               .node beside the venv, PATH
+MLPLAT_HUB_IMAGE           workspace image (kubernetes)                                 required there
+MLPLAT_HUB_TEAM_CLAIM      PersistentVolumeClaim holding the team folders (kubernetes)  mlplat-teams
+MLPLAT_HUB_SERVICE_HOST    host the proxy reaches hub services at                       127.0.0.1; kubernetes: hub
+=========================  ==========================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlplat.config import Settings
+from mlplat.errors import ConfigError
+
+PREFIX = "MLPLAT_HUB_"
+MODES = ("local", "kubernetes")
+SERVICES = ("mlflow", "scheduler")
+_MIN_PASSWORD = 8  # SharedPasswordAuthenticator's minimum
+
+
+@dataclasses.dataclass(frozen=True)
+class HubOptions:
+    """The hub's own settings; the platform's come from :func:`mlplat.config.load_settings`."""
+
+    state_dir: Path
+    root: Path
+    mode: str = "local"
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    password: str | None = None
+    users: tuple[str, ...] | None = None
+    teams: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    cull_timeout: int = 3600
+    services: tuple[str, ...] = SERVICES
+    admin_token: str | None = None
+    proxy: str | None = None
+    image: str | None = None
+    team_claim: str = "mlplat-teams"
+    service_host: str | None = None
+
+    @classmethod
+    def from_env(cls, settings: Settings, env: Mapping[str, str] = os.environ) -> HubOptions:
+        """Read ``MLPLAT_HUB_*`` from ``env``; ConfigError naming the variable when one is wrong."""
+        fields = [f.name for f in dataclasses.fields(cls) if f.name != "state_dir"] + ["state"]
+        raw = {key[len(PREFIX):].lower(): value for key, value in env.items() if key.startswith(PREFIX)}
+        for key in raw:
+            if key not in fields:
+                hint = difflib.get_close_matches(key, fields, n=1)
+                suggestion = f"; did you mean {PREFIX}{hint[0].upper()}?" if hint else ""
+                raise ConfigError(f"Unknown variable {PREFIX}{key.upper()}{suggestion} Known: "
+                                  f"{', '.join(PREFIX + f.upper() for f in fields)}.")
+        values: dict = {k: v for k, v in raw.items() if k not in ("state", "root")}
+        values["state_dir"] = Path(raw.get("state") or settings.home / "hub").expanduser().resolve()
+        values["root"] = Path(raw.get("root") or settings.home / "workspaces").expanduser().resolve()
+        for key in ("port", "cull_timeout"):
+            if key in values:
+                values[key] = _whole(values[key], key)
+        for key in ("users", "services"):
+            if key in values:
+                values[key] = tuple(name.strip() for name in values[key].split(",") if name.strip())
+        if "teams" in values:
+            values["teams"] = _teams(values["teams"])
+        return cls(**values).checked()
+
+    def checked(self) -> HubOptions:
+        """Self, after checking values that do not depend on the environment's format."""
+        if self.mode not in MODES:
+            raise ConfigError(f"{PREFIX}MODE={self.mode!r}; use one of {', '.join(MODES)}.")
+        unknown = sorted(set(self.services) - set(SERVICES))
+        if unknown:
+            raise ConfigError(f"{PREFIX}SERVICES names unknown services {unknown}; choose from {', '.join(SERVICES)}.")
+        if self.password is not None and len(self.password) < _MIN_PASSWORD:
+            raise ConfigError(f"{PREFIX}PASSWORD must have at least {_MIN_PASSWORD} characters.")
+        if self.mode == "kubernetes" and not self.image:
+            raise ConfigError(f"{PREFIX}IMAGE is required on Kubernetes: the workspace image, with mlplat "
+                              "and its kernels installed (`pip install 'mlplat[hub]' && mlplat install-kernels`).")
+        return self
+
+    def login_password(self) -> str:
+        """The shared password: ``MLPLAT_HUB_PASSWORD``, else one generated once and kept in the state dir."""
+        if self.password:
+            return self.password
+        stored = self.state_dir / "password"
+        if not stored.is_file():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            stored.touch(mode=0o600)
+            stored.write_text(secrets.token_urlsafe(12))
+        return stored.read_text().strip()
+
+
+def _whole(text: str, key: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{PREFIX}{key.upper()} must be a whole number >= 0, got {text!r}.")
+    return int(text)
+
+
+def _teams(text: str) -> dict[str, tuple[str, ...]]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, Mapping) or not all(
+            isinstance(team, str) and isinstance(members, list) and all(isinstance(m, str) for m in members)
+            for team, members in data.items()):
+        raise ConfigError(f"{PREFIX}TEAMS must be YAML mapping each team to its users, such as "
+                          f"'{{team-a: [alice, bob], team-b: [carol]}}', got {text!r}.")
+    return {team: tuple(members) for team, members in data.items()}
