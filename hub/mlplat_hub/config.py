@@ -52,9 +52,9 @@ def configure_local(c: Any, options: HubOptions, settings: Settings) -> None:
     # The kernels "Python 3 (mlplat)" and "(mlplat, GPU)", installed for the hub's servers only.
     kernels = state / "jupyter"
     install_kernels(str(kernels))
-    c.WorkspaceSpawner.environment = {**workspace_environment(settings, share_home=True),
-                                      "JUPYTER_PATH": str(kernels / "share" / "jupyter")}
-    _configure_common(c, c.WorkspaceSpawner, options, settings)
+    kernel_path = {"JUPYTER_PATH": str(kernels / "share" / "jupyter")}  # also for the scheduler's jobs
+    c.WorkspaceSpawner.environment = {**workspace_environment(settings, share_home=True), **kernel_path}
+    _configure_common(c, c.WorkspaceSpawner, options, settings, kernel_path)
 
 
 def configure_kubernetes(c: Any, options: HubOptions, settings: Settings) -> None:
@@ -69,11 +69,12 @@ def configure_kubernetes(c: Any, options: HubOptions, settings: Settings) -> Non
     _configure_common(c, c.KubeSpawner, options, settings)
 
 
-def _configure_common(c: Any, spawner: Any, options: HubOptions, settings: Settings) -> None:
+def _configure_common(c: Any, spawner: Any, options: HubOptions, settings: Settings,
+                      service_env: dict[str, str] | None = None) -> None:
     # A bad profile in a spawn request is refused with HTTP 400, before anything starts.
     spawner.apply_user_options = apply_profile
     spawner.default_url = "/lab"
-    c.JupyterHub.services, c.JupyterHub.load_roles = hub_services(options, settings)
+    c.JupyterHub.services, c.JupyterHub.load_roles = hub_services(options, settings, service_env)
     # Teams are JupyterHub groups; a workspace links (or mounts) each of its user's team folders.
     c.JupyterHub.load_groups = {team: {"users": list(members)} for team, members in options.teams.items()}
 

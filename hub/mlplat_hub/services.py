@@ -50,9 +50,14 @@ def _admin(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return service, role
 
 
-def hub_services(options: HubOptions, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``c.JupyterHub.services`` and ``c.JupyterHub.load_roles`` for ``options``."""
-    env = platform_environment(settings, share_home=True)
+def hub_services(options: HubOptions, settings: Settings, extra_env: dict[str, str] | None = None,
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``c.JupyterHub.services`` and ``c.JupyterHub.load_roles`` for ``options``.
+
+    ``extra_env`` goes to the services with the platform's settings: the scheduler runs notebooks
+    on the workspaces' kernels, so it needs their ``JUPYTER_PATH``.
+    """
+    env = {**platform_environment(settings, share_home=True), **(extra_env or {})}
     services: list[dict[str, Any]] = []
     roles: list[dict[str, Any]] = []
     user_scopes = ["self"]  # JupyterHub's default user role, extended below
