@@ -226,3 +226,16 @@ def test_progress_is_shown_when_asked(platform, labels, capsys):
     platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=labels, target="completed",
                    name="watched", params={"n_estimators": 5})
     assert "train watched" not in capsys.readouterr().err  # no terminal here: nothing by default
+
+
+def test_a_version_keeps_a_drift_reference_of_its_training(platform, labels):
+    result = platform.train("sklearn.ensemble.RandomForestClassifier", features=FEATURES, entity_df=labels,
+                            target="completed", name="watched", params={"n_estimators": 10})
+    frame = platform.features.get_training_set(labels, FEATURES)
+    columns = [c for c in frame.columns if c not in labels.columns]  # the model's features
+    assert platform.models.drift("watched", frame[columns], version=result.version).drifted == []
+    moved = frame[columns].assign(rating=frame["rating"] - 1.0)  # every driver rated a star lower
+    report = platform.models.drift("watched", moved, version=result.version)
+    assert report.drifted == ["rating"] and list(report.table.index) == columns
+    with pytest.raises(InvalidArgument, match="share no column"):
+        platform.models.drift("watched", labels[["trip_id"]], version=result.version)

@@ -37,6 +37,10 @@ class Reference:
     def to_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "bins": self.bins}
 
+    def merged(self, other: Reference) -> Reference:
+        """The columns of both (``other``'s win on a clash)."""
+        return Reference({**self.columns, **other.columns}, self.bins)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Reference:
         return cls(data["columns"], data["bins"])
@@ -47,7 +51,8 @@ def reference(frame: pd.DataFrame, columns: list[str] | None = None, bins: int =
     """Reference statistics of ``frame``'s numeric ``columns`` (default: all of them)."""
     if bins < 2 or resolution < bins:
         raise InvalidArgument(f"Need 2 <= bins <= resolution, got bins={bins}, resolution={resolution}.")
-    columns = columns or [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    if columns is None:
+        columns = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
     _check_columns(frame, columns, "reference")
     probabilities = np.linspace(0.0, 1.0, resolution + 1)
     found = {}
@@ -83,11 +88,17 @@ class DriftReport:
                 f"<th>p-value</th><th></th></tr>{rows}</table></div>")
 
 
-def drift(ref: Reference, current: pd.DataFrame, psi_threshold: float = 0.2, p_threshold: float = 0.01) -> DriftReport:
-    """Compare ``current`` rows with the reference, column by column."""
-    _check_columns(current, list(ref.columns), "current")
+def drift(ref: Reference, current: pd.DataFrame, psi_threshold: float = 0.2, p_threshold: float = 0.01,
+          columns: list[str] | None = None) -> DriftReport:
+    """Compare ``current`` rows with the reference, column by column (``columns``: default every one)."""
+    columns = list(ref.columns) if columns is None else columns
+    unknown = [c for c in columns if c not in ref.columns]
+    if unknown:
+        raise InvalidArgument(f"The reference has no column(s) {unknown}; it has {list(ref.columns)}.")
+    _check_columns(current, columns, "current")
     rows = []
-    for column, stats in ref.columns.items():
+    for column in columns:
+        stats = ref.columns[column]
         sketch = np.asarray(stats["quantiles"])
         values = np.sort(_finite(current[column]))  # np.unique and the CDFs below need them sorted
         if not len(values):

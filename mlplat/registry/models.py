@@ -229,6 +229,31 @@ class ModelRegistry:
         """Metrics and plots of a version (default: the champion) on labelled entity rows."""
         return scoring.evaluate(self.platform, name, self.get(name, version, alias).version, entity_df)
 
+    def drift(self, name: str, current: pd.DataFrame, version: str | int | None = None, alias: str | None = None,
+              psi_threshold: float = 0.2, p_threshold: float = 0.01) -> Any:
+        """Drift of ``current`` rows (features, and ``prediction`` when present) from a version's training.
+
+        Every column of the version's reference that ``current`` has is compared (PSI and KS; see
+        :mod:`mlplat.monitoring.drift`); a :class:`~mlplat.monitoring.drift.DriftReport` comes back.
+        """
+        import mlflow
+
+        from mlplat.monitoring.drift import Reference, drift
+        from mlplat.training.tracking import REFERENCE_ARTIFACT
+
+        found = self.get(name, version, alias)
+        with self._client():
+            try:
+                ref = Reference.from_dict(mlflow.artifacts.load_dict(f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}"))
+            except Exception:  # MLflow raises several kinds for a missing artifact
+                raise ModelNotFound(f"{name} version {found.version} has no drift reference (trained before "
+                                    "mlplat recorded one); retrain it to monitor drift.") from None
+        shared = [c for c in ref.columns if c in current.columns]
+        if not shared:
+            raise InvalidArgument(f"The rows share no column with {name} version {found.version}'s reference "
+                                  f"({', '.join(ref.columns)}); pass its feature columns and/or 'prediction'.")
+        return drift(ref, current, psi_threshold, p_threshold, columns=shared)
+
     def history(self, name: str | None = None) -> list[dict[str, Any]]:
         """The audit trail: who did what, when and why."""
         return self.audit.entries(name)

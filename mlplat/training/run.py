@@ -143,6 +143,7 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
             logged = tracking.log_model(model, spec.family, X_test.head(100), predictions[:100])
             tracking.log_plots(model, X_test, y_test, spec.kind, predictions)
+            tracking.log_reference(X.iloc[train_rows], predictions, spec.seed)
             bar.update()
             bar.set_postfix_str("gate and register")
             rejected = gate.check(metrics) if gate else None

@@ -181,3 +181,21 @@ def figures(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, pred
         figure.tight_layout()
         found["feature_importance"] = figure
     return found
+
+
+REFERENCE_ARTIFACT = "mlplat/reference.json"
+_REFERENCE_ROWS = 50_000  # a sample: quantiles of 50k rows are what drift checks need, at a fraction of the time
+
+
+def log_reference(X_train: pd.DataFrame, predictions: np.ndarray, seed: int) -> None:
+    """Drift reference of the run: the training features (sampled) and the test rows' predictions."""
+    import mlflow
+
+    from mlplat.monitoring.drift import reference
+
+    rows = X_train if len(X_train) <= _REFERENCE_ROWS else X_train.sample(_REFERENCE_ROWS, random_state=seed)
+    output = predictions[:, -1] if predictions.ndim == 2 else predictions  # classifiers: the last class's score
+    measured = [c for c in rows.columns if rows[c].notna().any()]  # a feature never seen has no distribution
+    features = reference(rows, measured)
+    mlflow.log_dict(features.merged(reference(pd.DataFrame({"prediction": output}))).to_dict(), REFERENCE_ARTIFACT)
+
