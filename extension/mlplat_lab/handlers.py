@@ -166,7 +166,7 @@ class RunsHandler(MlplatHandler):
         limit = self.get_argument("limit", "20")
         if not limit.isdigit():
             raise InvalidArgument(f"limit must be a whole number of runs, not {limit!r}.")
-        await self.reply(lambda p: p.jobs.history()[: int(limit)])
+        await self.reply(lambda p: p.jobs.history(limit=int(limit)))
 
 
 def routes(calls: PlatformCalls) -> list[tuple[str, type, dict[str, Any]]]:

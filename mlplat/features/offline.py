@@ -47,6 +47,7 @@ class StoredFile:
 
     path: str
     ingest_ns: int
+    day: str  # its date=YYYY-MM-DD partition
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
@@ -109,7 +110,7 @@ class OfflineStore:
             day = info.path.rsplit("/", 2)[-2].removeprefix("date=")
             if (first_day and day < first_day) or (last_day and day > last_day):
                 continue
-            found.append(StoredFile(info.path, int(name.split("-", 1)[0])))
+            found.append(StoredFile(info.path, int(name.split("-", 1)[0]), day))
         return sorted(found, key=lambda f: (f.ingest_ns, f.path))
 
     def read(

@@ -93,8 +93,8 @@ def latest_event_ns(offline: OfflineStore, view: FeatureView, files: list[Stored
     files = offline.files(view) if files is None else files
     if not files:
         return None
-    newest_day = max(_partition_day(f) for f in files)
-    table = offline.read(view, [view.timestamp_field], files=[f for f in files if _partition_day(f) == newest_day])
+    newest_day = max(f.day for f in files)
+    table = offline.read(view, [view.timestamp_field], files=[f for f in files if f.day == newest_day])
     return pc.max(table.column(view.timestamp_field)).cast(pa.int64()).as_py()
 
 
@@ -127,11 +127,6 @@ def _column_stats(column: pa.ChunkedArray, dtype: str) -> dict[str, object]:
                         "min": extremes["min"], "max": extremes["max"]}.items():
         found[name] = np.nan if value.as_py() is None else value.as_py()
     return found
-
-
-def _partition_day(file: StoredFile) -> str:
-    """The ``date=YYYY-MM-DD`` folder a file lies in (see the layout in ``mlplat.features.offline``)."""
-    return file.path.rsplit("/", 2)[-2].removeprefix("date=")
 
 
 def _timestamp(ns: int | None) -> pd.Timestamp | None:

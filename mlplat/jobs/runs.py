@@ -86,7 +86,9 @@ class Jobs:
         self.platform = platform
         self.engine = platform.engine
         self.root = platform.settings.home / "jobs"
-        metadata.create_all(self.engine, tables=[job_runs])
+        from mlplat.jobs.schedules import schedules_table, slots_table
+
+        metadata.create_all(self.engine, tables=[job_runs, schedules_table, slots_table])
 
     def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
             retries: int = 0, backoff: float = 1.0, client: Any = None) -> JobRun:
@@ -147,9 +149,9 @@ class Jobs:
 
         return manifest(cronjob(self.platform.settings, schedule_of(self.platform, schedule_id), project, retries))
 
-    def history(self, notebook: str | Path | None = None) -> list[JobRun]:
-        """Runs, newest first (of one notebook, when given)."""
-        query = sa.select(job_runs).order_by(job_runs.c.started_at.desc())
+    def history(self, notebook: str | Path | None = None, limit: int | None = None) -> list[JobRun]:
+        """Runs, newest first (of one notebook, when given; the ``limit`` newest, when given)."""
+        query = sa.select(job_runs).order_by(job_runs.c.started_at.desc()).limit(limit)
         if notebook is not None:
             query = query.where(job_runs.c.notebook == str(Path(notebook).resolve()))
         with self.engine.connect() as conn:

@@ -57,7 +57,6 @@ def schedule(platform: Any, notebook: str | Path, cron: str, parameters: dict[st
     parameters = dict(parameters or {})
     kernel = platform.jobs._check(source, parameters, kernel)
     with platform.engine.begin() as conn:
-        metadata.create_all(conn, tables=[schedules_table, slots_table])
         return conn.execute(schedules_table.insert().values(
             notebook=str(source), cron=cron, parameters=json.dumps(parameters, default=str), kernel=kernel,
             created_at=datetime.now(UTC), created_by=platform.settings.user, team=platform.settings.team,
@@ -86,8 +85,7 @@ def schedules(platform: Any) -> list[Schedule]:
     from croniter import croniter
 
     now = datetime.now(UTC)
-    with platform.engine.begin() as conn:
-        metadata.create_all(conn, tables=[schedules_table, slots_table])
+    with platform.engine.connect() as conn:
         found = []
         for row in conn.execute(sa.select(schedules_table).order_by(schedules_table.c.id)):
             last = conn.execute(sa.select(slots_table).where(slots_table.c.schedule_id == row.id)

@@ -75,5 +75,5 @@ class JobPanel(widgets.VBox):
         offer(self.schedule, [(f"{s.id}: {Path(s.notebook).name} ({s.cron})", s.id) for s in schedules])
         self.runs.value = table([
             {"notebook": Path(r.notebook).name, "started": r.started_at, "status": r.status, "attempts": r.attempts,
-             "seconds": r.seconds, "error": r.error} for r in self.platform.jobs.history()[:self.runs_shown]],
+             "seconds": r.seconds, "error": r.error} for r in self.platform.jobs.history(limit=self.runs_shown)],
             empty="no runs yet")
