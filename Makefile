@@ -44,6 +44,7 @@ bench: install
 	$(PY) benchmarks/feature_store.py --feast-python .venv-feast/bin/python
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/monitoring.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks

@@ -126,9 +126,9 @@ def features_diff(view: str, old: int, new: int | None) -> None:
 @click.argument("name", required=False)
 def features_history(name: str | None) -> None:
     """Who changed what and when (for one entity or view, or all)."""
-    for entry in _store().registry.history(name):
-        version = f" v{entry['version']}" if entry["version"] else ""
-        click.echo(f"{entry['at']:%Y-%m-%d %H:%M:%S}  {entry['who']:12} {entry['action']:12} {entry['kind']} {entry['name']}{version}")
+    for e in _store().registry.history(name):
+        version = f" v{e.version}" if e.version else ""
+        click.echo(f"{e.at:%Y-%m-%d %H:%M:%S}  {e.who:12} {e.action:12} {e.kind} {e.object}{version}")
 
 
 @features.command("materialize")
@@ -198,18 +198,31 @@ def models_archive(name: str, version: str, reason: str) -> None:
 @click.argument("name", required=False)
 def models_history(name: str | None) -> None:
     """The audit trail: who did what, when and why."""
-    for e in _platform().models.history(name):
-        why = f"  -- {e['reason']}" if e["reason"] else ""
-        click.echo(f"{e['at']:%Y-%m-%d %H:%M:%S}  {e['who']:10} {e['action']:18} {e['model']} v{e['version']}{why}")
+    click.echo(str(_platform().models.history(name)))
+
+
+@main.command()
+@click.option("--kind", "kinds", multiple=True,
+              help="feature_view, entity, model, deployment, job, schedule, experiment, ... (repeatable).")
+@click.option("--object", "obj", help="An object's name: a view, a model (and its endpoint), a notebook.")
+@click.option("--user", help="Who acted.")
+@click.option("--action", "actions", multiple=True, help="e.g. promoted, deployed, ingested (repeatable).")
+@click.option("--since", help="An ISO date or time (UTC), e.g. 2024-06-01.")
+@click.option("--limit", type=int, default=50, show_default=True, help="The newest N entries; 0 for all.")
+def audit(kinds: tuple[str, ...], obj: str | None, user: str | None, actions: tuple[str, ...], since: str | None,
+          limit: int) -> None:
+    """The audit trail: who did what to which object, when and why (oldest first)."""
+    click.echo(str(_platform().audit.entries(kinds or None, obj, user, actions or None, since, limit or None)))
 
 
 @main.command()
 @click.option("--model", help="A registered model.")
 @click.option("--version", help="Its version (default: the champion).")
+@click.option("--endpoint", help="A deployed model: what Triton serves under this name, back to its sources.")
 @click.option("--feature-view", help="Show the model versions that use this view instead.")
-def lineage(model: str | None, version: str | None, feature_view: str | None) -> None:
-    """Where a model version came from, or which models use a feature view."""
-    click.echo(str(_platform().lineage(model=model, version=version, feature_view=feature_view)))
+def lineage(model: str | None, version: str | None, endpoint: str | None, feature_view: str | None) -> None:
+    """Where a model version or an endpoint came from, or which models use a feature view."""
+    click.echo(str(_platform().lineage(model=model, version=version, feature_view=feature_view, endpoint=endpoint)))
 
 
 @main.command()
@@ -365,6 +378,80 @@ def hub(ip: str, port: int | None, stop: bool) -> None:
     click.echo(f"hub      running  pid {running.pid}  {running.url}")
     names = ", ".join(running.users) if running.users else "any user name"
     click.echo(f"login    {names}, password {running.password}")
+
+
+@main.group()
+def monitor() -> None:
+    """Prediction log, drift, thresholds, metrics and dashboards of deployed models."""
+
+
+@monitor.command("serve")
+@click.option("--port", type=int, default=9464, show_default=True, help="Port of the Prometheus /metrics endpoint.")
+@click.option("--batch", type=int, default=5000, show_default=True, help="Logged requests per Parquet file, at most.")
+def monitor_serve(port: int, batch: int) -> None:
+    """Flush the prediction log to Parquet and serve Prometheus metrics (`mlplat up` starts this)."""
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from mlplat.monitoring.metrics import registry
+
+    p = _platform()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server, _ = start_http_server(port, "127.0.0.1", registry(p.features.online.client, p.settings.online_prefix))
+    try:
+        p.monitor.flusher(batch).serve(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+
+
+@monitor.command("check")
+@click.argument("model")
+@click.option("--version", help="A deployed version (default: the one serving by default).")
+def monitor_check(model: str, version: str | None) -> None:
+    """Check MODEL's latest window: drift, p99 latency, error rate, stale features; raise alerts. Exit 1 on breach."""
+    result = _platform().monitor.check(model, version)
+    click.echo(str(result))
+    sys.exit(1 if result.breached else 0)
+
+
+@monitor.command("thresholds")
+@click.argument("model")
+@click.argument("assignments", nargs=-1)
+def monitor_thresholds(model: str, assignments: tuple[str, ...]) -> None:
+    """Show MODEL's thresholds, or change some: psi=0.25 p99_ms=20 error_rate=0.01 max_age=2h window=1h."""
+    from mlplat.config import parse_assignments
+
+    p = _platform()
+    found = p.monitor.set_thresholds(model, **parse_assignments(assignments, "threshold")) if assignments \
+        else p.monitor.thresholds(model)
+    for name, value in vars(found).items():
+        click.echo(f"{name:12} {'off' if value is None else value}")
+
+
+@monitor.command("dashboard")
+@click.argument("model")
+def monitor_dashboard(model: str) -> None:
+    """Print a Grafana dashboard (JSON) of MODEL: import it in Grafana."""
+    click.echo(json.dumps(_platform().monitor.dashboard(model), indent=2))
+
+
+@monitor.command("scrape-config")
+def monitor_scrape_config() -> None:
+    """Print a prometheus.yml scraping the platform's metrics and Triton's."""
+    click.echo(_platform().monitor.scrape_config(), nl=False)
+
+
+@main.command()
+@click.option("--status", type=click.Choice(["firing", "resolved"]), help="Only these.")
+@click.option("--model", help="Only this model's.")
+def alerts(status: str | None, model: str | None) -> None:
+    """Alerts raised by monitoring checks, newest first."""
+    click.echo(str(_platform().alerts(status, model)))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ class Settings:
     online_prefix: str = "mlp"  # namespace of every online key in Redis
     kubernetes: dict | None = None  # a `kubernetes:` section makes p.compute() a KubeCluster (see training.cluster)
     triton_env: str = ""  # the venv holding nvidia-pytriton's tritonserver (default: .venv-triton beside ours)
+    prediction_sample_rate: float = 1.0  # share of requests whose rows go to the prediction log
+    alert_webhook: str = ""  # URL that new alerts are POSTed to (Slack-compatible JSON)
 
     @property
     def run_dir(self) -> Path:
@@ -89,6 +91,8 @@ def load_settings(**overrides: Any) -> Settings:
     merged.setdefault("artifacts", (home / "mlartifacts").as_uri())
     merged.setdefault("triton_env", str(Path(sys.prefix).parent / ".venv-triton"))
     merged.setdefault("user", _current_user())
+    if "prediction_sample_rate" in merged:
+        merged["prediction_sample_rate"] = _rate(merged["prediction_sample_rate"])
     for key, schemes in _SCHEMES.items():
         value = str(merged[key])
         if not value.startswith(schemes):
@@ -123,6 +127,16 @@ def _check_keys(data: Mapping[str, Any], where: str) -> None:
             raise ConfigError(
                 f"Unknown setting {key!r} in {where}; {suggestion}known settings: {', '.join(_FIELDS)}."
             )
+
+
+def _rate(value: Any) -> float:
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = -1.0
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"prediction_sample_rate={value!r} must be a number between 0 and 1 (1 logs every request).")
+    return rate
 
 
 def _current_user() -> str:

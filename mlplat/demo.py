@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -134,6 +135,14 @@ def run(fresh: bool = False, keep_services: bool = False) -> None:
         trips = labels.tail(3)[["driver_id", "customer_id"]].to_dict("records")
         p.predict("trip_completion", trips)  # the first call opens the gRPC channel
         served = [(trip, p.predict("trip_completion", [trip])) for trip in trips]
+        traffic = labels.tail(2000)[["driver_id", "customer_id"]].to_dict("list")
+        with step("serve 2,000 more trips in batches of 100, logged for monitoring"):
+            for start in range(0, 2000, 100):
+                p.predict("trip_completion", {k: v[start:start + 100] for k, v in traffic.items()})
+            p.serving.log.flush()
+            p.monitor.flush()
+        with step("check drift, latency and errors against the thresholds"):
+            check = p.monitor.check("trip_completion")
 
     print("\nSummary")
     print(f"  training set: {train.shape[0]:,} rows x {train.shape[1]} columns, "
@@ -153,9 +162,17 @@ def run(fresh: bool = False, keep_services: bool = False) -> None:
         for trip, prediction in served:
             print(f"  {trip} -> P(completed) {prediction.outputs[0, 1]:.3f}  "
                   f"(v{prediction.version}, {prediction.latency_ms:.2f} ms incl. online feature lookup)")
+        print(f"\nMonitoring: {check}")
+        print(f"  alerts: {p.alerts()}; metrics for Prometheus: `mlplat monitor scrape-config`, "
+              "a Grafana dashboard: `mlplat monitor dashboard trip_completion`")
     if trained.version:
         print("\nLineage")
-        print(p.lineage(model="trip_completion"))
+        print(p.lineage(endpoint="trip_completion") if served else p.lineage(model="trip_completion"))
+    trail = p.audit.entries()
+    print(f"\nAudit trail: {len(trail)} actions by {', '.join(sorted({e.who for e in trail}))} "
+          "(p.audit.entries(), `mlplat audit`):")
+    done = Counter(f"{e.kind} {e.action}" for e in trail)
+    print("  " + ", ".join(f"{action}{f' x{n}' if n > 1 else ''}" for action, n in done.items()))
     p.close()
     if not keep_services:
         from mlplat import services

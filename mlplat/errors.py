@@ -105,3 +105,11 @@ class JobFailed(MlplatError):
 
 class HubError(ServiceError):
     """The workspace hub (JupyterHub) could not be configured, started or reached."""
+
+
+class DataQualityError(MlplatError):
+    """Rows break a feature view's expectations; ``report`` (a QualityReport) says which rows and why."""
+
+    def __init__(self, message: str, report: object = None):
+        super().__init__(message)
+        self.report = report

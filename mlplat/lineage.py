@@ -1,4 +1,4 @@
-"""Lineage: model version -> run -> training set -> feature views at their versions -> sources.
+"""Lineage: endpoint -> model version -> run -> training set -> feature views at their versions -> sources.
 
 And the other way: which model versions use a feature view. A ``Lineage`` is a
 small tree that prints as text (CLI) and renders as a left-to-right graph in a
@@ -14,8 +14,8 @@ from typing import Any
 
 from mlplat.training import tracking
 
-_COLOURS = {"model": "#ddf4ff", "run": "#fff8c5", "training set": "#dafbe1", "feature view": "#fbefff",
-            "source": "#f6f8fa", "model version": "#ddf4ff"}
+_COLOURS = {"endpoint": "#ffebe9", "model": "#ddf4ff", "run": "#fff8c5", "training set": "#dafbe1",
+            "feature view": "#fbefff", "source": "#f6f8fa", "model version": "#ddf4ff"}
 
 
 @dataclass
@@ -61,6 +61,23 @@ class Lineage:
                     f"</div><div style='display:flex;flex-direction:column'>{kids}</div></div>")
 
         return f"<div style='font-family:sans-serif'>{box(self.root)}</div>"
+
+
+def of_endpoint(platform: Any, name: str) -> Lineage:
+    """What the Triton endpoint ``name`` serves, back to its sources (read from the model repository: Triton need
+    not run; the gRPC address is shown when it does)."""
+    from mlplat.serving.deploy import serving_info
+    from mlplat.serving.triton import TritonService
+
+    info = serving_info(platform, name)
+    loaded = sorted(info["versions"], key=int)
+    running = TritonService(platform.settings).status()
+    deployed = platform.audit.entries("deployment", name, action="deployed", limit=1)
+    versions = [of_model(platform, name, v).root for v in sorted(loaded, key=lambda v: v != info["default"])]
+    return Lineage(Node("endpoint", name, {
+        "grpc": running.url if running else "Triton not running", "default": f"v{info['default']}",
+        "loaded": ", ".join(f"v{v}" for v in loaded),
+        "deployed": f"{deployed[0].at:%Y-%m-%d %H:%M} by {deployed[0].who}" if deployed else None}, versions))
 
 
 def of_model(platform: Any, name: str, version: str | int | None = None) -> Lineage:

@@ -35,6 +35,13 @@ class Platform:
         return create_registry_engine(self.settings.registry)
 
     @cached_property
+    def audit(self):
+        """Who did what to which object, when and why (:class:`mlplat.audit.Audit`): ``p.audit.entries(user="ana")``."""
+        from mlplat.audit import Audit
+
+        return Audit(self.engine, self.settings.user, self.settings.team)
+
+    @cached_property
     def features(self):
         """The feature store (:class:`mlplat.features.store.FeatureStore`)."""
         from mlplat.features.offline import OfflineStore
@@ -44,8 +51,7 @@ class Platform:
         from mlplat.services import online_store_url
 
         online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix)
-        registry = Registry(self.engine, self.settings.user, self.settings.team)
-        return FeatureStore(registry, OfflineStore(self.settings.offline_store), online)
+        return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), online)
 
     @cached_property
     def models(self):
@@ -87,14 +93,17 @@ class Platform:
 
         return reproduce(self, run_id, client)
 
-    def lineage(self, model: str | None = None, version: str | int | None = None, feature_view: str | None = None):
-        """Where a model version came from, or which model versions use a feature view."""
+    def lineage(self, model: str | None = None, version: str | int | None = None, feature_view: str | None = None,
+                endpoint: str | None = None):
+        """Where a model version, or what a Triton endpoint serves, came from; or which model versions use a view."""
         from mlplat import lineage
 
+        if endpoint is not None:
+            return lineage.of_endpoint(self, endpoint)
         if feature_view is not None:
             return lineage.of_feature_view(self, feature_view)
         if model is None:
-            raise InvalidArgument("Pass model= (and version=) or feature_view=.")
+            raise InvalidArgument("Pass model= (and version=), endpoint= or feature_view=.")
         return lineage.of_model(self, model, version)
 
     def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
@@ -141,6 +150,17 @@ class Platform:
 
         return Experiments(self)
 
+    @cached_property
+    def monitor(self):
+        """Drift, latency, errors and feature freshness of deployed models (:class:`mlplat.monitoring.monitor.Monitor`)."""
+        from mlplat.monitoring.monitor import Monitor
+
+        return Monitor(self)
+
+    def alerts(self, status: str | None = None, model: str | None = None):
+        """Alerts raised by monitoring checks, newest first (``status`` "firing" or "resolved")."""
+        return self.monitor.alerts.list(status, model)
+
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None):
         """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix."""
         return self.serving.predict(name, entity_rows, features, version)
@@ -165,8 +185,10 @@ class Platform:
             self.engine.dispose()
             del self.__dict__["engine"]
         self.__dict__.pop("models", None)
+        self.__dict__.pop("audit", None)
         self.__dict__.pop("experiments", None)
         self.__dict__.pop("jobs", None)
+        self.__dict__.pop("monitor", None)
         if "serving" in self.__dict__:
             self.__dict__.pop("serving").close()
 

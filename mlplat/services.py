@@ -336,8 +336,32 @@ class SchedulerService(EmbeddedService):
             return False
 
 
+class MonitorService(EmbeddedService):
+    """``mlplat monitor serve``: flushes the prediction log to Parquet and serves Prometheus ``/metrics``."""
+
+    name = "monitor"
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "mlplat.cli", "monitor", "serve", "--port", str(port)]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "MLPLAT_HOME": str(self.settings.home), "MLPLAT_ONLINE_STORE": online_store_url(
+            self.settings), "MLPLAT_ONLINE_PREFIX": self.settings.online_prefix,
+            "MLPLAT_OFFLINE_STORE": self.settings.offline_store}
+
+    def url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}/metrics"
+
+    def healthy(self, state: ServiceState) -> bool:
+        try:
+            with urllib.request.urlopen(state.url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+
 SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": MlflowService,
-                                              "scheduler": SchedulerService}
+                                              "scheduler": SchedulerService, "monitor": MonitorService}
 
 
 def embedded_services(settings: Settings) -> list[EmbeddedService]:
@@ -353,6 +377,8 @@ def embedded_services(settings: Settings) -> list[EmbeddedService]:
         wanted.append(TritonService(settings))
     if importlib.util.find_spec("papermill") and importlib.util.find_spec("croniter"):
         wanted.append(SERVICES["scheduler"](settings))
+    if importlib.util.find_spec("prometheus_client"):
+        wanted.append(SERVICES["monitor"](settings))
     return wanted
 
 

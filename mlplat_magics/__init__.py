@@ -1,5 +1,5 @@
 """IPython extension: ``%load_ext mlplat_magics`` gives ``%feature``, ``%train``, ``%deploy``, ``%predict``,
-``%model``, ``%job`` and ``%mlplat``, and the cell forms ``%%feature apply`` and ``%%train``.
+``%model``, ``%job``, ``%monitor`` and ``%mlplat``, and the cell forms ``%%feature apply`` and ``%%train``.
 
 Magics parse their line, call one library function and return its result, so
 the notebook renders it (HTML reprs, widgets) and ``x = %feature ...`` binds it.
@@ -102,6 +102,38 @@ def _job_parser() -> _Parser:
     return job
 
 
+def _mlplat_parser() -> _Parser:
+    mlplat = _Parser(prog="%mlplat", description="The platform: status, and the audit trail.")
+    commands = _subcommands(mlplat)
+    commands.add_parser("status", help="services, endpoints, versions")
+    audit = commands.add_parser("audit", help="who did what to which object, when and why")
+    audit.add_argument("--kind", action="append", help="feature_view, model, deployment, job, ... (repeatable)")
+    audit.add_argument("--object", help="a view, a model (and its endpoint), a notebook")
+    audit.add_argument("--user")
+    audit.add_argument("--action", action="append", help="e.g. promoted (repeatable)")
+    audit.add_argument("--since", help="an ISO date or time (UTC)")
+    audit.add_argument("--limit", type=int, default=50, help="the newest N entries (default 50; 0 for all)")
+    return mlplat
+
+
+def _monitor_parser() -> _Parser:
+    monitor = _Parser(prog="%monitor", description="Drift, latency, errors and alerts of deployed models.")
+    commands = _subcommands(monitor)
+    check = commands.add_parser("check", help="the latest window against the thresholds; raises alerts")
+    check.add_argument("model")
+    drift = commands.add_parser("drift", help="PSI per column over past windows, as a plot")
+    drift.add_argument("model")
+    drift.add_argument("--window", help="e.g. 1h (default: the model's threshold window)")
+    drift.add_argument("--windows", type=int, default=24)
+    alerts = commands.add_parser("alerts", help="alerts, newest first")
+    alerts.add_argument("model", nargs="?")
+    alerts.add_argument("--firing", action="store_true")
+    thresholds = commands.add_parser("thresholds", help="show, or set name=value (psi, p99_ms, window, ...)")
+    thresholds.add_argument("model")
+    thresholds.add_argument("assignments", nargs="*", help="name=value")
+    return monitor
+
+
 def _parsers() -> dict[str, _Parser]:
     deploy = _Parser(prog="%deploy", description="Deploy a registered model to Triton.")
     deploy.add_argument("model")
@@ -110,10 +142,8 @@ def _parsers() -> dict[str, _Parser]:
     predict = _Parser(prog="%predict", description="Predict over gRPC with online features.")
     predict.add_argument("model")
     predict.add_argument("entity", nargs="+", help="key=v1,v2")
-    status = _Parser(prog="%mlplat", description="Platform status: services, endpoints, versions.")
-    status.add_argument("command", choices=["status"])
     return {"feature": _feature_parser(), "train": _train_parser(), "deploy": deploy, "predict": predict,
-            "model": _model_parser(), "job": _job_parser(), "mlplat": status}
+            "model": _model_parser(), "job": _job_parser(), "mlplat": _mlplat_parser(), "monitor": _monitor_parser()}
 
 
 def _columns(pairs: list[str]) -> dict[str, list[Any]]:
@@ -310,9 +340,35 @@ class MlplatMagics(Magics):
         return frame
 
     @line_magic
+    def monitor(self, line: str) -> Any:
+        """%monitor check MODEL | drift MODEL [--window 1h] [--windows 24] | alerts [MODEL] [--firing] |
+        thresholds MODEL [name=value ...]"""
+        from mlplat.config import parse_assignments
+
+        def act(a):
+            monitor = self.platform.monitor
+            if a.command == "check":
+                return monitor.check(a.model)
+            if a.command == "drift":
+                return monitor.drift(a.model, a.window, a.windows)
+            if a.command == "alerts":
+                return self.platform.alerts("firing" if a.firing else None, a.model)
+            if a.assignments:
+                return monitor.set_thresholds(a.model, **parse_assignments(a.assignments, "threshold"))
+            return monitor.thresholds(a.model)
+
+        return self._run("monitor", line, act)
+
+    @line_magic
     def mlplat(self, line: str) -> Any:
-        """%mlplat status"""
-        return self._run("mlplat", line, lambda a: self.platform.status())
+        """%mlplat status | audit [--kind K] [--object NAME] [--user U] [--action A] [--since DATE] [--limit N]"""
+
+        def act(a):
+            if a.command == "status":
+                return self.platform.status()
+            return self.platform.audit.entries(a.kind, a.object, a.user, a.action, a.since, a.limit or None)
+
+        return self._run("mlplat", line, act)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -46,6 +46,22 @@ def platform(tmp_path, redis_url):
 
 
 @pytest.fixture
+def second_write_fails(monkeypatch):
+    """The second Parquet file written in this test fails with "disk full" (the first and any later succeed)."""
+    import pyarrow.parquet as pq
+
+    real_write, calls = pq.write_table, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", fail_second)
+
+
+@pytest.fixture
 def driver():
     return Entity("driver", join_keys=["driver_id"])
 

@@ -87,18 +87,7 @@ def test_unknown_view(registered):
         registered.features.ingest("driverstats", frame())
 
 
-def test_a_failed_write_leaves_no_files(registered, monkeypatch):
-    import mlplat.features.offline as offline
-
-    real_write, calls = offline.pq.write_table, []
-
-    def fail_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(offline.pq, "write_table", fail_second)
+def test_a_failed_write_leaves_no_files(registered, second_write_fails):
     with pytest.raises(OSError, match="disk full"):
         registered.features.ingest("driver_stats", frame())  # two dates: the second file fails
     assert stored_files(registered) == []

@@ -42,6 +42,8 @@ CELLS = [
     "print('promoted', promoted.version, 'scored', len(scored), sorted(set(scored.columns) - set(labels.columns)))",
     "%job schedule tiny.ipynb '0 3 * * *' n=2\nlisted = %job schedules\n"
     "print('schedules', [(s.cron, s.parameters) for s in listed])",
+    "limits = %monitor thresholds nb_model psi=0.3 window=30min\nfired = %monitor alerts nb_model\n"
+    "print('thresholds', limits.psi, limits.window_s, len(fired))",
     "try:\n    get_ipython().run_line_magic('job', '--help')\nexcept UsageError as exc:\n"
     "    print('help', str(exc).splitlines()[0])",
 ]
@@ -88,6 +90,7 @@ def test_every_magic_in_a_real_kernel(home):
     assert "cell 1 True" in printed  # %%train: the cell built the estimator, fitted on a local Dask cluster
     assert "promoted 1 scored 600 ['prediction', 'probability_0', 'probability_1']" in printed
     assert "schedules [('0 3 * * *', {'n': 2})]" in printed
+    assert "thresholds 0.3 1800.0 0" in printed
     assert "help usage: %job [-h]" in printed
 
 

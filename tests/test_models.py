@@ -44,8 +44,8 @@ def test_a_worse_challenger_is_refused_on_the_shared_holdout(platform):
         platform.models.promote("shared", weak.version)
     assert platform.models.get("shared").version == strong.version
     refused = platform.models.history("shared")[-1]
-    assert refused["action"] == "promotion_refused" and refused["who"] == "ana"
-    assert refused["detail"]["challenger"] < refused["detail"]["champion"]
+    assert (refused.kind, refused.action, refused.who) == ("model", "promotion_refused", "ana")
+    assert refused.detail["challenger"] < refused.detail["champion"]
 
 
 def test_margin_force_rollback_and_archive(platform):
@@ -63,11 +63,12 @@ def test_margin_force_rollback_and_archive(platform):
     platform.models.archive("cycle", two.version, reason="superseded")
     with pytest.raises(PromotionRefused, match="archived"):
         platform.models.promote("cycle", two.version)
-    actions = [(e["action"], e["version"], e["reason"]) for e in platform.models.history("cycle")]
+    actions = [(e.action, e.version, e.reason) for e in platform.models.history("cycle")]
     assert actions == [
-        ("registered", one.version, ""), ("promoted", one.version, ""), ("registered", two.version, ""),
-        ("promotion_refused", two.version, ""), ("promoted", two.version, "new library"),
-        ("rolled_back", one.version, "latency regression"), ("archived", two.version, "superseded")]
+        ("trained", None, ""), ("registered", one.version, ""), ("promoted", one.version, ""),
+        ("trained", None, ""), ("registered", two.version, ""), ("promotion_refused", two.version, ""),
+        ("promoted", two.version, "new library"), ("rolled_back", one.version, "latency regression"),
+        ("archived", two.version, "superseded")]
     assert [v.version for v in platform.models.versions("cycle")] == [two.version, one.version]
     assert platform.models.versions("cycle")[0].archived
 

@@ -52,9 +52,9 @@ def test_every_change_records_who_and_when(tmp_path, redis_url, driver, driver_s
     q.features.apply([replace(driver_stats, schema=[Field("rating", "float32")])])
     history = q.features.registry.history("driver_stats")
     q.close()
-    assert [(h["who"], h["action"], h["version"]) for h in history] == [("ana", "created", 1), ("ben", "new_version", 2)]
-    assert history[0]["at"] <= history[1]["at"]
-    assert history[1]["detail"]["changes"][0] == {"change": "field removed", "name": "trips", "from": "int64",
+    assert [(h.who, h.action, h.version) for h in history] == [("ana", "created", "1"), ("ben", "new_version", "2")]
+    assert history[0].at <= history[1].at
+    assert history[1].detail["changes"][0] == {"change": "field removed", "name": "trips", "from": "int64",
                                                    "incompatible": True}
 
 
@@ -122,7 +122,7 @@ def test_the_registry_on_postgresql(tmp_path, redis_url, postgres_url, driver, d
         p.features.apply([driver, driver_stats])
         p.features.apply([replace(driver_stats, schema=[Field("rating", "float64")])])
         assert p.features.registry.versions("driver_stats") == [1, 2]
-        assert [h["action"] for h in p.features.registry.history("driver_stats")] == ["created", "new_version"]
+        assert [h.action for h in p.features.registry.history("driver_stats")] == ["created", "new_version"]
         p.features.push("driver_stats", pd.DataFrame(
             {"driver_id": [1], "event_timestamp": [pd.Timestamp.now(tz="UTC")], "rating": [4.0]}))
         (result,) = p.features.materialize()

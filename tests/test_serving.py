@@ -107,7 +107,8 @@ def test_undeploy(platform):
     platform.deploy("short_lived", version=trained.version)
     platform.undeploy("short_lived")
     assert "short_lived" not in [d.name for d in platform.deployments()]
-    assert [e["action"] for e in platform.models.history("short_lived")][-2:] == ["deployed", "undeployed"]
+    assert [(e.kind, e.action) for e in platform.models.history("short_lived")][-2:] == [
+        ("deployment", "deployed"), ("deployment", "undeployed")]
     with pytest.raises(ServingError, match="not deployed"):
         platform.predict("short_lived", ROWS)
 
@@ -195,6 +196,8 @@ def test_an_ab_test_serves_both_arms_and_concludes_for_the_winner(platform):
     assert summary.ci_low < summary.difference < summary.ci_high and summary.significant
     platform.experiments.conclude("bigger_forest")
     assert platform.models.get(name).version == second.version  # the winner is champion
+    started, concluded = platform.audit.entries("experiment", "bigger_forest")
+    assert (started.action, concluded.action, concluded.detail["winner"]) == ("started", "concluded", "challenger")
     assert platform.predict(name, ROWS).version == second.version  # and is what Triton serves
     with pytest.raises(ServingError, match="has concluded"):
         platform.experiments.predict("bigger_forest", 1, [ROWS[0]])

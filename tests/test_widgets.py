@@ -212,7 +212,7 @@ def test_the_model_card_promotes_the_clicked_version_and_shows_refusals(platform
     card.version.value = strong.version
     card.promote_button.click()
     assert platform.models.get("card").version == strong.version
-    compared = platform.models.history("card")[-1]["detail"]
+    compared = platform.models.history("card")[-1].detail
     assert text(card.status.value) == (f"version {strong.version} is now champion (roc_auc {compared['challenger']:.4f} "
                                        f"vs {compared['champion']:.4f} for version {weak.version})")
     assert [row[:2] for row in table_rows(card.versions.value)] == [[strong.version, "champion"], [weak.version, ""]]

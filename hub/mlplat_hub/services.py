@@ -1,4 +1,5 @@
-"""The hub's services and the roles they need: idle culling, the MLflow UI, the job scheduler, an admin token.
+"""The hub's services and the roles they need: idle culling, the MLflow UI, the job scheduler, the monitor
+(prediction-log flusher and Prometheus ``/metrics``), an admin token.
 
 Each is a JupyterHub *managed* service: the hub starts it, restarts it if it dies
 and stops it on shutdown. Each grants the least its work needs.
@@ -17,6 +18,8 @@ from mlplat_hub.options import HubOptions
 CULLER = "idle-culler"
 MLFLOW = "mlflow"
 SCHEDULER = "scheduler"
+MONITOR = "monitor"
+_MONITOR_PORT = 9464  # Prometheus scrapes it; the port registered for Prometheus exporters of this kind
 ADMIN = "mlplat-admin"
 _MLFLOW_CLUSTER_PORT = 8181  # fixed on Kubernetes, where the proxy pod reaches it through the hub's Service
 
@@ -41,6 +44,13 @@ def _mlflow_ui(options: HubOptions, env: dict[str, str]) -> dict[str, Any]:
 def _scheduler(env: dict[str, str]) -> dict[str, Any]:
     # Claims each due slot once in the metadata database: safe beside `mlplat up`'s scheduler.
     return {"name": SCHEDULER, "command": [sys.executable, "-m", "mlplat.cli", "scheduler"], "environment": env}
+
+
+def _monitor(options: HubOptions, env: dict[str, str]) -> dict[str, Any]:
+    # Not proxied: Prometheus scrapes it directly (on Kubernetes, the hub pod's port 9464).
+    port = _MONITOR_PORT if options.mode == "kubernetes" else free_port()
+    return {"name": MONITOR, "command": [sys.executable, "-m", "mlplat.cli", "monitor", "serve", "--port", str(port)],
+            "environment": env}
 
 
 def _admin(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -70,6 +80,8 @@ def hub_services(options: HubOptions, settings: Settings, extra_env: dict[str, s
         user_scopes.append(f"access:services!service={MLFLOW}")
     if SCHEDULER in options.services:
         services.append(_scheduler(env))
+    if MONITOR in options.services:
+        services.append(_monitor(options, env))
     if options.admin_token:
         service, role = _admin(options.admin_token)
         services.append(service)

@@ -3,7 +3,7 @@
 A FeatureView's *schema* (its entities' join keys, timestamp columns and typed
 fields) decides how its data is stored offline and packed online, so changing
 it makes a new version; everything else (TTL, owner, description, tags,
-source) is metadata and changes in place.
+source, data-quality expectations) is metadata and changes in place.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable
 from datetime import timedelta
@@ -19,6 +20,9 @@ from typing import Any
 from mlplat.errors import DefinitionError
 
 DTYPES = ("float32", "float64", "int32", "int64", "bool", "string")
+_NUMERIC = ("float32", "float64", "int32", "int64")
+RULES = ("not_null", "min", "max", "allowed")  # a Field's data-quality expectations
+VIOLATION_POLICIES = ("reject", "quarantine")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -57,16 +61,72 @@ class Entity:
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """A typed feature column: ``Field("rating", "float32")``."""
+    """A typed feature column, optionally with data-quality expectations.
+
+    >>> Field("rating", "float32", not_null=True, min=0, max=5)
+    >>> Field("city", "string", allowed=["paris", "rome"])
+
+    A null breaks only ``not_null``; ranges suit numeric features, ``allowed``
+    string and integer ones. Ingest and push check every row (see
+    ``FeatureView.on_violation``).
+    """
 
     name: str
     dtype: str
     description: str = ""
+    not_null: bool = dataclasses.field(default=False, kw_only=True)
+    min: float | None = dataclasses.field(default=None, kw_only=True)
+    max: float | None = dataclasses.field(default=None, kw_only=True)
+    allowed: list[str | int] | None = dataclasses.field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_name("Field", self.name)
         if self.dtype not in DTYPES:
             raise DefinitionError(f"Field {self.name!r} has dtype {self.dtype!r}; use one of {', '.join(DTYPES)}.")
+        _check_expectations(self)
+
+    def rules(self) -> dict[str, Any]:
+        """The expectations this field declares: ``{"not_null": True, "min": 0}``."""
+        declared = {rule: getattr(self, rule) for rule in RULES}
+        return {rule: value for rule, value in declared.items() if value is not None and value is not False}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Name, dtype, description and the expectations it declares (no defaults)."""
+        return {"name": self.name, "dtype": self.dtype, "description": self.description, **self.rules()}
+
+
+def _check_expectations(field: Field) -> None:
+    where = f"Field {field.name!r} ({field.dtype})"
+    if not isinstance(field.not_null, bool):
+        raise DefinitionError(f"{where}: not_null must be True or False, not {field.not_null!r}.")
+    for bound in ("min", "max"):
+        value = getattr(field, bound)
+        if value is None:
+            continue
+        if field.dtype not in _NUMERIC:
+            raise DefinitionError(f"{where} cannot have {bound}=: ranges suit numeric features; "
+                                  "use allowed=[...] for a string feature.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise DefinitionError(f"{where}: {bound} must be a number, not {value!r}.")
+    if field.min is not None and field.max is not None and field.min > field.max:
+        raise DefinitionError(f"{where} has min={field.min!r} above max={field.max!r}; swap them.")
+    if field.allowed is not None:
+        _check_allowed(field, where)
+
+
+def _check_allowed(field: Field, where: str) -> None:
+    if field.dtype not in ("string", "int32", "int64"):
+        raise DefinitionError(f"{where} cannot have allowed=: allowed values suit string and integer features; "
+                              "use min=/max= for a float and not_null=True for a bool.")
+    kind, example = (str, "['paris', 'rome']") if field.dtype == "string" else (int, "[1, 2, 3]")
+    values = field.allowed
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or not (values := list(values)):
+        raise DefinitionError(f"{where}: allowed must be a non-empty list, e.g. allowed={example}.")
+    wrong = [v for v in values if not isinstance(v, kind) or isinstance(v, bool)]
+    if wrong:
+        raise DefinitionError(f"{where} allows {wrong}, which are not {field.dtype} values; "
+                              f"list {kind.__name__} values, e.g. allowed={example}.")
+    object.__setattr__(field, "allowed", values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +136,9 @@ class FeatureView:
     ``ttl`` bounds how old a value may be and still be served (None: forever);
     ``created_timestamp_field`` breaks ties between rows with the same event time,
     so a later correction wins; ``source`` is an optional Parquet path that
-    ``ingest(view)`` reads when no DataFrame is given.
+    ``ingest(view)`` reads when no DataFrame is given; ``on_violation`` says what
+    ingest and push do with rows that break the fields' expectations: ``"reject"``
+    the whole batch, or ``"quarantine"`` the bad rows and store the rest.
     """
 
     name: str
@@ -90,6 +152,7 @@ class FeatureView:
     description: str = ""
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     source: str | None = None
+    on_violation: str = "reject"
     version: int = 0  # assigned by the registry
 
     def __post_init__(self) -> None:
@@ -103,6 +166,9 @@ class FeatureView:
             raise DefinitionError(f"FeatureView {self.name!r} needs schema=[Field('name', 'float32'), ...].")
         if self.ttl is not None and (not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)):
             raise DefinitionError(f"FeatureView {self.name!r}: ttl must be a positive timedelta or None, not {self.ttl!r}.")
+        if self.on_violation not in VIOLATION_POLICIES:
+            raise DefinitionError(f"FeatureView {self.name!r}: on_violation={self.on_violation!r}; use one of "
+                                  f"{', '.join(map(repr, VIOLATION_POLICIES))}.")
         _check_name("Timestamp field", self.timestamp_field)
         if self.created_timestamp_field is not None:
             _check_name("Created timestamp field", self.created_timestamp_field)
@@ -129,14 +195,21 @@ class FeatureView:
     def _repr_html_(self) -> str:
         from html import escape
 
-        rows = "".join(f"<tr><td>{escape(f.name)}</td><td>{f.dtype}</td><td>{escape(f.description)}</td></tr>"
-                       for f in self.schema)
+        from mlplat.features.quality import expectations
+
+        expects = {f.name: ", ".join(e.condition for e in expectations(self) if e.feature == f.name)
+                   for f in self.schema}
+        rows = "".join(f"<tr><td>{escape(f.name)}</td><td>{f.dtype}</td><td>{escape(f.description)}</td>"
+                       f"<td>{escape(expects[f.name])}</td></tr>" for f in self.schema)
         facts = {"entities": ", ".join(f"{e.name} ({', '.join(e.join_keys)})" for e in self.entities),
                  "timestamp": self.timestamp_field, "ttl": str(self.ttl or "none"), "owner": self.owner or "-",
                  "team": self.team or "-", "tags": ", ".join(f"{k}={v}" for k, v in self.tags.items()) or "-"}
+        if any(expects.values()):
+            facts["on violation"] = self.on_violation
         header = "".join(f"<div><b>{k}</b>: {escape(v)}</div>" for k, v in facts.items())
         return (f"<div><h4>{escape(self.name)} v{self.version}</h4><p>{escape(self.description)}</p>{header}"
-                f"<table><tr><th>feature</th><th>dtype</th><th>description</th></tr>{rows}</table></div>")
+                f"<table><tr><th>feature</th><th>dtype</th><th>description</th><th>expectations</th></tr>{rows}"
+                "</table></div>")
 
     def schema_fingerprint(self) -> str:
         """Hash of everything that decides how the data is stored."""
@@ -153,6 +226,7 @@ class FeatureView:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (what the registry stores)."""
         data = dataclasses.asdict(self)
+        data["schema"] = [f.to_dict() for f in self.schema]
         data["ttl"] = None if self.ttl is None else self.ttl.total_seconds()
         return data
 
@@ -186,15 +260,19 @@ def diff_views(old: FeatureView, new: FeatureView) -> list[dict[str, Any]]:
         if old_fields[name].dtype != new_fields[name].dtype:
             changes.append({"change": "dtype changed", "name": name, "from": old_fields[name].dtype,
                             "to": new_fields[name].dtype, "incompatible": True})
-        elif old_fields[name].description != new_fields[name].description:
+            continue
+        if old_fields[name].description != new_fields[name].description:
             changes.append({"change": "field description changed", "name": name, "incompatible": False})
+        if old_fields[name].rules() != new_fields[name].rules():  # checks later writes; stored rows stay
+            changes.append({"change": "expectations changed", "name": name, "from": old_fields[name].rules(),
+                            "to": new_fields[name].rules(), "incompatible": False})
     if [f.name for f in old.schema if f.name in new_fields] != [f.name for f in new.schema if f.name in old_fields]:
         changes.append({"change": "fields reordered", "incompatible": True})
     for attr in ("join_keys", "timestamp_field", "created_timestamp_field"):
         if getattr(old, attr) != getattr(new, attr):
             changes.append({"change": f"{attr} changed", "from": getattr(old, attr), "to": getattr(new, attr),
                             "incompatible": True})
-    for attr in ("ttl", "owner", "team", "description", "tags", "source"):
+    for attr in ("ttl", "owner", "team", "description", "tags", "source", "on_violation"):
         if getattr(old, attr) != getattr(new, attr):
             changes.append({"change": f"{attr} changed", "from": _plain(getattr(old, attr)),
                             "to": _plain(getattr(new, attr)), "incompatible": False})

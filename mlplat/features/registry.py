@@ -1,7 +1,8 @@
 """The feature registry: entities and versioned feature views in a SQL database.
 
 SQLite by default, PostgreSQL by URL (any SQLAlchemy URL works). Every change
-is recorded with who made it and when, in the ``registry_changes`` table.
+is recorded with who made it and when in the platform's audit trail
+(:mod:`mlplat.audit`), in the same transaction as the change.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from mlplat.errors import DefinitionError, FeatureViewNotFound, RegistryError
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
+
+if TYPE_CHECKING:
+    from mlplat.audit import Audit, AuditTrail
 
 metadata = sa.MetaData()
 entities_table = sa.Table(
@@ -37,17 +41,6 @@ views_table = sa.Table(
     sa.Column("created_by", sa.String(200), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_by", sa.String(200), nullable=False),
-)
-changes_table = sa.Table(
-    "registry_changes", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("who", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(40), nullable=False),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("version", sa.Integer),
-    sa.Column("action", sa.String(40), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
 )
 watermarks_table = sa.Table(
     "materialization_watermarks", metadata,
@@ -100,34 +93,29 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def log_entries(engine: sa.Engine, table: sa.Table, key: sa.Column, value: str | None) -> list[dict[str, Any]]:
-    """Rows of an append-only log table (those whose ``key`` is ``value``, when given), oldest first."""
-    query = sa.select(table).order_by(table.c.id)
-    if value is not None:
-        query = query.where(key == value)
-    with engine.connect() as conn:
-        return [{**row._asdict(), "detail": json.loads(row.detail)} for row in conn.execute(query)]
-
-
 def create_registry_engine(url: str) -> sa.Engine:
     """A SQLAlchemy engine for ``url``, creating the SQLite file's folder if needed."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = sa.create_engine(url)
-        metadata.create_all(engine)
+        metadata.create_all(engine, tables=[entities_table, views_table, watermarks_table])  # the others: their owners
     except (sa.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
         raise RegistryError(f"Cannot open the registry database {url!r}: {exc}. Check the registry setting.") from None
     return engine
 
 
-class Registry:
-    """Entities and feature views, with versions and an audit trail."""
+APPLY_ACTIONS = ("created", "updated", "new_version")
 
-    def __init__(self, engine: sa.Engine, user: str, team: str = ""):
+
+class Registry:
+    """Entities and feature views, with versions; ``audit`` records each change and who acts."""
+
+    def __init__(self, engine: sa.Engine, audit: Audit):
         self.engine = engine
-        self.user = user
-        self.team = team
+        self.audit = audit
+        self.user = audit.user
+        self.team = audit.team
 
     # -- writing ---------------------------------------------------------------
     def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
@@ -173,7 +161,7 @@ class Registry:
         else:
             conn.execute(entities_table.update().where(entities_table.c.name == entity.name).values(**row))
         action = "created" if old is None else "updated"
-        self._record(conn, "entity", entity.name, None, action, entity.to_dict())
+        self.audit.write(conn, "entity", entity.name, action, spec=entity.to_dict())
         return ApplyResult("entity", entity.name, action, None, [])
 
     def _apply_view(self, conn: sa.Connection, view: FeatureView) -> ApplyResult:
@@ -194,7 +182,7 @@ class Registry:
             .where(views_table.c.name == view.name, views_table.c.version == old.version)
             .values(spec=spec, updated_at=_now(), updated_by=self.user)
         )
-        self._record(conn, "feature_view", view.name, old.version, "updated", {"changes": changes})
+        self.audit.write(conn, "feature_view", view.name, "updated", old.version, changes=changes)
         return ApplyResult("feature_view", view.name, "updated", old.version, changes)
 
     def _insert_view(self, conn, view: FeatureView, version: int, action: str, changes: list) -> ApplyResult:
@@ -204,14 +192,9 @@ class Registry:
             name=view.name, version=version, spec=json.dumps(view.to_dict()), fingerprint=view.schema_fingerprint(),
             created_at=now, created_by=self.user, updated_at=now, updated_by=self.user,
         ))
-        self._record(conn, "feature_view", view.name, version, action, {"changes": changes} if changes else view.to_dict())
+        self.audit.write(conn, "feature_view", view.name, action, version,
+                         **({"changes": changes} if changes else {"spec": view.to_dict()}))
         return ApplyResult("feature_view", view.name, action, version, changes)
-
-    def _record(self, conn, kind: str, name: str, version: int | None, action: str, detail: Any) -> None:
-        conn.execute(changes_table.insert().values(
-            at=_now(), who=self.user, kind=kind, name=name, version=version, action=action,
-            detail=json.dumps(detail, default=str),
-        ))
 
     # -- reading ---------------------------------------------------------------
     def _latest_row(self, conn: sa.Connection, name: str):
@@ -261,9 +244,9 @@ class Registry:
             query = sa.select(views_table.c.version).where(views_table.c.name == name).order_by(views_table.c.version)
             return list(conn.execute(query).scalars())
 
-    def history(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Every recorded change (of one object, when named), oldest first."""
-        return log_entries(self.engine, changes_table, changes_table.c.name, name)
+    def history(self, name: str | None = None) -> AuditTrail:
+        """Every applied change of entities and views (of one, when named), oldest first."""
+        return self.audit.entries(kind=("entity", "feature_view"), obj=name, action=APPLY_ACTIONS)
 
     # -- materialisation watermarks ----------------------------------------------
     def watermark(self, view: FeatureView) -> Watermark | None:

@@ -22,6 +22,7 @@ from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ow
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
 from mlplat.features.offline import IngestResult, OfflineStore
 from mlplat.features.online import RecordCodec, RedisOnlineStore, read_online
+from mlplat.features.quality import read_quarantine, screened
 from mlplat.features.refs import ViewRequest, resolve
 from mlplat.features.registry import ApplyResult, Registry
 from mlplat.features.schema import conform
@@ -59,6 +60,7 @@ class FeatureStore:
         self.registry = registry
         self.offline = offline
         self.online = online
+        self.audit = registry.audit  # ingest, materialise and push are recorded where apply is
         self._plans: dict[tuple[str, ...], list[tuple[ViewRequest, RecordCodec]]] = {}
 
     # -- definitions -------------------------------------------------------------
@@ -105,7 +107,8 @@ class FeatureStore:
 
         ``df`` is a DataFrame or Arrow table, the path of a Parquet or CSV file, or (default) the
         view's ``source``. ``start``/``end`` keep only rows with event time in ``[start, end)``: a
-        backfill window (ISO strings or datetimes; naive times are UTC).
+        backfill window (ISO strings or datetimes; naive times are UTC). Rows that break the view's
+        expectations raise DataQualityError, or are quarantined (with a warning) by its ``on_violation``.
         """
         definition = self.registry.get_view(view)
         table = conform(definition, _read(definition, df))
@@ -113,7 +116,11 @@ class FeatureStore:
             if bound:
                 times = table.column(definition.timestamp_field)
                 table = table.filter(keep(times, pa.scalar(_ns(bound, name), times.type)))
-        return self.offline.write(definition, table)
+        with screened(self.offline, definition, table) as table:
+            result = self.offline.write(definition, table)
+        self.audit.record("feature_view", view, "ingested", definition.version, rows=result.rows, files=result.files,
+                          source=_origin(definition, df), start=start, end=end)
+        return result
 
     def get_training_set(
         self, entity_df: pd.DataFrame, features: Sequence[str], *, timestamp_field: str = "event_timestamp",
@@ -151,6 +158,10 @@ class FeatureStore:
         """
         return view_stats(self.offline, self.registry.get_view(view, version), window)
 
+    def quarantine(self, view: str, version: int | None = None) -> pd.DataFrame:
+        """Rows ingest or push set aside for breaking expectations, with ``__failed`` and ``__quarantined_at``."""
+        return read_quarantine(self.offline, self.registry.get_view(view, version))
+
     # -- online -----------------------------------------------------------------
     def materialize(self, start: datetime | None = None, end: datetime | None = None,
                     views: Sequence[str] | None = None,
@@ -167,17 +178,25 @@ class FeatureStore:
         with progress_bar(len(definitions), "materialize", progress, unit="view") as bar:
             for view in definitions:
                 bar.set_postfix_str(view.name)
-                results.append(materialize_view(self.offline, self.online, self.registry, view, start_ns, end_ns, now_ns))
+                done = materialize_view(self.offline, self.online, self.registry, view, start_ns, end_ns, now_ns)
+                self.audit.record("feature_view", view.name, "materialized", view.version, rows_read=done.rows_read,
+                                  entities=done.entities, written=done.written, start=start, end=end)
+                results.append(done)
                 bar.update()
         return results
 
     def push(self, view: str, df: Any) -> int:
-        """Streaming ingestion: append ``df`` offline and update online at once; return rows."""
+        """Streaming ingestion: append ``df`` offline and update online at once; return rows stored.
+
+        Expectations are checked as on ``ingest``.
+        """
         definition = self.registry.get_view(view)
         table = conform(definition, df)
-        self.online.ping()  # fail before writing anything when Redis is down
-        self.offline.write(definition, table)
+        with screened(self.offline, definition, table) as table:
+            self.online.ping()  # fail before writing anything when Redis is down
+            self.offline.write(definition, table)
         write_latest(self.online, definition, table, time.time_ns())
+        self.audit.record("feature_view", view, "pushed", definition.version, rows=table.num_rows)
         return table.num_rows
 
     def get_online_features(
@@ -228,6 +247,13 @@ def _ns(moment: datetime | str, name: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(pd.Timestamp(moment).as_unit("ns").value)
+
+
+def _origin(view: FeatureView, data: Any) -> str:
+    """Where ingested rows came from, for the audit trail: the file read, or the in-memory type."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return str(view.source if data is None else data)
+    return type(data).__name__
 
 
 def _read(view: FeatureView, data: Any) -> Any:

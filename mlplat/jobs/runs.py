@@ -85,6 +85,7 @@ class Jobs:
     def __init__(self, platform: Any):
         self.platform = platform
         self.engine = platform.engine
+        self.audit = platform.audit
         self.root = platform.settings.home / "jobs"
         from mlplat.jobs.schedules import schedules_table, slots_table
 
@@ -244,6 +245,8 @@ class Jobs:
                 kernel=job.kernel, status=job.status, attempts=job.attempts, started_at=job.started_at,
                 seconds=job.seconds, input_sha256=sha, output=job.output, mlflow_run_id=job.mlflow_run_id,
                 error=job.error, who=job.owner, team=job.team, rerun_of=rerun_of, host=job.host))
+            self.audit.write(conn, "job", Path(job.notebook).name, "reran" if rerun_of else "ran", run_id=job.id,
+                             status=job.status, rerun_of=rerun_of, notebook=job.notebook, parameters=job.parameters)
 
     def _row(self, run_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:

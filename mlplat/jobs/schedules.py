@@ -56,11 +56,15 @@ def schedule(platform: Any, notebook: str | Path, cron: str, parameters: dict[st
     source = Path(notebook).resolve()
     parameters = dict(parameters or {})
     kernel = platform.jobs._check(source, parameters, kernel)
+    audit = platform.audit
     with platform.engine.begin() as conn:
-        return conn.execute(schedules_table.insert().values(
+        schedule_id = conn.execute(schedules_table.insert().values(
             notebook=str(source), cron=cron, parameters=json.dumps(parameters, default=str), kernel=kernel,
             created_at=datetime.now(UTC), created_by=platform.settings.user, team=platform.settings.team,
             enabled=True)).inserted_primary_key[0]
+        audit.write(conn, "schedule", source.name, "created", schedule=schedule_id, cron=cron, notebook=str(source),
+                    parameters=parameters)
+    return schedule_id
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,13 @@ def schedule_of(platform: Any, schedule_id: int) -> Schedule:
 
 def set_enabled(platform: Any, schedule_id: int, enabled: bool) -> None:
     """Pause or resume a schedule; a resumed schedule skips the slots it missed while paused."""
-    schedule_of(platform, schedule_id)
+    found, audit = schedule_of(platform, schedule_id), platform.audit
     resumed = {"resumed_at": datetime.now(UTC)} if enabled else {}
     with platform.engine.begin() as conn:
         conn.execute(schedules_table.update().where(schedules_table.c.id == schedule_id)
                      .values(enabled=enabled, **resumed))
+        audit.write(conn, "schedule", Path(found.notebook).name, "resumed" if enabled else "paused",
+                    schedule=schedule_id)
 
 
 class Scheduler:

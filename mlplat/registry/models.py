@@ -3,7 +3,8 @@
 New versions get the ``challenger`` alias; ``promote`` moves ``champion`` to a
 version only when it beats the current champion on a shared holdout by a
 margin (or when forced, with a reason); ``rollback`` gives ``champion`` back
-to the version that held it before. Every action lands in the audit log.
+to the version that held it before. Every action lands in the platform's audit
+trail (``p.audit``, kind ``"model"``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
 from mlplat.registry import scoring
-from mlplat.registry.audit import AuditLog
 from mlplat.training import tracking
 from mlplat.training.evaluate import LOWER_IS_BETTER, Split, score, split_rows
+
+if TYPE_CHECKING:
+    from mlplat.audit import AuditTrail
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARCHIVED_TAG = "mlplat.archived"
@@ -61,7 +64,7 @@ class ModelRegistry:
         self.platform = platform
         self.settings = platform.settings
         self.margin = margin
-        self.audit = AuditLog(platform.engine, platform.settings.user)
+        self.audit = platform.audit
 
     def _client(self):
         return tracking.session(self.settings)
@@ -154,7 +157,7 @@ class ModelRegistry:
                     "mlplat.owner": self.settings.user, "mlplat.team": self.settings.team}
             version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
             client.set_registered_model_alias(name, CHALLENGER, version)
-        self.audit.record(name, version, "registered", run_id=run_id)
+        self.audit.record("model", name, "registered", version, run_id=run_id, features=features)
         return version
 
     def promote(self, name: str, version: str | int | None = None, *, metric: str | None = None,
@@ -179,8 +182,8 @@ class ModelRegistry:
             scores = self._shared_holdout(name, candidate.version, champion, metric)
             better = _improvement(metric, scores[0], scores[1])
             if better < margin:
-                self.audit.record(name, candidate.version, "promotion_refused", reason,
-                                  metric=metric, challenger=scores[0], champion=scores[1], margin=margin)
+                self.audit.record("model", name, "promotion_refused", candidate.version, reason, metric=metric,
+                                  challenger=scores[0], champion=scores[1], champion_version=champion, margin=margin)
                 raise PromotionRefused(
                     f"{name} version {candidate.version} scores {metric}={scores[0]:.4f} on the shared holdout, "
                     f"champion version {champion} scores {scores[1]:.4f}; it must be better by {margin}. "
@@ -190,7 +193,7 @@ class ModelRegistry:
             client.set_registered_model_alias(name, CHAMPION, candidate.version)
             if self._aliases(client, name).get(CHALLENGER) == candidate.version:
                 client.delete_registered_model_alias(name, CHALLENGER)
-        self.audit.record(name, candidate.version, "promoted", reason, previous=champion, forced=force,
+        self.audit.record("model", name, "promoted", candidate.version, reason, previous=champion, forced=force,
                           metric=metric, challenger=scores[0], champion=scores[1])
         return Promotion(name, candidate.version, champion, metric, scores[0], scores[1], force)
 
@@ -198,15 +201,15 @@ class ModelRegistry:
         """Give ``champion`` back to the version that held it before the last promotion; return it."""
         with self._client() as client:
             current = self._aliases(client, name).get(CHAMPION)
-        history = [e for e in self.audit.entries(name) if e["action"] in ("promoted", "rolled_back")]
-        if not history or current is None:
+        last = self.audit.entries("model", name, action=("promoted", "rolled_back"), limit=1)
+        if not last or current is None:
             raise ModelNotFound(f"Model {name!r} has no earlier champion to roll back to.")
-        previous = history[-1]["detail"].get("previous")
+        previous = last[0].detail.get("previous")
         if previous is None:
             raise ModelNotFound(f"Version {current} of {name!r} was its first champion; there is nothing to roll back to.")
         with self._client() as client:
             client.set_registered_model_alias(name, CHAMPION, previous)
-        self.audit.record(name, previous, "rolled_back", reason, previous=current)
+        self.audit.record("model", name, "rolled_back", previous, reason, previous=current)
         return previous
 
     def archive(self, name: str, version: str | int, reason: str = "") -> None:
@@ -216,7 +219,7 @@ class ModelRegistry:
             for alias in found.aliases:
                 client.delete_registered_model_alias(name, alias)
             client.set_model_version_tag(name, found.version, ARCHIVED_TAG, "true")
-        self.audit.record(name, found.version, "archived", reason, aliases=found.aliases)
+        self.audit.record("model", name, "archived", found.version, reason, aliases=found.aliases)
 
     def score(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
               alias: str | None = None) -> pd.DataFrame:
@@ -236,27 +239,34 @@ class ModelRegistry:
         Every column of the version's reference that ``current`` has is compared (PSI and KS; see
         :mod:`mlplat.monitoring.drift`); a :class:`~mlplat.monitoring.drift.DriftReport` comes back.
         """
-        import mlflow
-
-        from mlplat.monitoring.drift import Reference, drift
-        from mlplat.training.tracking import REFERENCE_ARTIFACT
+        from mlplat.monitoring.drift import drift
 
         found = self.get(name, version, alias)
-        with self._client():
-            try:
-                ref = Reference.from_dict(mlflow.artifacts.load_dict(f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}"))
-            except Exception:  # MLflow raises several kinds for a missing artifact
-                raise ModelNotFound(f"{name} version {found.version} has no drift reference (trained before "
-                                    "mlplat recorded one); retrain it to monitor drift.") from None
+        ref = self.reference(name, found.version)
         shared = [c for c in ref.columns if c in current.columns]
         if not shared:
             raise InvalidArgument(f"The rows share no column with {name} version {found.version}'s reference "
                                   f"({', '.join(ref.columns)}); pass its feature columns and/or 'prediction'.")
         return drift(ref, current, psi_threshold, p_threshold, columns=shared)
 
-    def history(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The audit trail: who did what, when and why."""
-        return self.audit.entries(name)
+    def reference(self, name: str, version: str | int | None = None, alias: str | None = None) -> Any:
+        """The drift :class:`~mlplat.monitoring.drift.Reference` recorded when a version was trained."""
+        import mlflow
+
+        from mlplat.monitoring.drift import Reference
+        from mlplat.training.tracking import REFERENCE_ARTIFACT
+
+        found = self.get(name, version, alias)
+        with self._client():
+            try:
+                return Reference.from_dict(mlflow.artifacts.load_dict(f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}"))
+            except Exception:  # MLflow raises several kinds for a missing artifact
+                raise ModelNotFound(f"{name} version {found.version} has no drift reference (trained before "
+                                    "mlplat recorded one); retrain it to monitor drift.") from None
+
+    def history(self, name: str | None = None) -> AuditTrail:
+        """The audit trail of models and their deployments (of ``name``, when given): who did what, when and why."""
+        return self.audit.entries(kind=("model", "deployment"), obj=name)
 
     # -- the shared holdout --------------------------------------------------------
     def _shared_holdout(self, name: str, challenger: str, champion: str, metric: str) -> tuple[float, float]:

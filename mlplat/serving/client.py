@@ -3,12 +3,15 @@
 Features are looked up online (one MGET) and sent as one FP32 tensor. The
 gRPC channel is kept open between calls. If Triton has died, the client
 starts it again, reloads the deployed models and retries the request once.
+Every request is counted and (at ``prediction_sample_rate``) logged, off the
+request path (:mod:`mlplat.monitoring.predlog`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -37,11 +40,12 @@ class Client:
         self._grpc: Any = None
         self._info: dict[str, dict[str, Any]] = {}
 
-    def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None
-                ) -> Prediction:
+    def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
+                arm: str = "") -> Prediction:
         """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix.
 
-        ``version`` picks one of the loaded versions (default: the deployed default).
+        ``version`` picks one of the loaded versions (default: the deployed default); ``arm`` is the
+        experiment arm recorded in the prediction log.
         """
         started = time.perf_counter()
         deployed = self._info.get(name) or self._info.setdefault(name, serving_info(self.platform, name))
@@ -49,6 +53,18 @@ class Client:
         if version not in deployed["versions"]:
             raise ServingError(f"{name} v{version} is not loaded on Triton; loaded: {sorted(deployed['versions'])}.")
         info = {**deployed["versions"][version], "version": version}
+        try:
+            features, result = self._serve(name, info, entity_rows, features)
+        except ServingError:
+            self.log.error(name, version)
+            raise
+        outputs = result.as_numpy(info["output"])
+        latency = (time.perf_counter() - started) * 1000
+        self.log.log(name, version, self._columns(deployed["versions"][version]), features, outputs, latency, arm)
+        return Prediction(name, result.get_response().model_version, outputs, latency)
+
+    def _serve(self, name: str, info: dict[str, Any], entity_rows: Any, features: Any) -> tuple[np.ndarray, Any]:
+        """The feature matrix sent and Triton's result."""
         if features is None:
             features = self._online(info["features"], entity_rows)
         try:
@@ -58,9 +74,25 @@ class Client:
         if features.ndim != 2 or features.shape[1] != len(info["features"]):
             raise ServingError(f"{name} takes rows of {len(info['features'])} features ({info['features']}), "
                                f"got an array of shape {features.shape}.")
-        result = self._infer(name, info, features)
-        latency = (time.perf_counter() - started) * 1000
-        return Prediction(name, result.get_response().model_version, result.as_numpy(info["output"]), latency)
+        return features, self._infer(name, info, features)
+
+    @cached_property
+    def log(self) -> Any:
+        """The :class:`~mlplat.monitoring.predlog.PredictionLogger` of this client."""
+        from mlplat.monitoring.predlog import PredictionLogger
+
+        settings = self.platform.settings
+        return PredictionLogger(self.platform.features.online.client, settings.online_prefix,
+                                settings.prediction_sample_rate)
+
+    def _columns(self, info: dict[str, Any]) -> list[str]:
+        """The feature columns a version takes, as named in training (and in its drift reference)."""
+        if "columns" not in info:  # deployed before mlplat recorded them
+            from mlplat.features.refs import resolve
+
+            info["columns"] = [c for r in resolve(info["features"], self.platform.features.get_view, set())
+                               for c in r.columns]
+        return info["columns"]
 
     def _online(self, refs: list[str], entity_rows: Any) -> np.ndarray:
         online = self.platform.features.get_online_features(refs, entity_rows).to_dict()
@@ -92,7 +124,8 @@ class Client:
 
     def _restart(self) -> None:
         """Triton is gone: start it again (a new port) and reload what was deployed."""
-        self.close()
+        self._grpc.close()
+        self._grpc = None
         state = TritonService(self.platform.settings).ensure()
         reload_all(self.platform, state.url)
 
@@ -101,6 +134,8 @@ class Client:
         self._info.pop(name, None)
 
     def close(self) -> None:
+        if "log" in self.__dict__:
+            self.__dict__.pop("log").close()
         if self._grpc is not None:
             self._grpc.close()
             self._grpc = None

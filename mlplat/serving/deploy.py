@@ -86,7 +86,8 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
                                "versions served side by side must take the same features.")
     if set(keep) - set(kept):
         raise ServingError(f"Cannot keep {sorted(set(keep) - set(kept))} of {name}: deploy them first.")
-    versions = {**kept, found.version: {"features": spec.features, "kind": spec.kind, "output": onnx.output}}
+    versions = {**kept, found.version: {"features": spec.features, "columns": columns, "kind": spec.kind,
+                                        "output": onnx.output}}
     (folder / found.version).mkdir(parents=True, exist_ok=True)
     (folder / found.version / "model.onnx").write_bytes(onnx.data)
     loaded = " ".join(sorted(versions, key=int))
@@ -101,8 +102,8 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
         if default:
             _call(client.load_model, f"{name}{BY_ID}")
         status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
-    platform.models.audit.record(name, found.version, "deployed", endpoint=state.url, status=status,
-                                 serving=sorted(versions, key=int))
+    platform.audit.record("deployment", name, "deployed", found.version, endpoint=state.url, status=status,
+                          serving=sorted(versions, key=int), default=default_version)
     return Deployment(name, found.version, state.url, name, status, spec.features)
 
 
@@ -153,7 +154,7 @@ def undeploy(platform: Any, name: str) -> None:
             _call(client.unload_model, f"{name}{BY_ID}")
     shutil.rmtree(folder)
     shutil.rmtree(folder.parent / f"{name}{BY_ID}", ignore_errors=True)
-    platform.models.audit.record(name, None, "undeployed")
+    platform.audit.record("deployment", name, "undeployed")
 
 
 def deployments(platform: Any) -> list[Deployment]:

@@ -27,7 +27,7 @@ from mlplat.errors import InvalidArgument, ServingError
 from mlplat.features.registry import metadata
 
 experiments_table = sa.Table(
-    "experiments", metadata,
+    "serving_experiments", metadata,  # not "experiments": MLflow's table, when both share a PostgreSQL database
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("model", sa.String(200), nullable=False),
     sa.Column("champion", sa.String(40), nullable=False),
@@ -41,7 +41,7 @@ experiments_table = sa.Table(
     sa.Column("result", sa.Text),
 )
 events_table = sa.Table(
-    "experiment_events", metadata,
+    "serving_experiment_events", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("experiment", sa.String(200), nullable=False, index=True),
     sa.Column("unit", sa.String(200), nullable=False),
@@ -103,6 +103,7 @@ class Experiments:
     def __init__(self, platform: Any):
         self.platform = platform
         self.engine = platform.engine
+        self.audit = platform.audit
         metadata.create_all(self.engine, tables=[experiments_table, events_table])
 
     def start(self, name: str, model: str, challenger: str | int | None = None, *, traffic: float = 10.0,
@@ -125,6 +126,8 @@ class Experiments:
                "status": "running", "created_at": datetime.now(UTC), "created_by": self.platform.settings.user}
         with self.engine.begin() as conn:
             conn.execute(experiments_table.insert().values(**row))
+            self.audit.write(conn, "experiment", name, "started", model=model, champion=champion.version,
+                             challenger=candidate.version, mode=mode, traffic=row["traffic"])
         return row
 
     def predict(self, name: str, unit: Any, entity_rows: Any) -> Any:
@@ -133,10 +136,11 @@ class Experiments:
         if experiment["status"] != "running":
             raise ServingError(f"Experiment {name!r} has concluded; predict with the model directly.")
         arm = "champion" if experiment["mode"] == "shadow" else assign(experiment["salt"], unit, experiment["traffic"])
-        served = self.platform.predict(experiment["model"], entity_rows, version=experiment[arm])
+        served = self.platform.serving.predict(experiment["model"], entity_rows, version=experiment[arm], arm=arm)
         events = [self._event(name, unit, "served", arm, served.version, _score(served.outputs))]
         if experiment["mode"] == "shadow":
-            shadow = self.platform.predict(experiment["model"], entity_rows, version=experiment["challenger"])
+            shadow = self.platform.serving.predict(experiment["model"], entity_rows, version=experiment["challenger"],
+                                                   arm="shadow")
             events.append(self._event(name, unit, "shadow", "challenger", shadow.version, _score(shadow.outputs)))
         with self.engine.begin() as conn:
             conn.execute(events_table.insert(), events)
@@ -178,10 +182,12 @@ class Experiments:
             self.platform.deploy(model, experiment["challenger"])
         else:
             self.platform.deploy(model, experiment["champion"])
+        outcome = {"winner": "challenger" if won else "champion", "p_value": result.p_value,
+                   "difference": result.difference}
         with self.engine.begin() as conn:
             conn.execute(experiments_table.update().where(experiments_table.c.name == name).values(
-                status="concluded", result=json.dumps({"winner": "challenger" if won else "champion",
-                                                       "p_value": result.p_value, "difference": result.difference})))
+                status="concluded", result=json.dumps(outcome)))
+            self.audit.write(conn, "experiment", name, "concluded", reason=reason, model=model, **outcome)
         return result
 
     def _find(self, name: str, missing_ok: bool = False) -> dict[str, Any] | None:

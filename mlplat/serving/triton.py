@@ -80,10 +80,20 @@ class TritonService(EmbeddedService):
             "--backend-directory", str(self._backends()), "--model-control-mode", "explicit",
             "--grpc-address", "127.0.0.1", "--grpc-port", str(port),
             "--http-address", "127.0.0.1", "--http-port", str(free_port()),
-            "--metrics-address", "127.0.0.1", "--metrics-port", str(free_port()),
+            "--metrics-address", "127.0.0.1", "--metrics-port", str(self._metrics_port()),
             "--exit-timeout-secs", "5", "--allow-gpu-metrics", "false", "--pinned-memory-pool-byte-size", "0",
             "--log-verbose", "0",
         ]
+
+    def _metrics_port(self) -> int:
+        port = free_port()
+        (self.root / "metrics-port").write_text(str(port))
+        return port
+
+    def metrics_url(self) -> str | None:
+        """Triton's own Prometheus endpoint (queue, compute and request counts per model), when it runs."""
+        path = self.root / "metrics-port"
+        return f"http://127.0.0.1:{path.read_text()}/metrics" if self.status() and path.is_file() else None
 
     def environment(self) -> dict[str, str]:
         libs = self.server_dir.parent.parent / "nvidia_pytriton.libs"

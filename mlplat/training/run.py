@@ -148,6 +148,8 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
             bar.set_postfix_str("gate and register")
             rejected = gate.check(metrics) if gate else None
             mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
+            platform.audit.record("model", spec.name, "trained", run_id=run.info.run_id, metrics=metrics,
+                                  refused=rejected)
             version = None
             if rejected is None and register:
                 version = platform.models.register(spec.name, logged.model_uri, run.info.run_id, spec.features,

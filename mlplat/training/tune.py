@@ -132,6 +132,8 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
                     mlflow.log_params(trial_params)
                     mlflow.log_metrics({f"val_{k}": v for k, v in trial_scores.items() if np.isfinite(v)})
             mlflow.log_params({f"best.{k}": v for k, v in sets[best].items()})
+            platform.audit.record("model", name, "tuned", run_id=parent.info.run_id, search=search, trials=len(sets),
+                                  metric=metric, best=sets[best], score=scores[best][metric])
             spec = TrainSpec(specs[best].path, specs[best].params, base.kind, base.family, pinned, target,
                              timestamp_field, vars(split_), seed, vars(gate) if gate else None, name)
             result = _run(platform, spec, entity_df, columns, gate, client, register, parent_run_id=parent.info.run_id,

@@ -1,0 +1,119 @@
+"""Prometheus metrics of the platform, read from Redis at each scrape.
+
+Predicting processes count into Redis (:mod:`mlplat.monitoring.predlog`), drift
+checks store their scores there, so one exporter (``mlplat monitor serve``)
+reports every process's requests. Triton keeps its own ``/metrics`` endpoint
+(queue and compute time per model); :func:`scrape_config` lists both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from mlplat.monitoring.predlog import LATENCY_BUCKETS, dropped_key, metrics_index, metrics_key, stream_key
+
+LATENCY = "mlplat_predict_latency_seconds"
+REQUESTS = "mlplat_predict_requests"  # exposed as ..._total
+ERRORS = "mlplat_predict_errors"
+DRIFT_PSI = "mlplat_drift_psi"
+DRIFT_KS = "mlplat_drift_ks"
+FRESHNESS = "mlplat_feature_age_seconds"
+ALERTS = "mlplat_alerts_firing"
+
+
+def drift_key(prefix: str, model: str) -> str:
+    """Redis hash of a model's latest drift scores: ``psi:<column>`` and ``ks:<column>``."""
+    return f"{prefix}:drift:{model}"
+
+
+def freshness_key(prefix: str) -> str:
+    """Redis hash: feature view -> age in seconds of its newest online row, at the latest check."""
+    return f"{prefix}:freshness"
+
+
+def alerts_key(prefix: str) -> str:
+    """Redis hash: ``rule\\tmodel`` -> alerts firing, at the latest check."""
+    return f"{prefix}:alerts"
+
+
+class PlatformCollector(Collector):
+    """Yields the platform's metric families from Redis on every ``collect()``."""
+
+    def __init__(self, client: Any, prefix: str):
+        self.client, self.prefix = client, prefix
+
+    def collect(self) -> Iterator[Any]:
+        latency = HistogramMetricFamily(LATENCY, "Prediction latency seen by clients (online lookup and gRPC).",
+                                        labels=["model", "version"])
+        requests = CounterMetricFamily(REQUESTS, "Predict requests served.", labels=["model", "version"])
+        errors = CounterMetricFamily(ERRORS, "Predict requests that failed.", labels=["model", "version"])
+        pairs = sorted(p.decode() for p in self.client.smembers(metrics_index(self.prefix)))
+        pipe = self.client.pipeline(transaction=False)
+        for pair in pairs:
+            pipe.hgetall(metrics_key(self.prefix, *pair.split("\t")))
+        for pair, values in zip(pairs, pipe.execute(), strict=True):
+            labels = pair.split("\t")
+            counts = [int(values.get(f"b{i}".encode(), 0)) for i in range(len(LATENCY_BUCKETS) + 1)]
+            cumulative, buckets = 0, []
+            for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric(labels, buckets, float(values.get(b"sum", 0)))
+            requests.add_metric(labels, int(values.get(b"count", 0)))
+            errors.add_metric(labels, int(values.get(b"errors", 0)))
+        yield from (latency, requests, errors)
+        yield CounterMetricFamily("mlplat_prediction_log_dropped", "Requests never logged (buffer full, Redis away).",
+                                  value=int(self.client.get(dropped_key(self.prefix)) or 0))
+        yield GaugeMetricFamily("mlplat_prediction_log_unflushed", "Logged requests not yet flushed to Parquet.",
+                                value=self.client.xlen(stream_key(self.prefix)))
+        yield from self._drift()
+        yield self._gauge(FRESHNESS, "Age of the newest online row of a feature view, at the latest check.",
+                          ["view"], freshness_key(self.prefix))
+        yield self._gauge(ALERTS, "Alerts firing, by rule and model.", ["rule", "model"], alerts_key(self.prefix))
+
+    def _drift(self) -> Iterator[Any]:
+        psi = GaugeMetricFamily(DRIFT_PSI, "Population stability index of a column, latest window.",
+                                labels=["model", "column"])
+        ks = GaugeMetricFamily(DRIFT_KS, "Kolmogorov-Smirnov statistic of a column, latest window.",
+                               labels=["model", "column"])
+        for key in sorted(self.client.scan_iter(match=drift_key(self.prefix, "*"))):
+            model = key.decode().rsplit(":", 1)[1]
+            for field, value in sorted(self.client.hgetall(key).items()):
+                kind, column = field.decode().split(":", 1)
+                (psi if kind == "psi" else ks).add_metric([model, column], float(value))
+        yield from (psi, ks)
+
+    def _gauge(self, name: str, documentation: str, labels: list[str], key: str) -> GaugeMetricFamily:
+        gauge = GaugeMetricFamily(name, documentation, labels=labels)
+        for field, value in sorted(self.client.hgetall(key).items()):
+            gauge.add_metric(field.decode().split("\t"), float(value))
+        return gauge
+
+
+def registry(client: Any, prefix: str) -> Any:
+    """A Prometheus registry holding only the platform's collector."""
+    from prometheus_client import CollectorRegistry
+
+    found = CollectorRegistry(auto_describe=False)
+    found.register(PlatformCollector(client, prefix))
+    return found
+
+
+def exposition(client: Any, prefix: str) -> str:
+    """The metrics in Prometheus text format (what ``/metrics`` serves)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry(client, prefix)).decode()
+
+
+def scrape_config(targets: dict[str, str]) -> str:
+    """A ``prometheus.yml`` scraping each ``job name -> host:port`` every 15 s."""
+    import yaml
+
+    jobs = [{"job_name": job, "scrape_interval": "15s", "static_configs": [{"targets": [target]}]}
+            for job, target in targets.items()]
+    return yaml.safe_dump({"scrape_configs": jobs}, sort_keys=False)

@@ -1,0 +1,368 @@
+"""``p.monitor``: a deployed model's logged predictions checked against its training, its latency, errors and
+feature freshness against per-model thresholds; breaches become alerts.
+
+>>> p.monitor.set_thresholds("churn", psi=0.25, p99_ms=20, window="1h")
+>>> p.monitor.check("churn")           # drift, p99, error rate, stale features -> alerts
+>>> p.monitor.drift("churn", window="1h", windows=24)   # PSI per column, hour by hour, as a plot
+>>> p.monitor.schedule("churn", cron="*/15 * * * *")   # the check as a scheduled notebook job
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from mlplat.errors import InvalidArgument
+from mlplat.features.registry import metadata
+from mlplat.monitoring import metrics
+from mlplat.monitoring.alerts import AlertList, Alerts, Finding
+from mlplat.monitoring.drift import DriftReport
+from mlplat.monitoring.predlog import Flusher, PredictionStore, in_window, metrics_key
+
+thresholds_table = sa.Table(
+    "monitor_thresholds", metadata,
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("settings", sa.Text, nullable=False),  # JSON of the Thresholds fields that were set
+)
+CHECK_NOTEBOOK = "monitor_check.ipynb"
+LOG_COLUMNS = ("log_id", "at", "model", "version", "arm", "latency_ms")  # beside the features and the prediction
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """When a model's check raises alerts. ``None`` turns a rule off."""
+
+    psi: float = 0.2  # drift: population stability index of a column above this
+    p_value: float = 0.01  # drift: or its Kolmogorov-Smirnov p-value below this
+    p99_ms: float | None = None  # latency SLO: p99 of the window's requests above this
+    error_rate: float | None = 0.05  # share of failed requests since the previous check above this
+    max_age_s: float | None = None  # stale features: online values older than this (seconds)
+    window_s: float = 3600.0  # the rows a check looks at: the last window_s seconds
+    min_rows: int = 200  # fewer logged rows than this: no drift verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """What one check measured and which alerts it fired."""
+
+    model: str
+    version: str
+    start: datetime
+    end: datetime
+    rows: int
+    drift: DriftReport | None  # None: fewer than min_rows logged rows
+    p99_ms: float | None
+    error_rate: float | None
+    feature_age_s: dict[str, float]
+    findings: list[Finding]
+    fired: AlertList
+
+    @property
+    def breached(self) -> list[Finding]:
+        return [f for f in self.findings if f.breached]
+
+    def __str__(self) -> str:
+        lines = [f"{self.model} v{self.version}: {self.rows} rows from {self.start:%Y-%m-%d %H:%M} to "
+                 f"{self.end:%H:%M} UTC; p99 {_ms(self.p99_ms)}; error rate {_pct(self.error_rate)}"]
+        lines += [f"  BREACHED {f.rule} {f.subject}: {f.message}" for f in self.breached]
+        lines += [f"  alert fired: {a.message}" for a in self.fired]
+        return "\n".join(lines if self.breached else [*lines, "  all rules pass"])
+
+    def _repr_html_(self) -> str:
+        rules = "".join(f"<li style='color:#cf222e'>{escape(f.rule)} {escape(f.subject)}: {escape(f.message)}</li>"
+                        for f in self.breached) or "<li style='color:#1a7f37'>all rules pass</li>"
+        return (f"<div><h4>{escape(self.model)} v{self.version}: {self.rows} rows, p99 {_ms(self.p99_ms)}, "
+                f"error rate {_pct(self.error_rate)}</h4><ul>{rules}</ul>"
+                f"{self.drift._repr_html_() if self.drift is not None else ''}</div>")
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftTimeline:
+    """Drift per window: ``psi`` and ``ks`` tables (rows: window start, columns: feature or prediction)."""
+
+    model: str
+    version: str
+    reports: dict[pd.Timestamp, DriftReport | None]  # None: too few rows in that window
+    rows: dict[pd.Timestamp, int]
+    psi_threshold: float
+
+    def _table(self, statistic: str) -> pd.DataFrame:
+        found = {start: report.table[statistic] for start, report in self.reports.items() if report is not None}
+        return pd.DataFrame(found).T.reindex(list(self.reports)) if found else pd.DataFrame(index=list(self.reports))
+
+    @property
+    def psi(self) -> pd.DataFrame:
+        return self._table("psi")
+
+    @property
+    def ks(self) -> pd.DataFrame:
+        return self._table("ks")
+
+    @property
+    def latest(self) -> DriftReport | None:
+        return next((r for r in reversed(self.reports.values()) if r is not None), None)
+
+    def plot(self) -> Any:
+        """A matplotlib figure: PSI of each column over the windows, with the threshold."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        figure, ax = plt.subplots(figsize=(8, 3.2))
+        psi = self.psi
+        for column in psi.columns:
+            ax.plot(psi.index, psi[column], marker="o", markersize=3, label=column)
+        ax.axhline(self.psi_threshold, color="#cf222e", linestyle="--", linewidth=1, label="threshold")
+        ax.set(title=f"{self.model} v{self.version}: PSI per window", ylabel="PSI")
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+        figure.autofmt_xdate()
+        figure.tight_layout()
+        return figure
+
+    def _repr_html_(self) -> str:
+        import matplotlib.pyplot as plt
+
+        figure = self.plot()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80)
+        plt.close(figure)
+        image = base64.b64encode(buffer.getvalue()).decode()
+        latest = self.latest
+        return (f"<div><img alt='PSI per window' src='data:image/png;base64,{image}'>"
+                f"{latest._repr_html_() if latest is not None else '<p>too few rows in every window</p>'}</div>")
+
+
+class Monitor:
+    """Thresholds, checks, drift timelines, dashboards and alerts of deployed models."""
+
+    def __init__(self, platform: Any):
+        self.platform = platform
+        self.engine = platform.engine
+        self.redis = platform.features.online.client
+        self.prefix = platform.settings.online_prefix
+        self.store = PredictionStore(platform.settings.offline_store)
+        self.alerts = Alerts(self.engine, platform.settings.alert_webhook)
+        metadata.create_all(self.engine, tables=[thresholds_table])
+
+    def thresholds(self, model: str) -> Thresholds:
+        """A model's thresholds (defaults where none were set)."""
+        with self.engine.connect() as conn:
+            saved = conn.execute(sa.select(thresholds_table.c.settings).where(thresholds_table.c.model == model)
+                                 ).scalar()
+        return Thresholds(**json.loads(saved or "{}"))
+
+    def set_thresholds(self, model: str, **changes: Any) -> Thresholds:
+        """Change some of a model's thresholds: ``psi``, ``p_value``, ``p99_ms``, ``error_rate``,
+        ``max_age`` (or ``max_age_s``), ``window`` (or ``window_s``; "1h", "30min"), ``min_rows``."""
+        known = {f.name for f in dataclasses.fields(Thresholds)}
+        for alias in ("window", "max_age"):
+            if alias in changes:
+                value = changes.pop(alias)
+                changes[f"{alias}_s"] = None if value is None else duration(value).total_seconds()
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise InvalidArgument(f"Unknown threshold(s) {unknown}; thresholds: {sorted(known)} (and window, max_age).")
+        for name, value in changes.items():
+            optional = name in ("p99_ms", "error_rate", "max_age_s")
+            if value is None and optional:
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or (
+                    name in ("p_value", "error_rate") and value > 1) or (name in ("window_s", "min_rows") and
+                                                                         value <= 0):
+                raise InvalidArgument(f"{name}={value!r} is not a valid threshold; give a non-negative number"
+                                      f"{' up to 1' if name in ('p_value', 'error_rate') else ''}"
+                                      f"{' or None to turn the rule off' if optional else ''}.")
+        merged = dataclasses.replace(self.thresholds(model), **changes)
+        settings = {k: v for k, v in dataclasses.asdict(merged).items() if v != getattr(Thresholds(), k)}
+        with self.engine.begin() as conn:
+            conn.execute(thresholds_table.delete().where(thresholds_table.c.model == model))
+            conn.execute(thresholds_table.insert().values(model=model, settings=json.dumps(settings)))
+            self.platform.audit.write(conn, "monitor", model, "thresholds_set", **changes)
+        return merged
+
+    def predictions(self, model: str, start: datetime | str | None = None, end: datetime | str | None = None
+                    ) -> pd.DataFrame:
+        """Logged rows of ``model`` with ``start <= at < end``: flushed ones and those still in the stream."""
+        start, end = (None if t is None else _utc(t) for t in (start, end))
+        stored = self.store.read(model, start, end)
+        recent = self.flusher().unflushed(model)
+        recent = in_window(recent, start, end) if len(recent) else recent
+        parts = [part for part in (stored, recent) if len(part)]
+        if not parts:
+            return pd.DataFrame(columns=[*LOG_COLUMNS, "prediction"])
+        rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return rows.drop_duplicates("log_id").sort_values("at", kind="stable").reset_index(drop=True)
+
+    def flusher(self, batch: int = 5000) -> Flusher:
+        """A flusher of this platform's prediction log (``mlplat monitor serve`` runs one in the background)."""
+        return Flusher(self.redis, self.prefix, self.platform.settings.offline_store, batch)
+
+    def flush(self) -> int:
+        """Move every logged prediction from the stream to Parquet now; return the requests moved."""
+        return self.flusher().flush_all()
+
+    def drift(self, model: str, window: str | timedelta | None = None, windows: int = 1,
+              end: datetime | None = None, version: str | None = None) -> DriftTimeline:
+        """PSI and KS of the logged rows against training, over ``windows`` consecutive windows ending at ``end``."""
+        limits = self.thresholds(model)
+        version = version or self._deployed_version(model)
+        size = duration(window) if window is not None else timedelta(seconds=limits.window_s)
+        end = _utc(end or datetime.now(UTC))
+        return self._timeline(model, version, self.predictions(model, end - size * windows, end), end, size, windows,
+                              limits)
+
+    def _timeline(self, model: str, version: str, rows: pd.DataFrame, end: pd.Timestamp, size: timedelta,
+                  windows: int, limits: Thresholds) -> DriftTimeline:
+        rows = rows[rows["version"] == version] if len(rows) else rows
+        reports: dict[pd.Timestamp, DriftReport | None] = {}
+        counts = {}
+        for start in (end - size * (windows - i) for i in range(windows)):
+            part = in_window(rows, start, start + size) if len(rows) else rows
+            counts[start] = len(part)
+            reports[start] = self.platform.models.drift(
+                model, part.drop(columns=list(LOG_COLUMNS)), version=version, psi_threshold=limits.psi,
+                p_threshold=limits.p_value) if len(part) >= limits.min_rows else None
+        return DriftTimeline(model, version, reports, counts, limits.psi)
+
+    def check(self, model: str, version: str | None = None, now: datetime | None = None) -> Check:
+        """Check the latest window against the thresholds, publish the scores as metrics, raise alerts."""
+        limits = self.thresholds(model)
+        version = version or self._deployed_version(model)
+        end = _utc(now or datetime.now(UTC))
+        start = end - timedelta(seconds=limits.window_s)
+        rows = self.predictions(model, start, end)
+        timeline = self._timeline(model, version, rows, end, timedelta(seconds=limits.window_s), 1, limits)
+        report = timeline.latest
+        findings = [] if report is None else [
+            Finding("drift", model, column, float(r.psi), limits.psi, bool(r.drifted),
+                    f"{column} drifted from training: PSI {r.psi:.3f} (threshold {limits.psi}), KS p={r.p_value:.2g}")
+            for column, r in report.table.iterrows()]
+        requests = rows[(rows["version"] == version) & rows["log_id"].str.endswith("/0")] if len(rows) else rows
+        p99 = float(np.percentile(requests["latency_ms"], 99)) if len(requests) else None
+        if p99 is not None and limits.p99_ms is not None:
+            findings.append(Finding("latency_p99", model, "requests", p99, limits.p99_ms, p99 > limits.p99_ms,
+                                    f"p99 latency {p99:.1f} ms over the SLO of {limits.p99_ms} ms"))
+        error_rate = self._error_rate(model, version)
+        if error_rate is not None and limits.error_rate is not None:
+            findings.append(Finding("error_rate", model, "requests", error_rate, limits.error_rate,
+                                    error_rate > limits.error_rate,
+                                    f"{error_rate:.1%} of requests failed (threshold {limits.error_rate:.1%})"))
+        ages = self._feature_ages(model, version, end)
+        if limits.max_age_s is not None:
+            findings += [Finding("stale_features", model, view, age, limits.max_age_s, age > limits.max_age_s,
+                                 f"online features of {view} are {timedelta(seconds=round(age))} old "
+                                 f"(threshold {timedelta(seconds=round(limits.max_age_s))})")
+                         for view, age in ages.items()]
+        fired = self.alerts.observe(findings)
+        self._publish(model, report, ages)
+        return Check(model, version, start.to_pydatetime(), end.to_pydatetime(), timeline.rows[start], report, p99,
+                     error_rate, ages, findings, fired)
+
+    def dashboard(self, model: str) -> dict[str, Any]:
+        """A Grafana dashboard (JSON model) of one model: traffic, latency, errors, drift, features, Triton."""
+        from mlplat.monitoring.dashboard import dashboard
+
+        views = sorted(self._feature_views(model, self._deployed_version(model)))
+        return dashboard(model, views, self.thresholds(model))
+
+    def scrape_config(self) -> str:
+        """A ``prometheus.yml`` scraping the platform's exporter and Triton's own metrics endpoint."""
+        from mlplat.services import MonitorService
+        from mlplat.serving.triton import TritonService
+
+        targets = {"mlplat": MonitorService(self.platform.settings).ensure().url.split("//")[1].split("/")[0]}
+        triton = TritonService(self.platform.settings).metrics_url()
+        if triton:
+            targets["triton"] = triton.split("//")[1].split("/")[0]
+        return metrics.scrape_config(targets)
+
+    def schedule(self, model: str, cron: str = "*/15 * * * *") -> int:
+        """Run :meth:`check` on a schedule, as a notebook job (its report is the executed notebook)."""
+        return self.platform.jobs.schedule(template(CHECK_NOTEBOOK), cron, {"model": model})
+
+    def _deployed_version(self, model: str) -> str:
+        from mlplat.serving.deploy import serving_info
+
+        return str(serving_info(self.platform, model)["default"])
+
+    def _error_rate(self, model: str, version: str) -> float | None:
+        """Failed share of the requests counted since the previous check (None when there were none)."""
+        key = metrics_key(self.prefix, model, version)
+        checkpoint = f"{self.prefix}:checked:{model}:{version}"
+        now, before = (self.redis.hmget(k, "count", "errors") for k in (key, checkpoint))
+        served, failed = (int(a or 0) - int(b or 0) for a, b in zip(now, before, strict=True))
+        self.redis.hset(checkpoint, mapping={"count": int(now[0] or 0), "errors": int(now[1] or 0)})
+        return failed / (served + failed) if served + failed > 0 else None
+
+    def _feature_views(self, model: str, version: str) -> set[str]:
+        return {ref.split(":")[0].split("@")[0] for ref in self.platform.models.get(model, version).features}
+
+    def _feature_ages(self, model: str, version: str, now: pd.Timestamp) -> dict[str, float]:
+        """Seconds since the newest event materialised online, per feature view of the version."""
+        ages = {}
+        for view in sorted(self._feature_views(model, version)):
+            until = self.platform.features.freshness(view).materialized_until
+            if until is not None:
+                ages[view] = (now - until).total_seconds()
+        return ages
+
+    def _publish(self, model: str, report: DriftReport | None, ages: dict[str, float]) -> None:
+        """Scores and counts of this check, for the Prometheus exporter."""
+        pipe = self.redis.pipeline()
+        if report is not None:
+            pipe.delete(metrics.drift_key(self.prefix, model))
+            pipe.hset(metrics.drift_key(self.prefix, model), mapping={
+                **{f"psi:{c}": float(v) for c, v in report.table["psi"].items()},
+                **{f"ks:{c}": float(v) for c, v in report.table["ks"].items()}})
+        if ages:
+            pipe.hset(metrics.freshness_key(self.prefix), mapping=ages)
+        pipe.delete(metrics.alerts_key(self.prefix))
+        firing = self.alerts.firing_counts()
+        if firing:
+            pipe.hset(metrics.alerts_key(self.prefix), mapping={f"{r}\t{m}": n for (r, m), n in firing.items()})
+        pipe.execute()
+
+
+def duration(value: str | float | timedelta) -> timedelta:
+    """``"1h"``, ``"30min"``, ``"7d"``, seconds or a timedelta, as a positive timedelta."""
+    try:
+        found = value if isinstance(value, timedelta) else pd.Timedelta(
+            value if isinstance(value, str) else float(value), unit=None if isinstance(value, str) else "s")
+    except (TypeError, ValueError):
+        found = None
+    if found is None or pd.isna(found) or found <= timedelta(0):
+        raise InvalidArgument(f"{value!r} is not a duration; write one like '1h', '30min', '7d', or seconds.")
+    return pd.Timedelta(found).to_pytimedelta()
+
+
+def template(name: str) -> Path:
+    """A notebook template: in the wheel (``mlplat/templates``) or in the source tree (``templates/``)."""
+    here = Path(__file__).resolve().parents[1]
+    for folder in (here / "templates", here.parent / "templates"):
+        if (folder / name).is_file():
+            return folder / name
+    raise InvalidArgument(f"The notebook template {name} is missing from this installation; reinstall mlplat.")
+
+
+def _utc(moment: datetime | str) -> pd.Timestamp:
+    found = pd.Timestamp(moment)
+    return found.tz_localize(UTC) if found.tzinfo is None else found.tz_convert(UTC)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
