@@ -10,6 +10,11 @@ number of current rows without the training data:
 - KS: the largest gap between the reference CDF (the sketch's, exact to
   ``1 / resolution``) and the current rows' empirical CDF; its asymptotic
   two-sample p-value counts only the part of the gap beyond that resolution.
+
+A column has drifted when its PSI is above ``psi_threshold``, or when the KS
+gap is both significant (p below ``p_threshold``) and large enough to matter
+(above ``ks_threshold``): with many rows a p-value alone flags differences too
+small to act on.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class DriftReport:
     table: pd.DataFrame = field(repr=False)  # index: column; psi, ks, p_value, null_fraction(_reference), drifted
     psi_threshold: float
     p_threshold: float
+    ks_threshold: float
 
     @property
     def drifted(self) -> list[str]:
@@ -84,12 +90,12 @@ class DriftReport:
             f"<td>{r.psi:.4f}</td><td>{r.ks:.4f}</td><td>{r.p_value:.3g}</td><td>{'drifted' if r.drifted else 'ok'}</td></tr>"
             for name, r in self.table.iterrows())
         return (f"<div><h4>Drift: {len(self.drifted)} of {len(self.table)} columns (PSI &gt; {self.psi_threshold} "
-                f"or KS p &lt; {self.p_threshold})</h4><table><tr><th>column</th><th>PSI</th><th>KS</th>"
+                f"or KS &gt; {self.ks_threshold} with p &lt; {self.p_threshold})</h4><table><tr><th>column</th><th>PSI</th><th>KS</th>"
                 f"<th>p-value</th><th></th></tr>{rows}</table></div>")
 
 
 def drift(ref: Reference, current: pd.DataFrame, psi_threshold: float = 0.2, p_threshold: float = 0.01,
-          columns: list[str] | None = None) -> DriftReport:
+          ks_threshold: float = 0.1, columns: list[str] | None = None) -> DriftReport:
     """Compare ``current`` rows with the reference, column by column (``columns``: default every one)."""
     columns = list(ref.columns) if columns is None else columns
     unknown = [c for c in columns if c not in ref.columns]
@@ -110,8 +116,8 @@ def drift(ref: Reference, current: pd.DataFrame, psi_threshold: float = 0.2, p_t
         p_value = _ks_p_value(max(0.0, ks - 1 / (len(sketch) - 1)), n * m / (n + m))
         rows.append({"column": column, "psi": psi, "ks": ks, "p_value": p_value,
                      "null_fraction": 1 - m / len(current), "null_fraction_reference": stats["null_fraction"],
-                     "drifted": psi > psi_threshold or p_value < p_threshold})
-    return DriftReport(pd.DataFrame(rows).set_index("column"), psi_threshold, p_threshold)
+                     "drifted": psi > psi_threshold or (p_value < p_threshold and ks > ks_threshold)})
+    return DriftReport(pd.DataFrame(rows).set_index("column"), psi_threshold, p_threshold, ks_threshold)
 
 
 def _psi(sketch: np.ndarray, values: np.ndarray, bins: int) -> float:

@@ -43,7 +43,8 @@ class Thresholds:
     """When a model's check raises alerts. ``None`` turns a rule off."""
 
     psi: float = 0.2  # drift: population stability index of a column above this
-    p_value: float = 0.01  # drift: or its Kolmogorov-Smirnov p-value below this
+    p_value: float = 0.01  # drift: or its Kolmogorov-Smirnov p-value below this ...
+    ks: float = 0.1  # ... with the KS statistic (largest CDF gap) above this
     p99_ms: float | None = None  # latency SLO: p99 of the window's requests above this
     error_rate: float | None = 0.05  # share of failed requests since the previous check above this
     max_age_s: float | None = None  # stale features: online values older than this (seconds)
@@ -164,7 +165,7 @@ class Monitor:
 
     def set_thresholds(self, model: str, **changes: Any) -> Thresholds:
         """Change some of a model's thresholds: ``psi``, ``p_value``, ``p99_ms``, ``error_rate``,
-        ``max_age`` (or ``max_age_s``), ``window`` (or ``window_s``; "1h", "30min"), ``min_rows``."""
+        ``ks``, ``max_age`` (or ``max_age_s``), ``window`` (or ``window_s``; "1h", "30min"), ``min_rows``."""
         known = {f.name for f in dataclasses.fields(Thresholds)}
         for alias in ("window", "max_age"):
             if alias in changes:
@@ -178,10 +179,10 @@ class Monitor:
             if value is None and optional:
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or (
-                    name in ("p_value", "error_rate") and value > 1) or (name in ("window_s", "min_rows") and
+                    name in ("p_value", "error_rate", "ks") and value > 1) or (name in ("window_s", "min_rows") and
                                                                          value <= 0):
                 raise InvalidArgument(f"{name}={value!r} is not a valid threshold; give a non-negative number"
-                                      f"{' up to 1' if name in ('p_value', 'error_rate') else ''}"
+                                      f"{' up to 1' if name in ('p_value', 'error_rate', 'ks') else ''}"
                                       f"{' or None to turn the rule off' if optional else ''}.")
         merged = dataclasses.replace(self.thresholds(model), **changes)
         settings = {k: v for k, v in dataclasses.asdict(merged).items() if v != getattr(Thresholds(), k)}
@@ -232,7 +233,7 @@ class Monitor:
             counts[start] = len(part)
             reports[start] = self.platform.models.drift(
                 model, part.drop(columns=list(LOG_COLUMNS)), version=version, psi_threshold=limits.psi,
-                p_threshold=limits.p_value) if len(part) >= limits.min_rows else None
+                p_threshold=limits.p_value, ks_threshold=limits.ks) if len(part) >= limits.min_rows else None
         return DriftTimeline(model, version, reports, counts, limits.psi)
 
     def check(self, model: str, version: str | None = None, now: datetime | None = None) -> Check:
@@ -246,7 +247,8 @@ class Monitor:
         report = timeline.latest
         findings = [] if report is None else [
             Finding("drift", model, column, float(r.psi), limits.psi, bool(r.drifted),
-                    f"{column} drifted from training: PSI {r.psi:.3f} (threshold {limits.psi}), KS p={r.p_value:.2g}")
+                    f"{column} drifted from training: PSI {r.psi:.3f} (threshold {limits.psi}), KS {r.ks:.3f} "
+                    f"(threshold {limits.ks}, p={r.p_value:.2g})")
             for column, r in report.table.iterrows()]
         requests = rows[(rows["version"] == version) & rows["log_id"].str.endswith("/0")] if len(rows) else rows
         p99 = float(np.percentile(requests["latency_ms"], 99)) if len(requests) else None

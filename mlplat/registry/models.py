@@ -233,7 +233,7 @@ class ModelRegistry:
         return scoring.evaluate(self.platform, name, self.get(name, version, alias).version, entity_df)
 
     def drift(self, name: str, current: pd.DataFrame, version: str | int | None = None, alias: str | None = None,
-              psi_threshold: float = 0.2, p_threshold: float = 0.01) -> Any:
+              psi_threshold: float = 0.2, p_threshold: float = 0.01, ks_threshold: float = 0.1) -> Any:
         """Drift of ``current`` rows (features, and ``prediction`` when present) from a version's training.
 
         Every column of the version's reference that ``current`` has is compared (PSI and KS; see
@@ -247,7 +247,7 @@ class ModelRegistry:
         if not shared:
             raise InvalidArgument(f"The rows share no column with {name} version {found.version}'s reference "
                                   f"({', '.join(ref.columns)}); pass its feature columns and/or 'prediction'.")
-        return drift(ref, current, psi_threshold, p_threshold, columns=shared)
+        return drift(ref, current, psi_threshold, p_threshold, ks_threshold, columns=shared)
 
     def reference(self, name: str, version: str | int | None = None, alias: str | None = None) -> Any:
         """The drift :class:`~mlplat.monitoring.drift.Reference` recorded when a version was trained."""
