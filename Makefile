@@ -45,6 +45,8 @@ bench: install
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/monitoring.py
+	$(PY) benchmarks/backfill.py
+	$(PY) benchmarks/streaming.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks

@@ -454,5 +454,34 @@ def alerts(status: str | None, model: str | None) -> None:
     click.echo(str(_platform().alerts(status, model)))
 
 
+
+@main.command()
+@click.option("--view", "views", multiple=True, help="Only this stream view (repeatable; default: every one).")
+@click.option("--batch", type=int, default=5000, show_default=True, help="Entries read and applied at a time.")
+@click.option("--consumer", "name", help="This consumer's name in the groups (default: the host name); keep it "
+                                         "the same across restarts, different for each consumer sharing a stream.")
+@click.option("--claim-idle", type=float, default=60.0, show_default=True,
+              help="Take over entries another consumer has held unapplied for this many seconds.")
+@click.option("--heartbeat", type=click.Path(dir_okay=False), help="A file touched about once a second (health).")
+def stream(views: tuple[str, ...], batch: int, name: str | None, claim_idle: float, heartbeat: str | None) -> None:
+    """Keep stream feature views fresh from their streams (`mlplat up` starts this); stop with Ctrl-C or SIGTERM."""
+    import logging
+    import signal
+    import threading
+    from pathlib import Path
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    consumer = _platform().streams.consumer(list(views) or None, batch, name, claim_idle)
+    consumer.refresh()  # an unknown --view fails here, at once
+    try:
+        consumer.serve(stop, heartbeat=Path(heartbeat) if heartbeat else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
 if __name__ == "__main__":
     main()

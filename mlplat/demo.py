@@ -22,6 +22,8 @@ import pandas as pd
 
 import mlplat
 from mlplat.features import Entity, FeatureView, Field
+from mlplat.features.compute import BatchFeatureView
+from mlplat.streaming import Aggregation, StreamFeatureView
 
 driver = Entity("driver", join_keys=["driver_id"], description="A driver on the platform.")
 customer = Entity("customer", join_keys=["customer_id"], description="A rider.")
@@ -37,6 +39,27 @@ customer_profile = FeatureView(
     schema=[Field("lifetime_trips", "int64"), Field("avg_fare", "float64"), Field("membership", "string"),
             Field("is_verified", "bool")],
 )
+
+driver_daily = BatchFeatureView(
+    "driver_daily", entities=[driver], ttl=timedelta(days=2), owner="marketplace-team",
+    description="Trips and revenue per driver per day, computed from the raw trip log.",
+    schema=[Field("trips", "int64"), Field("revenue", "float64")],
+    transformation="""
+        SELECT driver_id, $end - INTERVAL 1 MICROSECOND AS event_timestamp, count(*) AS trips, sum(fare) AS revenue
+        FROM trips WHERE event_timestamp >= $start AND event_timestamp < $end GROUP BY driver_id""",
+)
+driver_live = StreamFeatureView(
+    "driver_live", entities=[driver], owner="marketplace-team", slide="5min", watermark="2min",
+    description="Trips, revenue and distinct riders per driver over the last hour, fresh from the trip stream.",
+    aggregations=[Aggregation("fare", "count", "1h"), Aggregation("fare", "sum", "1h"),
+                  Aggregation("customer_id", "approx_count_distinct", "1h")],
+)
+
+
+def trip_log(labels: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
+    """The raw event log of the labelled trips: who drove whom, when, for what fare."""
+    rng = np.random.default_rng(seed)
+    return labels[["driver_id", "customer_id", "event_timestamp"]].assign(fare=rng.gamma(4, 4, len(labels)).round(2))
 
 
 def make_dataset(drivers: int = 1000, customers: int = 2000, days: int = 14, trips: int = 20000, seed: int = 7):
@@ -103,7 +126,7 @@ def run(fresh: bool = False, keep_services: bool = False) -> None:
     with step("generate a ride-hailing dataset"):
         stats, profiles, labels = make_dataset()
     with step("register entities and feature views"):
-        p.features.apply([driver, customer, driver_stats, customer_profile])
+        p.features.apply([driver, customer, driver_stats, customer_profile, driver_daily, driver_live])
     with step(f"ingest {len(stats):,} driver rows and {len(profiles):,} customer rows"):
         p.features.ingest("driver_stats", stats)
         p.features.ingest("customer_profile", profiles)
@@ -112,6 +135,16 @@ def run(fresh: bool = False, keep_services: bool = False) -> None:
         train = p.features.get_training_set(labels, features)
     with step("materialise the latest values to Redis"):
         results = p.features.materialize(progress=False)
+    trips = trip_log(labels)
+    days = pd.Timestamp.now(tz="UTC").floor("D") - trips["event_timestamp"].min().floor("D")
+    with step(f"compute driver_daily from the raw log of {len(trips):,} trips ({days.days} daily partitions, SQL)"):
+        computed = p.features.compute("driver_daily", trips["event_timestamp"].min().floor("D"),
+                                      pd.Timestamp.now(tz="UTC").floor("D"), sources={"trips": trips},
+                                      materialize=True, progress=False)
+    recent = trips[trips["event_timestamp"] >= pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=1)]
+    with step(f"stream the last hour's {len(recent)} trips through driver_live (Redis Stream, consumer group)"):
+        p.streams.send("driver_live", recent)
+        p.streams.process()
     rows = [{"driver_id": i} for i in (1, 2, 3)]
     with step("online lookup of 3 drivers"):
         online = p.features.get_online_features(["driver_stats:rating", "driver_stats:trips_today"], rows)
@@ -153,6 +186,12 @@ def run(fresh: bool = False, keep_services: bool = False) -> None:
         print(f"  materialised {result.view} v{result.version}: {result.entities:,} entities from {result.rows_read:,} rows")
     print("  online:", {k: [round(v, 3) if isinstance(v, float) else v for v in vs] for k, vs in online.to_dict().items()})
     print(f"  after push, driver 1 rating: {after['rating'][0]:.2f}")
+    print(f"  {computed}")
+    busiest = recent["driver_id"].value_counts().index[:3].tolist()
+    live = p.features.get_online_features(["driver_daily:trips", "driver_daily:revenue", "driver_live:*"],
+                                          {"driver_id": busiest}).to_df()
+    print("  computed and live features of the busiest drivers of the last hour:")
+    print(live.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items())
     print(f"  model trip_completion: {metrics} on the latest 20% of trips; "
           + (f"registered as version {trained.version}" if trained.version else f"not registered: {trained.rejected}"))

@@ -113,3 +113,25 @@ class DataQualityError(MlplatError):
     def __init__(self, message: str, report: object = None):
         super().__init__(message)
         self.report = report
+
+
+class TransformationError(MlplatError):
+    """A batch feature view's computation failed: its transformation raised, or returned rows that do not fit
+    the view (missing or extra columns, wrong dtypes, event times outside the partition).
+
+    ``failed`` maps each failed partition (``"2024-01-03"``) to why; the partitions that succeeded stay stored,
+    and computing the same range again resumes with the failed ones.
+    """
+
+    def __init__(self, message: str, failed: dict[str, str] | None = None):
+        super().__init__(message)
+        self.failed = dict(failed or {})
+
+
+class OnDemandFeatureError(MlplatError):
+    """An on-demand view's function failed at read time: it raised, or returned the wrong columns, row count or
+    dtypes. The message names the view and function, what was expected and what came back."""
+
+
+class StreamError(MlplatError):
+    """A stream feature view cannot be fed or read: not a stream view, a bad event batch, a consumer conflict."""

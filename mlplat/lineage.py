@@ -102,8 +102,19 @@ def of_model(platform: Any, name: str, version: str | int | None = None) -> Line
 
 
 def _view_node(platform: Any, ref: str, features: list[str]) -> Node:
+    from mlplat.features.on_demand import is_on_demand
+
     name, _, version = ref.partition("@")
     view = platform.features.get_view(name, int(version) if version else None)
+    if is_on_demand(view):  # computed at read time: what it reads is its sources
+        by_view: dict[str, list[str]] = {}
+        for source in view.sources:
+            source_view, feature = source.split(":")
+            by_view.setdefault(source_view, []).append(feature)
+        return Node("feature view", f"{view.name} v{view.version} (on demand)", {
+            "features": ", ".join(features), "function": view.udf["name"], "owner": view.owner,
+            "request": ", ".join(f.name for f in view.request)},
+            [_view_node(platform, source, feats) for source, feats in by_view.items()])
     offline = platform.features.offline
     files = offline.files(view)
     sources = [Node("source", view.source, {})] if view.source else []
@@ -117,11 +128,28 @@ def of_feature_view(platform: Any, view_name: str) -> Lineage:
     view = platform.features.get_view(view_name)  # unknown names fail with suggestions
     with tracking.session(platform.settings) as client:
         versions = client.search_model_versions()
-    users = []
+    users, seen = [], {}
     for found in sorted(versions, key=lambda v: (v.name, int(v.version))):
-        if view_name in json.loads(found.tags.get("mlplat.feature_views", "[]")):
-            refs = [r for r in json.loads(found.tags.get("mlplat.features", "[]")) if r.split("@")[0] == view_name]
-            used = sorted({r.split(":")[0] for r in refs})
+        refs = json.loads(found.tags.get("mlplat.features", "[]"))
+        used = sorted({r.split(":")[0] for r in refs if r.split("@")[0] == view_name})
+        used += _through_on_demand(platform, refs, view_name, seen)
+        if used:
             users.append(Node("model version", f"{found.name} v{found.version}",
                               {"uses": ", ".join(used), "run": found.run_id[:12]}))
     return Lineage(Node("feature view", f"{view.name} (latest v{view.version})", {"owner": view.owner}, users))
+
+
+def _through_on_demand(platform: Any, refs: list[str], view_name: str, seen: dict[str, Any]) -> list[str]:
+    """``"driver_stats@1 via trip_features@2"`` for each on-demand view among ``refs`` that reads ``view_name``."""
+    from mlplat.features.on_demand import is_on_demand
+
+    used = []
+    for view_ref in sorted({r.split(":")[0] for r in refs if r.split("@")[0] != view_name}):
+        if view_ref not in seen:  # each view version is read once per lineage query
+            name, _, version = view_ref.partition("@")
+            seen[view_ref] = platform.features.get_view(name, int(version) if version else None)
+        view = seen[view_ref]
+        if is_on_demand(view):
+            read = sorted({source.split(":")[0] for source in view.sources if source.split("@")[0] == view_name})
+            used += [f"{source} via {view_ref}" for source in read]
+    return used

@@ -51,7 +51,8 @@ class Platform:
         from mlplat.services import online_store_url
 
         online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix)
-        return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), online)
+        return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), online,
+                            platform=self)
 
     @cached_property
     def models(self):
@@ -151,6 +152,13 @@ class Platform:
         return Experiments(self)
 
     @cached_property
+    def streams(self):
+        """Stream feature views (:class:`mlplat.streaming.streams.Streams`): send, process, dead letters, backfill."""
+        from mlplat.streaming.streams import Streams
+
+        return Streams(self)
+
+    @cached_property
     def monitor(self):
         """Drift, latency, errors and feature freshness of deployed models (:class:`mlplat.monitoring.monitor.Monitor`)."""
         from mlplat.monitoring.monitor import Monitor
@@ -189,6 +197,7 @@ class Platform:
         self.__dict__.pop("experiments", None)
         self.__dict__.pop("jobs", None)
         self.__dict__.pop("monitor", None)
+        self.__dict__.pop("streams", None)
         if "serving" in self.__dict__:
             self.__dict__.pop("serving").close()
 

@@ -360,8 +360,37 @@ class MonitorService(EmbeddedService):
             return False
 
 
+class StreamService(EmbeddedService):
+    """``mlplat stream``: keeps stream feature views fresh; healthy while its heartbeat (touched every second) is."""
+
+    name = "stream"
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "mlplat.cli", "stream", "--heartbeat", str(self.heartbeat)]
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.settings.run_dir / "stream.heartbeat"
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "MLPLAT_HOME": str(self.settings.home), "MLPLAT_ONLINE_STORE": online_store_url(
+            self.settings), "MLPLAT_ONLINE_PREFIX": self.settings.online_prefix,
+            "MLPLAT_OFFLINE_STORE": self.settings.offline_store, "MLPLAT_REGISTRY": self.settings.registry}
+
+    def url(self, port: int) -> str:
+        return f"file://{self.heartbeat}"
+
+    def healthy(self, state: ServiceState) -> bool:
+        try:
+            touched = self.heartbeat.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return time.time() - touched < 10 and touched + 1 >= state.started_at
+
+
 SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": MlflowService,
-                                              "scheduler": SchedulerService, "monitor": MonitorService}
+                                              "scheduler": SchedulerService, "monitor": MonitorService,
+                                              "stream": StreamService}
 
 
 def embedded_services(settings: Settings) -> list[EmbeddedService]:
@@ -379,6 +408,7 @@ def embedded_services(settings: Settings) -> list[EmbeddedService]:
         wanted.append(SERVICES["scheduler"](settings))
     if importlib.util.find_spec("prometheus_client"):
         wanted.append(SERVICES["monitor"](settings))
+    wanted.append(SERVICES["stream"](settings))  # stream feature views; idle until one is applied
     return wanted
 
 

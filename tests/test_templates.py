@@ -131,8 +131,8 @@ def test_an_undeclared_parameter_is_refused_before_anything_runs(p, template, ty
 
 
 def test_templates_are_committed_clean():
-    assert sorted(TEMPLATE) == ["batch_scoring", "evaluation_report", "feature_backfill", "monitor_check",
-                                "train_and_register"]
+    assert sorted(TEMPLATE) == ["batch_scoring", "evaluation_report", "feature_backfill", "feature_compute",
+                                "monitor_check", "train_and_register"]
     for path in TEMPLATES:
         nb = nbformat.read(path, as_version=4)
         assert nb.metadata.kernelspec.name == "python3"

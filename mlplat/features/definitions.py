@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from mlplat.errors import DefinitionError
 
@@ -155,6 +155,8 @@ class FeatureView:
     on_violation: str = "reject"
     version: int = 0  # assigned by the registry
 
+    kind: ClassVar[str] = "feature_view"  # subclasses (computed views) name theirs, see VIEW_KINDS
+
     def __post_init__(self) -> None:
         _check_name("FeatureView", self.name)
         object.__setattr__(self, "entities", list(self.entities))
@@ -223,20 +225,47 @@ class FeatureView:
             "fields": [[f.name, f.dtype] for f in self.schema],
         }
 
+    def kind_changes(self, old: FeatureView) -> list[dict[str, Any]]:
+        """What changed from ``old``, a view of the same kind, in what the kind adds (see :func:`diff_views`)."""
+        return []
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description (what the registry stores)."""
-        data = dataclasses.asdict(self)
+        """A JSON-ready description (what the registry stores); ``kind`` says which class to load it as."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["entities"] = [dataclasses.asdict(e) for e in self.entities]
         data["schema"] = [f.to_dict() for f in self.schema]
         data["ttl"] = None if self.ttl is None else self.ttl.total_seconds()
-        return data
+        return {**data, **({"kind": self.kind} if self.kind != FeatureView.kind else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureView:
+        """The view a :meth:`to_dict` describes, as its own kind (a stream view loads as a StreamFeatureView)."""
         data = dict(data)
+        kind = data.pop("kind", FeatureView.kind)
+        if cls is FeatureView and kind != FeatureView.kind:
+            return view_class(kind).from_dict(data)
         data["entities"] = [Entity(**e) for e in data["entities"]]
         data["schema"] = [Field(**f) for f in data["schema"]]
         data["ttl"] = None if data.get("ttl") is None else timedelta(seconds=data["ttl"])
         return cls(**data)
+
+
+VIEW_KINDS = {  # kind -> "module:Class" of the FeatureView subclasses, imported when a registered one is loaded
+    "batch": "mlplat.features.compute:BatchFeatureView",
+    "on_demand": "mlplat.features.on_demand:OnDemandFeatureView",
+    "stream": "mlplat.streaming.definitions:StreamFeatureView",
+}
+
+
+def view_class(kind: str) -> type[FeatureView]:
+    """The FeatureView subclass registered under ``kind``."""
+    import importlib
+
+    if kind not in VIEW_KINDS:
+        raise DefinitionError(f"A registered view has kind {kind!r}, which this mlplat does not know "
+                              f"({', '.join(VIEW_KINDS) or 'none'}); upgrade mlplat.")
+    module, name = VIEW_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def keep_ownership(view: FeatureView, registered: FeatureView) -> FeatureView:
@@ -278,6 +307,10 @@ def diff_views(old: FeatureView, new: FeatureView) -> list[dict[str, Any]]:
                             "to": _plain(getattr(new, attr)), "incompatible": False})
     if [e.name for e in old.entities] != [e.name for e in new.entities] and old.join_keys == new.join_keys:
         changes.append({"change": "entities renamed", "incompatible": False})
+    if old.kind != new.kind:
+        changes.append({"change": "kind changed", "from": old.kind, "to": new.kind, "incompatible": True})
+    else:
+        changes += new.kind_changes(old)
     return sorted(changes, key=lambda c: (not c["incompatible"], c["change"], c.get("name", "")))
 
 

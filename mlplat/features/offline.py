@@ -3,6 +3,7 @@
 Layout under the store's root (a local folder or an S3-compatible bucket)::
 
     <view>/v<version>/date=YYYY-MM-DD/<ingest-ns>-<random>.parquet
+    <view>/v<version>/date=YYYY-MM-DD/<ingest-ns>-<tag>.parquet     (a computed partition, see replace)
 
 Each ingest writes every file to a hidden temporary name first and renames them
 into place only after all were written, so readers never see half an ingest (on
@@ -15,6 +16,7 @@ timestamps the one ingested last wins, and materialisation finds new files by it
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -67,11 +69,12 @@ class OfflineStore:
     def _view_dir(self, view: FeatureView) -> str:
         return f"{self.root}/{view.name}/v{view.version}"
 
-    def write(self, view: FeatureView, table: pa.Table) -> IngestResult:
-        """Append a table already conformed to ``view``, atomically."""
+    def write(self, view: FeatureView, table: pa.Table, tag: str | None = None) -> IngestResult:
+        """Append a table already conformed to ``view``, atomically; ``tag`` (see :meth:`replace`) names its files."""
         if table.num_rows == 0:
             return IngestResult(view.name, view.version, 0, [])
-        days = pc.strftime(table.column(view.timestamp_field), format="%Y-%m-%d")
+        # UTC dates as YYYY-MM-DD: a cast, about ten times faster than pc.strftime
+        days = table.column(view.timestamp_field).cast(pa.date32()).cast(pa.string())
         table = table.append_column("__date", days).sort_by("__date")
         ingest_ns = time.time_ns()
         # Dictionary pages make distinct floats larger and slower to read; keep them for repeating values.
@@ -85,7 +88,7 @@ class OfflineStore:
                 part = table.filter(pc.equal(table.column("__date"), day)).drop_columns(["__date"])
                 folder = f"{self._view_dir(view)}/date={day}"
                 self.fs.create_dir(folder, recursive=True)
-                name = f"{ingest_ns:020d}-{uuid.uuid4().hex[:8]}.parquet"
+                name = f"{ingest_ns:020d}-{tag or uuid.uuid4().hex[:8]}.parquet"
                 staged.append((f"{folder}/{name}" if in_place else f"{folder}/.{name}.tmp", f"{folder}/{name}"))
                 pq.write_table(part, staged[-1][0], filesystem=self.fs, compression="snappy",
                                use_dictionary=dictionary_columns)
@@ -98,6 +101,24 @@ class OfflineStore:
                     self.fs.delete_file(path)
             raise
         return IngestResult(view.name, view.version, table.num_rows, [final for _, final in staged])
+
+    def replace(self, view: FeatureView, table: pa.Table, tag: str, first_day: str, last_day: str) -> IngestResult:
+        """Store ``table`` as everything tagged ``tag`` in the dates ``first_day..last_day``.
+
+        A computed partition is written this way: its new files land atomically (as :meth:`write`'s), then
+        the files an earlier write of the same tag left are removed, so recomputing a partition replaces
+        its rows instead of adding to them. Between the two steps a reader may see both (the newer file wins
+        ties, by ingest time); a crash there leaves the older files to the next replace.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9_]+", tag):
+            raise ValueError(f"A file tag is letters, digits and underscores, not {tag!r}.")
+        written = self.write(view, table, tag)
+        landed = int(written.files[0].rsplit("/", 1)[-1].split("-", 1)[0]) if written.files else time.time_ns()
+        for old in self.files(view, first_day, last_day):
+            if old.path.endswith(f"-{tag}.parquet") and old.ingest_ns < landed:  # a later replace's files stay
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.delete_file(old.path)
+        return written
 
     def files(self, view: FeatureView, first_day: str | None = None, last_day: str | None = None) -> list[StoredFile]:
         """Stored files of ``view``, oldest ingest first, optionally only dates in a range."""

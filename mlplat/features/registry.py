@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from mlplat.errors import DefinitionError, FeatureViewNotFound, RegistryError
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
+from mlplat.features.on_demand import OnDemandFeatureView, pin_sources
 
 if TYPE_CHECKING:
     from mlplat.audit import Audit, AuditTrail
@@ -124,7 +125,7 @@ class Registry:
         for obj in objects:
             if not isinstance(obj, (Entity, FeatureView)):
                 raise DefinitionError(f"apply() takes Entity and FeatureView objects, not {type(obj).__name__}.")
-        names = [(type(o).__name__, o.name) for o in objects]
+        names = [("entity" if isinstance(o, Entity) else "view", o.name) for o in objects]
         if len(set(names)) != len(names):
             raise DefinitionError(f"apply() got the same name twice: {sorted({n for n in names if names.count(n) > 1})}.")
         with self.engine.begin() as conn:
@@ -144,7 +145,15 @@ class Registry:
                             f"but it is registered with {registered.join_keys}."
                         )
             results = [self._apply_entity(conn, e, known.get(e.name)) for e in batch.values()]
-            results += [self._apply_view(conn, v) for v in objects if isinstance(v, FeatureView)]
+            views = [o for o in objects if isinstance(o, FeatureView)]
+            applied = {}
+            # Stored views first, so an on-demand view pins its sources to the versions this apply leaves.
+            for view in sorted(views, key=lambda v: isinstance(v, OnDemandFeatureView)):
+                if isinstance(view, OnDemandFeatureView):
+                    view = pin_sources(view, lambda name, version: self._view_in(conn, name, version),
+                                       conn.execute(sa.select(views_table.c.name).distinct()).scalars().all())
+                applied[view.name] = self._apply_view(conn, view)
+            results += [applied[v.name] for v in views]
         return results
 
     def _apply_entity(self, conn: sa.Connection, entity: Entity, old: Entity | None) -> ApplyResult:
@@ -202,17 +211,21 @@ class Registry:
                  .order_by(views_table.c.version.desc()).limit(1))
         return conn.execute(query).first()
 
+    def _view_in(self, conn: sa.Connection, name: str, version: int | None) -> FeatureView | None:
+        if version is None:
+            row = self._latest_row(conn, name)
+        else:
+            row = conn.execute(sa.select(views_table).where(
+                views_table.c.name == name, views_table.c.version == version)).first()
+        return None if row is None else FeatureView.from_dict(json.loads(row.spec))
+
     def get_view(self, name: str, version: int | None = None) -> FeatureView:
         """The latest (or given) version of a view; raises FeatureViewNotFound."""
         with self.engine.connect() as conn:
-            if version is None:
-                row = self._latest_row(conn, name)
-            else:
-                row = conn.execute(sa.select(views_table).where(
-                    views_table.c.name == name, views_table.c.version == version)).first()
-        if row is None:
+            view = self._view_in(conn, name, version)
+        if view is None:
             raise self._not_found(name, version)
-        return FeatureView.from_dict(json.loads(row.spec))
+        return view
 
     def _not_found(self, name: str, version: int | None) -> FeatureViewNotFound:
         names = self.view_names()

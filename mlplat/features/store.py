@@ -6,6 +6,7 @@ together; each operation lives in its own module.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,9 +19,11 @@ import pyarrow.compute as pc
 
 from mlplat.errors import DefinitionError, InvalidArgument, MissingColumnError
 from mlplat.features import retrieval
+from mlplat.features.compute import ComputeResult
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
 from mlplat.features.offline import IngestResult, OfflineStore
+from mlplat.features.on_demand import Expansion, expand, is_on_demand, refuse_storage
 from mlplat.features.online import RecordCodec, RedisOnlineStore, read_online
 from mlplat.features.quality import read_quarantine, screened
 from mlplat.features.refs import ViewRequest, resolve
@@ -56,12 +59,13 @@ class OnlineFeatures:
 class FeatureStore:
     """Define, ingest, join, materialise and serve features."""
 
-    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore):
+    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, platform: Any = None):
         self.registry = registry
         self.offline = offline
         self.online = online
+        self.platform = platform  # for what runs as notebook jobs (schedule_compute); None outside a Platform
         self.audit = registry.audit  # ingest, materialise and push are recorded where apply is
-        self._plans: dict[tuple[str, ...], list[tuple[ViewRequest, RecordCodec]]] = {}
+        self._plans: dict[tuple[str, ...], tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]] = {}
 
     # -- definitions -------------------------------------------------------------
     def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
@@ -110,7 +114,7 @@ class FeatureStore:
         backfill window (ISO strings or datetimes; naive times are UTC). Rows that break the view's
         expectations raise DataQualityError, or are quarantined (with a warning) by its ``on_violation``.
         """
-        definition = self.registry.get_view(view)
+        definition = refuse_storage(self.registry.get_view(view), "ingest")
         table = conform(definition, _read(definition, df))
         for bound, name, keep in ((start, "start", pc.greater_equal), (end, "end", pc.less)):
             if bound:
@@ -129,18 +133,25 @@ class FeatureStore:
         """``entity_df`` plus point-in-time correct feature columns.
 
         Each row at time t gets, per view, the latest value with timestamp <= t
-        within the view's TTL (nulls where there is none). Pass a
-        ``dask.distributed`` ``client`` to run the join on that cluster, or a
-        ``dask.dataframe`` as ``entity_df`` to get a lazy dask DataFrame back
-        (for entity sets larger than memory).
+        within the view's TTL (nulls where there is none). On-demand features are
+        computed from those values and the row's request columns, which
+        ``entity_df`` must carry. Pass a ``dask.distributed`` ``client`` to run
+        the join on that cluster, or a ``dask.dataframe`` as ``entity_df`` to get
+        a lazy dask DataFrame back (for entity sets larger than memory).
         """
         taken = set(getattr(entity_df, "columns", ()))
-        requests = resolve(features, self.registry.get_view, taken)
+        plan = expand(resolve(features, self.registry.get_view, taken), self.registry.get_view)
+        if plan.steps:
+            plan.check_request(taken)  # before reading anything
+        requests, width = plan.reads, len(getattr(entity_df, "columns", ()))
         if type(entity_df).__module__.startswith("dask"):
-            return retrieval.training_set_lazy(self.offline.url, requests, entity_df, timestamp_field)
+            joined = retrieval.training_set_lazy(self.offline.url, requests, entity_df, timestamp_field)
+            return plan.finish_lazy(joined, width) if plan.steps else joined
         if client is None:
-            return retrieval.training_set(self.offline, requests, entity_df, timestamp_field)
-        return retrieval.training_set_on_dask(client, self.offline.url, requests, entity_df, timestamp_field)
+            joined = retrieval.training_set(self.offline, requests, entity_df, timestamp_field)
+        else:
+            joined = retrieval.training_set_on_dask(client, self.offline.url, requests, entity_df, timestamp_field)
+        return plan.finish_offline(joined, width) if plan.steps else joined
 
     def freshness(self, view: str, version: int | None = None) -> Freshness:
         """The newest event and ingest of a view (default: its latest version) and its materialisation watermark.
@@ -162,6 +173,52 @@ class FeatureStore:
         """Rows ingest or push set aside for breaking expectations, with ``__failed`` and ``__quarantined_at``."""
         return read_quarantine(self.offline, self.registry.get_view(view, version))
 
+    # -- computed (batch) views -------------------------------------------------
+    def compute(self, view: str | FeatureView, start: datetime | str | None = None,
+                end: datetime | str | None = None, *, client: Any = None, materialize: bool = False,
+                force: bool = False, progress: bool | ProgressBar | None = None, sources: Any = None) -> ComputeResult:
+        """Run a batch view's transformation over ``[start, end)``, partition by partition, into the offline store.
+
+        Partitions that succeeded before are skipped (a failed backfill resumes), unless ``force``; a
+        recomputed partition replaces its rows. With a Dask ``client`` (``p.compute().client``) partitions
+        run in parallel on its workers. ``sources`` gives DataFrames (or paths) in place of the view's
+        sources; ``start``/``end`` left out compute what is due (see :mod:`mlplat.features.compute`).
+        A failure raises TransformationError naming each failed partition; the others stay stored.
+
+        >>> p.features.compute("driver_daily", "2024-01-01", "2024-02-01", client=cluster.client)
+        """
+        from mlplat.features import compute
+
+        definition = self.registry.get_view(view if isinstance(view, str) else view.name)
+        if not isinstance(view, str) and diff_views(definition, keep_ownership(view, definition)):
+            raise InvalidArgument(f"{view.name!r} differs from its registered definition (v{definition.version}); "
+                                  "apply it first: p.features.apply([view]).")
+        bounds = [None if t is None else _ns(t, n) for t, n in ((start, "start"), (end, "end"))]
+        result = compute.run(self, definition, *bounds, client=client, force=force, progress=progress, sources=sources)
+        if materialize:
+            done = self.materialize(views=[definition.name], progress=False)[0]
+            result = dataclasses.replace(result, materialized=done)
+        return result
+
+    def partitions(self, view: str, version: int | None = None) -> pd.DataFrame:
+        """Each computed partition of a batch view (default: its latest version): status, rows, error, times."""
+        from mlplat.features.compute import PartitionLog
+
+        return PartitionLog(self.registry.engine).frame(self.registry.get_view(view, version))
+
+    def schedule_compute(self, view: str | FeatureView, cron: str | None = None, materialize: bool = False) -> int:
+        """Compute a batch view on ``cron`` (default: its ``schedule``) as a notebook job; return the schedule id.
+
+        Each run (``templates/feature_compute.ipynb``) computes the partitions due: those up to the current
+        one that have not succeeded yet. ``p.jobs.schedules()`` lists it, ``p.jobs.pause(id)`` stops it.
+        """
+        from mlplat.features.compute import schedule
+
+        if self.platform is None:
+            raise InvalidArgument("schedule_compute needs the platform's jobs; use p.features from mlplat.connect().")
+        definition = self.registry.get_view(view if isinstance(view, str) else view.name)
+        return schedule(self.platform.jobs, definition, cron, materialize)
+
     # -- online -----------------------------------------------------------------
     def materialize(self, start: datetime | None = None, end: datetime | None = None,
                     views: Sequence[str] | None = None,
@@ -174,6 +231,8 @@ class FeatureStore:
             raise InvalidArgument(f"materialize(start={start}, end={end}): start is after end; swap them.")
         names = list(views) if views is not None else self.registry.view_names()
         definitions = [self.registry.get_view(n) for n in names]  # unknown names fail before any write
+        # On-demand views store nothing: skipped when materialising all, refused when named.
+        definitions = [refuse_storage(d, "materialize") for d in definitions if views is not None or not is_on_demand(d)]
         results = []
         with progress_bar(len(definitions), "materialize", progress, unit="view") as bar:
             for view in definitions:
@@ -190,7 +249,7 @@ class FeatureStore:
 
         Expectations are checked as on ``ingest``.
         """
-        definition = self.registry.get_view(view)
+        definition = refuse_storage(self.registry.get_view(view), "push")
         table = conform(definition, df)
         with screened(self.offline, definition, table) as table:
             self.online.ping()  # fail before writing anything when Redis is down
@@ -200,24 +259,28 @@ class FeatureStore:
         return table.num_rows
 
     def get_online_features(
-        self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
+        self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+        request_data: Mapping[str, Sequence[Any]] | None = None,
     ) -> OnlineFeatures:
         """Latest values for each entity; missing or expired entities give None.
 
         ``entity_rows`` is a list of dicts (``[{"driver_id": 1}]``) or, faster,
-        a dict of columns (``{"driver_id": [1, 2]}``).
+        a dict of columns (``{"driver_id": [1, 2]}``). On-demand features are
+        computed from their sources and request data: ``request_data`` (column ->
+        one value per entity row) or the same columns in ``entity_rows``.
         """
         if isinstance(features, str):
             features = [features]
-        plan = self._plans.get(tuple(features)) or self._plan(features)
+        plan, on_demand = self._plans.get(tuple(features)) or self._plan(features)
         columns = dict(entity_rows) if isinstance(entity_rows, Mapping) else _rows_to_columns(entity_rows, plan)
-        return OnlineFeatures(read_online(self.online, plan, columns))
+        values = read_online(self.online, plan, columns)
+        return OnlineFeatures(on_demand.finish_online(values, columns, request_data) if on_demand else values)
 
-    def _plan(self, features: Sequence[str]) -> list[tuple[ViewRequest, RecordCodec]]:
-        requests = resolve(features, self.registry.get_view)
-        plan = [(r, RecordCodec(r.view)) for r in requests]
-        self._plans[tuple(features)] = plan
-        return plan
+    def _plan(self, features: Sequence[str]) -> tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]:
+        expansion = expand(resolve(features, self.registry.get_view), self.registry.get_view)
+        plan = [(r, RecordCodec(r.view)) for r in expansion.reads]
+        self._plans[tuple(features)] = plan, expansion if expansion.steps else None
+        return self._plans[tuple(features)]
 
 
 def _searchable(view: FeatureView) -> str:

@@ -44,6 +44,9 @@ class Client:
                 arm: str = "") -> Prediction:
         """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix.
 
+        A model that takes on-demand features needs their request data in the rows too
+        (``[{"driver_id": 1, "distance_km": 4.2}]``): they are computed as in training.
+
         ``version`` picks one of the loaded versions (default: the deployed default); ``arm`` is the
         experiment arm recorded in the prediction log.
         """

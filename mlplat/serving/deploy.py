@@ -60,10 +60,12 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
 
     ``keep`` names versions already deployed that stay loaded beside it (an A/B
     test serves two); ``default=False`` loads it without making it the version
-    that ``predict`` uses when none is asked for. Dynamic batching merges
+    that ``predict`` uses when none is asked for; the default also gets a ``<name>_by_id`` model that reads its
+    features from Redis inside Triton, unless it takes on-demand features. Dynamic batching merges
     concurrent requests (no added delay) up to ``max_batch_size`` rows;
     ``instances`` model copies run in parallel (one per core is a good start).
     """
+    from mlplat.features.on_demand import is_on_demand
     from mlplat.features.refs import resolve
     from mlplat.training.run import load_model, load_spec, model_inputs
 
@@ -94,13 +96,21 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
     default_version = found.version if default or not kept else info["default"]
     (folder / SERVING_INFO).write_text(json.dumps({"default": default_version, "versions": versions}))
-    if default:
+    # On-demand features need request data and their function, which Redis alone cannot give the by-id model:
+    # such a model is served through Client.predict (rows carry the request columns), with no stale by-id model left.
+    by_id = default and not any(is_on_demand(r.view) for r in requests)
+    stale = default and not by_id and (folder.parent / f"{name}{BY_ID}").exists()
+    if by_id:
         _write_by_id(platform, name, found.version, requests, onnx.output, width, max_batch_size)
+    elif stale:
+        shutil.rmtree(folder.parent / f"{name}{BY_ID}")
     state = TritonService(platform.settings).ensure()
     with _client(state.url) as client:
         _call(client.load_model, name)
-        if default:
+        if by_id:
             _call(client.load_model, f"{name}{BY_ID}")
+        elif stale:
+            _call(client.unload_model, f"{name}{BY_ID}")
         status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
     platform.audit.record("deployment", name, "deployed", found.version, endpoint=state.url, status=status,
                           serving=sorted(versions, key=int), default=default_version)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mlplat.errors import GateFailed, MissingColumnError, TrainingError
+from mlplat.features.on_demand import source_views
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.features.retrieval import entity_times
 from mlplat.progress import ProgressBar, progress_bar
@@ -127,7 +128,8 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
         run = mlflow.start_run(experiment_id=experiment, parent_run_id=parent_run_id, nested=parent_run_id is not None,
                                run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
         try:
-            _log_inputs(spec, entity_df, fingerprint, platform.settings, extra_tags)
+            views = source_views(spec.features, platform.features.get_view)  # on-demand views' sources too
+            _log_inputs(spec, entity_df, fingerprint, platform.settings, extra_tags, views)
             bar.update()
             bar.set_postfix_str("fit")
             started = time.perf_counter()
@@ -222,14 +224,14 @@ def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, clien
     return local
 
 
-def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Any, extra: dict | None) -> None:
+def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Any, extra: dict | None,
+                views: list[str]) -> None:
     import mlflow
 
     mlflow.log_params({"estimator": spec.estimator, "seed": spec.seed, "target": spec.target, "rows": len(entity_df),
                        "split": json.dumps(spec.split), "n_features": len(spec.features),
                        **{f"param.{k}": v for k, v in spec.params.items()}})
     code = code_fingerprint()
-    views = sorted({ref.split(":")[0] for ref in spec.features})
     mlflow.set_tags({"mlplat.features": json.dumps(spec.features), "mlplat.feature_views": json.dumps(views),
                      "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": settings.user,
                      "mlplat.team": settings.team, "mlplat.profile": os.environ.get("MLPLAT_PROFILE", ""),

@@ -1,0 +1,249 @@
+"""Decode stream entries into typed event columns, setting aside the ones that cannot be used.
+
+An entry is ``(id, fields)``: the fields a producer ``XADD``-ed (bytes names and
+values) or a Kafka message's JSON object turned into the same. An event needs
+every join key, the timestamp field and every aggregated column:
+
+- timestamps: ISO 8601 (naive = UTC) or a Unix epoch number, told apart by size:
+  below 1e11 seconds (fractions allowed), below 1e14 milliseconds, below 1e17
+  microseconds, else nanoseconds;
+- summed/min/max/mean/last columns: a finite decimal number; distinct-counted
+  columns: any UTF-8 text; join keys: the text the entity is looked up by
+  (``str(value)``, so send 42, not 42.0).
+
+An entry that fails is dead-lettered with a reason (``missing key``, ``missing
+timestamp``, ``bad timestamp``, ``missing value``, ``bad value``; a source's
+undecodable message: ``bad message``) and a detail
+naming the field; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplat.streaming.definitions import StreamFeatureView
+
+Entry = tuple[Any, Any]  # (entry id, {field: value} or [field, value, ...]), names and values bytes or str
+
+
+@dataclass
+class DeadLetter:
+    """An entry that was not applied, and why."""
+
+    entry_id: str
+    fields: dict
+    reason: str
+    detail: str
+
+
+@dataclass
+class Events:
+    """The usable events of a batch, as columns, in stream order."""
+
+    ids: list[str]
+    order_a: np.ndarray  # (a, b): the entry's place in the stream (Redis: ms, seq; Kafka: partition, offset)
+    order_b: np.ndarray
+    codes: np.ndarray  # each event's entity, an index into ``entities``
+    entities: list[str]  # entity key text (join keys joined by \x1f), each once
+    key_columns: list[list]  # each join key's value per event, as sent (text or bytes)
+    ts: np.ndarray  # int64 ns UTC
+    values: np.ndarray  # float64 (events, value columns)
+    texts: dict[str, list[str]]  # distinct-counted column -> text values
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.entities[c] for c in self.codes.tolist()]
+
+    def take(self, rows: np.ndarray) -> Events:
+        pick = rows.tolist()
+        return Events([self.ids[i] for i in pick], self.order_a[rows], self.order_b[rows], self.codes[rows],
+                      self.entities, [[col[i] for i in pick] for col in self.key_columns], self.ts[rows],
+                      self.values[rows], {c: [v[i] for i in pick] for c, v in self.texts.items()})
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def order_of(ids: list[str]) -> np.ndarray:
+    """(a, b) of each entry id, as an (n, 2) array: Redis ``ms-seq``, or ``topic/partition/offset`` from Kafka."""
+    if not ids:
+        return np.zeros((0, 2), np.int64)
+    if "/" not in ids[0]:
+        try:
+            return np.array("-".join(ids).split("-")).astype(np.int64).reshape(-1, 2)
+        except ValueError:  # an id without a sequence part, or a mixed batch
+            pass
+    pairs = [(int(i.rsplit("/", 2)[1]), int(i.rsplit("/", 2)[2])) if "/" in i else
+             (int(i.partition("-")[0]), int(i.partition("-")[2] or 0)) for i in ids]
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+def decode(view: StreamFeatureView, columns: list[str], entries: list[Entry]) -> tuple[Events, list[DeadLetter]]:
+    """The events of ``entries`` for ``view`` (``columns``: its value columns) and the dead letters.
+
+    ``entries`` hold ``(id, fields)`` with ``fields`` a dict or Redis's flat
+    ``[name, value, name, value, ...]`` list; entries trimmed from a stream (no fields) are skipped.
+    """
+    entries = [entry for entry in entries if entry[1]]
+    n = len(entries)
+    wanted = [*view.join_keys, view.timestamp_field, *columns, *view.distinct_columns, "_error"]
+    fields = _columns(entries, list(dict.fromkeys(wanted)))
+    bad = np.zeros(n, dtype=object)  # (reason, detail) of the first problem, 0 where none
+    errors = fields["_error"]
+    _mark(bad, [e is not None for e in errors], "bad message", lambda i: _text(errors[i]))
+    keys = [fields[k] for k in view.join_keys]
+    for name, column in zip(view.join_keys, keys):
+        _mark(bad, [not v for v in column], "missing key", lambda i, name=name: f"no {name!r} field")
+    raw_ts = fields[view.timestamp_field]
+    _mark(bad, [not v for v in raw_ts], "missing timestamp", lambda i: f"no {view.timestamp_field!r} field")
+    ts, ts_ok = parse_timestamps(raw_ts)
+    _mark(bad, ~ts_ok, "bad timestamp", lambda i: f"{view.timestamp_field}={_text(raw_ts[i])!r} is not a time")
+    values = np.zeros((n, len(columns)))
+    for j, name in enumerate(columns):
+        raw = fields[name]
+        _mark(bad, [not v for v in raw], "missing value", lambda i, name=name: f"no {name!r} field")
+        values[:, j], ok = parse_numbers(raw)
+        _mark(bad, ~ok, "bad value", lambda i, name=name, raw=raw: f"{name}={_text(raw[i])!r} is not a finite number")
+    texts = {}
+    for name in view.distinct_columns:
+        raw = fields[name]
+        _mark(bad, [not v for v in raw], "missing value", lambda i, name=name: f"no {name!r} field")
+        texts[name], ok = _utf8(raw)
+        _mark(bad, ~ok, "bad value", lambda i, name=name, raw=raw: f"{name}={raw[i]!r} is not UTF-8 text")
+    joined = keys[0] if len(keys) == 1 else [b"\x1f".join(map(_bytes, parts)) if all(parts) else None
+                                             for parts in zip(*keys)]
+    codes, uniques = pd.factorize(np.asarray(joined, dtype=object))
+    entities, ok = _utf8(list(uniques))
+    if not ok.all():
+        _mark(bad, ~ok[codes], "bad key", lambda i: f"the key {joined[i]!r} is not UTF-8 text")
+    dead = [DeadLetter(_text(entries[i][0]), _as_dict(entries[i][1]), *bad[i])
+            for i in np.flatnonzero(bad != 0).tolist()]
+    good = np.flatnonzero(bad == 0)
+    pick = good.tolist()
+    ids = [i.decode() if type(i) is bytes else str(i) for i in (entries[j][0] for j in pick)]
+    order = order_of(ids)
+    events = Events(ids, order[:, 0], order[:, 1], codes[good].astype(np.int64), entities,
+                    [[col[i] for i in pick] for col in keys], ts[good], values[good],
+                    {c: [v[i] for i in pick] for c, v in texts.items()})
+    return events, dead
+
+
+def _bytes(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _utf8(values: list) -> tuple[list[str], np.ndarray]:
+    """Values as str, and which were valid UTF-8 (the others come back as '')."""
+    try:
+        return [v.decode() if isinstance(v, bytes) else ("" if v is None else str(v)) for v in values], \
+            np.ones(len(values), bool)
+    except UnicodeDecodeError:
+        out, ok = [], np.ones(len(values), bool)
+        for i, v in enumerate(values):
+            try:
+                out.append(v.decode() if isinstance(v, bytes) else ("" if v is None else str(v)))
+            except UnicodeDecodeError:
+                out.append("")
+                ok[i] = False
+        return out, ok
+
+
+def _as_dict(fields) -> dict:
+    return dict(zip(fields[0::2], fields[1::2])) if isinstance(fields, list) else dict(fields)
+
+
+def _columns(entries: list[Entry], names: list[str]) -> dict[str, list]:
+    """Each named field of every entry, as sent (None where absent).
+
+    When every entry lists the same fields in the same order (one producer, the usual
+    case), values are picked by position: no dict per entry.
+    """
+    n = len(entries)
+    if n and isinstance(entries[0][1], list):
+        layout = entries[0][1][0::2]
+        if all(f[0::2] == layout for _, f in entries):
+            where = {_text(k): 2 * i + 1 for i, k in enumerate(layout)}
+            return {name: [f[j] for _, f in entries] if (j := where.get(name)) is not None else [None] * n
+                    for name in names}
+        entries = [(i, _as_dict(f)) for i, f in entries]
+    out = {}
+    for name in names:
+        as_bytes = name.encode()
+        out[name] = [f[as_bytes] if as_bytes in f else f.get(name) for _, f in entries]
+    return out
+
+
+def _mark(bad: np.ndarray, failed, reason: str, detail) -> None:
+    for i in np.flatnonzero(np.asarray(failed, dtype=bool)).tolist():
+        if bad[i] == 0:
+            bad[i] = (reason, detail(i))
+
+
+def parse_numbers(raw: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Floats and which parsed as finite numbers (missing values count as not parsed)."""
+    try:
+        values = np.array([v or b"nan" for v in raw], dtype="S").astype(np.float64) if raw else np.zeros(0)
+    except (ValueError, UnicodeEncodeError):
+        texts = pd.Series([_text(v) if v else "nan" for v in raw], dtype=object)
+        values = pd.to_numeric(texts, errors="coerce").to_numpy(np.float64)
+    return values, np.isfinite(values)
+
+
+_INT64 = np.iinfo(np.int64).max
+_SCALE = ((1e11, 1_000_000_000), (1e14, 1_000_000), (1e17, 1_000), (float("inf"), 1))  # epoch size -> ns factor
+
+
+def parse_timestamps(raw: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Nanoseconds since the epoch (UTC) and which entries parsed."""
+    n = len(raw)
+    out = np.zeros(n, np.int64)
+    ok = np.zeros(n, bool)
+    try:  # the common case: whole epoch numbers
+        whole = np.array([v or b"" for v in raw], dtype="S").astype(np.int64) if n else np.zeros(0, np.int64)
+        _scale_whole(whole, out, ok, np.ones(n, bool))
+        return out, ok
+    except (ValueError, OverflowError, UnicodeEncodeError):
+        pass
+    filled = [_text(v) if v else "" for v in raw]
+    series = pd.Series(filled, dtype=object)
+    numbers = pd.to_numeric(series, errors="coerce").to_numpy(np.float64)
+    numeric = np.isfinite(numbers)
+    integral = numeric & np.array([v.lstrip("-").isdigit() and len(v) < 19 for v in filled], dtype=bool)
+    if integral.any():
+        _scale_whole(np.array([int(v) if i else 0 for v, i in zip(filled, integral)], dtype=np.int64), out, ok,
+                     integral)
+    fractional = numeric & ~integral
+    done = ~fractional
+    for limit, factor in _SCALE:
+        pick = ~done & (np.abs(numbers) < limit)
+        done |= pick
+        pick &= np.abs(numbers) < _INT64 / factor  # past year 2262: out of range
+        out[pick] = np.round(numbers[pick] * factor).astype(np.int64)
+        ok |= pick
+    text = ~numeric & (series != "").to_numpy()
+    if text.any():
+        parsed = pd.to_datetime(series[text], format="ISO8601", utc=True, errors="coerce")
+        good = parsed.notna().to_numpy()
+        rows = np.flatnonzero(text)[good]
+        out[rows] = parsed[good].dt.as_unit("ns").astype("int64").to_numpy()
+        ok[rows] = True
+    return out, ok
+
+
+def _scale_whole(whole: np.ndarray, out: np.ndarray, ok: np.ndarray, pick: np.ndarray) -> None:
+    size = np.abs(whole)
+    done = ~pick
+    for limit, factor in _SCALE:
+        rows = ~done & (size < limit)
+        done |= rows
+        rows &= size <= _INT64 // factor
+        out[rows] = whole[rows] * factor
+        ok |= rows
