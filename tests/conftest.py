@@ -46,6 +46,17 @@ def platform(tmp_path, redis_url):
 
 
 @pytest.fixture
+def kernel_platform(tmp_path, redis_url, monkeypatch):
+    """A platform that job kernels connect to as well, through the MLPLAT_* variables they inherit."""
+    settings = {"home": str(tmp_path / "h"), "online_store": redis_url, "online_prefix": f"t{uuid.uuid4().hex[:10]}"}
+    for key, value in settings.items():
+        monkeypatch.setenv(f"MLPLAT_{key.upper()}", value)
+    p = mlplat.connect()
+    yield p
+    p.close()
+
+
+@pytest.fixture
 def second_write_fails(monkeypatch):
     """The second Parquet file written in this test fails with "disk full" (the first and any later succeed)."""
     import pyarrow.parquet as pq

@@ -3,7 +3,6 @@ resumable, idempotent per partition, checked against the view, scheduled as a no
 
 import dataclasses
 import os
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mlplat
 from mlplat.errors import InvalidArgument, TransformationError
 from mlplat.features import Entity, Field
 from mlplat.features.compute import BatchFeatureView
@@ -366,14 +364,8 @@ def test_without_bounds_compute_does_what_is_due(platform, driver, tmp_path):
 
 
 @pytest.fixture
-def p(tmp_path, redis_url, monkeypatch):
-    """A platform the job kernels connect to as well, through the MLPLAT_* variables they inherit."""
-    settings = {"home": str(tmp_path / "h"), "online_store": redis_url, "online_prefix": f"t{uuid.uuid4().hex[:10]}"}
-    for key, value in settings.items():
-        monkeypatch.setenv(f"MLPLAT_{key.upper()}", value)
-    platform = mlplat.connect()
-    yield platform
-    platform.close()
+def p(kernel_platform):
+    return kernel_platform
 
 
 def test_a_scheduled_view_is_computed_by_the_scheduler(p, driver, tmp_path):

@@ -245,11 +245,12 @@ def test_config_registers_the_culler_mlplat_services_teams_and_roles(monkeypatch
     c = _load_config_file(monkeypatch, tmp_path, MLPLAT_HUB_CULL_TIMEOUT="600",
                           MLPLAT_HUB_TEAMS="{team-a: [alice, bob], team-b: [carol]}")
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"idle-culler", "mlflow", "scheduler", "monitor"}
+    assert set(services) == {"idle-culler", "mlflow", "scheduler", "monitor", "stream"}
     assert services["idle-culler"]["command"][-2:] == ["jupyterhub_idle_culler", "--timeout=600"]
     assert services["mlflow"]["url"].startswith("http://127.0.0.1:") and services["mlflow"]["oauth_no_confirm"]
     assert services["scheduler"]["command"][-2:] == ["mlplat.cli", "scheduler"]
     assert services["monitor"]["command"][2:5] == ["mlplat.cli", "monitor", "serve"]
+    assert services["stream"]["command"][2:] == ["mlplat.cli", "stream"]
     assert services["scheduler"]["environment"]["MLPLAT_HOME"] == os.environ["MLPLAT_HOME"]
     # the scheduler runs notebooks on the workspaces' kernels: it finds them where the workspaces do
     kernels = KernelSpecManager(kernel_dirs=[str(Path(services["scheduler"]["environment"]["JUPYTER_PATH"]) /
@@ -277,8 +278,9 @@ def test_config_for_kubernetes_uses_kubespawner_with_the_profiles(monkeypatch, t
     c = _load_config_file(monkeypatch, tmp_path, MLPLAT_HUB_MODE="kubernetes", MLPLAT_HUB_IMAGE="img:1")
     assert c.JupyterHub.spawner_class == "kubespawner.KubeSpawner"
     assert [p["slug"] for p in c.KubeSpawner.profile_list] == ["cpu-small", "cpu-large", "gpu-x1"]
-    assert {s["name"] for s in c.JupyterHub.services} == {"idle-culler", "mlflow", "scheduler", "monitor"}
-    assert next(s for s in c.JupyterHub.services if s["name"] == "monitor")["command"][-1] == "9464"
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert set(services) == {"idle-culler", "mlflow", "scheduler", "monitor", "stream"}
+    assert services["monitor"]["command"][-1] == "9464"
     assert "authenticator_class" not in c.JupyterHub  # the site's Helm chart chooses how people log in
 
 

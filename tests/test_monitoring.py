@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlplat.durations import parse_duration
 from mlplat.errors import InvalidArgument
 from mlplat.monitoring.alerts import Alerts, Finding
 from mlplat.monitoring.metrics import exposition
-from mlplat.monitoring.monitor import duration
 from mlplat.monitoring.predlog import GROUP, LATENCY_BUCKETS, Flusher, PredictionLogger, stream_key
 from mlplat.services import free_port
 
@@ -213,10 +213,11 @@ def test_thresholds_are_validated_and_kept_per_model(platform):
 
 
 def test_durations():
-    assert duration("1h").total_seconds() == 3600 and duration(90).total_seconds() == 90
-    for bad in ("-1h", "0s", "later", None):
-        with pytest.raises(InvalidArgument):
-            duration(bad)
+    assert parse_duration("1h", "window").total_seconds() == 3600
+    assert parse_duration(90, "window", seconds=True).total_seconds() == 90
+    for bad in ("-1h", "0s", "later", None, 90):
+        with pytest.raises(InvalidArgument, match="window=.* is not a duration"):
+            parse_duration(bad, "window")
 
 
 def test_the_exporter_serves_metrics_over_http(platform, logger):

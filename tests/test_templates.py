@@ -2,7 +2,6 @@
 uses them: backfill features, train and register, batch score, evaluate."""
 
 import ast
-import uuid
 from pathlib import Path
 
 import nbformat
@@ -11,7 +10,6 @@ import pandas as pd
 import pytest
 from sklearn import metrics
 
-import mlplat
 from mlplat.demo import driver, driver_stats, make_dataset
 from mlplat.errors import JobError
 from mlplat.training.run import load_spec
@@ -29,14 +27,8 @@ def outputs(run):
 
 
 @pytest.fixture
-def p(tmp_path, redis_url, monkeypatch):
-    """A platform the job kernels connect to as well, through the MLPLAT_* variables they inherit."""
-    settings = {"home": str(tmp_path / "h"), "online_store": redis_url, "online_prefix": f"t{uuid.uuid4().hex[:10]}"}
-    for key, value in settings.items():
-        monkeypatch.setenv(f"MLPLAT_{key.upper()}", value)
-    platform = mlplat.connect()
-    yield platform
-    platform.close()
+def p(kernel_platform):
+    return kernel_platform
 
 
 def test_backfill_train_score_and_evaluate(p, tmp_path):

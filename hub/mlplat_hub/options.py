@@ -11,8 +11,9 @@ MLPLAT_HUB_PASSWORD        the shared login password (local)                    
 MLPLAT_HUB_USERS           who may log in, comma-separated                              anyone with the password
 MLPLAT_HUB_TEAMS           teams as YAML ``{team-a: [alice, bob]}``                     none
 MLPLAT_HUB_CULL_TIMEOUT    seconds a server may idle before it is stopped; 0: never     3600
-MLPLAT_HUB_SERVICES        hub services to run, comma-separated: mlflow, scheduler,     mlflow,scheduler,monitor
-                           monitor (prediction-log flusher and Prometheus metrics)
+MLPLAT_HUB_SERVICES        hub services to run, comma-separated: mlflow, scheduler,     mlflow,scheduler,
+                           monitor (prediction-log flusher and Prometheus metrics),    monitor,stream
+                           stream (the consumer of stream feature views)
 MLPLAT_HUB_ADMIN_TOKEN     API token of the ``mlplat-admin`` service (provisioning)     none
 MLPLAT_HUB_PROXY           the configurable-http-proxy executable (local)               .node beside the venv, PATH
 MLPLAT_HUB_IMAGE           workspace image (kubernetes)                                 required there
@@ -35,7 +36,7 @@ from mlplat.errors import ConfigError
 
 PREFIX = "MLPLAT_HUB_"
 MODES = ("local", "kubernetes")
-SERVICES = ("mlflow", "scheduler", "monitor")
+SERVICES = ("mlflow", "scheduler", "monitor", "stream")
 _MIN_PASSWORD = 8  # SharedPasswordAuthenticator's minimum
 
 

@@ -1,5 +1,5 @@
 """The hub's services and the roles they need: idle culling, the MLflow UI, the job scheduler, the monitor
-(prediction-log flusher and Prometheus ``/metrics``), an admin token.
+(prediction-log flusher and Prometheus ``/metrics``), the stream consumer, an admin token.
 
 Each is a JupyterHub *managed* service: the hub starts it, restarts it if it dies
 and stops it on shutdown. Each grants the least its work needs.
@@ -19,6 +19,7 @@ CULLER = "idle-culler"
 MLFLOW = "mlflow"
 SCHEDULER = "scheduler"
 MONITOR = "monitor"
+STREAM = "stream"
 _MONITOR_PORT = 9464  # Prometheus scrapes it; the port registered for Prometheus exporters of this kind
 ADMIN = "mlplat-admin"
 _MLFLOW_CLUSTER_PORT = 8181  # fixed on Kubernetes, where the proxy pod reaches it through the hub's Service
@@ -53,6 +54,11 @@ def _monitor(options: HubOptions, env: dict[str, str]) -> dict[str, Any]:
             "environment": env}
 
 
+def _stream(env: dict[str, str]) -> dict[str, Any]:
+    # One of a consumer group: safe beside `mlplat up`'s consumer, they share the work.
+    return {"name": STREAM, "command": [sys.executable, "-m", "mlplat.cli", "stream"], "environment": env}
+
+
 def _admin(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     service = {"name": ADMIN, "api_token": token}
     role = {"name": ADMIN, "services": [ADMIN],
@@ -82,6 +88,8 @@ def hub_services(options: HubOptions, settings: Settings, extra_env: dict[str, s
         services.append(_scheduler(env))
     if MONITOR in options.services:
         services.append(_monitor(options, env))
+    if STREAM in options.services:
+        services.append(_stream(env))
     if options.admin_token:
         service, role = _admin(options.admin_token)
         services.append(service)

@@ -71,6 +71,7 @@ from mlplat.features.materialize import MaterializeResult
 from mlplat.features.offline import OfflineStore, day_of
 from mlplat.features.registry import metadata
 from mlplat.features.schema import TIMESTAMP, conform, to_table
+from mlplat.jobs.templates import template
 from mlplat.progress import ProgressBar, progress_bar
 
 DAY = timedelta(days=1)
@@ -747,12 +748,3 @@ def schedule(jobs: Any, view: BatchFeatureView, cron: str | None = None, materia
                 return existing.id
             jobs.pause(existing.id)
     return jobs.schedule(notebook, cron, parameters)
-
-
-def template(name: str) -> Path:
-    """A notebook template: in the wheel (``mlplat/templates``) or in the source tree (``templates/``)."""
-    here = Path(__file__).resolve().parents[1]
-    for folder in (here / "templates", here.parent / "templates"):
-        if (folder / name).is_file():
-            return folder / name
-    raise InvalidArgument(f"The notebook template {name} is missing from this installation; reinstall mlplat.")

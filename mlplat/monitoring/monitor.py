@@ -15,15 +15,16 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 from html import escape
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from mlplat.durations import parse_duration
 from mlplat.errors import InvalidArgument
 from mlplat.features.registry import metadata
+from mlplat.jobs.templates import template
 from mlplat.monitoring import metrics
 from mlplat.monitoring.alerts import AlertList, Alerts, Finding
 from mlplat.monitoring.drift import DriftReport
@@ -170,7 +171,8 @@ class Monitor:
         for alias in ("window", "max_age"):
             if alias in changes:
                 value = changes.pop(alias)
-                changes[f"{alias}_s"] = None if value is None else duration(value).total_seconds()
+                changes[f"{alias}_s"] = None if value is None else \
+                    parse_duration(value, alias, seconds=True).total_seconds()
         unknown = sorted(set(changes) - known)
         if unknown:
             raise InvalidArgument(f"Unknown threshold(s) {unknown}; thresholds: {sorted(known)} (and window, max_age).")
@@ -218,7 +220,8 @@ class Monitor:
         """PSI and KS of the logged rows against training, over ``windows`` consecutive windows ending at ``end``."""
         limits = self.thresholds(model)
         version = version or self._deployed_version(model)
-        size = duration(window) if window is not None else timedelta(seconds=limits.window_s)
+        size = parse_duration(window, "window", seconds=True) if window is not None else \
+            timedelta(seconds=limits.window_s)
         end = _utc(end or datetime.now(UTC))
         return self._timeline(model, version, self.predictions(model, end - size * windows, end), end, size, windows,
                               limits)
@@ -335,26 +338,6 @@ class Monitor:
             pipe.hset(metrics.alerts_key(self.prefix), mapping={f"{r}\t{m}": n for (r, m), n in firing.items()})
         pipe.execute()
 
-
-def duration(value: str | float | timedelta) -> timedelta:
-    """``"1h"``, ``"30min"``, ``"7d"``, seconds or a timedelta, as a positive timedelta."""
-    try:
-        found = value if isinstance(value, timedelta) else pd.Timedelta(
-            value if isinstance(value, str) else float(value), unit=None if isinstance(value, str) else "s")
-    except (TypeError, ValueError):
-        found = None
-    if found is None or pd.isna(found) or found <= timedelta(0):
-        raise InvalidArgument(f"{value!r} is not a duration; write one like '1h', '30min', '7d', or seconds.")
-    return pd.Timedelta(found).to_pytimedelta()
-
-
-def template(name: str) -> Path:
-    """A notebook template: in the wheel (``mlplat/templates``) or in the source tree (``templates/``)."""
-    here = Path(__file__).resolve().parents[1]
-    for folder in (here / "templates", here.parent / "templates"):
-        if (folder / name).is_file():
-            return folder / name
-    raise InvalidArgument(f"The notebook template {name} is missing from this installation; reinstall mlplat.")
 
 
 def _utc(moment: datetime | str) -> pd.Timestamp:

@@ -3,7 +3,8 @@
 For each batch a source hands out (``XREADGROUP``, ``COUNT`` = batch), in one
 optimistic Redis transaction:
 
-1. ``WATCH`` the state keys of the batch's entities and read them (one ``MGET``);
+1. ``WATCH`` the version keys of the stripes the batch's entities hash to (256 per view) and read
+   their state (one ``MGET``);
 2. decide which events are late (in stream order, against each entity's latest
    event), add the others to the state (numpy, no per-event Python), compute the
    touched entities' online values (:meth:`mlplat.streaming.windows.Plan.fold`) and
@@ -18,7 +19,7 @@ optimistic Redis transaction:
 A consumer killed anywhere before ``EXEC`` leaves its entries pending and changes
 nothing; its next life (or, after ``claim_idle``, another consumer) applies them
 again from the same state: no loss, no double count. Two consumers that touch
-one entity at once conflict on its ``WATCH`` and the later one redoes its batch.
+entities of one stripe at once conflict on its ``WATCH`` and the later one redoes its batch.
 Distinct counts are computed on a scratch key (the window's buckets merged, the
 batch's values added), so the real HyperLogLogs change only inside ``EXEC``.
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 from datetime import timedelta
 from typing import Any, ClassVar
 
+from mlplat import durations
 from mlplat.errors import DefinitionError
 from mlplat.features.definitions import FeatureView, Field, _check_name
 
@@ -34,29 +34,11 @@ _SYNONYMS = {"avg": "mean", "average": "mean", "total": "sum", "latest": "last",
              "count_distinct": "approx_count_distinct", "nunique": "approx_count_distinct", "minimum": "min",
              "maximum": "max"}
 NUMERIC = ("sum", "mean", "min", "max", "last")  # functions whose column must hold numbers
-_UNITS = {"ms": 1e-3, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
-          "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
-          "d": 86400, "day": 86400, "days": 86400, "w": 604800, "week": 604800, "weeks": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
 
 
 def parse_duration(value: Any, what: str, allow_zero: bool = False) -> timedelta:
-    """A duration from ``"1h"``, ``"5min"``, ``"30s"``, ``"1d"``, ``"500ms"`` or a timedelta.
-
-    Anything else (a bare number, ``"an hour"``, a negative time) raises a
-    DefinitionError that names ``what`` and the bad value.
-    """
-    duration = None
-    if isinstance(value, timedelta):
-        duration = value
-    elif isinstance(value, str) and (match := _DURATION.match(value.lower())) and match.group(2) in _UNITS:
-        duration = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    if duration is None or duration < timedelta(0) or (duration == timedelta(0) and not allow_zero) \
-            or duration % timedelta(milliseconds=1):
-        least = "zero or more" if allow_zero else "more than zero"
-        raise DefinitionError(f"{what}={value!r} is not a duration; write e.g. '1h', '5min', '30s', '1d' or "
-                              f"timedelta(hours=1) ({least}, in whole milliseconds).")
-    return duration
+    """A duration (see :func:`mlplat.durations.parse_duration`); anything else is a DefinitionError naming ``what``."""
+    return durations.parse_duration(value, what, allow_zero, error=DefinitionError)
 
 
 def duration_label(duration: timedelta) -> str:
