@@ -373,11 +373,13 @@ def test_a_scheduled_view_is_computed_by_the_scheduler(p, driver, tmp_path):
     frame = trips(days=2, first=today - pd.Timedelta(days=1))
     view = python_view(driver, write_daily_files(frame, tmp_path / "trips"), schedule="0 2 * * *")
     p.features.apply([driver, view])
+    [applied] = p.jobs.schedules()  # a view that carries a schedule is scheduled when applied
+    assert (applied.cron, applied.parameters) == ("0 2 * * *", {"view": "driver_daily", "materialize": False})
 
-    schedule_id = p.features.schedule_compute("driver_daily", materialize=True)
+    schedule_id = p.features.schedule_compute("driver_daily", materialize=True)  # replaces it
 
     assert p.features.schedule_compute("driver_daily", materialize=True) == schedule_id  # once, not twice
-    [scheduled] = p.jobs.schedules()
+    [scheduled] = [s for s in p.jobs.schedules() if s.enabled]
     assert (scheduled.cron, scheduled.parameters) == ("0 2 * * *", {"view": "driver_daily", "materialize": True})
     assert Path(scheduled.notebook).name == "feature_compute.ipynb"
     [job] = Scheduler(p).tick(datetime.now(UTC) + timedelta(days=1))  # its next 02:00 has come

@@ -112,7 +112,8 @@ class BatchFeatureView(FeatureView):
     path is the table ``source``); ``partition`` a whole number of days or a
     fraction of one that divides it (partitions are aligned to UTC midnight);
     ``lookback`` how much history before a partition a Python transformation
-    reads; ``schedule`` a cron line for :meth:`FeatureStore.schedule_compute`.
+    reads; ``schedule`` a cron line: applying the view schedules its compute job
+    (:meth:`FeatureStore.schedule_compute`), which the scheduler runs.
     See the module docstring for what a transformation sees and returns.
     """
 

@@ -69,11 +69,15 @@ class FeatureStore:
 
     # -- definitions -------------------------------------------------------------
     def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
-        """Register entities and feature views; a schema change makes a new version."""
-        if isinstance(objects, (Entity, FeatureView)):
-            objects = [objects]
+        """Register entities and feature views; a schema change makes a new version.
+
+        A batch view with a ``schedule`` gets its scheduled compute job (see :meth:`schedule_compute`).
+        """
+        objects = [objects] if isinstance(objects, (Entity, FeatureView)) else list(objects)
         results = self.registry.apply(objects)
         self._plans.clear()
+        for scheduled in (o for o in objects if getattr(o, "schedule", None) and self.platform is not None):
+            self.schedule_compute(scheduled.name)
         return results
 
     def get_view(self, name: str, version: int | None = None) -> FeatureView:
