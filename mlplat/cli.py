@@ -457,7 +457,7 @@ def alerts(status: str | None, model: str | None) -> None:
 
 @main.command()
 @click.option("--view", "views", multiple=True, help="Only this stream view (repeatable; default: every one).")
-@click.option("--batch", type=int, default=5000, show_default=True, help="Entries read and applied at a time.")
+@click.option("--batch", type=int, default=20_000, show_default=True, help="Entries read and applied at a time.")
 @click.option("--consumer", "name", help="This consumer's name in the groups (default: the host name); keep it "
                                          "the same across restarts, different for each consumer sharing a stream.")
 @click.option("--claim-idle", type=float, default=60.0, show_default=True,

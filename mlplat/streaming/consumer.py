@@ -157,7 +157,7 @@ class ViewConsumer:
             values = self.plan.fold(ref[touched], lambda b: ring.gather(b, touched), distinct)
             records = self.codec.encode(_features(self.view, values), self.plan.bucket_end(ref[touched]),
                                         np.full(len(touched), time.time_ns(), np.int64))
-            logged = self.log.write(self.view, _file_name(_text(ids[0])), events.take(accepted))
+            logged = self.log.write(self.view, _file_name(_text(ids[0])), events.take(accepted) if late.any() else events)
             self.log.remove([path for path in self._logged if path not in logged])  # an earlier try's files
             self._logged = logged
             pipe.multi()
@@ -338,7 +338,8 @@ def _stripe(entities: list[str]) -> np.ndarray:
     """The stripe of each entity key: a stable hash (never Python's salted ``hash``)."""
     if not entities:
         return np.zeros(0, np.int64)
-    return (pd.util.hash_array(np.asarray(entities, dtype=object)) % STRIPES).astype(np.int64)
+    keys = np.asarray(entities, dtype=object)  # distinct already: categorizing first only costs time
+    return (pd.util.hash_array(keys, categorize=False) % STRIPES).astype(np.int64)
 
 
 def _text(value: bytes | str) -> str:
@@ -376,7 +377,7 @@ class Consumer:
     ``refresh`` seconds.
     """
 
-    def __init__(self, platform: Any, views: list[str] | None = None, batch: int = 5000, name: str | None = None,
+    def __init__(self, platform: Any, views: list[str] | None = None, batch: int = 20_000, name: str | None = None,
                  claim_idle: float = 60.0, refresh: float = 5.0):
         if batch < 1:
             raise StreamError(f"batch={batch}: read at least one entry at a time.")

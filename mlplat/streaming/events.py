@@ -19,6 +19,7 @@ naming the field; nothing is dropped silently.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,10 +78,15 @@ def order_of(ids: list[str]) -> np.ndarray:
     if not ids:
         return np.zeros((0, 2), np.int64)
     if "/" not in ids[0]:
-        try:
-            return np.array("-".join(ids).split("-")).astype(np.int64).reshape(-1, 2)
-        except ValueError:  # an id without a sequence part, or a mixed batch
-            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # numpy's "could not be read to its end"
+            try:
+                numbers = np.fromstring(" ".join(ids).replace("-", " "), dtype=np.int64, sep=" ")
+            except (ValueError, DeprecationWarning):
+                numbers = np.zeros(0, np.int64)
+        if len(numbers) == 2 * len(ids):
+            return numbers.reshape(-1, 2)
+        # an id without a sequence part, or a mixed batch
     pairs = [(int(i.rsplit("/", 2)[1]), int(i.rsplit("/", 2)[2])) if "/" in i else
              (int(i.partition("-")[0]), int(i.partition("-")[2] or 0)) for i in ids]
     return np.array(pairs, np.int64).reshape(-1, 2)
@@ -98,24 +104,25 @@ def decode(view: StreamFeatureView, columns: list[str], entries: list[Entry]) ->
     fields = _columns(entries, list(dict.fromkeys(wanted)))
     bad = np.zeros(n, dtype=object)  # (reason, detail) of the first problem, 0 where none
     errors = fields["_error"]
-    _mark(bad, [e is not None for e in errors], "bad message", lambda i: _text(errors[i]))
+    _mark(bad, [] if errors.count(None) == n else [e is not None for e in errors], "bad message",
+          lambda i: _text(errors[i]))
     keys = [fields[k] for k in view.join_keys]
     for name, column in zip(view.join_keys, keys):
-        _mark(bad, [not v for v in column], "missing key", lambda i, name=name: f"no {name!r} field")
+        _mark(bad, _missing(column), "missing key", lambda i, name=name: f"no {name!r} field")
     raw_ts = fields[view.timestamp_field]
-    _mark(bad, [not v for v in raw_ts], "missing timestamp", lambda i: f"no {view.timestamp_field!r} field")
+    _mark(bad, _missing(raw_ts), "missing timestamp", lambda i: f"no {view.timestamp_field!r} field")
     ts, ts_ok = parse_timestamps(raw_ts)
     _mark(bad, ~ts_ok, "bad timestamp", lambda i: f"{view.timestamp_field}={_text(raw_ts[i])!r} is not a time")
     values = np.zeros((n, len(columns)))
     for j, name in enumerate(columns):
         raw = fields[name]
-        _mark(bad, [not v for v in raw], "missing value", lambda i, name=name: f"no {name!r} field")
+        _mark(bad, _missing(raw), "missing value", lambda i, name=name: f"no {name!r} field")
         values[:, j], ok = parse_numbers(raw)
         _mark(bad, ~ok, "bad value", lambda i, name=name, raw=raw: f"{name}={_text(raw[i])!r} is not a finite number")
     texts = {}
     for name in view.distinct_columns:
         raw = fields[name]
-        _mark(bad, [not v for v in raw], "missing value", lambda i, name=name: f"no {name!r} field")
+        _mark(bad, _missing(raw), "missing value", lambda i, name=name: f"no {name!r} field")
         texts[name], ok = _utf8(raw)
         _mark(bad, ~ok, "bad value", lambda i, name=name, raw=raw: f"{name}={raw[i]!r} is not UTF-8 text")
     joined = keys[0] if len(keys) == 1 else [b"\x1f".join(map(_bytes, parts)) if all(parts) else None
@@ -124,16 +131,23 @@ def decode(view: StreamFeatureView, columns: list[str], entries: list[Entry]) ->
     entities, ok = _utf8(list(uniques))
     if not ok.all():
         _mark(bad, ~ok[codes], "bad key", lambda i: f"the key {joined[i]!r} is not UTF-8 text")
-    dead = [DeadLetter(_text(entries[i][0]), _as_dict(entries[i][1]), *bad[i])
-            for i in np.flatnonzero(bad != 0).tolist()]
-    good = np.flatnonzero(bad == 0)
-    pick = good.tolist()
-    ids = [i.decode() if type(i) is bytes else str(i) for i in (entries[j][0] for j in pick)]
+    failed = bad != 0
+    dead = [DeadLetter(_text(entries[i][0]), _as_dict(entries[i][1]), *bad[i]) for i in np.flatnonzero(failed).tolist()]
+    good = np.flatnonzero(~failed)
+    pick = good.tolist() if dead else range(n)
+    ids = _ids([entries[j][0] for j in pick])
     order = order_of(ids)
     events = Events(ids, order[:, 0], order[:, 1], codes[good].astype(np.int64), entities,
-                    [[col[i] for i in pick] for col in keys], ts[good], values[good],
-                    {c: [v[i] for i in pick] for c, v in texts.items()})
+                    [[col[i] for i in pick] if dead else list(col) for col in keys], ts[good], values[good],
+                    {c: [v[i] for i in pick] if dead else v for c, v in texts.items()})
     return events, dead
+
+
+def _ids(raw: list) -> list[str]:
+    """Entry ids as text (one decode for a batch of bytes ids)."""
+    if raw and all(type(i) is bytes for i in raw):
+        return b"\0".join(raw).decode().split("\0")
+    return [i.decode() if type(i) is bytes else str(i) for i in raw]
 
 
 def _bytes(value) -> bytes:
@@ -168,17 +182,25 @@ def _columns(entries: list[Entry], names: list[str]) -> dict[str, list]:
     """
     n = len(entries)
     if n and isinstance(entries[0][1], list):
-        layout = entries[0][1][0::2]
-        if all(f[0::2] == layout for _, f in entries):
-            where = {_text(k): 2 * i + 1 for i, k in enumerate(layout)}
-            return {name: [f[j] for _, f in entries] if (j := where.get(name)) is not None else [None] * n
-                    for name in names}
+        rows = [f for _, f in entries]
+        layout = rows[0][0::2]
+        width = len(rows[0])
+        if set(map(len, rows)) == {width}:
+            cells = list(zip(*rows))  # one tuple per position: names at even ones, values at odd ones
+            if all(cells[2 * i].count(k) == n for i, k in enumerate(layout)):
+                where = {_text(k): 2 * i + 1 for i, k in enumerate(layout)}
+                return {name: list(cells[j]) if (j := where.get(name)) is not None else [None] * n for name in names}
         entries = [(i, _as_dict(f)) for i, f in entries]
     out = {}
     for name in names:
         as_bytes = name.encode()
         out[name] = [f[as_bytes] if as_bytes in f else f.get(name) for _, f in entries]
     return out
+
+
+def _missing(column: list) -> list[bool]:
+    """Which values are missing (empty: none is, found without a Python loop)."""
+    return [] if all(column) else [not v for v in column]
 
 
 def _mark(bad: np.ndarray, failed, reason: str, detail) -> None:

@@ -79,7 +79,7 @@ class EventLog:
             self.fs.create_dir(folder, recursive=True)
             final = f"{folder}/{name}.parquet"
             staged = final if not isinstance(self.fs, pafs.LocalFileSystem) else f"{folder}/.{name}.tmp"
-            pq.write_table(part, staged, filesystem=self.fs, compression="snappy")
+            pq.write_table(part, staged, filesystem=self.fs, compression="snappy", use_dictionary=False)
             if staged != final:
                 self.fs.move(staged, final)
             written.append(final)

@@ -81,12 +81,12 @@ class Streams:
         ids += [i.decode() for i in pipe.execute()]
         return ids
 
-    def consumer(self, views: Sequence[str] | None = None, batch: int = 5000, name: str | None = None,
+    def consumer(self, views: Sequence[str] | None = None, batch: int = 20_000, name: str | None = None,
                  claim_idle: float = 60.0) -> Consumer:
         """A consumer of the stream views (default all), as ``mlplat stream`` runs; ``.serve(stop)`` loops."""
         return Consumer(self.platform, list(views) if views else None, batch, name, claim_idle)
 
-    def process(self, views: Sequence[str] | None = None, batch: int = 5000, name: str | None = None) -> list[BatchResult]:
+    def process(self, views: Sequence[str] | None = None, batch: int = 20_000, name: str | None = None) -> list[BatchResult]:
         """Apply every event waiting in the views' Redis streams, here and now; return what each batch did.
 
         (A Kafka view's consumer needs seconds to join its group: run ``mlplat stream`` for those.)
