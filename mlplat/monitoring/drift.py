@@ -106,7 +106,7 @@ def drift(ref: Reference, current: pd.DataFrame, psi_threshold: float = 0.2, p_t
     for column in columns:
         stats = ref.columns[column]
         sketch = np.asarray(stats["quantiles"])
-        values = np.sort(_finite(current[column]))  # np.unique and the CDFs below need them sorted
+        values = np.sort(_finite(current[column]))  # the distinct values and the CDFs below need them sorted
         if not len(values):
             raise InvalidArgument(f"Column {column!r} of the current rows has no numeric values to compare.")
         psi = _psi(sketch, values, ref.bins)
@@ -131,12 +131,24 @@ def _psi(sketch: np.ndarray, values: np.ndarray, bins: int) -> float:
 
 def _ks(sketch: np.ndarray, values: np.ndarray) -> float:
     """sup |F_ref - F_cur|: between two distinct current values only the reference moves, so checking at
-    each distinct value and just before it finds the supremum (ties, as in discrete features, included)."""
-    distinct, counts = np.unique(values, return_counts=True)
+    each distinct value and just before it finds the supremum (ties, as in discrete features, included).
+    ``values`` are sorted, so their distinct values are where they change (no second sort)."""
+    starts = np.flatnonzero(np.diff(values, prepend=-np.inf))
+    distinct, counts = values[starts], np.diff(starts, append=len(values))
     upto = np.cumsum(counts) / len(values)
-    at = np.abs(_cdf(sketch, distinct) - upto)
-    before = np.abs(_cdf(sketch, distinct, "left") - (upto - counts / len(values)))
+    at = np.abs(_cdf_at_many(sketch, distinct) - upto)
+    before = np.abs(_cdf_at_many(sketch, distinct, "left") - (upto - counts / len(values)))
     return float(max(at.max(), before.max()))
+
+
+def _cdf_at_many(sorted_values: np.ndarray, points: np.ndarray, side: str = "right") -> np.ndarray:
+    """:func:`_cdf` at many sorted ``points``: each of the few values counted into the points, O(points).
+
+    A value is <= the j-th point exactly when its left insertion index among the points is <= j
+    (for ``side="left"``, < when its right index is).
+    """
+    where = np.searchsorted(points, sorted_values, side="left" if side == "right" else "right")
+    return np.cumsum(np.bincount(where, minlength=len(points) + 1))[:len(points)] / len(sorted_values)
 
 
 def _cdf(sorted_values: np.ndarray, points: np.ndarray, side: str = "right") -> np.ndarray:
