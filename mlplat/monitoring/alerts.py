@@ -11,6 +11,7 @@ delivery is recorded on the alert, never lost silently.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.error
 import urllib.request
@@ -124,7 +125,8 @@ class Alerts:
             delivery = self._deliver(fired)
             with self.engine.begin() as conn:
                 conn.execute(alerts_table.update().where(alerts_table.c.id.in_(opened)).values(delivery=delivery))
-        return self.list(ids=opened)
+            fired = AlertList(dataclasses.replace(a, delivery=delivery) for a in fired)
+        return fired
 
     def list(self, status: str | None = None, model: str | None = None, ids: list[int] | None = None) -> AlertList:
         """Alerts, newest first; ``status`` "firing" or "resolved", ``model`` one model's."""

@@ -28,7 +28,7 @@ from mlplat.jobs.templates import template
 from mlplat.monitoring import metrics
 from mlplat.monitoring.alerts import AlertList, Alerts, Finding
 from mlplat.monitoring.drift import DriftReport
-from mlplat.monitoring.predlog import Flusher, PredictionStore, in_window, metrics_key
+from mlplat.monitoring.predlog import Flusher, PredictionStore, in_window, metrics_key, unflushed
 
 thresholds_table = sa.Table(
     "monitor_thresholds", metadata,
@@ -199,7 +199,7 @@ class Monitor:
         """Logged rows of ``model`` with ``start <= at < end``: flushed ones and those still in the stream."""
         start, end = (None if t is None else _utc(t) for t in (start, end))
         stored = self.store.read(model, start, end)
-        recent = self.flusher().unflushed(model)
+        recent = unflushed(self.redis, self.prefix, model)
         recent = in_window(recent, start, end) if len(recent) else recent
         parts = [part for part in (stored, recent) if len(part)]
         if not parts:

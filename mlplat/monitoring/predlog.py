@@ -317,8 +317,8 @@ class Flusher:
                 log.warning("prediction log flusher: %s; retrying", exc)
                 stop.wait(1)
 
-    def unflushed(self, model: str) -> pd.DataFrame:
-        """Rows of ``model`` still in the stream (not yet in Parquet)."""
-        rows = entries_frame(self.client.xrange(self.stream))
-        return rows[rows["model"] == model] if len(rows) else rows
 
+def unflushed(client: redis.Redis, prefix: str, model: str) -> pd.DataFrame:
+    """Rows of ``model`` still in the stream (not yet in Parquet); reading needs no consumer group."""
+    rows = entries_frame(client.xrange(stream_key(prefix)))
+    return rows[rows["model"] == model] if len(rows) else rows
