@@ -41,11 +41,18 @@ def _platform():
 
 @main.command()
 def up() -> None:
-    """Start the embedded services (or reuse the running ones)."""
+    """Start the embedded services, reuse the running ones, restart the unhealthy ones; exit 1 if one fails."""
     from mlplat import services
 
-    for state in services.up(_settings()):
-        click.echo(f"{state.name:8} running  pid {state.pid}  {state.url}")
+    failed = False
+    for name, outcome in services.up_each(_settings()):
+        if isinstance(outcome, Exception):
+            failed = True
+            click.echo(f"{name:8} FAILED   {outcome}", err=True)
+        else:
+            click.echo(f"{name:8} running  pid {outcome.pid}  {outcome.where}")
+    if failed:
+        sys.exit(1)
 
 
 @main.command()
@@ -59,17 +66,18 @@ def down() -> None:
 
 @main.command()
 def status() -> None:
-    """Show each embedded service and where it listens; exit 1 if one is down."""
+    """Show each embedded service, where it listens and whether it is healthy; exit 1 if one is down or unhealthy."""
     from mlplat import services
 
     settings = _settings()
     click.echo(f"home     {settings.home}")
-    states = services.status(settings)
-    for name, state in states.items():
-        click.echo(f"{name:8} " + (f"running  pid {state.pid}  {state.url}" if state else "stopped"))
+    found = services.health(settings)
+    for health in found:
+        where = f"  pid {health.state.pid}  {health.state.where}" if health.state else ""
+        click.echo(f"{health.name:8} {health.summary}{where}")
     if settings.online_store != "embedded":
         click.echo(f"online   external  {settings.online_store}")
-    sys.exit(1 if None in states.values() else 0)
+    sys.exit(0 if all(h.healthy for h in found) else 1)
 
 
 @main.group()
@@ -236,9 +244,9 @@ def deploy(name: str, version: str | None) -> None:
 
 @main.command()
 def deployments() -> None:
-    """What is live on Triton."""
+    """What is live on Triton, at its gRPC and HTTP endpoints."""
     for d in _platform().deployments():
-        click.echo(f"{d.triton_model:24} v{d.version:<4} {d.status:12} {d.endpoint}")
+        click.echo(f"{d.triton_model:24} v{d.version:<4} {d.status:12} {d.endpoint}  http {d.http_endpoint}")
 
 
 @main.command()
@@ -388,10 +396,12 @@ def monitor() -> None:
 @monitor.command("serve")
 @click.option("--port", type=int, default=9464, show_default=True, help="Port of the Prometheus /metrics endpoint.")
 @click.option("--batch", type=int, default=5000, show_default=True, help="Logged requests per Parquet file, at most.")
-def monitor_serve(port: int, batch: int) -> None:
+@click.option("--heartbeat", type=click.Path(dir_okay=False), help="A file touched after each flush (health).")
+def monitor_serve(port: int, batch: int, heartbeat: str | None) -> None:
     """Flush the prediction log to Parquet and serve Prometheus metrics (`mlplat up` starts this)."""
     import signal
     import threading
+    from pathlib import Path
 
     from prometheus_client import start_http_server
 
@@ -402,7 +412,7 @@ def monitor_serve(port: int, batch: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server, _ = start_http_server(port, "127.0.0.1", registry(p.features.online.client, p.settings.online_prefix))
     try:
-        p.monitor.flusher(batch).serve(stop)
+        p.monitor.flusher(batch).serve(stop, Path(heartbeat) if heartbeat else None)
     except KeyboardInterrupt:
         pass
     finally:
@@ -462,7 +472,8 @@ def alerts(status: str | None, model: str | None) -> None:
                                          "the same across restarts, different for each consumer sharing a stream.")
 @click.option("--claim-idle", type=float, default=60.0, show_default=True,
               help="Take over entries another consumer has held unapplied for this many seconds.")
-@click.option("--heartbeat", type=click.Path(dir_okay=False), help="A file touched about once a second (health).")
+@click.option("--heartbeat", type=click.Path(dir_okay=False),
+              help="A file touched after each batch applied or wait with nothing to apply (health).")
 def stream(views: tuple[str, ...], batch: int, name: str | None, claim_idle: float, heartbeat: str | None) -> None:
     """Keep stream feature views fresh from their streams (`mlplat up` starts this); stop with Ctrl-C or SIGTERM."""
     import logging

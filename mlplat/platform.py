@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from mlplat.config import Settings, load_settings
@@ -44,13 +44,16 @@ class Platform:
     @cached_property
     def features(self):
         """The feature store (:class:`mlplat.features.store.FeatureStore`)."""
+        from mlplat.config import EMBEDDED
         from mlplat.features.offline import OfflineStore
         from mlplat.features.online import RedisOnlineStore
         from mlplat.features.registry import Registry
         from mlplat.features.store import FeatureStore
         from mlplat.services import online_store_url
 
-        online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix)
+        # The embedded Redis is found again (started again if it died) whenever a connection is remade.
+        locate = partial(online_store_url, self.settings) if self.settings.online_store == EMBEDDED else None
+        online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix, locate)
         return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), online,
                             platform=self)
 

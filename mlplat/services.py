@@ -1,9 +1,12 @@
-"""Embedded services run as child processes: start, reuse, health-check, stop.
+"""Embedded services run as child processes: start, reuse, health-check, repair, stop.
 
-Each service records its pid and port in ``$MLPLAT_HOME/run/<name>.json`` so any
+Each service records its pid and ports in ``$MLPLAT_HOME/run/<name>.json`` so any
 process (a notebook, the CLI, a test) finds and reuses the one already running.
 A file lock serialises start-up, so two notebooks never start two servers on
-the same data directory.
+the same data directory. The ports a service had are kept in ``<name>.ports.json``,
+which outlives the server: after a crash, a hang or ``mlplat down`` it comes back
+where clients already look. A server that runs but does not answer or (services
+with a heartbeat) makes no progress is unhealthy; ``ensure`` kills and restarts it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,11 +26,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mlplat.config import EMBEDDED, Settings
 from mlplat.errors import ServiceBinaryNotFound, ServiceError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,35 @@ class ServiceState:
     port: int
     url: str
     started_at: float
+    ports: dict[str, int] = field(default_factory=dict)  # its other ports, by role (Triton: http, metrics)
+
+    @property
+    def where(self) -> str:
+        """Its URL and other ports, as ``mlplat status`` shows them."""
+        return "  ".join([self.url, *(f"{role} 127.0.0.1:{port}" for role, port in self.ports.items())])
+
+
+@dataclass(frozen=True)
+class Health:
+    """How one embedded service is doing, as ``mlplat status`` reports it."""
+
+    name: str
+    state: ServiceState | None  # None: not running
+    problem: str = ""  # why a running service is unhealthy; empty when it is healthy
+    progress: float | None = None  # services with a heartbeat: when it last made progress (epoch seconds)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is not None and not self.problem
+
+    @property
+    def summary(self) -> str:
+        """``running`` (with its last progress, if it keeps a heartbeat), ``stopped`` or ``UNHEALTHY (why)``."""
+        if self.state is None:
+            return "stopped"
+        if self.problem:
+            return f"UNHEALTHY ({self.problem})"
+        return "running" if self.progress is None else f"running (progress {time.time() - self.progress:.0f} s ago)"
 
 
 @contextlib.contextmanager
@@ -64,6 +99,8 @@ def _port_free(port: int, wait: float = 0.0) -> bool:
     deadline = time.monotonic() + wait
     while True:
         with socket.socket() as sock:
+            # As the servers do: connections a killed server left in TIME_WAIT must not make its port look taken.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
                 return True
@@ -87,28 +124,43 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _kill_group(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL a server's process group (it and its workers; a stopped or hung one too) and wait for it to exit."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 class EmbeddedService(abc.ABC):
-    """A server the platform starts on a free loopback port, one per ``$MLPLAT_HOME``."""
+    """A server the platform starts on a loopback port, one per ``$MLPLAT_HOME``."""
 
     name: str
     start_timeout = 15.0
+    hung_after = 10.0  # a started server that has not answered for this long is hung: killed and restarted
+    stale_after: float | None = None  # services with a heartbeat: unhealthy after this long without progress
+    side_ports: tuple[str, ...] = ()  # roles of other ports it listens on, kept across restarts like its main one
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.state_file = settings.run_dir / f"{self.name}.json"
+        self.ports_file = settings.run_dir / f"{self.name}.ports.json"
         self.log_file = settings.run_dir / f"{self.name}.log"
+        self.heartbeat = settings.run_dir / f"{self.name}.heartbeat"
+        self.side: dict[str, int] = {}  # the side ports of the server being started, by role (for ``command``)
 
     @abc.abstractmethod
     def command(self, port: int) -> list[str]:
-        """The argv that starts the server on ``port``."""
+        """The argv that starts the server on ``port`` (and on ``self.side`` ports)."""
 
     @abc.abstractmethod
     def url(self, port: int) -> str:
         """The URL clients use to reach the server on ``port``."""
 
-    @abc.abstractmethod
     def healthy(self, state: ServiceState) -> bool:
-        """True when the server answers requests."""
+        """True when the server answers requests (services with a heartbeat: when it makes progress)."""
+        return self.progressing(state)
 
     def environment(self) -> dict[str, str] | None:
         """Environment variables for the server process (None: inherit ours)."""
@@ -119,6 +171,19 @@ class EmbeddedService(abc.ABC):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(state.pid, signal.SIGTERM)
 
+    def progress(self, state: ServiceState) -> float | None:
+        """When the server last made progress (its heartbeat file), None if it has not since it started."""
+        try:
+            touched = self.heartbeat.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return touched if touched + 1 >= state.started_at else None
+
+    def progressing(self, state: ServiceState) -> bool:
+        """True when the server's heartbeat is younger than ``stale_after``."""
+        touched = self.progress(state)
+        return touched is not None and self.stale_after is not None and time.time() - touched < self.stale_after
+
     def status(self) -> ServiceState | None:
         """The state of the running, healthy server, or None."""
         state = self._read_state()
@@ -126,66 +191,84 @@ class EmbeddedService(abc.ABC):
             return state
         return None
 
-    def ensure(self) -> ServiceState:
-        """Reuse the running server or start a new one; return its state.
+    def health(self) -> Health:
+        """Whether the server runs and, if it does, whether it answers or makes progress."""
+        state = self._read_state()
+        if state is None or not _pid_alive(state.pid):
+            return Health(self.name, None)
+        progress = self.progress(state) if self.stale_after is not None else None
+        if self.healthy(state):
+            return Health(self.name, state, "", progress)
+        if self.stale_after is None:
+            return Health(self.name, state, "not answering")
+        since = progress or state.started_at
+        return Health(self.name, state, f"no progress for {time.time() - since:.0f} s", progress)
 
-        A server that is running but slow to answer (busy loading, a loaded
-        machine) gets time to answer before it is replaced: two servers on one
-        home would fight over its data and ports.
+    def ensure(self, patience: float | None = None) -> ServiceState:
+        """Reuse the running server or start one; return its state.
+
+        A server that runs but is unhealthy (it answered once: its state is recorded only then) gets
+        ``patience`` seconds to recover (default ``hung_after``: a busy server answers again), then its
+        process group is killed and it starts again on its old ports.
         """
         with self._lock():
             state = self._read_state()
             if state and _pid_alive(state.pid):
-                deadline = time.monotonic() + self.start_timeout
-                while time.monotonic() < deadline and _pid_alive(state.pid):
-                    if self.healthy(state):
-                        return state
-                    time.sleep(0.1)
-                self._terminate(state, timeout=5.0)
-            elif state:  # it died: its workers (same process group) may still hold its port
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(state.pid, signal.SIGKILL)
-            # Back on the same port when it is free, so clients holding the endpoint reconnect.
-            return self._start(state.port if state else None)
+                if self._recovers(state, self.hung_after if patience is None else patience):
+                    return state
+                log.warning("%s (pid %d) is unhealthy (%s); restarting it", self.name, state.pid,
+                            self.health().summary)
+            if state:  # dead or hung: its workers (same process group) may still hold its ports
+                _kill_group(state.pid)
+            return self._start()
 
     def stop(self, timeout: float = 15.0) -> bool:
-        """Stop the server cleanly; return False when none was running."""
+        """Stop the server cleanly; return False when none was running. Its ports stay reserved for it."""
         with self._lock():
             state = self._read_state()
             if not state or not _pid_alive(state.pid):
                 self.state_file.unlink(missing_ok=True)
                 return False
-            self._terminate(state, timeout)
+            self.shutdown(state)
+            deadline = time.monotonic() + timeout
+            while _pid_alive(state.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            _kill_group(state.pid)  # what did not stop in time, and any worker left behind
+            self.state_file.unlink(missing_ok=True)
             return True
 
-    def _terminate(self, state: ServiceState, timeout: float) -> None:
-        """Shut the server down, killing its process group if it has not exited within ``timeout``."""
-        self.shutdown(state)
-        deadline = time.monotonic() + timeout
+    def _recovers(self, state: ServiceState, patience: float) -> bool:
+        """True when the server is healthy now or becomes so within ``patience`` seconds."""
+        deadline = time.monotonic() + patience
         while _pid_alive(state.pid):
-            if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(state.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        self.state_file.unlink(missing_ok=True)
+            if self.healthy(state):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return False
 
-    def _start(self, preferred_port: int | None = None) -> ServiceState:
+    def _start(self) -> ServiceState:
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        before = self._remembered_ports()
         last_error = ""
         for attempt in range(3):  # a free port can be taken between probing and binding
-            port = preferred_port if attempt == 0 and preferred_port and _port_free(preferred_port, wait=2.0) \
-                else free_port()
-            with open(self.log_file, "ab") as log:
+            ports = {role: _port_for(before.get(role) if attempt == 0 else None) for role in ("port", *self.side_ports)}
+            port = ports.pop("port")
+            self.side = ports
+            with open(self.log_file, "ab") as log_file:
                 proc = subprocess.Popen(
-                    self.command(port), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
+                    self.command(port), stdout=log_file, stderr=subprocess.STDOUT, env=self.environment(),
                     stdin=subprocess.DEVNULL, start_new_session=True,
                 )
-            state = ServiceState(self.name, proc.pid, port, self.url(port), time.time())
+            state = ServiceState(self.name, proc.pid, port, self.url(port), time.time(), ports)
             deadline = time.monotonic() + self.start_timeout
             while proc.poll() is None and time.monotonic() < deadline:
                 if self.healthy(state):
                     self.state_file.write_text(json.dumps(asdict(state)))
+                    self.ports_file.write_text(json.dumps({"port": port, **ports}))
+                    if before and port != before.get("port"):
+                        log.warning("%s: port %s was taken; it listens on %d now", self.name, before.get("port"), port)
                     return state
                 time.sleep(0.02)
             if proc.poll() is None:
@@ -196,6 +279,13 @@ class EmbeddedService(abc.ABC):
             f"{self.name} did not start; its log {self.log_file} ends with:\n{last_error}\n"
             f"Fix the cause above, then run `mlplat up` again."
         )
+
+    def _remembered_ports(self) -> dict[str, int]:
+        """The ports the server had last time (its state file is gone after a stop; this one stays)."""
+        try:
+            return {role: int(port) for role, port in json.loads(self.ports_file.read_text()).items()}
+        except (FileNotFoundError, ValueError, TypeError, AttributeError):
+            return {}
 
     def _read_state(self) -> ServiceState | None:
         try:
@@ -211,6 +301,11 @@ class EmbeddedService(abc.ABC):
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return file_lock(self.settings.run_dir / f"{self.name}.lock")
+
+
+def _port_for(previous: int | None) -> int:
+    """``previous`` when it is free (a server that just died may take a moment to let go of it), else a free port."""
+    return previous if previous and _port_free(previous, wait=2.0) else free_port()
 
 
 class RedisService(EmbeddedService):
@@ -294,11 +389,11 @@ class MlflowService(EmbeddedService):
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
 
-    def _start(self, preferred_port: int | None = None) -> ServiceState:
+    def _start(self) -> ServiceState:
         from mlplat.training.tracking import prepare_store
 
         prepare_store(self.settings)  # the server would create a new store's tables itself, racing the clients
-        return super()._start(preferred_port)
+        return super()._start()
 
     def healthy(self, state: ServiceState) -> bool:
         try:
@@ -309,18 +404,16 @@ class MlflowService(EmbeddedService):
 
 
 class SchedulerService(EmbeddedService):
-    """``mlplat scheduler``: runs due slots of scheduled notebook jobs; healthy while its heartbeat is fresh."""
+    """``mlplat scheduler``: runs due slots of scheduled notebook jobs; healthy while it ticks (its heartbeat)."""
 
     name = "scheduler"
     interval = 30.0
+    stale_after = 3 * interval
+    hung_after = 0.0  # a stale heartbeat has had ``stale_after`` to recover already
 
     def command(self, port: int) -> list[str]:
         return [sys.executable, "-m", "mlplat.cli", "scheduler", "--interval", str(self.interval),
                 "--heartbeat", str(self.heartbeat)]
-
-    @property
-    def heartbeat(self) -> Path:
-        return self.settings.run_dir / "scheduler.heartbeat"
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "MLPLAT_HOME": str(self.settings.home)}
@@ -328,31 +421,35 @@ class SchedulerService(EmbeddedService):
     def url(self, port: int) -> str:
         return f"file://{self.heartbeat}"
 
-    def healthy(self, state: ServiceState) -> bool:
-        try:
-            return time.time() - self.heartbeat.stat().st_mtime < 3 * self.interval and state.started_at <= \
-                self.heartbeat.stat().st_mtime + 1
-        except FileNotFoundError:
-            return False
+
+def _platform_environment(settings: Settings) -> dict[str, str]:
+    """What a service process needs to open the same platform; an embedded online store it finds itself,
+    so it can follow Redis when Redis is restarted."""
+    return {**os.environ, "MLPLAT_HOME": str(settings.home), "MLPLAT_ONLINE_STORE": settings.online_store,
+            "MLPLAT_ONLINE_PREFIX": settings.online_prefix, "MLPLAT_OFFLINE_STORE": settings.offline_store,
+            "MLPLAT_REGISTRY": settings.registry}
 
 
 class MonitorService(EmbeddedService):
-    """``mlplat monitor serve``: flushes the prediction log to Parquet and serves Prometheus ``/metrics``."""
+    """``mlplat monitor serve``: flushes the prediction log to Parquet and serves Prometheus ``/metrics``;
+    healthy while ``/metrics`` answers and the flusher makes progress (its heartbeat: each batch or idle wait)."""
 
     name = "monitor"
+    stale_after = 10.0
 
     def command(self, port: int) -> list[str]:
-        return [sys.executable, "-m", "mlplat.cli", "monitor", "serve", "--port", str(port)]
+        return [sys.executable, "-m", "mlplat.cli", "monitor", "serve", "--port", str(port),
+                "--heartbeat", str(self.heartbeat)]
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "MLPLAT_HOME": str(self.settings.home), "MLPLAT_ONLINE_STORE": online_store_url(
-            self.settings), "MLPLAT_ONLINE_PREFIX": self.settings.online_prefix,
-            "MLPLAT_OFFLINE_STORE": self.settings.offline_store}
+        return _platform_environment(self.settings)
 
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}/metrics"
 
     def healthy(self, state: ServiceState) -> bool:
+        if not self.progressing(state):
+            return False
         try:
             with urllib.request.urlopen(state.url, timeout=1) as response:
                 return response.status == 200
@@ -361,31 +458,21 @@ class MonitorService(EmbeddedService):
 
 
 class StreamService(EmbeddedService):
-    """``mlplat stream``: keeps stream feature views fresh; healthy while its heartbeat (touched every second) is."""
+    """``mlplat stream``: keeps stream feature views fresh; healthy while it makes progress (its heartbeat,
+    touched after each batch applied or each wait with nothing to do)."""
 
     name = "stream"
+    stale_after = 10.0
+    hung_after = 0.0
 
     def command(self, port: int) -> list[str]:
         return [sys.executable, "-m", "mlplat.cli", "stream", "--heartbeat", str(self.heartbeat)]
 
-    @property
-    def heartbeat(self) -> Path:
-        return self.settings.run_dir / "stream.heartbeat"
-
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "MLPLAT_HOME": str(self.settings.home), "MLPLAT_ONLINE_STORE": online_store_url(
-            self.settings), "MLPLAT_ONLINE_PREFIX": self.settings.online_prefix,
-            "MLPLAT_OFFLINE_STORE": self.settings.offline_store, "MLPLAT_REGISTRY": self.settings.registry}
+        return _platform_environment(self.settings)
 
     def url(self, port: int) -> str:
         return f"file://{self.heartbeat}"
-
-    def healthy(self, state: ServiceState) -> bool:
-        try:
-            touched = self.heartbeat.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        return time.time() - touched < 10 and touched + 1 >= state.started_at
 
 
 SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": MlflowService,
@@ -394,7 +481,7 @@ SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": M
 
 
 def embedded_services(settings: Settings) -> list[EmbeddedService]:
-    """The services these settings ask to run here (not at a remote URL)."""
+    """The services these settings ask to run here (not at a remote URL), each after those it needs."""
     wanted = []
     if settings.online_store == EMBEDDED:
         wanted.append(SERVICES["redis"](settings))
@@ -412,19 +499,44 @@ def embedded_services(settings: Settings) -> list[EmbeddedService]:
     return wanted
 
 
-def status(settings: Settings) -> dict[str, ServiceState | None]:
-    """Each embedded service's state, None for those not running."""
-    return {service.name: service.status() for service in embedded_services(settings)}
+def health(settings: Settings) -> list[Health]:
+    """Each embedded service: stopped, running, or running but unhealthy (not answering, no progress)."""
+    return [service.health() for service in embedded_services(settings)]
+
+
+def up_each(settings: Settings, only: tuple[str, ...] | None = None) -> list[tuple[str, ServiceState | Exception]]:
+    """Start, reuse or repair (restart when unhealthy) each embedded service (``only`` those named).
+
+    One service that fails does not keep the others from starting: each gets its state or its error.
+    """
+    done: list[tuple[str, ServiceState | Exception]] = []
+    for service in embedded_services(settings):
+        if only is None or service.name in only:
+            try:
+                done.append((service.name, service.ensure()))
+            except Exception as exc:  # reported with the others: one broken service must not stop the rest
+                done.append((service.name, exc))
+    return done
 
 
 def up(settings: Settings, only: tuple[str, ...] | None = None) -> list[ServiceState]:
-    """Start (or reuse) the embedded services (``only`` those named); return their states."""
-    return [s.ensure() for s in embedded_services(settings) if only is None or s.name in only]
+    """Start (or reuse, or repair) the embedded services (``only`` those named); return their states.
+
+    Every service is tried; the first failure is raised after the others have started.
+    """
+    states = []
+    for _, outcome in up_each(settings, only):
+        if isinstance(outcome, Exception):
+            raise outcome
+        states.append(outcome)
+    return states
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop every embedded service; return the names of those that were running."""
-    return [s.name for s in embedded_services(settings) if s.stop()]
+    """Stop every embedded service, those that use others first; return the names of those that were running."""
+    found = embedded_services(settings)
+    stopped = {s.name for s in reversed(found) if s.stop()}
+    return [s.name for s in found if s.name in stopped]
 
 
 def online_store_url(settings: Settings) -> str:

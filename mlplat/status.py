@@ -13,7 +13,8 @@ PACKAGES = ("mlplat", "pandas", "pyarrow", "redis", "dask", "mlflow", "scikit-le
 
 @dataclass(frozen=True)
 class Status:
-    """Embedded services (URL or None when stopped), the configured endpoints, and package versions."""
+    """Embedded services (where they listen, ``UNHEALTHY (why)`` first when one runs but does not answer or make
+    progress, None when stopped), the configured endpoints, and package versions."""
 
     services: dict[str, str | None]
     endpoints: dict[str, str]
@@ -41,12 +42,19 @@ def status(settings: Any) -> Status:
     """The platform's status as these settings see it."""
     from mlplat import services
 
-    states = services.status(settings)
-    redis = states.get("redis")
+    found = {health.name: health for health in services.health(settings)}
+    redis = found["redis"].state if "redis" in found else None
     online = f"embedded at {redis.url}" if settings.online_store == "embedded" and redis else settings.online_store
     endpoints = {"home": str(settings.home), "online store": online, "registry": settings.registry, "offline store": str(settings.offline_store),
                  "tracking": settings.tracking, "user": settings.user}
-    return Status({name: state.url if state else None for name, state in states.items()}, endpoints, _versions())
+    return Status({name: _where(health) for name, health in found.items()}, endpoints, _versions())
+
+
+def _where(health: Any) -> str | None:
+    """Where a service listens, after what is wrong with it if anything; None when it is stopped."""
+    if health.state is None:
+        return None
+    return health.state.where if health.healthy else f"{health.summary}  {health.state.where}"
 
 
 def _versions() -> dict[str, str]:

@@ -1,14 +1,27 @@
-"""Embedded redis-server: start, reuse, survive restarts, stop, and fail clearly."""
+"""Embedded services: start, reuse, survive restarts (on the same port), report progress, get repaired, fail clearly."""
 
 import os
+import signal
+import socket
+import sys
+import time
 
+import numpy as np
+import pandas as pd
 import pytest
 import redis
+from click.testing import CliRunner
+from faults import take_the_port_of_redis, wait_for
 
 import mlplat
 from mlplat import services
+from mlplat.cli import main as cli
 from mlplat.config import load_settings
 from mlplat.errors import ServiceBinaryNotFound, ServiceError
+from mlplat.features import Entity
+from mlplat.monitoring.predlog import PredictionLogger, stream_key
+from mlplat.services import MonitorService, RedisService, StreamService
+from mlplat.streaming import Aggregation, StreamFeatureView
 
 
 @pytest.fixture
@@ -39,7 +52,7 @@ def test_restart_loses_nothing(settings):
     client.close()
     assert services.down(settings) == ["redis"]
     (again,) = services.up(settings, only=("redis",))
-    assert again.pid != state.pid
+    assert again.pid != state.pid and again.port == state.port  # where clients already look
     assert redis.Redis.from_url(again.url).get("k") == b"v" * 100
 
 
@@ -74,3 +87,97 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path):
     os.chmod(fake, 0o755)
     with pytest.raises(ServiceError, match="FATAL: cannot open data dir"):
         services.up(load_settings(home=str(tmp_path / "h"), redis_server=str(fake)), only=("redis",))
+
+
+
+def counted_trips(p, driver_id):
+    return p.features.get_online_features(["trips:events_count_1h"], {"driver_id": [driver_id]}).to_dict()[
+        "events_count_1h"][0]
+
+
+def apply_trips(p):
+    """A stream view counting each driver's trips, which the stream service consumes."""
+    driver = Entity("driver", join_keys=["driver_id"])
+    p.features.apply([driver, StreamFeatureView("trips", entities=[driver], aggregations=[
+        Aggregation(None, "count", "1h")], slide="10min", watermark="5min", ttl=None)])
+
+
+def test_redis_killed_comes_back_on_its_port_and_every_client_keeps_working(settings):
+    p = mlplat.connect(home=str(settings.home))
+    apply_trips(p)
+    services.up(settings, only=("redis", "monitor", "stream"))
+    now = pd.Timestamp.now(tz="UTC")
+    p.streams.send("trips", [{"driver_id": 1, "event_timestamp": now}])
+    wait_for(lambda: counted_trips(p, 1) == 1, what="the stream service applying an event")
+    killed = RedisService(settings).status()
+    os.kill(killed.pid, signal.SIGKILL)  # with live connections from this handle, the consumer and the monitor
+
+    started = time.monotonic()
+    p.streams.send("trips", [{"driver_id": 1, "event_timestamp": now}])  # this handle reconnects: Redis restarts
+    wait_for(lambda: counted_trips(p, 1) == 2, what="the stream service applying an event after the restart")
+    print(f"\nredis SIGKILL: the stream service applied again after {time.monotonic() - started:.2f} s")
+    again = RedisService(settings).status()
+    assert again.port == killed.port and again.pid != killed.pid
+
+    logger = PredictionLogger(p.features.online.client, p.settings.online_prefix)
+    logger.log("m", "1", ["x"], np.ones((1, 1), np.float32), np.ones((1, 1), np.float32), 2.0)
+    logger.close()
+    queue = stream_key(p.settings.online_prefix)
+    wait_for(lambda: p.features.online.client.xlen(queue) == 0, what="the monitor flushing the prediction log")
+    assert [h.healthy for h in services.health(settings) if h.name in ("redis", "monitor", "stream")] == [True] * 3
+    p.close()
+
+
+def test_a_redis_whose_port_was_taken_restarts_elsewhere_and_clients_follow(settings):
+    p = mlplat.connect(home=str(settings.home))
+    p.features.online.client.set("k", b"v")
+    with socket.socket() as squatter:  # someone else takes the port meanwhile
+        killed = take_the_port_of_redis(settings, squatter)
+        assert p.features.online.client.get("k") == b"v"
+    moved = RedisService(settings).status()
+    assert moved.port != killed.port and p.features.online.client.connection_pool.get_connection().port == moved.port
+    p.close()
+
+
+
+def test_one_service_that_cannot_start_does_not_keep_the_others_down(settings, monkeypatch):
+    broken = [sys.executable, "-c", "raise SystemExit('monitor broken on purpose')"]
+    monkeypatch.setattr(MonitorService, "command", lambda self, port: broken)
+    done = dict(services.up_each(settings, only=("redis", "monitor", "stream")))
+    assert isinstance(done["monitor"], ServiceError) and "broken on purpose" in str(done["monitor"])
+    assert StreamService(settings).status() == done["stream"] and RedisService(settings).status() == done["redis"]
+    with pytest.raises(ServiceError, match="broken on purpose"):  # up() still says so, after starting the rest
+        services.up(settings, only=("monitor",))
+
+
+def test_a_stream_service_making_no_progress_is_reported_unhealthy_and_repaired(tmp_path, monkeypatch):
+    monkeypatch.setattr(StreamService, "stale_after", 2.0)  # read in this process, by status and up
+    backing = RedisService(load_settings(home=str(tmp_path / "redis-home")))
+    url = backing.ensure().url  # the platform's online store, outside it: nobody restarts it but this test
+    settings = load_settings(home=str(tmp_path / "home"), online_store=url)
+    service = StreamService(settings)
+    with mlplat.connect(home=str(settings.home), online_store=url) as p:
+        apply_trips(p)
+    try:
+        first = service.ensure()
+        os.kill(backing.status().pid, signal.SIGKILL)  # every round of the consumer fails now, while it runs
+        wait_for(lambda: service.health().problem.startswith("no progress"), what="status reporting no progress")
+        monkeypatch.setenv("MLPLAT_HOME", str(settings.home))
+        monkeypatch.setenv("MLPLAT_ONLINE_STORE", url)
+        shown = CliRunner().invoke(cli, ["status"])
+        assert shown.exit_code == 1 and "stream   UNHEALTHY (no progress for" in shown.output, shown.output
+
+        backing.ensure()  # Redis back on its port: the consumer goes on by itself
+        wait_for(lambda: service.health().healthy, what="the consumer making progress again")
+        assert service.status().pid == first.pid
+
+        os.kill(first.pid, signal.SIGSTOP)  # hung: alive, no progress
+        wait_for(lambda: not service.health().healthy, what="status reporting the hung consumer")
+        started = time.monotonic()
+        [(name, repaired)] = services.up_each(settings, only=("stream",))
+        print(f"\nstream service hung: `mlplat up` had it running again after {time.monotonic() - started:.2f} s")
+        assert name == "stream" and repaired.pid != first.pid and service.health().healthy
+        assert not services._pid_alive(first.pid)
+    finally:
+        service.stop()
+        backing.stop()

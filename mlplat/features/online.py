@@ -14,19 +14,30 @@ are made only for the values returned.
 Each key expires (``PXAT``) when its value passes the view's TTL, so expired
 entities read as missing without a check on the hot path. Writes compare with
 what is stored and never replace a newer value with an older one, in
-``MULTI``/``EXEC`` batches, so re-running a materialisation is harmless.
+``MULTI``/``EXEC`` batches, so re-running a materialisation is harmless. Every
+writer (materialise, push, the stream consumer) also raises the view's newest
+event time in one sorted set (:func:`newest_events_key`) in the same batch: the
+age of what is served is read from there, whatever wrote it.
+
+An embedded Redis is looked up again each time a connection is (re)made, so a
+client outlives a Redis restart, even one on another port.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from mlplat.errors import MissingColumnError, OnlineStoreUnavailable
 from mlplat.features.definitions import FeatureView
@@ -181,16 +192,43 @@ def read_online(store: RedisOnlineStore, plan: list[tuple[Any, RecordCodec]], co
     return out
 
 
+class LocatingConnection(redis.Connection):
+    """A Redis connection that asks ``locate()`` for the server's URL each time it connects.
+
+    For the embedded Redis, ``locate`` finds the running server (starting it if it died), so a
+    connection broken by a restart reconnects wherever the server listens now.
+    """
+
+    def __init__(self, *, locate: Callable[[], str], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.locate = locate
+
+    def _connect(self) -> Any:
+        where = urlparse(self.locate())
+        self.host, self.port = where.hostname or "127.0.0.1", where.port or 6379
+        return super()._connect()
+
+
 @dataclass
 class RedisOnlineStore:
-    """Reads and writes packed feature records in Redis."""
+    """Reads and writes packed feature records in Redis.
+
+    ``locate`` (the embedded Redis) gives the server's current URL; connections made
+    after a restart go there, and a command cut by the restart is sent again.
+    """
 
     url: str
     prefix: str = "mlp"
+    locate: Callable[[], str] | None = dataclass_field(default=None, repr=False, compare=False)
 
     @cached_property
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5)
+        # A few retries on a broken connection: a restarted server is back within a second or two.
+        retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=2), 5, supported_errors=(redis.ConnectionError,))
+        if self.locate is None:
+            return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5, retry=retry)
+        return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5, retry=retry,
+                                    connection_class=LocatingConnection, locate=self.locate)
 
     def key_prefix(self, view: FeatureView) -> str:
         return f"{self.prefix}:{view.name}:{view.version}:"

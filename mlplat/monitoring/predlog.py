@@ -31,6 +31,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -274,6 +275,9 @@ class Flusher:
         self.store = PredictionStore(offline_url)
         self.batch = batch
         self.consumer = consumer or socket.gethostname()  # stable: a restart finds its own pending entries
+        self._create_group()
+
+    def _create_group(self) -> None:
         try:
             self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -308,14 +312,23 @@ class Flusher:
             total += written
         return total
 
-    def serve(self, stop: threading.Event) -> None:
-        """Flush until ``stop`` is set (the loop of ``mlplat monitor serve``)."""
+    def serve(self, stop: threading.Event, heartbeat: Path | None = None) -> None:
+        """Flush until ``stop`` is set (the loop of ``mlplat monitor serve``), touching ``heartbeat`` after each
+        batch written or wait with nothing to write: its age is how long the flusher has made no progress."""
         while not stop.is_set():
             try:
                 self.flush_once(block_ms=1000)
-            except redis.ConnectionError as exc:
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._create_group()  # Redis came back without the stream (its data lost or flushed)
+                continue
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("prediction log flusher: %s; retrying", exc)
                 stop.wait(1)
+                continue
+            if heartbeat is not None:
+                heartbeat.touch()
 
 
 def unflushed(client: redis.Redis, prefix: str, model: str) -> pd.DataFrame:

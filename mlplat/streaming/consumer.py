@@ -454,12 +454,10 @@ class Consumer:
         self.workers.clear()
 
     def serve(self, stop: threading.Event, heartbeat: Path | None = None, block_ms: int = 1000) -> None:
-        """Consume until ``stop`` is set, touching ``heartbeat`` about once a second (the service's health)."""
+        """Consume until ``stop`` is set, touching ``heartbeat`` (at most once a second) after each round that
+        applied its batches or found nothing to do: its age is how long the consumer has made no progress."""
         touched = 0.0
         while not stop.is_set():
-            if heartbeat is not None and time.monotonic() - touched >= 1:
-                heartbeat.touch()
-                touched = time.monotonic()
             try:
                 for result in self.run_once(block_ms):
                     if result.dead:
@@ -468,6 +466,11 @@ class Consumer:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("stream consumer: %s; retrying", exc)
                 stop.wait(1)
+                continue
             except Exception:  # one bad batch or view must not stop the others; its entries stay pending
                 log.exception("stream consumer: a batch failed; retrying in 1 s")
                 stop.wait(1)
+                continue
+            if heartbeat is not None and time.monotonic() - touched >= 1:
+                heartbeat.touch()
+                touched = time.monotonic()

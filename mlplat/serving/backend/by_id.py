@@ -3,15 +3,37 @@
 It reads the model's features from the online store (Redis, one MGET per
 request, mlplat's packed records decoded with numpy) and calls the ONNX model
 through Triton's business-logic scripting (BLS). ``lookup.json`` beside this
-file, written by ``p.deploy``, says where the features live and how they are packed.
+file, written by ``p.deploy``, says where the features live and how they are packed;
+for the embedded Redis it names its state file too, read at each connection, so a
+Redis restarted (even on another port) is found.
 """
 
 import json
 import os
+from urllib.parse import urlparse
 
 import numpy as np
 import redis
 import triton_python_backend_utils as pb_utils
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+
+class _Located(redis.Connection):
+    """Reads the embedded Redis's state file each time it connects: a restarted Redis is found, on any port."""
+
+    def __init__(self, *, state_file, **kwargs):
+        super().__init__(**kwargs)
+        self.state_file = state_file
+
+    def _connect(self):
+        try:
+            with open(self.state_file) as handle:
+                where = urlparse(json.load(handle)["url"])
+            self.host, self.port = where.hostname, where.port
+        except (OSError, ValueError, KeyError):
+            pass  # not running now: the last address, which fails clearly
+        return super()._connect()
 
 
 def _dtype(descr):
@@ -23,7 +45,12 @@ class TritonPythonModel:
         folder = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(folder, "lookup.json")) as handle:
             self.lookup = json.load(handle)
-        self.redis = redis.Redis.from_url(self.lookup["redis"])
+        located = {"connection_class": _Located, "state_file": self.lookup["redis_state"]} \
+            if self.lookup.get("redis_state") else {}
+        # A command cut by a Redis restart is sent again, on a connection made to wherever Redis is now.
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1), 4, supported_errors=(redis.ConnectionError,))
+        self.redis = redis.Redis.from_url(self.lookup["redis"], socket_timeout=5, socket_connect_timeout=2,
+                                          retry=retry, **located)
         for view in self.lookup["views"]:
             view["numpy"] = _dtype(view["dtype"])
 
