@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from bisect import bisect_left
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +54,8 @@ def stream_key(prefix: str) -> str:
 
 
 def metrics_key(prefix: str, model: str, version: str) -> str:
-    """The Redis hash of one model version's request counters: ``b<i>`` per latency bucket, sum, count, errors."""
+    """The Redis hash of one model version's request counters: ``b<i>`` per latency bucket, sum, count, errors,
+    and ``error:<class>`` per class of error."""
     return f"{prefix}:metrics:{model}:{version}"
 
 
@@ -84,6 +85,7 @@ class PredictionLogger:
         self.sample_rate, self.max_len, self.interval = sample_rate, max_len, interval
         self._requests: deque[tuple] = deque(maxlen=buffer)
         self._counters: dict[tuple[str, str], list[float]] = {}
+        self._errors: Counter[tuple[str, str, str]] = Counter()  # (model, version, error class) -> failed calls
         self._lock = threading.Lock()
         self._sending = threading.Lock()
         self._wake = threading.Event()
@@ -95,26 +97,24 @@ class PredictionLogger:
     def log(self, model: str, version: str, columns: list[str], features: np.ndarray, outputs: np.ndarray,
             latency_ms: float, arm: str = "") -> None:
         """Count one served request and, if sampled, queue its rows. Never blocks on Redis."""
-        self._count(model, version, latency_ms / 1000, error=False)
+        self._count(model, version, latency_ms / 1000)
         if self.sample_rate < 1 and random.random() >= self.sample_rate:
             return
         if len(self._requests) == self._requests.maxlen:
             self.dropped += 1
         self._requests.append((model, version, arm, time.time(), latency_ms, columns, features, outputs))
 
-    def error(self, model: str, version: str) -> None:
-        """Count a failed request."""
-        self._count(model, version, None, error=True)
-
-    def _count(self, model: str, version: str, seconds: float | None, error: bool) -> None:
+    def error(self, model: str, version: str, error: str = "ServingError") -> None:
+        """Count a failed request, by the class of its error."""
         with self._lock:
-            counters = self._counters.setdefault((model, version), [0.0] * (len(LATENCY_BUCKETS) + 4))
-            if error:
-                counters[-1] += 1
-            else:
-                counters[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # last slot of the buckets: +Inf
-                counters[-3] += seconds
-                counters[-2] += 1
+            self._errors[model, version, error] += 1
+
+    def _count(self, model: str, version: str, seconds: float) -> None:
+        with self._lock:
+            counters = self._counters.setdefault((model, version), [0.0] * (len(LATENCY_BUCKETS) + 3))
+            counters[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # last slot of the buckets: +Inf
+            counters[-2] += seconds
+            counters[-1] += 1
 
     def flush(self) -> None:
         """Send what is buffered now (the thread does this every ``interval``)."""
@@ -124,9 +124,10 @@ class PredictionLogger:
     def _send(self) -> None:
         with self._lock:
             counters, self._counters = self._counters, {}
+            errors, self._errors = self._errors, Counter()
             dropped, self.dropped = self.dropped, 0
         requests = [self._requests.popleft() for _ in range(len(self._requests))]
-        if not counters and not requests and not dropped:
+        if not counters and not errors and not requests and not dropped:
             return
         pipe = self.client.pipeline(transaction=False)
         stream = stream_key(self.prefix)
@@ -140,9 +141,13 @@ class PredictionLogger:
             for i, value in enumerate(values[:len(LATENCY_BUCKETS) + 1]):
                 if value:
                     pipe.hincrby(key, f"b{i}", int(value))
-            pipe.hincrbyfloat(key, "sum", values[-3])
-            pipe.hincrby(key, "count", int(values[-2]))
-            pipe.hincrby(key, "errors", int(values[-1]))
+            pipe.hincrbyfloat(key, "sum", values[-2])
+            pipe.hincrby(key, "count", int(values[-1]))
+        for (model, version, error), n in errors.items():
+            key = metrics_key(self.prefix, model, version)
+            pipe.sadd(metrics_index(self.prefix), f"{model}\t{version}")
+            pipe.hincrby(key, "errors", n)
+            pipe.hincrby(key, f"error:{error}", n)
         if dropped:
             pipe.incrby(dropped_key(self.prefix), dropped)
         try:

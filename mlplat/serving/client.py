@@ -1,10 +1,11 @@
 """``mlplat.serving.Client``: entity ids in, predictions out, over Triton's gRPC API.
 
 Features are looked up online (one MGET) and sent as one FP32 tensor. The
-gRPC channel is kept open between calls. If Triton has died, the client
-starts it again, reloads the deployed models and retries the request once.
-Every request is counted and (at ``prediction_sample_rate``) logged, off the
-request path (:mod:`mlplat.monitoring.predlog`).
+gRPC channel is kept open between calls. If Triton has died, or hangs (a request
+past its deadline and no answer to a health check within a second), the client
+restarts it (which reloads the deployed models) and retries the request once.
+Every request is counted, failed ones by error class, and (at
+``prediction_sample_rate``) logged, off the request path (:mod:`mlplat.monitoring.predlog`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from mlplat.errors import ServingError
-from mlplat.serving.deploy import reload_all, serving_info
+from mlplat.services import ServiceState
+from mlplat.serving.deploy import serving_info
 from mlplat.serving.onnx_export import INPUT
 from mlplat.serving.triton import TritonService
+
+INFER_TIMEOUT = 10.0  # seconds a request may take before Triton is suspected of hanging
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,21 @@ class Client:
     def __init__(self, platform: Any):
         self.platform = platform
         self._grpc: Any = None
+        self._server: ServiceState | None = None  # the Triton that _grpc talks to
         self._info: dict[str, dict[str, Any]] = {}
 
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
                 arm: str = "") -> Prediction:
+        """Predict with ``name``: see :meth:`_predict`. A call that fails is counted, by error class, and re-raised."""
+        try:
+            return self._predict(name, entity_rows, features, version, arm)
+        except Exception as exc:
+            label = version or self._info.get(name, {}).get("default", "")
+            self.log.error(name, str(label), type(exc).__name__)
+            raise
+
+    def _predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
+                 arm: str = "") -> Prediction:
         """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix.
 
         A model that takes on-demand features needs their request data in the rows too
@@ -56,11 +71,7 @@ class Client:
         if version not in deployed["versions"]:
             raise ServingError(f"{name} v{version} is not loaded on Triton; loaded: {sorted(deployed['versions'])}.")
         info = {**deployed["versions"][version], "version": version}
-        try:
-            features, result = self._serve(name, info, entity_rows, features)
-        except ServingError:
-            self.log.error(name, version)
-            raise
+        features, result = self._serve(name, info, entity_rows, features)
         outputs = result.as_numpy(info["output"])
         latency = (time.perf_counter() - started) * 1000
         self.log.log(name, version, self._columns(deployed["versions"][version]), features, outputs, latency, arm)
@@ -112,25 +123,33 @@ class Client:
         for attempt in (1, 2):
             try:
                 return self._client().infer(name, [tensor], model_version=info["version"], outputs=output,
-                                            client_timeout=10)
+                                            client_timeout=INFER_TIMEOUT)
             except InferenceServerException as exc:
-                if attempt == 2 or "UNAVAILABLE" not in str(exc.status()):
+                if attempt == 2 or not self._recovered(str(exc.status())):
                     raise ServingError(f"Triton could not serve {name}: {exc.message()}") from None
-                self._restart()
 
-    def _client(self) -> Any:
+    def _client(self, patience: float | None = None) -> Any:
         if self._grpc is None:
             import tritonclient.grpc as grpcclient
 
-            self._grpc = grpcclient.InferenceServerClient(TritonService(self.platform.settings).ensure().url)
+            self._server = TritonService(self.platform.settings).ensure(patience)
+            self._grpc = grpcclient.InferenceServerClient(self._server.url)
         return self._grpc
 
-    def _restart(self) -> None:
-        """Triton is gone: start it again (a new port) and reload what was deployed."""
+    def _recovered(self, status: str) -> bool:
+        """After a failed request: if Triton is gone or hangs, restart it (with its models); True to retry.
+
+        A server past a request's deadline that still answers a health check within a second is
+        only slow: it is kept, and the request is not retried.
+        """
+        gone, late = "UNAVAILABLE" in status, "DEADLINE_EXCEEDED" in status
+        if not gone and not late:
+            return False
+        before = self._server
         self._grpc.close()
         self._grpc = None
-        state = TritonService(self.platform.settings).ensure()
-        reload_all(self.platform, state.url)
+        self._client(patience=None if gone else 1.0)
+        return gone or before is None or self._server.pid != before.pid
 
     def forget(self, name: str) -> None:
         """Drop what is cached about ``name`` (after a (re)deployment)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplat.errors import ServingError
+from mlplat.services import ServiceState
 from mlplat.serving.onnx_export import INPUT, OnnxModel, check_parity, export
 from mlplat.serving.triton import TritonService
 
@@ -41,10 +42,11 @@ class Deployment:
     triton_model: str
     status: str
     features: list[str]
+    http_endpoint: str = ""  # Triton's HTTP (KServe v2) host:port
 
     def _repr_html_(self) -> str:
         return (f"<div><b>{self.triton_model}</b> v{self.version} — {self.status} at <code>{self.endpoint}</code>"
-                f"<br>features: {', '.join(self.features)}</div>")
+                f" (HTTP <code>{self.http_endpoint}</code>)<br>features: {', '.join(self.features)}</div>")
 
 
 def config_text(name: str, versions: str, onnx: OnnxModel, width: int, max_batch_size: int, instances: int) -> str:
@@ -114,7 +116,7 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
         status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
     platform.audit.record("deployment", name, "deployed", found.version, endpoint=state.url, status=status,
                           serving=sorted(versions, key=int), default=default_version)
-    return Deployment(name, found.version, state.url, name, status, spec.features)
+    return Deployment(name, found.version, state.url, name, status, spec.features, _http(state))
 
 
 BY_ID = "_by_id"
@@ -141,7 +143,9 @@ def _write_by_id(platform: Any, name: str, version: str, requests: list, output:
                       "columns": list(range(column, column + len(slots)))})
         column += len(slots)
         keys += [k for k in request.view.join_keys if k not in keys]
-    lookup = {"redis": platform.features.online.url, "model": name, "version": version, "output": output,
+    # The embedded Redis's state file says where it listens now, should a restart move it.
+    located = platform.settings.run_dir / "redis.json" if platform.features.online.locate else None
+    lookup = {"redis": platform.features.online.url, "redis_state": located and str(located), "model": name, "version": version, "output": output,
               "keys": keys, "views": views, "n_features": column}
     folder = TritonService(platform.settings).models / f"{name}{BY_ID}"
     (folder / "1").mkdir(parents=True, exist_ok=True)
@@ -177,18 +181,24 @@ def deployments(platform: Any) -> list[Deployment]:
             for version, details in sorted(info["versions"].items(), key=lambda item: int(item[0])):
                 ready = client.is_model_ready(name, version)
                 found.append(Deployment(name, version, state.url, name, "READY" if ready else "UNAVAILABLE",
-                                        details["features"]))
+                                        details["features"], _http(state)))
     return found
 
 
-def reload_all(platform: Any, url: str) -> None:
-    """Load every deployed model into a (re)started Triton, which starts empty in explicit mode."""
-    models = TritonService(platform.settings).models
+def load_deployed(models: Path, url: str) -> dict[str, str]:
+    """Load every model deployed in the repository ``models`` into the Triton at ``url`` (which starts empty
+    in explicit mode); return those that failed and why. One that fails does not keep the others from loading."""
+    failed = {}
     with _client(url) as client:
-        for name in _deployed(platform):  # the models first: the _by_id ones call them
-            _call(client.load_model, name)
-            if (models / f"{name}{BY_ID}").exists():
-                _call(client.load_model, f"{name}{BY_ID}")
+        for name in _deployed_in(models):
+            for model in (name, f"{name}{BY_ID}"):  # the model first: its _by_id model calls it
+                if model == name or (models / model).exists():
+                    try:
+                        _call(client.load_model, model)
+                    except ServingError as exc:
+                        failed[model] = str(exc)
+                        break
+    return failed
 
 
 def serving_info(platform: Any, name: str) -> dict[str, Any]:
@@ -200,8 +210,15 @@ def serving_info(platform: Any, name: str) -> dict[str, Any]:
 
 
 def _deployed(platform: Any) -> list[str]:
-    models = TritonService(platform.settings).models
+    return _deployed_in(TritonService(platform.settings).models)
+
+
+def _deployed_in(models: Path) -> list[str]:
     return sorted(p.name for p in models.iterdir() if (p / SERVING_INFO).is_file()) if models.exists() else []
+
+
+def _http(state: ServiceState) -> str:
+    return f"127.0.0.1:{state.ports['http']}" if "http" in state.ports else ""
 
 
 class _client:

@@ -5,10 +5,14 @@ numpy < 2, so it lives in its own virtual environment (``triton_env``, made by
 ``make triton``), which goes first on the server's ``PATH``. The stub is copied
 beside the python backend, and mlplat's ``onnxruntime`` python-based backend
 (``backend/model.py``) is installed so standard ONNX model repositories load.
+
+Its gRPC, HTTP and metrics ports are kept across restarts, and whoever starts it
+(``mlplat up``, a deploy, a client whose server died or hung) loads every deployed model.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -17,8 +21,9 @@ from pathlib import Path
 
 from mlplat.config import Settings
 from mlplat.errors import ServiceBinaryNotFound
-from mlplat.services import EmbeddedService, ServiceState, free_port
+from mlplat.services import EmbeddedService, ServiceState
 
+log = logging.getLogger(__name__)
 BACKEND_SHIM = Path(__file__).parent / "backend" / "model.py"
 
 
@@ -35,6 +40,7 @@ class TritonService(EmbeddedService):
 
     name = "triton"
     start_timeout = 60.0
+    side_ports = ("http", "metrics")
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -79,21 +85,31 @@ class TritonService(EmbeddedService):
             str(self.server_dir / "bin" / "tritonserver"), "--model-repository", str(self.models),
             "--backend-directory", str(self._backends()), "--model-control-mode", "explicit",
             "--grpc-address", "127.0.0.1", "--grpc-port", str(port),
-            "--http-address", "127.0.0.1", "--http-port", str(free_port()),
-            "--metrics-address", "127.0.0.1", "--metrics-port", str(self._metrics_port()),
+            "--http-address", "127.0.0.1", "--http-port", str(self.side["http"]),
+            "--metrics-address", "127.0.0.1", "--metrics-port", str(self.side["metrics"]),
             "--exit-timeout-secs", "5", "--allow-gpu-metrics", "false", "--pinned-memory-pool-byte-size", "0",
             "--log-verbose", "0",
         ]
 
-    def _metrics_port(self) -> int:
-        port = free_port()
-        (self.root / "metrics-port").write_text(str(port))
-        return port
+    def _start(self) -> ServiceState:
+        """Start the server and load what is deployed (it starts empty in explicit mode), before anyone uses it."""
+        from mlplat.serving.deploy import load_deployed
+
+        state = super()._start()
+        failed = load_deployed(self.models, state.url)
+        if failed:
+            log.warning("Triton started without %s: %s", ", ".join(failed), "; ".join(failed.values()))
+        return state
+
+    def http_url(self) -> str | None:
+        """Triton's HTTP/REST endpoint (KServe v2 protocol), when it runs."""
+        state = self.status()
+        return f"http://127.0.0.1:{state.ports['http']}" if state and "http" in state.ports else None
 
     def metrics_url(self) -> str | None:
         """Triton's own Prometheus endpoint (queue, compute and request counts per model), when it runs."""
-        path = self.root / "metrics-port"
-        return f"http://127.0.0.1:{path.read_text()}/metrics" if self.status() and path.is_file() else None
+        state = self.status()
+        return f"http://127.0.0.1:{state.ports['metrics']}/metrics" if state and "metrics" in state.ports else None
 
     def environment(self) -> dict[str, str]:
         libs = self.server_dir.parent.parent / "nvidia_pytriton.libs"

@@ -1,0 +1,125 @@
+"""Serving survives its faults: Triton killed, hung (SIGSTOP) or stopped, Redis moved; real processes throughout.
+
+One Triton and one embedded Redis for the module, one deployed model: each restart reloads it in about a second.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from faults import take_the_port_of_redis
+
+import mlplat
+from mlplat import services
+from mlplat.cli import main as cli
+from mlplat.demo import driver, driver_stats, make_dataset
+from mlplat.services import RedisService
+from mlplat.serving.triton import TritonService, triton_installed
+
+NAME = "faulty"
+ROWS = [{"driver_id": d} for d in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A platform with its own embedded Redis and Triton, serving one model; and that model's outputs for ROWS."""
+    p = mlplat.connect(home=str(tmp_path_factory.mktemp("faults")))
+    if not triton_installed(p.settings):
+        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
+    stats, _, labels = make_dataset(drivers=50, customers=10, days=3, trips=800, seed=3)
+    p.features.apply([driver, driver_stats])
+    p.features.ingest("driver_stats", stats)
+    p.features.materialize()
+    p.train("xgboost.XGBClassifier", features=["driver_stats:rating", "driver_stats:acceptance_rate"],
+            entity_df=labels, target="completed", name=NAME, params={"n_estimators": 10})
+    p.models.promote(NAME)
+    p.deploy(NAME)
+    yield p, p.predict(NAME, ROWS).outputs
+    p.close()
+    services.down(p.settings)
+
+
+def by_id(p, ids):
+    """What Triton's ``<model>_by_id`` answers for these driver ids, called as any gRPC client would."""
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput("driver_id", [len(ids), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([str(i).encode() for i in ids], dtype=object).reshape(-1, 1))
+    client = grpcclient.InferenceServerClient(TritonService(p.settings).ensure().url)
+    try:
+        return client.infer(f"{NAME}_by_id", [tensor]).as_numpy("probabilities")
+    finally:
+        client.close()
+
+
+def test_a_new_process_predicts_after_triton_was_killed(served):
+    p, expected = served
+    killed = TritonService(p.settings).status()
+    os.kill(killed.pid, signal.SIGKILL)
+    code = (f"import json, mlplat; p = mlplat.connect(home={str(p.settings.home)!r}); "
+            f"print(json.dumps(p.predict({NAME!r}, {ROWS!r}).outputs.tolist()))")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    print(f"\ntriton SIGKILL: a new process predicted after {time.monotonic() - started:.2f} s (Python start included)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(done.stdout.splitlines()[-1]), expected, atol=1e-6)
+    again = TritonService(p.settings).status()
+    assert again.pid != killed.pid and (again.port, again.ports) == (killed.port, killed.ports)
+
+
+def test_a_hung_triton_is_replaced_and_the_call_succeeds(served):
+    p, expected = served
+    p.predict(NAME, ROWS)  # this handle's channel is open to the server that now hangs
+    hung = TritonService(p.settings).status()
+    os.kill(hung.pid, signal.SIGSTOP)
+    while open(f"/proc/{hung.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":  # the signal takes effect
+        time.sleep(0.01)
+    try:
+        started = time.monotonic()
+        answer = p.predict(NAME, ROWS)
+        took = time.monotonic() - started
+    finally:
+        if services._pid_alive(hung.pid):
+            os.kill(hung.pid, signal.SIGCONT)
+    print(f"\ntriton SIGSTOP: the call returned after {took:.2f} s (10 s of it the request's deadline)")
+    np.testing.assert_allclose(answer.outputs, expected, atol=1e-6)
+    assert took < 40 and not services._pid_alive(hung.pid)
+    assert TritonService(p.settings).status().port == hung.port
+
+
+def test_down_and_up_serve_the_deployed_models_again_where_they_were(served, monkeypatch):
+    p, expected = served
+    before = TritonService(p.settings).status()
+    assert TritonService(p.settings).stop()
+    started = time.monotonic()
+    (again,) = services.up(p.settings, only=("triton",))
+    print(f"\ntriton down/up: serving again after {time.monotonic() - started:.2f} s")
+    assert (again.port, again.ports) == (before.port, before.ports)
+    np.testing.assert_allclose(p.predict(NAME, ROWS).outputs, expected, atol=1e-6)
+    np.testing.assert_allclose(by_id(p, [1, 2, 3]), expected, atol=1e-6)
+    [live] = p.deployments()
+    assert live.http_endpoint == f"127.0.0.1:{again.ports['http']}"
+    with urllib.request.urlopen(f"http://{live.http_endpoint}/v2/models/{NAME}/ready", timeout=5) as answer:
+        assert answer.status == 200
+    monkeypatch.setenv("MLPLAT_HOME", str(p.settings.home))
+    shown = CliRunner().invoke(cli, ["status"]).output
+    assert f"triton   running  pid {again.pid}  127.0.0.1:{again.port}  http 127.0.0.1:{again.ports['http']}" in shown
+
+
+def test_the_by_id_model_follows_redis_to_a_new_port(served):
+    p, expected = served
+    with socket.socket() as squatter:
+        killed = take_the_port_of_redis(p.settings, squatter)
+        p.features.online.client.ping()  # this handle restarts Redis, elsewhere
+        assert RedisService(p.settings).status().port != killed.port
+        np.testing.assert_allclose(by_id(p, [1, 2, 3]), expected, atol=1e-6)
+        np.testing.assert_allclose(p.predict(NAME, ROWS).outputs, expected, atol=1e-6)
+
