@@ -92,7 +92,7 @@ def test_sampling_logs_a_share_of_requests_and_counts_every_one(platform):
 
 def test_latency_histogram_matches_the_latencies(platform, logger):
     _, latencies = log_requests(logger, 500)
-    logger.error("churn", "3")
+    logger.error("churn", "3", "ServingError")
     logger.flush()
     text = exposition(platform.features.online.client, platform.settings.online_prefix)
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -105,7 +105,7 @@ def test_latency_histogram_matches_the_latencies(platform, logger):
     total = [s.value for s in families["mlplat_predict_latency_seconds"].samples if s.name.endswith("_sum")]
     assert total == [pytest.approx(seconds.sum())]
     errors = [s for s in families["mlplat_predict_errors"].samples if s.name.endswith("_total")]
-    assert [(e.labels, e.value) for e in errors] == [({"model": "churn", "version": "3"}, 1)]
+    assert [(e.labels, e.value) for e in errors] == [({"model": "churn", "version": "3", "error": "ServingError"}, 1)]
 
 
 def test_a_flusher_that_dies_after_writing_rewrites_the_same_rows_once(platform, logger):
@@ -220,6 +220,37 @@ def test_durations():
             parse_duration(bad, "window")
 
 
+def scraped(platform, family):
+    """The samples of one metric family, as ``/metrics`` serves them now."""
+    text = exposition(platform.features.online.client, platform.settings.online_prefix)
+    return [s for f in text_string_to_metric_families(text) if f.name == family for s in f.samples]
+
+
+def test_feature_age_is_the_age_of_the_newest_event_served_online(platform, driver, driver_stats):
+    from mlplat.streaming import Aggregation, StreamFeatureView
+
+    rides = StreamFeatureView("rides", entities=[driver], aggregations=[Aggregation(None, "count", "1h")],
+                              slide="10min", watermark="5min", ttl=None)
+    platform.features.apply([driver, driver_stats, rides])
+    now = pd.Timestamp.now(tz="UTC")
+
+    def push(age):
+        platform.features.push("driver_stats", pd.DataFrame({"driver_id": [1], "event_timestamp": [now - age],
+                                                             "rating": [4.5], "trips": [3]}))
+
+    def ages():
+        return {s.labels["view"]: s.value - (time.time() - now.timestamp()) for s in
+                scraped(platform, "mlplat_feature_age_seconds")}
+
+    push(pd.Timedelta("2h40min"))
+    assert ages() == {"driver_stats": pytest.approx(9600, abs=5)}  # however recently it was written
+    push(pd.Timedelta("10min"))
+    push(pd.Timedelta("5h"))  # an older value, written later, does not make the view look older
+    platform.streams.send("rides", [{"driver_id": 1, "event_timestamp": now - pd.Timedelta("20min")}])
+    platform.streams.process()
+    assert ages() == {"driver_stats": pytest.approx(600, abs=5), "rides": pytest.approx(1200, abs=5)}
+
+
 def test_the_exporter_serves_metrics_over_http(platform, logger):
     log_requests(logger, 10)
     logger.flush()
@@ -305,6 +336,30 @@ def test_a_deployed_model_is_watched_drift_alerts_once(deployed, webhook):
     assert psi["rating"] == pytest.approx(float(drifted.drift.table.loc["rating", "psi"]))
     firing = {s.labels["rule"]: s.value for s in families["mlplat_alerts_firing"].samples}
     assert firing["drift"] >= 1
+
+
+def test_every_failed_prediction_is_counted_by_its_error_class(deployed):
+    from mlplat.errors import MlplatError
+
+    p, X = deployed
+
+    def failures():
+        p.serving.log.flush()
+        return {(s.labels["version"], s.labels["error"]): s.value for s in scraped(p, "mlplat_predict_errors")
+                if s.name.endswith("_total") and s.labels["model"] == "trips"}
+
+    before = failures()
+    raised = []
+    for call in [lambda: p.predict("trips", [{"no_such_key": 1}])] * 3 + [
+            lambda: p.predict("trips", features=np.ones((1, 5)))] * 2 + [
+            lambda: p.predict("trips", features=X[:1], version="99")]:
+        with pytest.raises(MlplatError) as failed:
+            call()
+        raised.append(type(failed.value).__name__)
+    after = failures()
+    added = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    assert added == {("1", raised[0]): 3, ("1", "ServingError"): 2, ("99", "ServingError"): 1}
+    assert p.predict("trips", features=X[:2]).outputs.shape == (2, 2) and failures() == after  # success: no error
 
 
 def test_drift_over_windows_and_its_plot(deployed):

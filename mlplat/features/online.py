@@ -159,6 +159,16 @@ def _pack_text(text: str | None) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
+def newest_events_key(prefix: str) -> str:
+    """Sorted set: feature view name -> the newest event time (ns) written online, by any writer."""
+    return f"{prefix}:newest_event"
+
+
+def record_newest(pipe: Any, prefix: str, view: str, event_ns: int) -> None:
+    """Queue raising ``view``'s newest online event time to ``event_ns`` (never lowering it)."""
+    pipe.zadd(newest_events_key(prefix), {view: int(event_ns)}, gt=True)
+
+
 def entity_key_strings(columns: list[list[Any]] | list[np.ndarray]) -> list[str]:
     """Join-key values as the text used in online keys."""
     if len(columns) == 1:
@@ -273,10 +283,9 @@ class RedisOnlineStore:
                 raise self._unavailable(exc) from None
         return written
 
-    @staticmethod
-    def _write_newer(pipe, codec: RecordCodec, keys: list[str], table: pa.Table, event_ns: np.ndarray,
+    def _write_newer(self, pipe, codec: RecordCodec, keys: list[str], table: pa.Table, event_ns: np.ndarray,
                      created_ns: np.ndarray, expire_ms: np.ndarray | None, now_ns: int) -> int:
-        """Inside WATCH: queue a SET for each row newer than the stored value."""
+        """Inside WATCH: queue a SET for each row newer than the stored value, and the view's newest event time."""
         old_event, old_created = codec.stamps(pipe.mget(keys))
         newer = (event_ns > old_event) | ((event_ns == old_event) & (created_ns >= old_created))
         if expire_ms is not None:
@@ -287,6 +296,7 @@ class RedisOnlineStore:
             values = codec.encode(table.take(rows), event_ns[rows], created_ns[rows])
             for i, value in zip(rows.tolist(), values):
                 pipe.set(keys[i], value, pxat=None if expire_ms is None else int(expire_ms[i]))
+            record_newest(pipe, self.prefix, codec.view.name, event_ns[rows].max())
         return len(rows)
 
     def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:

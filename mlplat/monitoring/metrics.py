@@ -1,19 +1,24 @@
 """Prometheus metrics of the platform, read from Redis at each scrape.
 
 Predicting processes count into Redis (:mod:`mlplat.monitoring.predlog`), drift
-checks store their scores there, so one exporter (``mlplat monitor serve``)
-reports every process's requests. Triton keeps its own ``/metrics`` endpoint
-(queue and compute time per model); :func:`scrape_config` lists both.
+checks store their scores there, and every online write raises its view's newest
+event time there, so one exporter (``mlplat monitor serve``) reports every
+process's requests. A scrape reads only index keys and the keys they list (no
+``SCAN``): its cost grows with models and views, never with the online keys.
+Triton keeps its own ``/metrics`` endpoint (queue and compute time per model);
+:func:`scrape_config` lists both.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from mlplat.features.online import newest_events_key
 from mlplat.monitoring.predlog import LATENCY_BUCKETS, dropped_key, metrics_index, metrics_key, stream_key
 
 LATENCY = "mlplat_predict_latency_seconds"
@@ -30,9 +35,21 @@ def drift_key(prefix: str, model: str) -> str:
     return f"{prefix}:drift:{model}"
 
 
-def freshness_key(prefix: str) -> str:
-    """Redis hash: feature view -> age in seconds of its newest online row, at the latest check."""
-    return f"{prefix}:freshness"
+def drift_index(prefix: str) -> str:
+    """Redis set of the models that have drift scores."""
+    return f"{prefix}:drift"
+
+
+def feature_ages(client: Any, prefix: str, views: list[str] | None = None, now: float | None = None
+                 ) -> dict[str, float]:
+    """Seconds from the newest event served online to ``now`` (epoch seconds, default: now), per feature view
+    (``views``, or every view written online)."""
+    key, now = newest_events_key(prefix), time.time() if now is None else now
+    if views is None:
+        newest = {view.decode(): ns for view, ns in client.zrange(key, 0, -1, withscores=True)}
+    else:
+        newest = {view: ns for view, ns in zip(views, client.zmscore(key, views) if views else []) if ns is not None}
+    return {view: now - ns / 1e9 for view, ns in newest.items()}
 
 
 def alerts_key(prefix: str) -> str:
@@ -50,7 +67,8 @@ class PlatformCollector(Collector):
         latency = HistogramMetricFamily(LATENCY, "Prediction latency seen by clients (online lookup and gRPC).",
                                         labels=["model", "version"])
         requests = CounterMetricFamily(REQUESTS, "Predict requests served.", labels=["model", "version"])
-        errors = CounterMetricFamily(ERRORS, "Predict requests that failed.", labels=["model", "version"])
+        errors = CounterMetricFamily(ERRORS, "Predict calls that failed, by error class.",
+                                     labels=["model", "version", "error"])
         pairs = sorted(p.decode() for p in self.client.smembers(metrics_index(self.prefix)))
         pipe = self.client.pipeline(transaction=False)
         for pair in pairs:
@@ -64,34 +82,39 @@ class PlatformCollector(Collector):
                 buckets.append((bound, cumulative))
             latency.add_metric(labels, buckets, float(values.get(b"sum", 0)))
             requests.add_metric(labels, int(values.get(b"count", 0)))
-            errors.add_metric(labels, int(values.get(b"errors", 0)))
+            for field, count in sorted(values.items()):
+                if field.startswith(b"error:"):
+                    errors.add_metric([*labels, field[6:].decode()], int(count))
         yield from (latency, requests, errors)
         yield CounterMetricFamily("mlplat_prediction_log_dropped", "Requests never logged (buffer full, Redis away).",
                                   value=int(self.client.get(dropped_key(self.prefix)) or 0))
         yield GaugeMetricFamily("mlplat_prediction_log_unflushed", "Logged requests not yet flushed to Parquet.",
                                 value=self.client.xlen(stream_key(self.prefix)))
         yield from self._drift()
-        yield self._gauge(FRESHNESS, "Age of the newest online row of a feature view, at the latest check.",
-                          ["view"], freshness_key(self.prefix))
-        yield self._gauge(ALERTS, "Alerts firing, by rule and model.", ["rule", "model"], alerts_key(self.prefix))
+        ages = GaugeMetricFamily(FRESHNESS, "Seconds since the newest event served online, per feature view.",
+                                 labels=["view"])
+        for view, age in sorted(feature_ages(self.client, self.prefix).items()):
+            ages.add_metric([view], age)
+        yield ages
+        alerts = GaugeMetricFamily(ALERTS, "Alerts firing, by rule and model.", labels=["rule", "model"])
+        for field, value in sorted(self.client.hgetall(alerts_key(self.prefix)).items()):
+            alerts.add_metric(field.decode().split("\t"), float(value))
+        yield alerts
 
     def _drift(self) -> Iterator[Any]:
         psi = GaugeMetricFamily(DRIFT_PSI, "Population stability index of a column, latest window.",
                                 labels=["model", "column"])
         ks = GaugeMetricFamily(DRIFT_KS, "Kolmogorov-Smirnov statistic of a column, latest window.",
                                labels=["model", "column"])
-        for key in sorted(self.client.scan_iter(match=drift_key(self.prefix, "*"))):
-            model = key.decode().rsplit(":", 1)[1]
-            for field, value in sorted(self.client.hgetall(key).items()):
+        models = sorted(m.decode() for m in self.client.smembers(drift_index(self.prefix)))
+        pipe = self.client.pipeline(transaction=False)
+        for model in models:
+            pipe.hgetall(drift_key(self.prefix, model))
+        for model, scores in zip(models, pipe.execute(), strict=True):
+            for field, value in sorted(scores.items()):
                 kind, column = field.decode().split(":", 1)
                 (psi if kind == "psi" else ks).add_metric([model, column], float(value))
         yield from (psi, ks)
-
-    def _gauge(self, name: str, documentation: str, labels: list[str], key: str) -> GaugeMetricFamily:
-        gauge = GaugeMetricFamily(name, documentation, labels=labels)
-        for field, value in sorted(self.client.hgetall(key).items()):
-            gauge.add_metric(field.decode().split("\t"), float(value))
-        return gauge
 
 
 def registry(client: Any, prefix: str) -> Any:

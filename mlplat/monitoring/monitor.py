@@ -270,7 +270,7 @@ class Monitor:
                                  f"(threshold {timedelta(seconds=round(limits.max_age_s))})")
                          for view, age in ages.items()]
         fired = self.alerts.observe(findings)
-        self._publish(model, report, ages)
+        self._publish(model, report)
         return Check(model, version, start.to_pydatetime(), end.to_pydatetime(), timeline.rows[start], report, p99,
                      error_rate, ages, findings, fired)
 
@@ -314,15 +314,11 @@ class Monitor:
         return {ref.split(":")[0].split("@")[0] for ref in self.platform.models.get(model, version).features}
 
     def _feature_ages(self, model: str, version: str, now: pd.Timestamp) -> dict[str, float]:
-        """Seconds since the newest event materialised online, per feature view of the version."""
-        ages = {}
-        for view in sorted(self._feature_views(model, version)):
-            until = self.platform.features.freshness(view).materialized_until
-            if until is not None:
-                ages[view] = (now - until).total_seconds()
-        return ages
+        """Seconds since the newest event served online (materialised, pushed or streamed), per view of the version."""
+        return metrics.feature_ages(self.redis, self.prefix, sorted(self._feature_views(model, version)),
+                                    now.timestamp())
 
-    def _publish(self, model: str, report: DriftReport | None, ages: dict[str, float]) -> None:
+    def _publish(self, model: str, report: DriftReport | None) -> None:
         """Scores and counts of this check, for the Prometheus exporter."""
         pipe = self.redis.pipeline()
         if report is not None:
@@ -330,8 +326,7 @@ class Monitor:
             pipe.hset(metrics.drift_key(self.prefix, model), mapping={
                 **{f"psi:{c}": float(v) for c, v in report.table["psi"].items()},
                 **{f"ks:{c}": float(v) for c, v in report.table["ks"].items()}})
-        if ages:
-            pipe.hset(metrics.freshness_key(self.prefix), mapping=ages)
+            pipe.sadd(metrics.drift_index(self.prefix), model)
         pipe.delete(metrics.alerts_key(self.prefix))
         firing = self.alerts.firing_counts()
         if firing:

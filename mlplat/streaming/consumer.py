@@ -45,7 +45,7 @@ import pyarrow as pa
 import redis
 
 from mlplat.errors import StreamError
-from mlplat.features.online import RecordCodec, RedisOnlineStore
+from mlplat.features.online import RecordCodec, RedisOnlineStore, record_newest
 from mlplat.streaming.definitions import StreamFeatureView, duration_ns
 from mlplat.streaming.events import DeadLetter, Entry, Events, _as_dict, decode
 from mlplat.streaming.log import EventLog
@@ -162,6 +162,8 @@ class ViewConsumer:
             self._logged = logged
             pipe.multi()
             self._queue_writes(pipe, entities, touched, ring, records, ref, hll)
+            if len(accepted):
+                record_newest(pipe, self.online.prefix, self.view.name, events.ts[accepted].max())
             for letter in dead:
                 pipe.xadd(self.dead_stream, _dead_fields(letter), maxlen=DEAD_LETTERS_KEPT, approximate=True)
             if stripes:
