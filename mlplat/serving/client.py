@@ -10,6 +10,7 @@ Every request is counted, failed ones by error class, and (at
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -52,7 +53,8 @@ class Client:
             return self._predict(name, entity_rows, features, version, arm)
         except Exception as exc:
             label = version or self._info.get(name, {}).get("default", "")
-            self.log.error(name, str(label), type(exc).__name__)
+            with contextlib.suppress(Exception):  # counting it must never hide the error itself
+                self.log.error(name, str(label), type(exc).__name__)
             raise
 
     def _predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
