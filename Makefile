@@ -45,6 +45,7 @@ bench: install
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/monitoring.py
+	$(PY) benchmarks/services.py
 	$(PY) benchmarks/backfill.py
 	$(PY) benchmarks/streaming.py
 
