@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -138,6 +139,20 @@ def test_a_redis_whose_port_was_taken_restarts_elsewhere_and_clients_follow(sett
     assert moved.port != killed.port and p.features.online.client.connection_pool.get_connection().port == moved.port
     p.close()
 
+
+
+def test_a_server_that_died_unreaped_by_the_process_that_started_it_counts_as_dead():
+    # A notebook that started Redis keeps its dead child as a zombie until it reaps it: to every other process
+    # (a new notebook, `mlplat up`) it must look dead at once, not hung for `hung_after` seconds.
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; child = subprocess.Popen(['true']); "
+                               "print(child.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        wait_for(lambda: open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", what="a zombie")
+        assert not services._pid_alive(child)
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_one_service_that_cannot_start_does_not_keep_the_others_down(settings, monkeypatch):
