@@ -27,6 +27,15 @@ def take_the_port_of_redis(settings, squatter: socket.socket) -> services.Servic
         os.kill(killed.pid, signal.SIGKILL)
         wait_for(lambda: not services._pid_alive(killed.pid), what="redis dying")
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind(("127.0.0.1", killed.port))
+        # For a moment the dead server's closing connections (FIN-WAIT-1) still hold its port, even for SO_REUSEADDR.
+        wait_for(lambda: _bound(squatter, killed.port), what=f"binding port {killed.port}")
         squatter.listen()
     return killed
+
+
+def _bound(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False

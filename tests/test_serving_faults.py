@@ -83,6 +83,7 @@ def test_a_hung_triton_is_replaced_and_the_call_succeeds(served):
     while open(f"/proc/{hung.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":  # the signal takes effect
         time.sleep(0.01)
     try:
+        assert TritonService(p.settings).health().summary == "UNHEALTHY (not answering)"  # as `mlplat status` says
         started = time.monotonic()
         answer = p.predict(NAME, ROWS)
         took = time.monotonic() - started
