@@ -20,8 +20,19 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from mlplat.errors import MlplatError
 
 
+class _Verbatim(argparse.HelpFormatter):
+    """Help text shown as written: magics name each other (``%%feature apply``), which argparse would %-format."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return self._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as UsageError instead of exiting the kernel."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _Verbatim)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         raise UsageError(f"{self.prog}: {message}")

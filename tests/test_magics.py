@@ -117,3 +117,27 @@ def test_the_mlplat_kernels_load_the_magics_and_pin_the_gpu(home, tmp_path, monk
                                kernel_name="mlplat", progress_bar=False)
     out = nbformat.read(tmp_path / "cpu-out.ipynb", as_version=4).cells[0].outputs[0]["text"]
     assert out.strip() == "['driver_stats'] cpu"  # the CPU kernel hides the GPUs (CUDA_VISIBLE_DEVICES empty)
+
+
+def _commands(parser):
+    """Each argv that asks ``parser`` for help: itself and each of its subcommands."""
+    import argparse
+
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [["--help"]] + [[name, "--help"] for action in subcommands for name in action.choices]
+
+
+def test_every_magic_and_subcommand_answers_help():
+    """``--help`` shows usage (as a UsageError, the kernel stays up) and help naming other magics verbatim."""
+    from IPython.core.error import UsageError
+
+    from mlplat_magics import _parsers
+
+    for name, parser in _parsers().items():
+        for argv in _commands(parser):
+            with pytest.raises(UsageError, match=f"usage: %{name}"):
+                parser.parse_args(argv)
+    with pytest.raises(UsageError) as shown:
+        _parsers()["feature"].parse_args(["--help"])
+    assert "%%feature apply: register the cell's definitions" in str(shown.value)
+    assert "%feature apply FILE.py" in str(shown.value)
