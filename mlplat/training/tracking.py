@@ -33,7 +33,7 @@ _PREPARED: set[str] = set()  # tracking URIs whose store this process has seen r
 
 
 def prepare_store(settings: Settings) -> None:
-    """Create an embedded (SQLite) store's tables once, under a file lock.
+    """Create an embedded (SQLite) store's tables and Default experiment once, under a file lock.
 
     MLflow creates them on first use; two processes doing so at once (a notebook's kernel and the
     Jupyter server, say) collide with "table _alembic_tmp_experiments already exists".
@@ -41,14 +41,16 @@ def prepare_store(settings: Settings) -> None:
     uri = settings.tracking
     if uri in _PREPARED or not uri.startswith("sqlite:///"):
         return
-    from mlflow.tracking import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from mlplat.services import file_lock
 
     _quiet()
     with file_lock(settings.run_dir / "tracking.lock"):
         try:
-            MlflowClient(uri, uri).search_registered_models(max_results=1)  # creates every table
+            # Creates every table, and the Default experiment with its artifacts under the platform's artifact
+            # root (a client would put them under ./mlruns of whichever process came first).
+            SqlAlchemyStore(uri, settings.artifacts)
         except Exception as exc:  # an unusable store surfaces as many exception types
             raise unavailable(settings, exc) from None
     _PREPARED.add(uri)
