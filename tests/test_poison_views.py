@@ -29,6 +29,7 @@ from mlplat.features.compute import BatchFeatureView
 from mlplat.features.on_demand import OnDemandFeatureView
 from mlplat.features.registry import BrokenView, BrokenViewWarning
 from mlplat.streaming import Aggregation, StreamFeatureView
+from mlplat_lab.jsonable import jsonable
 
 NOW = pd.Timestamp.now(tz="UTC").floor("h")
 DAY = pd.Timestamp("2024-03-01", tz="UTC")
@@ -136,6 +137,9 @@ def test_a_view_whose_code_cannot_load_breaks_that_view_alone(platform, driver, 
     try:
         assert [v.name for v in bob.features.list_views()] == ["driver_daily", "driver_stats", "ratings"]
         assert [v.name for v in bob.features.search("driver")] == ["driver_daily", "driver_stats"]
+        catalog = json.loads(json.dumps(jsonable(bob.features.search(""))))  # what the Lab's feature catalog answers
+        assert [(v["name"], v.get("transformation"), v.get("function")) for v in catalog] == [
+            ("driver_daily", "daily", None), ("driver_stats", None, None), ("ratings", None, "ratings")]
         assert [r.view for r in bob.features.materialize()] == ["driver_daily", "driver_stats"]
         assert bob.features.get_online_features(["driver_stats:rating"], {"driver_id": [1]}).to_dict()["rating"] == [
             4.5]
@@ -175,6 +179,9 @@ def test_a_stored_definition_that_cannot_be_read_is_listed_broken_and_refused_al
         assert isinstance(listed["driver_stats"], BrokenView) and "JSONDecodeError" in listed["driver_stats"].error
         assert "unexpected keyword argument 'colour'" in listed["driver_daily"].description
         assert [v.name for v in bob.features.search("fare")] == ["rides"]
+        catalog = json.loads(json.dumps(jsonable(bob.features.search(""))))
+        assert [(v["name"], v["version"], "error" in v) for v in catalog] == [
+            ("driver_daily", 1, True), ("driver_stats", 1, True), ("ratings", 1, False), ("rides", 1, False)]
         with pytest.raises(BrokenDefinition, match=r"Feature view 'driver_stats' v1: its registered definition cannot "
                                                    r"be read \(JSONDecodeError.*Apply a fixed definition"):
             bob.features.get_view("driver_stats")

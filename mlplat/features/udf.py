@@ -78,6 +78,7 @@ class StoredFunction:
 
     def __init__(self, recorded: dict[str, str], owner: str):
         self.recorded, self.owner = dict(recorded), owner
+        self.__qualname__ = recorded["name"]  # named like the function it stands for, without loading it
         self._function: Callable[..., Any] | None = None
         self.error: str | None = None  # why it cannot be loaded, once that is known
 
