@@ -97,7 +97,7 @@ class ViewConsumer:
     def __init__(self, client: redis.Redis, online: RedisOnlineStore, events_log: EventLog,
                  view: StreamFeatureView, source: Source, prefix: str, max_clock_skew: timedelta = timedelta(minutes=5)):
         self.client, self.online, self.log, self.view, self.source = client, online, events_log, view, source
-        self.prefix, self.skew_ns = prefix, duration_ns(max_clock_skew)
+        self.skew_ns = duration_ns(max_clock_skew)  # events dated later than now + this are "future"
         self.plan = Plan(view)
         self.codec = RecordCodec(view)
         self.base = state_base(view, prefix)

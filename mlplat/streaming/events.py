@@ -269,8 +269,10 @@ def _mark_unparsed(bad: np.ndarray, name: str, raw: list, parsed: np.ndarray, re
 
 
 def _not_utf8(value: Any) -> bool:
+    if not isinstance(value, bytes):
+        return False
     try:
-        value.decode() if isinstance(value, bytes) else None
+        value.decode()
     except UnicodeDecodeError:
         return True
     return False
