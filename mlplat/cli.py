@@ -96,6 +96,9 @@ def features_apply(path: str) -> None:
 def features_list(pattern: str | None) -> None:
     """List feature views (latest versions), optionally those whose name contains PATTERN."""
     for view in _store().list_views(pattern):
+        if view.kind == "broken":  # listed so it can be fixed: its definition cannot be read
+            click.echo(f"{view.name:24} v{view.version:<3} {view.description}")
+            continue
         ttl = view.ttl or "none"
         click.echo(f"{view.name:24} v{view.version:<3} {len(view.schema):3} features  ttl {ttl}  owner {view.owner or '-'}")
 

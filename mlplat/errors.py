@@ -39,6 +39,14 @@ class DefinitionError(MlplatError):
     """An Entity, Field or FeatureView definition is invalid."""
 
 
+class BrokenDefinition(DefinitionError):
+    """A registered view cannot be used: its stored definition cannot be read, or its function cannot be loaded.
+
+    Only that view is affected (listing, searching and every other view go on working); applying a fixed
+    definition of it repairs it.
+    """
+
+
 class RegistryError(MlplatError):
     """The feature registry refused an operation."""
 
@@ -61,6 +69,10 @@ class MissingColumnError(SchemaError):
 
 class DtypeMismatch(SchemaError):
     """A column's dtype cannot be stored as the declared feature type."""
+
+
+class FutureEventError(SchemaError):
+    """Rows are dated later than now plus the allowed clock skew (the ``max_clock_skew`` setting)."""
 
 
 class EntityDataFrameError(MlplatError):

@@ -52,7 +52,7 @@ class Platform:
 
         online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix)
         return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), online,
-                            platform=self)
+                            platform=self, max_clock_skew=self.settings.max_clock_skew)
 
     @cached_property
     def models(self):

@@ -144,7 +144,7 @@ class BatchFeatureView(FeatureView):
                 raise DefinitionError(f"{where}: a SQL transformation reads its own window, so lookback does not "
                                       "apply; filter with e.g. `ts >= $start - INTERVAL 7 DAY` instead.")
         else:
-            object.__setattr__(self, "_recorded", _describe(self.transformation, f"{where}'s transformation"))
+            object.__setattr__(self, "_recorded", _describe(self.transformation, f"{where}: transformation"))
             if len(self.sources) != 1:
                 raise DefinitionError(f"{where}: a Python transformation reads one source (sources='path/*.parquet'), "
                                       f"not {len(self.sources)}; join several with a SQL transformation.")
@@ -210,28 +210,20 @@ class BatchFeatureView(FeatureView):
     def from_dict(cls, data: dict[str, Any]) -> BatchFeatureView:
         data = dict(data)
         recorded = data["transformation"]
-        data["transformation"] = recorded["sql"] if "sql" in recorded else _load(recorded["python"])
+        owner = f"feature view {data['name']!r} v{data.get('version', 0)}: transformation"
+        # Reading a view never runs its code: the function loads when the view is computed.
+        data["transformation"] = recorded["sql"] if "sql" in recorded else udf.StoredFunction(recorded["python"], owner)
         data["partition"] = timedelta(seconds=data["partition"])
         data["lookback"] = timedelta(seconds=data["lookback"])
-        view = super().from_dict(data)
-        if "python" in recorded:  # what was applied, even where the importable module has changed since
-            object.__setattr__(view, "_recorded", recorded["python"])
-        return view
+        return super().from_dict(data)
 
 
 def _describe(function: Any, what: str) -> dict[str, str]:
+    if isinstance(function, udf.StoredFunction):  # read from the registry: what was applied, unloaded
+        return function.recorded
     if not callable(function):
         raise DefinitionError(f"{what} must be a function or a SQL query (a str), not {type(function).__name__}.")
-    return getattr(function, "__mlplat_udf__", None) or udf.describe(function, what)
-
-
-def _load(recorded: dict[str, str]) -> Callable[..., Any]:
-    function = udf.load(recorded)
-    try:
-        inspect.getsource(function)
-    except (OSError, TypeError):  # run from the recorded source: remember it, so the view describes itself again
-        function.__mlplat_udf__ = recorded
-    return function
+    return udf.describe(function, what)
 
 
 def _check_cron(cron: Any, where: str) -> None:
@@ -390,6 +382,8 @@ def run(store: Any, view: FeatureView, start_ns: int | None, end_ns: int | None,
                               "compute; ingest its rows with p.features.ingest, or define it as a BatchFeatureView.")
     if view.language == "sql":
         _duckdb()  # a missing engine fails once, here, rather than in every partition
+    else:
+        udf.loaded(view.transformation)  # so does a function that cannot be loaded, before any partition starts
     log = PartitionLog(store.registry.engine)
     step = _step_ns(view)
     if end_ns is None:
@@ -531,10 +525,11 @@ def _transform(view: BatchFeatureView, start_ns: int, end_ns: int, tables: Mappi
         return _run_sql(view, tables, start, end, threads)
     name = next(iter(view.sources))
     frame = _read_window(view, tables[name], start - view.lookback, end, threads is None)
-    accepts = inspect.signature(view.transformation).parameters
+    function = udf.loaded(view.transformation)
+    accepts = inspect.signature(function).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepts.values())
     bounds = {k: v for k, v in (("start", start), ("end", end)) if takes_all or k in accepts}
-    return view.transformation(frame, **bounds)
+    return function(frame, **bounds)
 
 
 def _read_window(view: BatchFeatureView, source: Any, low: pd.Timestamp, high: pd.Timestamp,

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlplat.errors import DefinitionError, InvalidArgument, MissingColumnError
+from mlplat.errors import DefinitionError, FutureEventError, InvalidArgument, MissingColumnError
 from mlplat.features import retrieval
 from mlplat.features.compute import ComputeResult
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
@@ -59,11 +59,13 @@ class OnlineFeatures:
 class FeatureStore:
     """Define, ingest, join, materialise and serve features."""
 
-    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, platform: Any = None):
+    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, platform: Any = None,
+                 max_clock_skew: timedelta = timedelta(minutes=5)):
         self.registry = registry
         self.offline = offline
         self.online = online
         self.platform = platform  # for what runs as notebook jobs (schedule_compute); None outside a Platform
+        self.max_clock_skew = max_clock_skew  # ingest and push refuse rows dated later than now + this
         self.audit = registry.audit  # ingest, materialise and push are recorded where apply is
         self._plans: dict[tuple[str, ...], tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]] = {}
 
@@ -124,6 +126,7 @@ class FeatureStore:
             if bound:
                 times = table.column(definition.timestamp_field)
                 table = table.filter(keep(times, pa.scalar(_ns(bound, name), times.type)))
+        refuse_future(definition, table, self.max_clock_skew, "ingest")
         with screened(self.offline, definition, table) as table:
             result = self.offline.write(definition, table)
         self.audit.record("feature_view", view, "ingested", definition.version, rows=result.rows, files=result.files,
@@ -233,10 +236,10 @@ class FeatureStore:
         start_ns = None if start is None else _ns(start, "start")
         if start_ns is not None and start_ns > end_ns:
             raise InvalidArgument(f"materialize(start={start}, end={end}): start is after end; swap them.")
-        names = list(views) if views is not None else self.registry.view_names()
-        definitions = [self.registry.get_view(n) for n in names]  # unknown names fail before any write
-        # On-demand views store nothing: skipped when materialising all, refused when named.
-        definitions = [refuse_storage(d, "materialize") for d in definitions if views is not None or not is_on_demand(d)]
+        if views is None:  # every stored view that can be read (on-demand views store nothing)
+            definitions = [d for d in self.registry.usable_views("materialize") if not is_on_demand(d)]
+        else:  # unknown, broken or on-demand names fail before any write
+            definitions = [refuse_storage(self.registry.get_view(n), "materialize") for n in views]
         results = []
         with progress_bar(len(definitions), "materialize", progress, unit="view") as bar:
             for view in definitions:
@@ -255,6 +258,7 @@ class FeatureStore:
         """
         definition = refuse_storage(self.registry.get_view(view), "push")
         table = conform(definition, df)
+        refuse_future(definition, table, self.max_clock_skew, "push")
         with screened(self.offline, definition, table) as table:
             self.online.ping()  # fail before writing anything when Redis is down
             self.offline.write(definition, table)
@@ -285,6 +289,25 @@ class FeatureStore:
         plan = [(r, RecordCodec(r.view)) for r in expansion.reads]
         self._plans[tuple(features)] = plan, expansion if expansion.steps else None
         return self._plans[tuple(features)]
+
+
+def refuse_future(view: FeatureView, table: pa.Table, skew: timedelta, action: str) -> None:
+    """FutureEventError when a row of ``table`` is dated later than now plus ``skew``: an event cannot have
+    happened yet. Such a row would be served online ahead of every real update of its entity (the newest event
+    wins) and expire a TTL after a time that has not come."""
+    times = table.column(view.timestamp_field)
+    limit = time.time_ns() + skew // timedelta(microseconds=1) * 1000
+    ahead = pc.greater(times, pa.scalar(limit, times.type))
+    count = pc.sum(ahead).as_py() or 0
+    if count:
+        rows = pc.indices_nonzero(ahead).to_pylist()
+        shown = ", ".join(f"row {i} at {times[i].as_py().isoformat()}" for i in rows[:3])
+        now = datetime.fromtimestamp(limit / 1e9, UTC) - skew
+        raise FutureEventError(
+            f"{action}({view.name!r}) refused {count:,} row(s) dated later than now ({now:%Y-%m-%d %H:%M:%S} UTC) "
+            f"plus the allowed clock skew ({skew}): {shown}{' and more' if count > 3 else ''}. Nothing was "
+            f"written. Fix their {view.timestamp_field} (a unit or time-zone mistake?), or raise the "
+            "max_clock_skew setting (MLPLAT_MAX_CLOCK_SKEW) where producers' clocks run ahead.")
 
 
 def _searchable(view: FeatureView) -> str:
