@@ -326,8 +326,10 @@ def test_a_job_whose_scheduler_is_killed_is_run_again_by_the_next_scheduler(kern
                       "if first:\n    time.sleep(300)  # its scheduler is killed meanwhile", "print('done')",
                       parameters=f"KERNELS = {str(kernels)!r}")
     schedule_id = p.jobs.schedule(source, "0 0 1 1 *")  # yearly
-    with p.engine.begin() as conn:  # made a year ago: this year's slot is due
+    never = p.jobs.schedule(notebook(tmp_path / "feb.ipynb", "print(x)"), "0 0 1 1 *")
+    with p.engine.begin() as conn:  # made a year ago: this year's slot is due; and one broken by a raw write
         conn.execute(sa.update(schedules_table).values(created_at=datetime.now(UTC) - timedelta(days=365)))
+        conn.execute(sa.update(schedules_table).where(schedules_table.c.id == never).values(cron="0 0 30 2 *"))
 
     def slot():
         return slots_of(p, schedule_id)[0]
@@ -342,6 +344,7 @@ def test_a_job_whose_scheduler_is_killed_is_run_again_by_the_next_scheduler(kern
             second = start_scheduler(log)
             try:
                 wait_for(lambda: slot()["status"] != "running", "the second scheduler to run the slot again")
+                assert second.poll() is None  # still serving
             finally:
                 second.terminate()
                 second.wait(30)
@@ -356,6 +359,7 @@ def test_a_job_whose_scheduler_is_killed_is_run_again_by_the_next_scheduler(kern
     (run,) = p.jobs.history(source)  # the killed attempt left no run; the second one ran to the end
     assert (run.id, run.status, outputs(run.output)[-1]) == (slot()["job_id"], "succeeded", "done\n")
     assert len(set(kernels.read_text().split())) == 2
+    assert "never fires" in {s.id: s.broken for s in p.jobs.schedules()}[never] and slots_of(p, never) == []
 
 
 K8S = {"image": "registry.example/mlplat:1.0", "namespace": "ml", "volume": "team-projects", "gpu": 1,
