@@ -303,15 +303,19 @@ def _failure(exc: Exception, output: Path) -> str:
 
 
 def _last_started_cell(output: Path) -> int | None:
-    """The execution count of the last cell that started, from the notebook papermill saves as it goes."""
+    """The number (as execution counts go) of the last cell that started, from the notebook papermill saves
+    as it goes; None when none did."""
     import nbformat
 
     try:
         cells = nbformat.read(output, as_version=4).cells
-    except (OSError, ValueError):  # not written (the kernel never started), or cut short
+    except (OSError, ValueError):  # not written, or cut short
         return None
-    counts = [c.get("execution_count") for c in cells if c.cell_type == "code"]
-    return max((n for n in counts if n), default=None)
+    # A dying kernel may not have sent the cell's execution count; papermill stamps every cell it starts.
+    # Blank cells are not sent to the kernel, so they take no number.
+    started = [c for c in cells if c.cell_type == "code" and c.source.strip()
+               and c.metadata.get("papermill", {}).get("start_time")]
+    return len(started) or None
 
 
 def execute_notebook(**papermill_options: Any) -> str:
