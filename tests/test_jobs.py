@@ -263,6 +263,8 @@ def test_a_schedule_broken_later_is_listed_skipped_and_can_be_fixed_or_unschedul
     p.jobs.pause(february)
     with pytest.raises(JobError, match="Schedule 2 cannot run: '0 0 30 2 \\*' never fires"):
         p.jobs.resume(february)
+    with pytest.raises(JobError, match="Schedule 2 cannot run: '0 0 30 2 \\*' never fires"):
+        p.jobs.cronjob(february)  # nor as a Kubernetes CronJob
 
     Scheduler(p).tick(due)  # the good one runs; the others fail alone
     assert [s["status"] for s in slots_of(p, good)] == ["succeeded"] and slots_of(p, february) == []

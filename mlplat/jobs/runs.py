@@ -159,7 +159,10 @@ class Jobs:
         from mlplat.jobs.kubernetes import cronjob, manifest
         from mlplat.jobs.schedules import schedule_of
 
-        return manifest(cronjob(self.platform.settings, schedule_of(self.platform, schedule_id), project, retries))
+        found = schedule_of(self.platform, schedule_id)
+        if found.broken:
+            raise JobError(f"Schedule {schedule_id} cannot run: {found.broken} Fix it and resume it first.")
+        return manifest(cronjob(self.platform.settings, found, project, retries))
 
     def history(self, notebook: str | Path | None = None, limit: int | None = None) -> list[JobRun]:
         """Runs, newest first (of one notebook, when given; the ``limit`` newest, when given)."""
