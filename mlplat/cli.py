@@ -256,13 +256,18 @@ def undeploy(name: str) -> None:
 @click.option("--interval", type=float, default=30.0, help="Seconds between looks for due jobs.")
 @click.option("--max-concurrent", type=int, default=2, help="Jobs running at once, at most.")
 @click.option("--heartbeat", type=click.Path(dir_okay=False), help="A file touched on every look (health).")
-def scheduler(interval: float, max_concurrent: int, heartbeat: str | None) -> None:
+@click.option("--lease", type=float, default=30.0, show_default=True,
+              help="Seconds a claimed slot stays this scheduler's without renewal; then another takes it over.")
+@click.option("--reclaims", type=int, default=2, show_default=True,
+              help="Times a slot whose scheduler died is run again before it fails.")
+def scheduler(interval: float, max_concurrent: int, heartbeat: str | None, lease: float, reclaims: int) -> None:
     """Run scheduled notebook jobs as their slots come due (`mlplat up` starts this)."""
     from pathlib import Path
 
     from mlplat.jobs.schedules import Scheduler
 
-    Scheduler(_platform(), max_concurrent).serve(interval, heartbeat=Path(heartbeat) if heartbeat else None)
+    Scheduler(_platform(), max_concurrent, lease, reclaims).serve(interval,
+                                                                  heartbeat=Path(heartbeat) if heartbeat else None)
 
 
 @main.group()
@@ -325,8 +330,10 @@ def jobs_schedule(notebook: str, cron: str, parameters: tuple[str, ...], kernel:
 def jobs_schedules() -> None:
     """Every schedule, with its next run and last status."""
     for s in _platform().jobs.schedules():
-        following = s.next_run.isoformat(timespec="minutes") if s.next_run else "paused"
+        following = s.next_run.isoformat(timespec="minutes") if s.next_run else "broken" if s.broken else "paused"
         click.echo(f"{s.id:4}  {s.cron:15}  next {following:22}  last {s.last_status or '-':9}  {s.notebook}")
+        if s.broken:
+            click.echo(f"      broken: {s.broken}")
 
 
 @jobs.command("pause")
@@ -343,6 +350,14 @@ def jobs_resume(schedule_id: int) -> None:
     """Run SCHEDULE_ID again from its next slot."""
     _platform().jobs.resume(schedule_id)
     click.echo(f"schedule {schedule_id} resumed")
+
+
+@jobs.command("unschedule")
+@click.argument("schedule_id", type=int)
+def jobs_unschedule(schedule_id: int) -> None:
+    """Delete SCHEDULE_ID (its past runs stay in the history)."""
+    _platform().jobs.unschedule(schedule_id)
+    click.echo(f"schedule {schedule_id} deleted")
 
 
 @jobs.command("cronjob")

@@ -111,8 +111,19 @@ class JobError(MlplatError):
     """A notebook job cannot run: missing notebook, undeclared parameter, unknown kernel, bad schedule."""
 
 
+class ScheduleNotFound(JobError):
+    """No notebook schedule has that id."""
+
+
 class JobFailed(MlplatError):
-    """A notebook job ran and a cell failed; the message names the cell and its error."""
+    """A notebook job ran and failed (a cell raised, the kernel died or did not start); the message says where.
+
+    ``job_id`` is the failed run's id in ``p.jobs.history()``.
+    """
+
+    def __init__(self, message: str, job_id: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class HubError(ServiceError):

@@ -97,7 +97,8 @@ def _model_parser() -> _Parser:
 
 
 def _job_parser() -> _Parser:
-    job = _Parser(prog="%job", description="Notebook jobs: run, history, rerun, schedule, schedules, panel.")
+    job = _Parser(prog="%job", description="Notebook jobs: run, history, rerun, schedule, schedules, unschedule, "
+                                           "panel.")
     commands = _subcommands(job)
     run = commands.add_parser("run")
     run.add_argument("notebook")
@@ -109,6 +110,7 @@ def _job_parser() -> _Parser:
     schedule.add_argument("cron", help="five cron fields in quotes, e.g. '0 * * * *'")
     schedule.add_argument("parameters", nargs="*", help="name=value")
     commands.add_parser("schedules")
+    commands.add_parser("unschedule", help="delete a schedule").add_argument("schedule_id", type=int)
     commands.add_parser("panel", help="schedules and recent runs, with Run now and Pause/Resume")
     return job
 
@@ -323,7 +325,7 @@ class MlplatMagics(Magics):
     @line_magic
     def job(self, line: str) -> Any:
         """%job run NOTEBOOK [name=value ...] | history [NOTEBOOK] | rerun RUN_ID |
-        schedule NOTEBOOK '0 * * * *' [name=value ...] | schedules | panel"""
+        schedule NOTEBOOK '0 * * * *' [name=value ...] | schedules | unschedule ID | panel"""
         from mlplat.config import parse_assignments
 
         def act(a):
@@ -338,6 +340,8 @@ class MlplatMagics(Magics):
                 return jobs.schedule(a.notebook, a.cron, parse_assignments(a.parameters, "parameter"))
             if a.command == "schedules":
                 return jobs.schedules()
+            if a.command == "unschedule":
+                return jobs.unschedule(a.schedule_id)
             from mlplat_magics.widgets import JobPanel
 
             return JobPanel(self.platform)

@@ -139,3 +139,7 @@ def test_schedule_the_notebook_with_its_parameters(platform, workspace, page: Pa
     screenshot(page, "browser-schedule")
     assert [(s.notebook, s.cron, s.parameters) for s in platform.jobs.schedules()] == [
         (str(workspace / "train.ipynb"), "0 3 * * *", {"n_estimators": 20})]
+
+    sidebar.locator(".mlplat-jobs .mlplat-unschedule").click()
+    expect(sidebar.locator(".mlplat-jobs")).to_contain_text("No schedules.")
+    assert platform.jobs.schedules() == []

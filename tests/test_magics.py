@@ -41,7 +41,8 @@ CELLS = [
     "promoted = %model promote nb_model\nscored = %model score nb_model labels\n"
     "print('promoted', promoted.version, 'scored', len(scored), sorted(set(scored.columns) - set(labels.columns)))",
     "%job schedule tiny.ipynb '0 3 * * *' n=2\nlisted = %job schedules\n"
-    "print('schedules', [(s.cron, s.parameters) for s in listed])",
+    "print('schedules', [(s.cron, s.parameters) for s in listed])\n"
+    "%job unschedule {listed[0].id}\nremaining = %job schedules\nprint('unscheduled', len(remaining))",
     "limits = %monitor thresholds nb_model psi=0.3 window=30min\nfired = %monitor alerts nb_model\n"
     "print('thresholds', limits.psi, limits.window_s, len(fired))",
     "try:\n    get_ipython().run_line_magic('job', '--help')\nexcept UsageError as exc:\n"
@@ -90,6 +91,7 @@ def test_every_magic_in_a_real_kernel(home):
     assert "cell 1 True" in printed  # %%train: the cell built the estimator, fitted on a local Dask cluster
     assert "promoted 1 scored 600 ['prediction', 'probability_0', 'probability_1']" in printed
     assert "schedules [('0 3 * * *', {'n': 2})]" in printed
+    assert "unscheduled 0" in printed
     assert "thresholds 0.3 1800.0 0" in printed
     assert "help usage: %job [-h]" in printed
 

@@ -60,6 +60,7 @@ import sqlalchemy as sa
 from mlplat.errors import (
     DefinitionError,
     InvalidArgument,
+    JobError,
     MissingDependency,
     MlplatError,
     SchemaError,
@@ -227,15 +228,12 @@ def _describe(function: Any, what: str) -> dict[str, str]:
 
 
 def _check_cron(cron: Any, where: str) -> None:
+    from mlplat.jobs.cron import check_cron
+
     try:
-        from croniter import croniter
-    except ImportError:  # checked again when scheduled, where the jobs extra is needed anyway
-        valid = isinstance(cron, str) and len(cron.split()) == 5
-    else:
-        valid = isinstance(cron, str) and croniter.is_valid(cron)
-    if not valid:
-        raise DefinitionError(f"{where}: schedule {cron!r} is not a cron line; write five fields, "
-                              "e.g. '0 2 * * *' (daily at 02:00 UTC).")
+        check_cron(cron)
+    except JobError as exc:
+        raise DefinitionError(f"{where}: schedule {exc}") from None
 
 
 # -- results and the partition table ----------------------------------------------------------------------
