@@ -11,6 +11,15 @@ class MlplatError(Exception):
     """Base class of every user-facing mlplat error."""
 
 
+def one_line(exc: BaseException) -> str:
+    """``RuntimeError: source outage``: the first line of any error, for a status, a log line or a dead letter;
+    mlplat's own messages say enough without their class."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, MlplatError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class InvalidArgument(MlplatError):
     """An argument has the wrong type or an impossible value."""
 

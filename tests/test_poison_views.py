@@ -233,7 +233,7 @@ def test_push_and_ingest_refuse_rows_dated_in_the_future_before_writing_anything
     assert platform.features.get_online_features(["driver_stats:rating"], {"driver_id": [1]}).to_dict()["rating"] == [
         None]
 
-    soon = rows.assign(event_timestamp=[now - pd.Timedelta("1d"), now + pd.Timedelta(minutes=1)])  # within the skew
+    soon = rows.assign(event_timestamp=[now - pd.Timedelta(days=1), now + pd.Timedelta(minutes=1)])  # within the skew
     assert platform.features.push("driver_stats", soon) == 2
     lenient = another_user(platform, max_clock_skew="1h")
     try:

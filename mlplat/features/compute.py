@@ -62,9 +62,9 @@ from mlplat.errors import (
     InvalidArgument,
     JobError,
     MissingDependency,
-    MlplatError,
     SchemaError,
     TransformationError,
+    one_line,
 )
 from mlplat.features import udf
 from mlplat.features.definitions import FeatureView, _check_name, _plain
@@ -477,7 +477,7 @@ def _execute(view: BatchFeatureView, offline_url: str, todo: list[tuple[int, int
             yield future.result()
         except Exception as exc:  # the worker died (KilledWorker), or the task could not run there
             start, end = futures[future]
-            yield Outcome(start, end, error=_one_line(exc), detail=traceback.format_exc()[-4000:])
+            yield Outcome(start, end, error=one_line(exc), detail=traceback.format_exc()[-4000:])
 
 
 def compute_partition(view: FeatureView | dict[str, Any], offline_url: str, start_ns: int, end_ns: int,
@@ -504,16 +504,9 @@ def compute_partition(view: FeatureView | dict[str, Any], offline_url: str, star
         return Outcome(start_ns, end_ns, kept.num_rows, table.num_rows - kept.num_rows,
                        seconds=time.perf_counter() - began)
     except Exception as exc:  # the user's code may raise anything: record it against this partition
-        return Outcome(start_ns, end_ns, error=_one_line(exc), detail=traceback.format_exc()[-4000:],
+        return Outcome(start_ns, end_ns, error=one_line(exc), detail=traceback.format_exc()[-4000:],
                        seconds=time.perf_counter() - began)
 
-
-def _one_line(exc: BaseException) -> str:
-    """``RuntimeError: source outage`` for the user's errors; mlplat's own messages say enough alone."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, MlplatError) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _transform(view: BatchFeatureView, start_ns: int, end_ns: int, tables: Mapping[str, Any],

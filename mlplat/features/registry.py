@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
-from mlplat.errors import BrokenDefinition, DefinitionError, FeatureViewNotFound, RegistryError
+from mlplat.errors import BrokenDefinition, DefinitionError, FeatureViewNotFound, RegistryError, one_line
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
 from mlplat.features.on_demand import OnDemandFeatureView, pin_sources
 
@@ -137,9 +137,7 @@ def _definition(row: Any) -> FeatureView | BrokenView:
     try:
         return FeatureView.from_dict(json.loads(row.spec))
     except Exception as exc:  # text stored by another version or by hand: whatever it raises, this view alone
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return BrokenView(row.name, row.version, f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
-                          row.created_by)
+        return BrokenView(row.name, row.version, one_line(exc), row.created_by)
 
 
 def _entity(row: Any) -> Entity | None:

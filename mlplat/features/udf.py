@@ -20,7 +20,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from mlplat.errors import BrokenDefinition, DefinitionError
+from mlplat.errors import BrokenDefinition, DefinitionError, one_line
 
 _ADVICE = ("a registered function is loaded in later sessions with only pd and np at hand: import what it needs "
            "inside the function, or write the value as a constant (k=3, not k=SOME_GLOBAL)")
@@ -42,7 +42,7 @@ def describe(function: Callable[..., Any], what: str) -> dict[str, str]:
         load(recorded)
     except Exception as exc:  # whatever running its definition raises, it would raise in every later session
         raise DefinitionError(f"{what} {function.__qualname__} would not load in a later session: "
-                              f"{_one_line(exc)}; {_ADVICE}.") from None
+                              f"{one_line(exc)}; {_ADVICE}.") from None
     return recorded
 
 
@@ -88,7 +88,7 @@ class StoredFunction:
             try:
                 self._function = load(self.recorded)
             except Exception as exc:  # anything the user's definition raises while it is defined
-                self.error = _one_line(exc)
+                self.error = one_line(exc)
                 raise BrokenDefinition(f"{self.owner} {self.recorded['name']} cannot be loaded: {self.error}. "
                                        f"Apply a fixed definition of the view ({_ADVICE}).") from None
         return self._function
@@ -119,10 +119,6 @@ def loaded(function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` itself: a :class:`StoredFunction` loaded (BrokenDefinition if it cannot be), any other as is."""
     return function.load() if isinstance(function, StoredFunction) else function
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _without_decorators(source: str) -> str:

@@ -46,7 +46,7 @@ import pandas as pd
 import pyarrow as pa
 import redis
 
-from mlplat.errors import StreamError
+from mlplat.errors import StreamError, one_line
 from mlplat.features.online import RecordCodec, RedisOnlineStore
 from mlplat.features.registry import BrokenView
 from mlplat.streaming.definitions import StreamFeatureView, duration_ns
@@ -517,7 +517,7 @@ class Consumer:
 
     def _failed(self, view: str, exc: BaseException) -> None:
         old = self.failures.get(view)
-        error = _one_line(exc)
+        error = one_line(exc)
         attempts = old.attempts + 1 if old else 1
         if old is None or old.error != error:  # once per distinct error, not once a second
             log.error("stream %s: %s; its entries stay pending, and it is tried again with back-off", view, error,
@@ -578,13 +578,9 @@ class Consumer:
                                     result.entries, result.late)
                 last_error = None
             except Exception as exc:  # Redis or the registry unreachable: every view waits; logged once per error
-                if _one_line(exc) != last_error:
-                    last_error = _one_line(exc)
+                if one_line(exc) != last_error:
+                    last_error = one_line(exc)
                     log.warning("stream consumer: %s; retrying every second", last_error,
                                 exc_info=not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)))
                 stop.wait(1)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

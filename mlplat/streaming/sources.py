@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import redis
 
-from mlplat.errors import MissingDependency
+from mlplat.errors import MissingDependency, one_line
 from mlplat.streaming.events import Entry
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def decode_message(value: bytes | str | None) -> dict[str, Any]:
     try:
         data = json.loads(value) if value else None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        return {"_error": f"not JSON ({_first_line(exc)})", "_raw": value}
+        return {"_error": f"not JSON ({one_line(exc)[:200]})", "_raw": value}
     if not isinstance(data, dict):
         return {"_error": "not a JSON object", "_raw": value}
     fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items() if v is not None}
@@ -210,10 +210,6 @@ def _unicode(fields: dict[str, str]) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 class KafkaSource:
