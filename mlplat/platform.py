@@ -78,15 +78,17 @@ class Platform:
         ``timestamp_field``, ``seed``, ``client`` (a Dask client: distributed fit),
         ``register``. Returns a :class:`mlplat.training.run.TrainResult`.
         """
+        from mlplat.options import check_options
         from mlplat.training.run import train
 
-        return train(self, estimator, **options)
+        return train(self, estimator, **check_options(train, options, "train", given=2))
 
     def tune(self, estimator: Any, space: dict[str, Any], **options: Any):
         """Search hyperparameters on the cluster; every trial is a nested MLflow run, the best is registered."""
+        from mlplat.options import check_options
         from mlplat.training.tune import tune
 
-        return tune(self, estimator, space, **options)
+        return tune(self, estimator, space, **check_options(tune, options, "tune", given=3))
 
     def reproduce(self, run_id: str, client: Any = None):
         """Retrain a run from its recorded inputs and compare the metrics."""
@@ -109,9 +111,10 @@ class Platform:
 
     def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
         """Put a registered version (default: the champion) live on Triton; returns a Deployment."""
+        from mlplat.options import check_options
         from mlplat.serving.deploy import deploy
 
-        deployment = deploy(self, name, version, alias, **options)
+        deployment = deploy(self, name, version, alias, **check_options(deploy, options, "deploy", given=4))
         if "serving" in self.__dict__:
             self.serving.forget(name)
         return deployment

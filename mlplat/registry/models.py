@@ -10,6 +10,8 @@ trail (``p.audit``, kind ``"model"``).
 from __future__ import annotations
 
 import json
+import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,19 @@ if TYPE_CHECKING:
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARCHIVED_TAG = "mlplat.archived"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_model_name(name: Any) -> str:
+    """``name`` if it can name a model everywhere it goes (MLflow, Triton's model folders, metric labels).
+
+    Letters, digits, ``_``, ``.`` and ``-``, starting with a letter or digit, at most 64 characters:
+    MLflow refuses ``/`` and ``:``, a quote breaks its searches, and the name is a folder on Triton.
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise InvalidArgument(f"{reprlib.repr(name)} cannot name a model; use letters, digits, '_', '.' and '-', "
+                              "starting with a letter or digit, at most 64 characters (e.g. 'churn' or 'churn-v2').")
+    return name
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, newest first, with its run's metrics."""
+        check_model_name(name)
         with self._client() as client:
             found = _call(self.settings, client.search_model_versions, f"name='{name}'")
             if not found:
@@ -88,6 +104,7 @@ class ModelRegistry:
 
     def get(self, name: str, version: str | int | None = None, alias: str | None = None) -> ModelVersion:
         """One version, by number or alias (default: the champion)."""
+        check_model_name(name)
         with self._client() as client:
             aliases = self._aliases(client, name)
             if version is None:
@@ -149,6 +166,7 @@ class ModelRegistry:
     # -- writing -----------------------------------------------------------------
     def register(self, name: str, model_uri: str, run_id: str, features: list[str], fingerprint: str) -> str:
         """Register a logged model as a new version of ``name`` and make it the challenger."""
+        check_model_name(name)
         with self._client() as client:
             if not _call(self.settings, client.search_registered_models, f"name='{name}'"):
                 client.create_registered_model(name)
@@ -199,6 +217,7 @@ class ModelRegistry:
 
     def rollback(self, name: str, reason: str = "") -> str:
         """Give ``champion`` back to the version that held it before the last promotion; return it."""
+        check_model_name(name)
         with self._client() as client:
             current = self._aliases(client, name).get(CHAMPION)
         last = self.audit.entries("model", name, action=("promoted", "rolled_back"), limit=1)

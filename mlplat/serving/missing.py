@@ -1,0 +1,59 @@
+"""What a deployed model does with rows that lack feature values: its missing-feature policy.
+
+A feature is missing for a row when the online store has no value for it (an unknown or expired
+entity, a null value) or the caller's matrix holds NaN there. Each deployed version has a policy,
+chosen at ``p.deploy(..., missing=...)`` and applied alike by ``p.predict`` and by Triton's
+``<model>_by_id`` (see :mod:`mlplat.serving.backend.by_id`):
+
+- ``"flag"`` (default): predict as the model does with missing values, and say so: the
+  prediction's ``missing`` maps each such row to the features it lacks, and the
+  ``mlplat_predict_missing_features_total`` metric counts them;
+- ``"error"``: refuse the request (``MissingFeatures`` naming the rows and features);
+- ``"impute"``: fill the gaps with the values recorded when the version was trained (the
+  training rows' medians), and flag them as ``"flag"`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mlplat.errors import InvalidArgument, MissingFeatures
+
+POLICIES = ("flag", "error", "impute")
+DEFAULT = "flag"
+
+
+def check_policy(policy: Any) -> str:
+    """``policy`` if it is one of :data:`POLICIES`."""
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise InvalidArgument(f"missing={policy!r} is not a missing-feature policy; use one of "
+                              f"{', '.join(map(repr, POLICIES))}.")
+    return policy
+
+
+def apply(name: str, info: dict[str, Any], features: np.ndarray) -> tuple[np.ndarray, dict[int, list[str]]]:
+    """The matrix to send and the rows that lack features (row -> feature references), by ``info``'s policy.
+
+    ``info`` is a deployed version's serving info: its ``features``, ``missing`` policy and ``impute``
+    values. The caller's array is never changed: imputing makes a new one.
+    """
+    gaps = np.isnan(features)
+    if not gaps.any():
+        return features, {}
+    refs = info["features"]
+    missing: dict[int, list[str]] = {}
+    for row, column in zip(*(axis.tolist() for axis in np.nonzero(gaps))):
+        missing.setdefault(row, []).append(refs[column])
+    policy = info.get("missing", DEFAULT)
+    if policy == "error":
+        shown = "; ".join(f"row {row}: {', '.join(lacks)}" for row, lacks in list(missing.items())[:5])
+        more = f" and {len(missing) - 5} more rows" if len(missing) > 5 else ""
+        raise MissingFeatures(
+            f"{name} v{info['version']} is deployed with missing='error' and {len(missing)} row(s) lack features "
+            f"({shown}{more}): unknown or expired entities, or null values. Materialise or push their features, "
+            "or deploy with missing='flag' or 'impute'.", missing)
+    if policy == "impute":
+        features = np.where(gaps, np.asarray(info["impute"], dtype=np.float32), features)
+    return features, missing
