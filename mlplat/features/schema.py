@@ -54,7 +54,7 @@ def to_table(data: Any) -> pa.Table:
         return data
     try:
         return pa.Table.from_pandas(data, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:  # an int beyond int64: OverflowError
         raise SchemaError(f"A column holds mixed or unsupported values ({exc}); give each column one type.") from None
     except UnicodeEncodeError as exc:
         raise SchemaError(f"A text value holds {exc.object[exc.start:exc.end]!r}, which is not valid Unicode "
