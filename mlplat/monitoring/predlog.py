@@ -122,13 +122,12 @@ class PredictionLogger:
         """Count a failed request."""
         self._count(model, version, None, error=True)
 
-    def missing(self, model: str, version: str, rows: dict[int, list[str]]) -> None:
-        """Count the rows of a served request that lacked features, and which features (see :func:`count_missing`)."""
+    def missing(self, model: str, version: str, rows: int, features: dict[str, int]) -> None:
+        """Count ``rows`` served that lacked features, and per feature the rows that lacked it (see :func:`count_missing`)."""
         with self._lock:
             counts = self._missing.setdefault((model, version), {})
-            for feature in (f for lacking in rows.values() for f in lacking):
-                counts[feature] = counts.get(feature, 0) + 1
-            counts[MISSING_ROWS] = counts.get(MISSING_ROWS, 0) + len(rows)
+            for feature, count in ((MISSING_ROWS, rows), *features.items()):
+                counts[feature] = counts.get(feature, 0) + count
 
     def _count(self, model: str, version: str, seconds: float | None, error: bool) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ request path (:mod:`mlplat.monitoring.predlog`).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -71,7 +72,7 @@ class Client:
         latency = (time.perf_counter() - started) * 1000
         self.log.log(name, version, self._columns(deployed["versions"][version]), features, outputs, latency, arm)
         if gaps:
-            self.log.missing(name, version, gaps)
+            self.log.missing(name, version, len(gaps), Counter(f for lacking in gaps.values() for f in lacking))
         return Prediction(name, result.get_response().model_version, outputs, latency, gaps)
 
     def _serve(self, name: str, info: dict[str, Any], entity_rows: Any,

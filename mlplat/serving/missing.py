@@ -42,10 +42,8 @@ def apply(name: str, info: dict[str, Any], features: np.ndarray) -> tuple[np.nda
     gaps = np.isnan(features)
     if not gaps.any():
         return features, {}
-    refs = info["features"]
-    missing: dict[int, list[str]] = {}
-    for row, column in zip(*(axis.tolist() for axis in np.nonzero(gaps))):
-        missing.setdefault(row, []).append(refs[column])
+    refs = np.array(info["features"], dtype=object)
+    missing = {row: refs[gaps[row]].tolist() for row in np.flatnonzero(gaps.any(axis=1)).tolist()}
     policy = info.get("missing", DEFAULT)
     if policy == "error":
         shown = "; ".join(f"row {row}: {', '.join(lacks)}" for row, lacks in list(missing.items())[:5])
