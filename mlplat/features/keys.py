@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from mlplat.errors import EntityKeyError
@@ -65,7 +66,7 @@ def _problem(value: Any, kind: str | None) -> str | None:
         if kind == INT64:
             return "the view's keys are int64, not strings; pass the number"
         return None if _encodes(value) else "it is not valid Unicode text (it holds a lone surrogate)"
-    if value is None or (isinstance(value, numbers.Real) and np.isnan(value)):
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, numbers.Real) and np.isnan(value)):
         return f"the key is missing ({value}); drop the row or give {wanted}"
     if isinstance(value, numbers.Real):
         return (f"a float is not a key, even a whole one (float64 cannot hold every int64); give {wanted}, "

@@ -91,7 +91,7 @@ class FeatureStore:
         return self.registry.get_view(name, version)
 
     def list_views(self, pattern: str | None = None) -> list[FeatureView]:
-        return self.registry.list_views(pattern)
+        return self.registry.list_views(None if pattern is None else _text(pattern, "pattern"))
 
     def search(self, text: str = "") -> list[FeatureView]:
         """The latest version of every view that mentions each word of ``text``, case-insensitively.
@@ -99,7 +99,7 @@ class FeatureStore:
         A view mentions what is in its name, description, feature names, feature
         descriptions and tags (keys and values): ``search("driver gold")``.
         """
-        words = text.lower().split()
+        words = _text(text, "text").lower().split()
         return [view for view in self.registry.list_views() if all(word in _searchable(view) for word in words)]
 
     def diff(self, view: FeatureView | str, other: FeatureView | int | None = None) -> list[dict[str, Any]]:
@@ -111,6 +111,8 @@ class FeatureStore:
         if isinstance(view, FeatureView):
             registered = self.registry.get_view(view.name)
             return diff_views(registered, keep_ownership(view, registered))
+        if other is not None and not isinstance(other, (int, FeatureView)):
+            raise InvalidArgument(f"diff({view!r}, {other!r}): compare with a version number or a FeatureView.")
         old = self.registry.get_view(view, other if isinstance(other, int) else None)
         new = other if isinstance(other, FeatureView) else self.registry.get_view(view)
         return diff_views(old, new)
@@ -156,6 +158,8 @@ class FeatureStore:
         the join on that cluster, or a ``dask.dataframe`` as ``entity_df`` to get
         a lazy dask DataFrame back (for entity sets larger than memory).
         """
+        if client is not None and not hasattr(client, "scheduler_info"):
+            raise InvalidArgument(f"client must be a dask.distributed Client (p.compute().client), not {client!r}.")
         taken = set(getattr(entity_df, "columns", ()))
         requests = resolve(_feature_refs(features), self.registry.get_view)
         retrieval.refuse_clashes(taken, [c for r in requests for c in r.columns])
@@ -208,7 +212,7 @@ class FeatureStore:
         """
         from mlplat.features import compute
 
-        definition = self.registry.get_view(view if isinstance(view, str) else view.name)
+        definition = self.registry.get_view(getattr(view, "name", view))
         if not isinstance(view, str) and diff_views(definition, keep_ownership(view, definition)):
             raise InvalidArgument(f"{view.name!r} differs from its registered definition (v{definition.version}); "
                                   "apply it first: p.features.apply([view]).")
@@ -235,7 +239,7 @@ class FeatureStore:
 
         if self.platform is None:
             raise InvalidArgument("schedule_compute needs the platform's jobs; use p.features from mlplat.connect().")
-        definition = self.registry.get_view(view if isinstance(view, str) else view.name)
+        definition = self.registry.get_view(getattr(view, "name", view))
         return schedule(self.platform.jobs, definition, cron, materialize)
 
     # -- online -----------------------------------------------------------------
@@ -248,6 +252,8 @@ class FeatureStore:
         start_ns = None if start is None else _ns(start, "start")
         if start_ns is not None and start_ns > end_ns:
             raise InvalidArgument(f"materialize(start={start}, end={end}): start is after end; swap them.")
+        if views is not None and not isinstance(views, (str, list, tuple)):
+            raise InvalidArgument(f"views={views!r}: give a view name or a list of them, e.g. views=['driver_stats'].")
         names = [views] if isinstance(views, str) else list(views) if views is not None else self.registry.view_names()
         definitions = [self.registry.get_view(n) for n in names]  # unknown names fail before any write
         # On-demand views store nothing: skipped when materialising all, refused when named.
@@ -290,6 +296,9 @@ class FeatureStore:
         one value per entity row) or the same columns in ``entity_rows``.
         """
         features = _feature_refs(features)
+        if request_data is not None and not isinstance(request_data, Mapping):
+            raise InvalidArgument(f"request_data must map each request column to its values, not "
+                                  f"{type(request_data).__name__}: request_data={{'distance_km': [4.2]}}.")
         plan, on_demand = self._plans.get(features) or self._plan(features)
         columns = _entity_columns(entity_rows, plan)
         for request, _ in plan:
@@ -318,6 +327,12 @@ def _searchable(view: FeatureView) -> str:
     fields = [text for f in view.schema for text in (f.name, f.description)]
     tags = [text for item in view.tags.items() for text in item]
     return " ".join([view.name, view.description, *fields, *tags]).lower()
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a string, not {type(value).__name__}.")
+    return value
 
 
 def _feature_refs(features: Any) -> tuple[str, ...]:
@@ -355,7 +370,7 @@ def _entity_columns(entity_rows: Any, plan: list[tuple[ViewRequest, RecordCodec]
 def _column(name: Any, values: Any) -> list | np.ndarray:
     """One entity column as a list or a 1-d numpy array."""
     if isinstance(values, pd.Series):
-        values = values.to_numpy()
+        return values.tolist()  # plain Python values, as a list column gives
     if isinstance(values, np.ndarray) and values.ndim == 1:
         return values
     if isinstance(values, (list, tuple)):

@@ -105,6 +105,8 @@ class ModelRegistry:
     def get(self, name: str, version: str | int | None = None, alias: str | None = None) -> ModelVersion:
         """One version, by number or alias (default: the champion)."""
         check_model_name(name)
+        if alias is not None and not isinstance(alias, str):
+            raise InvalidArgument(f"alias={alias!r}: an alias is a name such as 'champion' or 'challenger'.")
         with self._client() as client:
             aliases = self._aliases(client, name)
             if version is None:
@@ -233,6 +235,8 @@ class ModelRegistry:
 
     def archive(self, name: str, version: str | int, reason: str = "") -> None:
         """Retire a version: it loses its aliases and cannot be promoted again."""
+        if version is None:  # get() would pick the champion: retiring one must be asked for by number
+            raise InvalidArgument(f"archive({name!r}) needs the version to retire, e.g. archive({name!r}, 3).")
         found = self.get(name, version)
         with self._client() as client:
             for alias in found.aliases:
@@ -243,12 +247,14 @@ class ModelRegistry:
     def score(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
               alias: str | None = None) -> pd.DataFrame:
         """Batch scoring: ``entity_df`` with the version's predictions, from its features as of each row's time."""
+        scoring.check_rows(entity_df)
         found = self.get(name, version, alias)
         return scoring.predictions(scoring.inputs(self.platform, name, found.version, entity_df))
 
     def evaluate(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
                  alias: str | None = None) -> scoring.Evaluation:
         """Metrics and plots of a version (default: the champion) on labelled entity rows."""
+        scoring.check_rows(entity_df)
         return scoring.evaluate(self.platform, name, self.get(name, version, alias).version, entity_df)
 
     def drift(self, name: str, current: pd.DataFrame, version: str | int | None = None, alias: str | None = None,
@@ -260,6 +266,12 @@ class ModelRegistry:
         """
         from mlplat.monitoring.drift import drift
 
+        if not isinstance(current, pd.DataFrame):
+            raise InvalidArgument(f"drift() compares a DataFrame of current rows, not {type(current).__name__}.")
+        for threshold, value in (("psi_threshold", psi_threshold), ("p_threshold", p_threshold),
+                                 ("ks_threshold", ks_threshold)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidArgument(f"{threshold}={value!r} must be a number.")
         found = self.get(name, version, alias)
         ref = self.reference(name, found.version)
         shared = [c for c in ref.columns if c in current.columns]
