@@ -110,7 +110,12 @@ class Platform:
         return lineage.of_model(self, model, version)
 
     def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
-        """Put a registered version (default: the champion) live on Triton; returns a Deployment."""
+        """Put a registered version (default: the champion) live on Triton; returns a Deployment.
+
+        Options: ``missing`` (``"flag"``, ``"error"`` or ``"impute"``: what serving does with rows that lack
+        features, see :mod:`mlplat.serving.missing`), ``keep``, ``default``, ``max_batch_size``, ``instances``,
+        ``tolerance`` (see :func:`mlplat.serving.deploy.deploy`).
+        """
         from mlplat.options import check_options
         from mlplat.serving.deploy import deploy
 
@@ -173,7 +178,10 @@ class Platform:
         return self.monitor.alerts.list(status, model)
 
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None):
-        """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix."""
+        """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix.
+
+        ``Prediction.missing`` says which rows lacked which features (served per the deployment's policy).
+        """
         return self.serving.predict(name, entity_rows, features, version)
 
     def rollback(self, name: str, reason: str = ""):

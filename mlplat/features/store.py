@@ -290,6 +290,10 @@ class FeatureStore:
     ) -> OnlineFeatures:
         """Latest values for each entity; missing or expired entities give None.
 
+        Each key must be of its view's key kind (int64 or string, see :mod:`mlplat.features.keys`):
+        a key that can never name an entity (None, NaN, 1.0, ``"7"`` for an int64 key) raises
+        EntityKeyError rather than reading None.
+
         ``entity_rows`` is a list of dicts (``[{"driver_id": 1}]``) or, faster,
         a dict of columns (``{"driver_id": [1, 2]}``). On-demand features are
         computed from their sources and request data: ``request_data`` (column ->
