@@ -83,7 +83,7 @@ def measure(p: mlplat.Platform, rows: list[list[dict]], calls: int, repeats: int
         p.predict(NAME, rows[i % len(rows)])
 
     def off(i: int) -> None:
-        keys.check, missing.apply = (lambda *a: None), (lambda name, info, features: (features, {}))
+        keys.check, missing.apply = (lambda *a: None), (lambda name, info, features: (features, None))
         try:
             p.predict(NAME, rows[i % len(rows)])
         finally:

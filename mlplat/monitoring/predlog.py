@@ -122,11 +122,16 @@ class PredictionLogger:
         """Count a failed request."""
         self._count(model, version, None, error=True)
 
-    def missing(self, model: str, version: str, rows: int, features: dict[str, int]) -> None:
-        """Count ``rows`` served that lacked features, and per feature the rows that lacked it (see :func:`count_missing`)."""
+    def missing(self, model: str, version: str, features: list[str], gaps: np.ndarray) -> None:
+        """Count the served rows that lacked features (``gaps``: rows x ``features``, True where one was missing).
+
+        Per feature, the rows that lacked it; and the rows that lacked any (see :func:`count_missing`).
+        """
+        found = [(MISSING_ROWS, int(gaps.any(axis=1).sum()))]
+        found += [(feature, count) for feature, count in zip(features, gaps.sum(axis=0).tolist()) if count]
         with self._lock:
             counts = self._missing.setdefault((model, version), {})
-            for feature, count in ((MISSING_ROWS, rows), *features.items()):
+            for feature, count in found:
                 counts[feature] = counts.get(feature, 0) + count
 
     def _count(self, model: str, version: str, seconds: float | None, error: bool) -> None:

@@ -10,7 +10,6 @@ request path (:mod:`mlplat.monitoring.predlog`).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -71,13 +70,14 @@ class Client:
         outputs = result.as_numpy(info["output"])
         latency = (time.perf_counter() - started) * 1000
         self.log.log(name, version, self._columns(deployed["versions"][version]), features, outputs, latency, arm)
-        if gaps:
-            self.log.missing(name, version, len(gaps), Counter(f for lacking in gaps.values() for f in lacking))
-        return Prediction(name, result.get_response().model_version, outputs, latency, gaps)
+        if gaps is not None:
+            self.log.missing(name, version, info["features"], gaps)
+        return Prediction(name, result.get_response().model_version, outputs, latency,
+                          missing.lacking(gaps, info["features"]))
 
     def _serve(self, name: str, info: dict[str, Any], entity_rows: Any,
-               features: Any) -> tuple[np.ndarray, dict[int, list[str]], Any]:
-        """The feature matrix sent, the rows that lacked features, and Triton's result."""
+               features: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """The feature matrix sent, where it lacked values (see :func:`missing.apply`), and Triton's result."""
         if features is None:
             features = self._online(info["features"], entity_rows)
         try:

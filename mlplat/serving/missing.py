@@ -33,20 +33,20 @@ def check_policy(policy: Any) -> str:
     return policy
 
 
-def apply(name: str, info: dict[str, Any], features: np.ndarray) -> tuple[np.ndarray, dict[int, list[str]]]:
-    """The matrix to send and the rows that lack features (row -> feature references), by ``info``'s policy.
+def apply(name: str, info: dict[str, Any], features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The matrix to send and where it lacks values (a boolean matrix, None when nothing is missing), by policy.
 
     ``info`` is a deployed version's serving info: its ``features``, ``missing`` policy and ``impute``
-    values. The caller's array is never changed: imputing makes a new one.
+    values. ``"error"`` raises MissingFeatures; ``"impute"`` fills the gaps in a new array (the
+    caller's is never changed).
     """
     gaps = np.isnan(features)
     if not gaps.any():
-        return features, {}
-    refs = np.array(info["features"], dtype=object)
-    missing = {row: refs[gaps[row]].tolist() for row in np.flatnonzero(gaps.any(axis=1)).tolist()}
+        return features, None
     policy = info.get("missing", DEFAULT)
     if policy == "error":
-        shown = "; ".join(f"row {row}: {', '.join(lacks)}" for row, lacks in list(missing.items())[:5])
+        missing = lacking(gaps, info["features"])
+        shown = "; ".join(f"row {row}: {', '.join(refs)}" for row, refs in list(missing.items())[:5])
         more = f" and {len(missing) - 5} more rows" if len(missing) > 5 else ""
         raise MissingFeatures(
             f"{name} v{info['version']} is deployed with missing='error' and {len(missing)} row(s) lack features "
@@ -54,4 +54,12 @@ def apply(name: str, info: dict[str, Any], features: np.ndarray) -> tuple[np.nda
             "or deploy with missing='flag' or 'impute'.", missing)
     if policy == "impute":
         features = np.where(gaps, np.asarray(info["impute"], dtype=np.float32), features)
-    return features, missing
+    return features, gaps
+
+
+def lacking(gaps: np.ndarray | None, refs: list[str]) -> dict[int, list[str]]:
+    """Each row that has a gap, with the features (``refs``, in column order) it lacks."""
+    if gaps is None:
+        return {}
+    names = np.array(refs, dtype=object)
+    return {row: names[gaps[row]].tolist() for row in np.flatnonzero(gaps.any(axis=1)).tolist()}
