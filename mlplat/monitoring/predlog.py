@@ -78,6 +78,18 @@ def count_missing(pipe: Any, prefix: str, model: str, version: str, counts: dict
         pipe.hincrby(metrics_key(prefix, model, version), MISSING_FIELD + feature, count)
 
 
+def _missing_counts(served: Iterable[tuple]) -> dict[tuple[str, str], dict[str, int]]:
+    """(model, version) -> feature (or ``MISSING_ROWS``) -> rows, from queued (model, version, features, gaps)."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for model, version, features, gaps in served:
+        found = counts.setdefault((model, version), {})
+        for feature, count in ((MISSING_ROWS, int(gaps.any(axis=1).sum())),
+                               *zip(features, gaps.sum(axis=0).tolist())):
+            if count:
+                found[feature] = found.get(feature, 0) + count
+    return counts
+
+
 def dropped_key(prefix: str) -> str:
     """The count of requests that were never logged (buffer full, Redis away)."""
     return f"{prefix}:metrics:dropped"
@@ -99,7 +111,7 @@ class PredictionLogger:
         self.sample_rate, self.max_len, self.interval = sample_rate, max_len, interval
         self._requests: deque[tuple] = deque(maxlen=buffer)
         self._counters: dict[tuple[str, str], list[float]] = {}
-        self._missing: dict[tuple[str, str], dict[str, int]] = {}  # (model, version) -> feature (or rows) -> count
+        self._gaps: deque[tuple] = deque(maxlen=buffer)  # (model, version, features, gaps) of served requests
         self._lock = threading.Lock()
         self._sending = threading.Lock()
         self._wake = threading.Event()
@@ -125,14 +137,10 @@ class PredictionLogger:
     def missing(self, model: str, version: str, features: list[str], gaps: np.ndarray) -> None:
         """Count the served rows that lacked features (``gaps``: rows x ``features``, True where one was missing).
 
-        Per feature, the rows that lacked it; and the rows that lacked any (see :func:`count_missing`).
+        Queued as is and counted by the sending thread: per feature, the rows that lacked it, and the
+        rows that lacked any (see :func:`count_missing`).
         """
-        found = [(MISSING_ROWS, int(gaps.any(axis=1).sum()))]
-        found += [(feature, count) for feature, count in zip(features, gaps.sum(axis=0).tolist()) if count]
-        with self._lock:
-            counts = self._missing.setdefault((model, version), {})
-            for feature, count in found:
-                counts[feature] = counts.get(feature, 0) + count
+        self._gaps.append((model, version, features, gaps))
 
     def _count(self, model: str, version: str, seconds: float | None, error: bool) -> None:
         with self._lock:
@@ -152,9 +160,9 @@ class PredictionLogger:
     def _send(self) -> None:
         with self._lock:
             counters, self._counters = self._counters, {}
-            missing, self._missing = self._missing, {}
             dropped, self.dropped = self.dropped, 0
         requests = [self._requests.popleft() for _ in range(len(self._requests))]
+        missing = _missing_counts(self._gaps.popleft() for _ in range(len(self._gaps)))
         if not counters and not requests and not dropped and not missing:
             return
         pipe = self.client.pipeline(transaction=False)

@@ -35,7 +35,13 @@ class Prediction:
     version: str
     outputs: np.ndarray  # class probabilities (rows x classes) or values (rows x 1)
     latency_ms: float  # the whole call: online lookup and gRPC round trip
-    missing: dict[int, list[str]] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)  # the version's features, in column order
+    gaps: np.ndarray | None = None  # rows x features, True where a value was missing; None when none was
+
+    @cached_property
+    def missing(self) -> dict[int, list[str]]:
+        """Each row that lacked features, with the features it lacked (built when first asked for)."""
+        return missing.lacking(self.gaps, self.features)
 
 
 class Client:
@@ -72,8 +78,7 @@ class Client:
         self.log.log(name, version, self._columns(deployed["versions"][version]), features, outputs, latency, arm)
         if gaps is not None:
             self.log.missing(name, version, info["features"], gaps)
-        return Prediction(name, result.get_response().model_version, outputs, latency,
-                          missing.lacking(gaps, info["features"]))
+        return Prediction(name, result.get_response().model_version, outputs, latency, info["features"], gaps)
 
     def _serve(self, name: str, info: dict[str, Any], entity_rows: Any,
                features: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
