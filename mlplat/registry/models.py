@@ -10,8 +10,6 @@ trail (``p.audit``, kind ``"model"``).
 from __future__ import annotations
 
 import json
-import re
-import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ import pandas as pd
 
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
 from mlplat.registry import scoring
+from mlplat.registry.names import check_model_name
 from mlplat.training import tracking
 from mlplat.training.evaluate import LOWER_IS_BETTER, Split, score, split_rows
 
@@ -28,21 +27,6 @@ if TYPE_CHECKING:
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARCHIVED_TAG = "mlplat.archived"
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def check_model_name(name: Any) -> str:
-    """``name`` if it can name a model everywhere it goes (MLflow, Triton's model folders, metric labels).
-
-    Letters, digits, ``_``, ``.`` and ``-``, starting with a letter or digit, at most 64 characters:
-    MLflow refuses ``/`` and ``:``, a quote breaks its searches, and the name is a folder on Triton.
-    """
-    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
-        raise InvalidArgument(f"{reprlib.repr(name)} cannot name a model; use letters, digits, '_', '.' and '-', "
-                              "starting with a letter or digit, at most 64 characters (e.g. 'churn' or 'churn-v2').")
-    return name
-
-
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version with what people look at first."""

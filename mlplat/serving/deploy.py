@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplat.errors import ServingError
-from mlplat.registry.models import check_model_name
+from mlplat.registry.names import check_model_name
 from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
 from mlplat.serving.missing import check_policy
 from mlplat.serving.onnx_export import INPUT, OnnxModel, check_parity, export

@@ -24,7 +24,7 @@ from mlplat.features.on_demand import source_views
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.features.retrieval import entity_times, refuse_clashes
 from mlplat.progress import ProgressBar, progress_bar
-from mlplat.registry.models import check_model_name
+from mlplat.registry.names import check_model_name
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import Gate, Split, check_target, predict, score, split_rows
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
