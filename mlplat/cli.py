@@ -231,9 +231,11 @@ def lineage(model: str | None, version: str | None, endpoint: str | None, featur
 @main.command()
 @click.argument("name")
 @click.option("--version", help="A registered version (default: the champion).")
-def deploy(name: str, version: str | None) -> None:
+@click.option("--missing", default="flag", show_default=True,
+              help="Rows lacking features: flag them, error (refuse them) or impute the training medians.")
+def deploy(name: str, version: str | None, missing: str) -> None:
     """Put NAME (the champion, or --version) live on Triton."""
-    d = _platform().deploy(name, version)
+    d = _platform().deploy(name, version, missing=missing)
     click.echo(f"{d.triton_model} v{d.version} {d.status} at {d.endpoint} (gRPC; entity ids: {d.triton_model}_by_id)")
 
 

@@ -84,6 +84,10 @@ class FutureEventError(SchemaError):
     """Rows are dated later than now plus the allowed clock skew (the ``max_clock_skew`` setting)."""
 
 
+class EntityKeyError(SchemaError):
+    """An entity key is not a value of its join key's type (an int64 key given 1.5, NaN, "7" or None)."""
+
+
 class EntityDataFrameError(MlplatError):
     """The entity DataFrame given to ``get_training_set`` is unusable."""
 
@@ -114,6 +118,17 @@ class OnnxExportError(MlplatError):
 
 class ServingError(MlplatError):
     """Triton refused a deployment or a request."""
+
+
+class MissingFeatures(ServingError):
+    """A model deployed with ``missing="error"`` was asked to predict rows that lack feature values.
+
+    ``missing`` maps each such row (its position in the request) to the features it lacks.
+    """
+
+    def __init__(self, message: str, missing: dict[int, list[str]] | None = None):
+        super().__init__(message)
+        self.missing = dict(missing or {})
 
 
 class JobError(MlplatError):

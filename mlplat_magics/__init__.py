@@ -152,6 +152,8 @@ def _parsers() -> dict[str, _Parser]:
     deploy.add_argument("model")
     deploy.add_argument("--version")
     deploy.add_argument("--alias", default="champion", help="the alias to deploy when --version is not given")
+    deploy.add_argument("--missing", default="flag",
+                        help="rows lacking features: flag them (default), error (refuse them) or impute training medians")
     predict = _Parser(prog="%predict", description="Predict over gRPC with online features.")
     predict.add_argument("model")
     predict.add_argument("entity", nargs="+", help="key=v1,v2")
@@ -296,8 +298,8 @@ class MlplatMagics(Magics):
 
     @line_magic
     def deploy(self, line: str) -> Any:
-        """%deploy MODEL [--version V | --alias A]"""
-        return self._run("deploy", line, lambda a: self.platform.deploy(a.model, a.version, a.alias))
+        """%deploy MODEL [--version V | --alias A] [--missing flag|error|impute]"""
+        return self._run("deploy", line, lambda a: self.platform.deploy(a.model, a.version, a.alias, missing=a.missing))
 
     @line_magic
     def predict(self, line: str) -> Any:

@@ -38,7 +38,7 @@ from mlplat.errors import (
     OnDemandFeatureError,
 )
 from mlplat.features import udf
-from mlplat.features.definitions import Entity, FeatureView, Field, _check_name
+from mlplat.features.definitions import Entity, FeatureView, Field, _as_list, _check_name, check_metadata
 from mlplat.features.refs import ViewRequest, parse_ref
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ class OnDemandFeatureView(FeatureView):
             value = getattr(self, attr)
             if isinstance(value, (str, Field)):
                 value = [value]
-            object.__setattr__(self, attr, list(value))
+            object.__setattr__(self, attr, _as_list(value, f"{where}: {attr}", f"{attr}=[...]"))
+        check_metadata(self, where)
         object.__setattr__(self, "tags", dict(self.tags))
         if self.entities:
             raise DefinitionError(f"{where} takes no entities: it has a row for each entity row of its sources. "

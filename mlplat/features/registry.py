@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
+import reprlib
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import sqlalchemy as sa
 
 from mlplat.errors import BrokenDefinition, DefinitionError, FeatureViewNotFound, RegistryError, one_line
-from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
+from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership, valid_name
 from mlplat.features.on_demand import OnDemandFeatureView, pin_sources
 
 if TYPE_CHECKING:
@@ -289,6 +291,12 @@ class Registry:
 
     def get_view(self, name: str, version: int | None = None) -> FeatureView:
         """The latest (or given) version of a view; raises FeatureViewNotFound."""
+        if not valid_name(name):  # no view can have it; the database need not look
+            raise FeatureViewNotFound(f"{reprlib.repr(name)} is not a feature view name; registered views: "
+                                      f"{', '.join(self.view_names()) or 'none yet'}.")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)):
+            raise FeatureViewNotFound(f"Feature view {name!r} has no version {version!r}; versions are whole "
+                                      f"numbers: {self.versions(name)}.")
         with self.engine.connect() as conn:
             view = self._view_in(conn, name, version)
         if view is None:

@@ -201,3 +201,30 @@ def log_reference(X_train: pd.DataFrame, predictions: np.ndarray, seed: int) -> 
     features = reference(rows, measured)
     mlflow.log_dict(features.merged(reference(pd.DataFrame({"prediction": output}))).to_dict(), REFERENCE_ARTIFACT)
 
+
+
+IMPUTE_ARTIFACT = "mlplat/impute.json"
+
+
+def log_impute(X_train: pd.DataFrame) -> None:
+    """The training rows' median of each feature: what ``p.deploy(..., missing="impute")`` fills gaps with.
+
+    A feature never present in training has no median (null): the model learnt it as missing.
+    """
+    import mlflow
+
+    medians = X_train.median(skipna=True)
+    mlflow.log_dict({"statistic": "median", "columns": list(X_train.columns),
+                     "values": [None if pd.isna(v) else float(v) for v in medians]}, IMPUTE_ARTIFACT)
+
+
+def load_impute(settings: Settings, run_id: str) -> list[float] | None:
+    """The values :func:`log_impute` recorded for a run (NaN where it has none), or None for runs made before."""
+    import mlflow
+
+    with session(settings):
+        try:
+            found = mlflow.artifacts.load_dict(f"runs:/{run_id}/{IMPUTE_ARTIFACT}")
+        except Exception:  # MLflow raises several kinds for a missing artifact
+            return None
+    return [float("nan") if v is None else v for v in found["values"]]
