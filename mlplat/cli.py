@@ -104,6 +104,9 @@ def features_apply(path: str) -> None:
 def features_list(pattern: str | None) -> None:
     """List feature views (latest versions), optionally those whose name contains PATTERN."""
     for view in _store().list_views(pattern):
+        if view.kind == "broken":  # listed so it can be fixed: its definition cannot be read
+            click.echo(f"{view.name:24} v{view.version:<3} {view.description}")
+            continue
         ttl = view.ttl or "none"
         click.echo(f"{view.name:24} v{view.version:<3} {len(view.schema):3} features  ttl {ttl}  owner {view.owner or '-'}")
 
@@ -236,9 +239,11 @@ def lineage(model: str | None, version: str | None, endpoint: str | None, featur
 @main.command()
 @click.argument("name")
 @click.option("--version", help="A registered version (default: the champion).")
-def deploy(name: str, version: str | None) -> None:
+@click.option("--missing", default="flag", show_default=True,
+              help="Rows lacking features: flag them, error (refuse them) or impute the training medians.")
+def deploy(name: str, version: str | None, missing: str) -> None:
     """Put NAME (the champion, or --version) live on Triton."""
-    d = _platform().deploy(name, version)
+    d = _platform().deploy(name, version, missing=missing)
     click.echo(f"{d.triton_model} v{d.version} {d.status} at {d.endpoint} (gRPC; entity ids: {d.triton_model}_by_id)")
 
 
@@ -261,13 +266,18 @@ def undeploy(name: str) -> None:
 @click.option("--interval", type=float, default=30.0, help="Seconds between looks for due jobs.")
 @click.option("--max-concurrent", type=int, default=2, help="Jobs running at once, at most.")
 @click.option("--heartbeat", type=click.Path(dir_okay=False), help="A file touched on every look (health).")
-def scheduler(interval: float, max_concurrent: int, heartbeat: str | None) -> None:
+@click.option("--lease", type=float, default=30.0, show_default=True,
+              help="Seconds a claimed slot stays this scheduler's without renewal; then another takes it over.")
+@click.option("--reclaims", type=int, default=2, show_default=True,
+              help="Times a slot whose scheduler died is run again before it fails.")
+def scheduler(interval: float, max_concurrent: int, heartbeat: str | None, lease: float, reclaims: int) -> None:
     """Run scheduled notebook jobs as their slots come due (`mlplat up` starts this)."""
     from pathlib import Path
 
     from mlplat.jobs.schedules import Scheduler
 
-    Scheduler(_platform(), max_concurrent).serve(interval, heartbeat=Path(heartbeat) if heartbeat else None)
+    Scheduler(_platform(), max_concurrent, lease, reclaims).serve(interval,
+                                                                  heartbeat=Path(heartbeat) if heartbeat else None)
 
 
 @main.group()
@@ -330,8 +340,10 @@ def jobs_schedule(notebook: str, cron: str, parameters: tuple[str, ...], kernel:
 def jobs_schedules() -> None:
     """Every schedule, with its next run and last status."""
     for s in _platform().jobs.schedules():
-        following = s.next_run.isoformat(timespec="minutes") if s.next_run else "paused"
+        following = s.next_run.isoformat(timespec="minutes") if s.next_run else "broken" if s.broken else "paused"
         click.echo(f"{s.id:4}  {s.cron:15}  next {following:22}  last {s.last_status or '-':9}  {s.notebook}")
+        if s.broken:
+            click.echo(f"      broken: {s.broken}")
 
 
 @jobs.command("pause")
@@ -348,6 +360,14 @@ def jobs_resume(schedule_id: int) -> None:
     """Run SCHEDULE_ID again from its next slot."""
     _platform().jobs.resume(schedule_id)
     click.echo(f"schedule {schedule_id} resumed")
+
+
+@jobs.command("unschedule")
+@click.argument("schedule_id", type=int)
+def jobs_unschedule(schedule_id: int) -> None:
+    """Delete SCHEDULE_ID (its past runs stay in the history)."""
+    _platform().jobs.unschedule(schedule_id)
+    click.echo(f"schedule {schedule_id} deleted")
 
 
 @jobs.command("cronjob")

@@ -16,6 +16,7 @@ import getpass
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class Settings:
     triton_env: str = ""  # the venv holding nvidia-pytriton's tritonserver (default: .venv-triton beside ours)
     prediction_sample_rate: float = 1.0  # share of requests whose rows go to the prediction log
     alert_webhook: str = ""  # URL that new alerts are POSTed to (Slack-compatible JSON)
+    max_clock_skew: timedelta = timedelta(minutes=5)  # events dated later than now + this are refused as "future"
 
     @property
     def run_dir(self) -> Path:
@@ -93,6 +95,8 @@ def load_settings(**overrides: Any) -> Settings:
     merged.setdefault("user", _current_user())
     if "prediction_sample_rate" in merged:
         merged["prediction_sample_rate"] = _rate(merged["prediction_sample_rate"])
+    if "max_clock_skew" in merged:
+        merged["max_clock_skew"] = _skew(merged["max_clock_skew"])
     for key, schemes in _SCHEMES.items():
         value = str(merged[key])
         if not value.startswith(schemes):
@@ -137,6 +141,17 @@ def _rate(value: Any) -> float:
     if not 0 <= rate <= 1:
         raise ConfigError(f"prediction_sample_rate={value!r} must be a number between 0 and 1 (1 logs every request).")
     return rate
+
+
+def _skew(value: Any) -> timedelta:
+    """A duration ("5min", "30s", timedelta) or a number of seconds, as YAML or an environment variable gives it."""
+    from mlplat.durations import parse_duration
+
+    try:
+        value = float(value) if isinstance(value, str) else value
+    except ValueError:
+        pass  # a duration with a unit
+    return parse_duration(value, "max_clock_skew", allow_zero=True, seconds=True, error=ConfigError)
 
 
 def _current_user() -> str:

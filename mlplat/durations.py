@@ -22,12 +22,15 @@ def parse_duration(value: Any, what: str, allow_zero: bool = False, seconds: boo
     raises ``error``, naming ``what`` and the bad value.
     """
     duration = None
-    if isinstance(value, timedelta):
-        duration = value
-    elif isinstance(value, str) and (match := _DURATION.match(value.lower())) and match.group(2) in _UNITS:
-        duration = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    elif seconds and isinstance(value, int | float) and not isinstance(value, bool):
-        duration = timedelta(seconds=value)
+    try:
+        if isinstance(value, timedelta):
+            duration = value
+        elif isinstance(value, str) and (match := _DURATION.match(value.lower())) and match.group(2) in _UNITS:
+            duration = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        elif seconds and isinstance(value, int | float) and not isinstance(value, bool):
+            duration = timedelta(seconds=value)
+    except (OverflowError, ValueError):  # NaN, infinity, or beyond what a timedelta holds
+        duration = None
     if duration is None or duration < timedelta(0) or (duration == timedelta(0) and not allow_zero) \
             or duration % timedelta(milliseconds=1):
         least = "zero or more" if allow_zero else "more than zero"

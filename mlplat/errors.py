@@ -11,6 +11,15 @@ class MlplatError(Exception):
     """Base class of every user-facing mlplat error."""
 
 
+def one_line(exc: BaseException) -> str:
+    """``RuntimeError: source outage``: the first line of any error, for a status, a log line or a dead letter;
+    mlplat's own messages say enough without their class."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, MlplatError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class InvalidArgument(MlplatError):
     """An argument has the wrong type or an impossible value."""
 
@@ -39,6 +48,14 @@ class DefinitionError(MlplatError):
     """An Entity, Field or FeatureView definition is invalid."""
 
 
+class BrokenDefinition(DefinitionError):
+    """A registered view cannot be used: its stored definition cannot be read, or its function cannot be loaded.
+
+    Only that view is affected (listing, searching and every other view go on working); applying a fixed
+    definition of it repairs it.
+    """
+
+
 class RegistryError(MlplatError):
     """The feature registry refused an operation."""
 
@@ -61,6 +78,14 @@ class MissingColumnError(SchemaError):
 
 class DtypeMismatch(SchemaError):
     """A column's dtype cannot be stored as the declared feature type."""
+
+
+class FutureEventError(SchemaError):
+    """Rows are dated later than now plus the allowed clock skew (the ``max_clock_skew`` setting)."""
+
+
+class EntityKeyError(SchemaError):
+    """An entity key is not a value of its join key's type (an int64 key given 1.5, NaN, "7" or None)."""
 
 
 class EntityDataFrameError(MlplatError):
@@ -95,12 +120,34 @@ class ServingError(MlplatError):
     """Triton refused a deployment or a request."""
 
 
+class MissingFeatures(ServingError):
+    """A model deployed with ``missing="error"`` was asked to predict rows that lack feature values.
+
+    ``missing`` maps each such row (its position in the request) to the features it lacks.
+    """
+
+    def __init__(self, message: str, missing: dict[int, list[str]] | None = None):
+        super().__init__(message)
+        self.missing = dict(missing or {})
+
+
 class JobError(MlplatError):
     """A notebook job cannot run: missing notebook, undeclared parameter, unknown kernel, bad schedule."""
 
 
+class ScheduleNotFound(JobError):
+    """No notebook schedule has that id."""
+
+
 class JobFailed(MlplatError):
-    """A notebook job ran and a cell failed; the message names the cell and its error."""
+    """A notebook job ran and failed (a cell raised, the kernel died or did not start); the message says where.
+
+    ``job_id`` is the failed run's id in ``p.jobs.history()``.
+    """
+
+    def __init__(self, message: str, job_id: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class HubError(ServiceError):

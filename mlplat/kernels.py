@@ -1,7 +1,11 @@
 """Jupyter kernel specs that load ``mlplat_magics``: "Python 3 (mlplat)" and "Python 3 (mlplat, GPU)".
 
-The GPU kernel pins ``CUDA_VISIBLE_DEVICES`` and sets ``MLPLAT_DEVICE``, which
-training runs record (tag ``mlplat.device``).
+The specs are the files in ``mlplat/kernelspecs/``. The CPU one ships with the package
+(``share/jupyter/kernels/mlplat``, as ipykernel ships ``python3``), so notebooks and the
+templates that name it run wherever mlplat is installed; ``mlplat install-kernels`` adds
+both, for this interpreter, to another prefix (the hub's). The CPU kernel hides the GPUs,
+as a CPU workspace does; the GPU kernel pins ``CUDA_VISIBLE_DEVICES`` and sets
+``MLPLAT_DEVICE``, which training runs record (tag ``mlplat.device``).
 """
 
 from __future__ import annotations
@@ -11,24 +15,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-KERNELS = {
-    # A CPU kernel hides the GPUs, as a CPU workspace does: what a run records is what it could use.
-    "mlplat": {"display_name": "Python 3 (mlplat)", "env": {"MLPLAT_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}},
-    "mlplat-gpu": {"display_name": "Python 3 (mlplat, GPU)", "env": {"MLPLAT_DEVICE": "gpu:0",
-                                                                     "CUDA_VISIBLE_DEVICES": "0"}},
-}
+SPECS = Path(__file__).parent / "kernelspecs"
+KERNELS = ("mlplat", "mlplat-gpu")
 
 
 def kernel_spec(name: str) -> dict:
     """The ``kernel.json`` of one of :data:`KERNELS`, for the running interpreter."""
-    return {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--IPKernelApp.extensions=mlplat_magics"],
-        "display_name": KERNELS[name]["display_name"],
-        "language": "python",
-        "env": KERNELS[name]["env"],
-        "metadata": {"debugger": True},
-    }
+    spec = json.loads((SPECS / name / "kernel.json").read_text())
+    spec["argv"][0] = sys.executable  # not whichever `python` the launching Jupyter finds
+    return spec
 
 
 def install_kernels(prefix: str | None = None) -> list[str]:

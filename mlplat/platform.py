@@ -55,7 +55,7 @@ class Platform:
         locate = partial(online_store_url, self.settings) if self.settings.online_store == EMBEDDED else None
         online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix, locate)
         return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), online,
-                            platform=self)
+                            platform=self, max_clock_skew=self.settings.max_clock_skew)
 
     @cached_property
     def models(self):
@@ -81,15 +81,17 @@ class Platform:
         ``timestamp_field``, ``seed``, ``client`` (a Dask client: distributed fit),
         ``register``. Returns a :class:`mlplat.training.run.TrainResult`.
         """
+        from mlplat.options import check_options
         from mlplat.training.run import train
 
-        return train(self, estimator, **options)
+        return train(self, estimator, **check_options(train, options, "train", given=2))
 
     def tune(self, estimator: Any, space: dict[str, Any], **options: Any):
         """Search hyperparameters on the cluster; every trial is a nested MLflow run, the best is registered."""
+        from mlplat.options import check_options
         from mlplat.training.tune import tune
 
-        return tune(self, estimator, space, **options)
+        return tune(self, estimator, space, **check_options(tune, options, "tune", given=3))
 
     def reproduce(self, run_id: str, client: Any = None):
         """Retrain a run from its recorded inputs and compare the metrics."""
@@ -111,10 +113,16 @@ class Platform:
         return lineage.of_model(self, model, version)
 
     def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
-        """Put a registered version (default: the champion) live on Triton; returns a Deployment."""
+        """Put a registered version (default: the champion) live on Triton; returns a Deployment.
+
+        Options: ``missing`` (``"flag"``, ``"error"`` or ``"impute"``: what serving does with rows that lack
+        features, see :mod:`mlplat.serving.missing`), ``keep``, ``default``, ``max_batch_size``, ``instances``,
+        ``tolerance`` (see :func:`mlplat.serving.deploy.deploy`).
+        """
+        from mlplat.options import check_options
         from mlplat.serving.deploy import deploy
 
-        deployment = deploy(self, name, version, alias, **options)
+        deployment = deploy(self, name, version, alias, **check_options(deploy, options, "deploy", given=4))
         if "serving" in self.__dict__:
             self.serving.forget(name)
         return deployment
@@ -173,7 +181,10 @@ class Platform:
         return self.monitor.alerts.list(status, model)
 
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None):
-        """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix."""
+        """Predict with a deployed model over gRPC: entity rows (features looked up online) or a feature matrix.
+
+        ``Prediction.missing`` says which rows lacked which features (served per the deployment's policy).
+        """
         return self.serving.predict(name, entity_rows, features, version)
 
     def rollback(self, name: str, reason: str = ""):

@@ -20,8 +20,19 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from mlplat.errors import MlplatError
 
 
+class _Verbatim(argparse.HelpFormatter):
+    """Help text shown as written: magics name each other (``%%feature apply``), which argparse would %-format."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return self._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports mistakes as UsageError instead of exiting the kernel."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _Verbatim)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         raise UsageError(f"{self.prog}: {message}")
@@ -86,7 +97,8 @@ def _model_parser() -> _Parser:
 
 
 def _job_parser() -> _Parser:
-    job = _Parser(prog="%job", description="Notebook jobs: run, history, rerun, schedule, schedules, panel.")
+    job = _Parser(prog="%job", description="Notebook jobs: run, history, rerun, schedule, schedules, unschedule, "
+                                           "panel.")
     commands = _subcommands(job)
     run = commands.add_parser("run")
     run.add_argument("notebook")
@@ -98,6 +110,7 @@ def _job_parser() -> _Parser:
     schedule.add_argument("cron", help="five cron fields in quotes, e.g. '0 * * * *'")
     schedule.add_argument("parameters", nargs="*", help="name=value")
     commands.add_parser("schedules")
+    commands.add_parser("unschedule", help="delete a schedule").add_argument("schedule_id", type=int)
     commands.add_parser("panel", help="schedules and recent runs, with Run now and Pause/Resume")
     return job
 
@@ -139,6 +152,8 @@ def _parsers() -> dict[str, _Parser]:
     deploy.add_argument("model")
     deploy.add_argument("--version")
     deploy.add_argument("--alias", default="champion", help="the alias to deploy when --version is not given")
+    deploy.add_argument("--missing", default="flag",
+                        help="rows lacking features: flag them (default), error (refuse them) or impute training medians")
     predict = _Parser(prog="%predict", description="Predict over gRPC with online features.")
     predict.add_argument("model")
     predict.add_argument("entity", nargs="+", help="key=v1,v2")
@@ -283,8 +298,8 @@ class MlplatMagics(Magics):
 
     @line_magic
     def deploy(self, line: str) -> Any:
-        """%deploy MODEL [--version V | --alias A]"""
-        return self._run("deploy", line, lambda a: self.platform.deploy(a.model, a.version, a.alias))
+        """%deploy MODEL [--version V | --alias A] [--missing flag|error|impute]"""
+        return self._run("deploy", line, lambda a: self.platform.deploy(a.model, a.version, a.alias, missing=a.missing))
 
     @line_magic
     def predict(self, line: str) -> Any:
@@ -312,7 +327,7 @@ class MlplatMagics(Magics):
     @line_magic
     def job(self, line: str) -> Any:
         """%job run NOTEBOOK [name=value ...] | history [NOTEBOOK] | rerun RUN_ID |
-        schedule NOTEBOOK '0 * * * *' [name=value ...] | schedules | panel"""
+        schedule NOTEBOOK '0 * * * *' [name=value ...] | schedules | unschedule ID | panel"""
         from mlplat.config import parse_assignments
 
         def act(a):
@@ -327,6 +342,8 @@ class MlplatMagics(Magics):
                 return jobs.schedule(a.notebook, a.cron, parse_assignments(a.parameters, "parameter"))
             if a.command == "schedules":
                 return jobs.schedules()
+            if a.command == "unschedule":
+                return jobs.unschedule(a.schedule_id)
             from mlplat_magics.widgets import JobPanel
 
             return JobPanel(self.platform)

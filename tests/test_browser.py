@@ -35,7 +35,7 @@ from hubs import running_hub
 from labs import FEATURES, disable_announcements, make_platform, platform_variables, skip_without_triton, write_notebook
 from playwright.sync_api import Page, expect
 
-from mlplat.kernels import KERNELS
+from mlplat.kernels import kernel_spec
 from mlplat.serving.triton import TritonService
 from mlplat.training.run import load_model
 from mlplat_hub.workspaces import user_folder
@@ -43,7 +43,7 @@ from mlplat_hub.workspaces import user_folder
 USER = "dana"
 PROFILE = "cpu-small"
 MODEL = "browser_model"
-MLPLAT_KERNEL = {"name": "mlplat", "display_name": KERNELS["mlplat"]["display_name"], "language": "python"}
+MLPLAT_KERNEL = {"name": "mlplat", "display_name": kernel_spec("mlplat")["display_name"], "language": "python"}
 TRAIN = ("import mlplat, pandas as pd\n"
          "p = mlplat.connect()\n"
          f"result = p.train('xgboost.XGBClassifier', features={FEATURES!r}, entity_df=pd.read_parquet('labels.parquet'),\n"
@@ -139,3 +139,7 @@ def test_schedule_the_notebook_with_its_parameters(platform, workspace, page: Pa
     screenshot(page, "browser-schedule")
     assert [(s.notebook, s.cron, s.parameters) for s in platform.jobs.schedules()] == [
         (str(workspace / "train.ipynb"), "0 3 * * *", {"n_estimators": 20})]
+
+    sidebar.locator(".mlplat-jobs .mlplat-unschedule").click()
+    expect(sidebar.locator(".mlplat-jobs")).to_contain_text("No schedules.")
+    assert platform.jobs.schedules() == []

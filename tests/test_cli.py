@@ -114,3 +114,9 @@ def test_jobs_from_the_shell(cli, tmp_path):
     assert refused.exit_code == 1 and "needs the kubernetes settings section" in refused.output
     (tmp_path / "mlplat.yaml").write_text(yaml.safe_dump({"kubernetes": {"image": "mlplat:1", "volume": "projects"}}))
     assert "cannot reach registry=sqlite" in cli("jobs", "cronjob", "1").output
+    never = cli("jobs", "schedule", "double.ipynb", "--cron", "0 0 30 2 *")
+    assert never.exit_code == 1 and never.output.startswith("Error: '0 0 30 2 *' never fires")
+    assert cli("jobs", "unschedule", "1").output == "schedule 1 deleted\n"
+    assert cli("jobs", "schedules").output == ""
+    gone = cli("jobs", "unschedule", "1")
+    assert gone.exit_code == 1 and gone.output.startswith("Error: No schedule 1;")

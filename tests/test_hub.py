@@ -87,7 +87,10 @@ def alice(hub):
 def test_workspace_has_its_profile_user_team_platform_and_kernels(hub, alice):
     assert alice["user_options"] == {"profile": "cpu-small"}
     kernels = hub.api("GET", "/user/alice/api/kernelspecs").json()["kernelspecs"]
-    assert {"mlplat", "mlplat-gpu"} <= set(kernels)
+    assert set(kernels) == {"python3", "mlplat"}  # a CPU workspace offers no GPU kernel
+    lab = hub.api("GET", "/user/alice/lab").text
+    page_config = json.loads(re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', lab, re.S).group(1))
+    assert page_config["news"] == {"disabled": True}  # no "get Jupyter news?" prompt in a managed workspace
 
     printed = hub.run_in_kernel("alice", "mlplat", "\n".join([
         "import json, os",
@@ -145,6 +148,8 @@ def test_spawn_page_offers_the_profiles_and_starts_the_chosen_one(hub):
     assert (environ["MLPLAT_PROFILE"], environ["MLPLAT_DEVICE"], environ["CUDA_VISIBLE_DEVICES"]) == \
         ("gpu-x1", "gpu:0", "0")
     assert environ["MLPLAT_TEAM"] == ""  # bob is in no team
+    kernels = hub.api("GET", "/user/bob/api/kernelspecs").json()["kernelspecs"]
+    assert set(kernels) == {"python3", "mlplat", "mlplat-gpu"}
     hub.api("DELETE", "/hub/api/users/bob/server")
 
 
@@ -193,6 +198,8 @@ def test_gpu_pod_gets_a_gpu_node_tolerations_team_folders_and_endpoints(kube_hub
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert container["image"] == "ghcr.io/example/mlplat-workspace:1"
+    assert "--KernelSpecManager.allowed_kernelspecs=mlplat-gpu" in container["args"]
+    assert "--LabApp.news_url=None" in container["args"]
 
     assert {"name": "teams", "persistentVolumeClaim": {"claimName": "mlplat-teams"}} in pod["volumes"]
     mounts = {m["mountPath"]: m["subPath"] for m in container["volumeMounts"] if m["name"] == "teams"}
@@ -216,6 +223,8 @@ def test_cpu_pod_has_no_gpu(kube_hub_config):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert (env["MLPLAT_PROFILE"], env["CUDA_VISIBLE_DEVICES"], env["MLPLAT_TEAM"]) == ("cpu-small", "", "")
     assert not [m for m in container.get("volumeMounts", []) if m["name"] == "teams"]
+    kernels = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--KernelSpecManager.allowed_kernelspecs=")]
+    assert kernels == ["python3", "mlplat"]
 
 
 @pytest.mark.parametrize(("options", "says"), [({"profile": "gpu-x8"}, "choose one of cpu-small, cpu-large, gpu-x1"),

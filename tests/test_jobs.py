@@ -1,13 +1,19 @@
 """Notebook jobs on a real Jupyter kernel (papermill): provenance, failures, retries, reruns, bad input."""
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
 
 import nbformat
 import pytest
 
 import mlplat
-from mlplat.errors import ConfigError, JobError, JobFailed
+from mlplat.errors import ConfigError, DefinitionError, JobError, JobFailed
 from mlplat.training import tracking
 
 
@@ -103,12 +109,68 @@ def test_the_scheduler_runs_each_slot_once_across_restarts(p, tmp_path):
     assert len(p.jobs.history(source)) == len(expected) + 1
 
 
-def test_a_bad_schedule_is_refused(p, tmp_path):
+def test_a_bad_schedule_is_refused(p, tmp_path, driver):
+    from mlplat.features.compute import BatchFeatureView
+    from mlplat.features.definitions import Field
+
     source = notebook(tmp_path / "ok.ipynb", "print(x)")
     with pytest.raises(JobError, match="not a cron expression"):
         p.jobs.schedule(source, "every hour")
     with pytest.raises(JobError, match="declares no parameter"):
         p.jobs.schedule(source, "0 * * * *", parameters={"z": 1})
+    with pytest.raises(JobError, match=r"'0 0 30 2 \*' never fires"):  # 30 February
+        p.jobs.schedule(source, "0 0 30 2 *")
+    with pytest.raises(JobError, match="never fires"):
+        p.jobs.schedule(source, "0 0 31 4,6,9,11 *")
+    for six_or_seven in ("0 * * * * *", "0 0 0 1 1 * 2030"):  # seconds, years
+        with pytest.raises(JobError, match="fields, but schedules take five"):
+            p.jobs.schedule(source, six_or_seven)
+    with pytest.raises(DefinitionError, match=r"schedule '0 0 30 2 \*' never fires"):  # the same check
+        BatchFeatureView("daily", entities=[driver], schema=[Field("trips", "int64")], transformation="SELECT 1",
+                         sources={"trips": "trips.parquet"}, schedule="0 0 30 2 *")
+    assert p.jobs.schedules() == []
+    assert p.jobs.schedule(source, "0 0 29 2 *") and p.jobs.schedule(source, "@daily")  # rare, or an alias: fine
+
+
+def test_a_dying_kernel_is_a_failed_run_recorded_and_retried(p, tmp_path):
+    source = notebook(tmp_path / "dies.ipynb", "print('before')", "import os\nos._exit(1)", "print('after')")
+    with pytest.raises(JobFailed, match=r"dies.ipynb failed after 2 attempt\(s\): the kernel died while running "
+                                        r"cell 3\.") as failed:
+        p.jobs.run(source, retries=1, backoff=0.01)
+    (run,) = p.jobs.history(source)
+    assert (run.id, run.status, run.attempts) == (failed.value.job_id, "failed", 2)
+    assert run.error == "the kernel died while running cell 3"
+    assert outputs(run.output) == ["before\n"]  # the partial notebook: what ran before the kernel died
+    with tracking.session(p.settings) as client:
+        tracked = client.get_run(run.mlflow_run_id)
+        artifact = client.download_artifacts(run.mlflow_run_id, "notebook/dies.ipynb", str(tmp_path))
+    assert (tracked.info.status, tracked.data.tags["mlplat.status"]) == ("FAILED", "failed")
+    assert outputs(artifact) == ["before\n"]
+
+
+def test_a_kernel_that_cannot_start_is_a_failed_run(p, tmp_path, monkeypatch):
+    spec = tmp_path / "kernels" / "kernels" / "broken"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": ["false"], "display_name": "Broken", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "kernels"))
+    source = notebook(tmp_path / "never.ipynb", "print(x)")
+    with pytest.raises(JobFailed, match="never.ipynb failed after 1 attempt\\(s\\): RuntimeError before running any "
+                                        "cell: Kernel died before replying to kernel_info"):
+        p.jobs.run(source, kernel="broken")
+    (run,) = p.jobs.history(source)
+    with tracking.session(p.settings) as client:
+        assert (run.status, client.get_run(run.mlflow_run_id).info.status) == ("failed", "FAILED")
+
+
+def test_a_notebook_whose_kernelspec_is_named_python_runs_on_python3(p, tmp_path):
+    source = notebook(tmp_path / "plain.ipynb", "print(x + 1)")
+    nb = nbformat.read(source, as_version=4)
+    nb.metadata["kernelspec"] = {"name": "python", "display_name": "Python", "language": "python"}
+    nbformat.write(nb, source)
+    run = p.jobs.run(source, parameters={"x": 1})
+    assert (run.status, run.kernel, outputs(run.output)) == ("succeeded", "python3", ["2\n"])
+    p.jobs.schedule(source, "0 * * * *")
+    assert [s.kernel for s in p.jobs.schedules()] == ["python3"]
 
 
 def test_a_job_runs_on_a_dask_worker(p, tmp_path):
@@ -149,6 +211,157 @@ def test_schedules_are_listed_paused_and_resumed_without_a_backlog(p, tmp_path):
     assert len(Scheduler(p).due(now + timedelta(hours=1, minutes=1))) == 1
     with pytest.raises(JobError, match="No schedule 99"):
         p.jobs.pause(99)
+
+
+def in_an_hour(p):
+    """A time by which each schedule made so far (all hourly, or less often) has one slot due."""
+    return max(s.next_run for s in p.jobs.schedules()) + timedelta(minutes=1)
+
+
+def test_a_dying_job_fails_its_slot_alone_and_runs_as_its_schedules_owner(p, tmp_path, redis_url):
+    from mlplat.jobs.schedules import Scheduler, slots_of
+
+    dies = p.jobs.schedule(notebook(tmp_path / "dies.ipynb", "import os\nos._exit(1)"), "0 * * * *")
+    source = notebook(tmp_path / "fine.ipynb", "print(x)")
+    fine = p.jobs.schedule(source, "0 * * * *", parameters={"x": 5})
+    # the scheduler service runs as its own user, for everyone
+    service = mlplat.connect(home=str(p.settings.home), online_store=redis_url, online_prefix="jobs", user="svc",
+                             team="ops")
+    ran = Scheduler(service).tick(in_an_hour(p))
+    service.close()
+    (died,), (done,) = slots_of(p, dies), slots_of(p, fine)
+    assert (died["status"], done["status"]) == ("failed", "succeeded") and len(ran) == 2
+    assert "failed after 1 attempt(s): the kernel died while running cell 2" in died["error"]
+    (run,) = p.jobs.history(source)
+    assert (run.id, run.status, run.owner, run.team, outputs(run.output)) == (done["job_id"], "succeeded", "ana",
+                                                                               "pricing", ["5\n"])
+    with tracking.session(p.settings) as client:
+        tags = client.get_run(run.mlflow_run_id).data.tags
+    assert (tags["mlplat.owner"], tags["mlplat.team"]) == ("ana", "pricing")
+    assert [e.who for e in p.audit.entries(kind="job", obj="fine.ipynb")] == ["ana"]
+
+
+def test_a_schedule_broken_later_is_listed_skipped_and_can_be_fixed_or_unscheduled(p, tmp_path, monkeypatch):
+    import sqlalchemy as sa
+    from click.testing import CliRunner
+
+    from mlplat.cli import main
+    from mlplat.errors import ScheduleNotFound
+    from mlplat.jobs.schedules import Scheduler, schedules_table, slots_of
+
+    good = p.jobs.schedule(notebook(tmp_path / "good.ipynb", "print(x)"), "0 * * * *")
+    february = p.jobs.schedule(notebook(tmp_path / "feb.ipynb", "print(x)"), "0 * * * *")
+    gone = p.jobs.schedule(notebook(tmp_path / "gone.ipynb", "print(x)"), "0 * * * *")
+    due = in_an_hour(p)
+    with p.engine.begin() as conn:  # a write past every check
+        conn.execute(sa.update(schedules_table).where(schedules_table.c.id == february).values(cron="0 0 30 2 *"))
+    (tmp_path / "gone.ipynb").unlink()
+
+    listed = {s.id: s for s in p.jobs.schedules()}
+    assert "'0 0 30 2 *' never fires" in listed[february].broken and listed[february].next_run is None
+    assert listed[good].broken is None and listed[gone].broken is None  # not known until it runs
+    p.jobs.pause(february)
+    with pytest.raises(JobError, match="Schedule 2 cannot run: '0 0 30 2 \\*' never fires"):
+        p.jobs.resume(february)
+    with pytest.raises(JobError, match="Schedule 2 cannot run: '0 0 30 2 \\*' never fires"):
+        p.jobs.cronjob(february)  # nor as a Kubernetes CronJob
+
+    Scheduler(p).tick(due)  # the good one runs; the others fail alone
+    assert [s["status"] for s in slots_of(p, good)] == ["succeeded"] and slots_of(p, february) == []
+    (lost,) = slots_of(p, gone)
+    assert lost["status"] == "failed" and "No notebook at" in lost["error"]
+    listed = {s.id: s for s in p.jobs.schedules()}
+    assert "No notebook at" in listed[gone].broken and listed[gone].last_error == lost["error"]
+    assert [e.action for e in p.audit.entries(kind="schedule", obj="gone.ipynb")] == ["created", "broken"]
+    monkeypatch.setenv("MLPLAT_HOME", str(p.settings.home))
+    monkeypatch.setenv("MLPLAT_ONLINE_STORE", p.settings.online_store)
+    shown = CliRunner().invoke(main, ["jobs", "schedules"]).output
+    assert "      broken: '0 0 30 2 *' never fires" in shown and "      broken: No notebook at" in shown
+    assert len(Scheduler(p).tick(due + timedelta(hours=1))) == 1  # broken ones stay skipped
+
+    notebook(tmp_path / "gone.ipynb", "print(x)")  # fixed: resuming checks it again and runs it from then on
+    p.jobs.resume(gone)
+    assert {s.id: s.broken for s in p.jobs.schedules()}[gone] is None
+    p.jobs.unschedule(february)  # or given up
+    assert [s.id for s in p.jobs.schedules()] == [good, gone]
+    assert [e.action for e in p.audit.entries(kind="schedule", obj="feb.ipynb")] == ["created", "paused", "deleted"]
+    with pytest.raises(ScheduleNotFound, match="No schedule 2"):
+        p.jobs.unschedule(february)
+
+
+def test_a_slot_whose_scheduler_died_too_often_fails_saying_so(p, tmp_path):
+    from datetime import UTC, datetime
+
+    from mlplat.jobs.schedules import Scheduler, slots_of, slots_table
+
+    schedule_id = p.jobs.schedule(notebook(tmp_path / "tick.ipynb", "print(x)"), "0 * * * *")
+    now = datetime.now(UTC)
+    with p.engine.begin() as conn:  # what a third scheduler killed while running the slot leaves behind
+        conn.execute(slots_table.insert().values(schedule_id=schedule_id, slot=now.replace(minute=0, second=0),
+                                                 status="running", claimed_at=now - timedelta(seconds=5),
+                                                 lease_until=now - timedelta(seconds=1), claims=3))
+    assert Scheduler(p, reclaims=2).tick(now) == []
+    (slot,) = slots_of(p, schedule_id)
+    assert (slot["status"], slot["error"]) == ("failed", "the scheduler running it died 3 times")
+
+
+def wait_for(condition, what, seconds=90.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def start_scheduler(log):
+    return subprocess.Popen([sys.executable, "-m", "mlplat.cli", "scheduler", "--interval", "0.3", "--lease", "2"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_a_job_whose_scheduler_is_killed_is_run_again_by_the_next_scheduler(kernel_platform, tmp_path):
+    import sqlalchemy as sa
+
+    from mlplat.jobs.schedules import schedules_table, slots_of
+
+    p, kernels = kernel_platform, tmp_path / "kernels.txt"
+    source = notebook(tmp_path / "slow.ipynb", "import os, time\nfirst = not os.path.exists(KERNELS)\n"
+                      "with open(KERNELS, 'a') as f:\n    print(os.getpid(), file=f)\n"
+                      "if first:\n    time.sleep(300)  # its scheduler is killed meanwhile", "print('done')",
+                      parameters=f"KERNELS = {str(kernels)!r}")
+    schedule_id = p.jobs.schedule(source, "0 0 1 1 *")  # yearly
+    never = p.jobs.schedule(notebook(tmp_path / "feb.ipynb", "print(x)"), "0 0 1 1 *")
+    with p.engine.begin() as conn:  # made a year ago: this year's slot is due; and one broken by a raw write
+        conn.execute(sa.update(schedules_table).values(created_at=datetime.now(UTC) - timedelta(days=365)))
+        conn.execute(sa.update(schedules_table).where(schedules_table.c.id == never).values(cron="0 0 30 2 *"))
+
+    def slot():
+        return slots_of(p, schedule_id)[0]
+
+    with open(tmp_path / "scheduler.log", "ab") as log:
+        first = start_scheduler(log)
+        try:
+            wait_for(lambda: kernels.exists(), "the first scheduler's job to start")
+            assert (slot()["status"], slot()["claims"]) == ("running", 1)
+            first.kill()  # SIGKILL, mid-job
+            first.wait()
+            second = start_scheduler(log)
+            try:
+                wait_for(lambda: slot()["status"] != "running", "the second scheduler to run the slot again")
+                assert second.poll() is None  # still serving
+            finally:
+                second.terminate()
+                second.wait(30)
+            orphan = int(kernels.read_text().split()[0])  # the killed scheduler's kernel: it exits by itself
+            wait_for(lambda: not os.path.exists(f"/proc/{orphan}"), "the killed scheduler's kernel to exit", 30)
+        finally:
+            first.kill()
+            for pid in map(int, kernels.read_text().split()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert (slot()["status"], slot()["claims"], slot()["error"]) == ("succeeded", 2, None)
+    (run,) = p.jobs.history(source)  # the killed attempt left no run; the second one ran to the end
+    assert (run.id, run.status, outputs(run.output)[-1]) == (slot()["job_id"], "succeeded", "done\n")
+    assert len(set(kernels.read_text().split())) == 2
+    assert "never fires" in {s.id: s.broken for s in p.jobs.schedules()}[never] and slots_of(p, never) == []
 
 
 K8S = {"image": "registry.example/mlplat:1.0", "namespace": "ml", "volume": "team-projects", "gpu": 1,

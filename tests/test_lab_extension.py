@@ -91,6 +91,32 @@ def test_a_notebook_is_scheduled_and_schedules_and_runs_are_listed(platform, lab
     assert (runs[0]["status"], runs[0]["parameters"]) == ("succeeded", {"n": 2})
 
 
+def test_a_team_folder_notebook_is_scheduled_and_a_broken_schedule_listed_and_unscheduled(platform, lab, tmp_path):
+    import sqlalchemy as sa
+
+    from mlplat.jobs.schedules import schedules_table
+
+    team = tmp_path / "teams" / "pricing"  # outside the server's root, linked in as the hub links team folders
+    team.mkdir(parents=True)
+    write_notebook(team / "report.ipynb", "n = 1", "print(n)")
+    (lab.root / "teams").mkdir()
+    (lab.root / "teams" / "pricing").symlink_to(team, target_is_directory=True)
+    created = lab.api("POST", "jobs/schedules", json={"notebook": "teams/pricing/report.ipynb", "cron": "0 4 * * *"})
+    assert created.status_code == 201, created.text
+    schedule_id = created.json()["id"]
+    assert {s.id: s.notebook for s in platform.jobs.schedules()}[schedule_id] == str(team / "report.ipynb")
+
+    with platform.engine.begin() as conn:  # a write past every check
+        conn.execute(sa.update(schedules_table).where(schedules_table.c.id == schedule_id).values(cron="0 0 30 2 *"))
+    listed = lab.api("GET", "jobs/schedules")
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == jsonable(platform.jobs.schedules())
+    assert "never fires" in {s["id"]: s for s in listed.json()}[schedule_id]["broken"]
+    deleted = lab.api("DELETE", f"jobs/schedules/{schedule_id}")
+    assert (deleted.status_code, deleted.json()) == (200, {"id": schedule_id})
+    assert schedule_id not in {s.id for s in platform.jobs.schedules()}
+
+
 def test_deploy_answers_status_endpoint_and_a_client_that_works(platform, lab, trained, triton):
     answer = lab.api("POST", "deploy", json={"name": "lab_model", "version": trained.version})
     assert answer.status_code == 200, answer.text
@@ -129,6 +155,12 @@ def test_deploy_the_model_trained_in_a_notebook(platform, lab, trained, triton):
      "write each parameter as name=value"),
     ("POST", "jobs/schedules", {"notebook": "tiny.ipynb", "cron": "0 3 * * *", "parameters": ["m=1"]}, 400,
      "declares no parameter 'm'"),
+    ("POST", "jobs/schedules", {"notebook": "tiny.ipynb", "cron": "0 0 30 2 *"}, 400, "'0 0 30 2 *' never fires"),
+    ("POST", "jobs/schedules", {"notebook": "tiny.ipynb", "cron": "0 0 3 * * *"}, 400, "has 6 fields"),
+    ("POST", "jobs/schedules", {"notebook": "teams/../../tiny.ipynb", "cron": "0 3 * * *"}, 400,
+     "outside the folder this server serves"),
+    ("DELETE", "jobs/schedules/999", None, 404, "No schedule 999"),
+    ("DELETE", "jobs/schedules/first", None, 400, "A schedule id is a whole number"),
 ])
 def test_a_bad_request_gets_a_readable_message(lab, method, path, body, status, message):
     answer = lab.api(method, path, data=body if isinstance(body, str) else json.dumps(body))

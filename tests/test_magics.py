@@ -41,7 +41,8 @@ CELLS = [
     "promoted = %model promote nb_model\nscored = %model score nb_model labels\n"
     "print('promoted', promoted.version, 'scored', len(scored), sorted(set(scored.columns) - set(labels.columns)))",
     "%job schedule tiny.ipynb '0 3 * * *' n=2\nlisted = %job schedules\n"
-    "print('schedules', [(s.cron, s.parameters) for s in listed])",
+    "print('schedules', [(s.cron, s.parameters) for s in listed])\n"
+    "%job unschedule {listed[0].id}\nremaining = %job schedules\nprint('unscheduled', len(remaining))",
     "limits = %monitor thresholds nb_model psi=0.3 window=30min\nfired = %monitor alerts nb_model\n"
     "print('thresholds', limits.psi, limits.window_s, len(fired))",
     "try:\n    get_ipython().run_line_magic('job', '--help')\nexcept UsageError as exc:\n"
@@ -90,6 +91,7 @@ def test_every_magic_in_a_real_kernel(home):
     assert "cell 1 True" in printed  # %%train: the cell built the estimator, fitted on a local Dask cluster
     assert "promoted 1 scored 600 ['prediction', 'probability_0', 'probability_1']" in printed
     assert "schedules [('0 3 * * *', {'n': 2})]" in printed
+    assert "unscheduled 0" in printed
     assert "thresholds 0.3 1800.0 0" in printed
     assert "help usage: %job [-h]" in printed
 
@@ -117,3 +119,27 @@ def test_the_mlplat_kernels_load_the_magics_and_pin_the_gpu(home, tmp_path, monk
                                kernel_name="mlplat", progress_bar=False)
     out = nbformat.read(tmp_path / "cpu-out.ipynb", as_version=4).cells[0].outputs[0]["text"]
     assert out.strip() == "['driver_stats'] cpu"  # the CPU kernel hides the GPUs (CUDA_VISIBLE_DEVICES empty)
+
+
+def _commands(parser):
+    """Each argv that asks ``parser`` for help: itself and each of its subcommands."""
+    import argparse
+
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [["--help"]] + [[name, "--help"] for action in subcommands for name in action.choices]
+
+
+def test_every_magic_and_subcommand_answers_help():
+    """``--help`` shows usage (as a UsageError, the kernel stays up) and help naming other magics verbatim."""
+    from IPython.core.error import UsageError
+
+    from mlplat_magics import _parsers
+
+    for name, parser in _parsers().items():
+        for argv in _commands(parser):
+            with pytest.raises(UsageError, match=f"usage: %{name}"):
+                parser.parse_args(argv)
+    with pytest.raises(UsageError) as shown:
+        _parsers()["feature"].parse_args(["--help"])
+    assert "%%feature apply: register the cell's definitions" in str(shown.value)
+    assert "%feature apply FILE.py" in str(shown.value)

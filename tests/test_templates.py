@@ -127,6 +127,6 @@ def test_templates_are_committed_clean():
                                 "monitor_check", "train_and_register"]
     for path in TEMPLATES:
         nb = nbformat.read(path, as_version=4)
-        assert nb.metadata.kernelspec.name == "python3"
+        assert nb.metadata.kernelspec.name == "mlplat"  # "Python 3 (mlplat)": the magics loaded
         assert [c.metadata.get("tags") for c in nb.cells[:2]] == [None, ["parameters"]]
         assert all(not c.outputs and c.execution_count is None for c in nb.cells if c.cell_type == "code")

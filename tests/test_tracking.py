@@ -27,3 +27,20 @@ def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
     finished = [w.communicate(timeout=120) for w in workers]
     assert [(w.returncode, out.strip()) for w, (out, _) in zip(workers, finished)] == [(0, "True")] * 4, \
         [err[-400:] for _, err in finished]
+
+
+def test_the_default_experiment_keeps_its_artifacts_under_the_platform_home(tmp_path, monkeypatch):
+    """A run without an experiment lands in MLflow's Default one: under $MLPLAT_HOME, not the caller's ./mlruns."""
+    from mlplat.config import load_settings
+    from mlplat.training import tracking
+
+    elsewhere = tmp_path / "a-repository"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(home=str(tmp_path / "h"))
+    client = tracking.client(settings)
+    run = client.create_run("0")
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    assert client.get_experiment("0").artifact_location.startswith(settings.artifacts)
+    assert list(elsewhere.iterdir()) == []
+    assert client.search_registered_models() == []  # the registry's tables are there too

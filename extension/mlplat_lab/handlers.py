@@ -1,6 +1,6 @@
 """REST handlers under ``/mlplat/api``: each parses its request, calls one library function, answers JSON.
 
-Every handler needs a logged-in user who may use the ``mlplat`` resource; a POST also needs the
+Every handler needs a logged-in user who may use the ``mlplat`` resource; a POST or DELETE also needs the
 XSRF token (``APIHandler`` checks it for cookie-authenticated requests). An ``MlplatError``
 becomes ``{"message": ...}`` with 404 when something is not found, 400 otherwise.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,19 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from mlplat.config import parse_assignments
-from mlplat.errors import FeatureNotFound, FeatureViewNotFound, InvalidArgument, MlplatError, ModelNotFound
+from mlplat.errors import (
+    FeatureNotFound,
+    FeatureViewNotFound,
+    InvalidArgument,
+    MlplatError,
+    ModelNotFound,
+    ScheduleNotFound,
+)
 from mlplat_lab.app import PlatformCalls
 from mlplat_lab.jsonable import jsonable
 from mlplat_lab.snippet import client_snippet
 
-NOT_FOUND = (FeatureNotFound, FeatureViewNotFound, ModelNotFound)
+NOT_FOUND = (FeatureNotFound, FeatureViewNotFound, ModelNotFound, ScheduleNotFound)
 
 
 def endpoint(method: Callable) -> Callable:
@@ -63,12 +71,16 @@ class MlplatHandler(APIHandler):
         return body
 
     def notebook(self, body: dict[str, Any]) -> str:
-        """The notebook's path on disk, from ``body["notebook"]``: its path under the server's root, as Lab has it."""
+        """The notebook's path on disk, from ``body["notebook"]``: its path under the server's root, as Lab has it.
+
+        Checked as Jupyter's contents manager checks paths: by name, after removing ``..``, without following
+        links, so a team folder linked into the workspace is inside it while ``../x.ipynb`` is not.
+        """
         name = body.get("notebook")
         if not isinstance(name, str) or not name.endswith(".ipynb"):
             raise InvalidArgument(f'"notebook" must be the path of an .ipynb file under the server root, not {name!r}.')
-        root = Path(self.settings["server_root_dir"]).expanduser().resolve()
-        path = (root / name.lstrip("/")).resolve()
+        root = Path(os.path.abspath(Path(self.settings["server_root_dir"]).expanduser()))
+        path = Path(os.path.normpath(root / name.lstrip("/")))
         if not path.is_relative_to(root):
             raise InvalidArgument(f"{name} is outside the folder this server serves ({root}); give a path inside it.")
         return str(path)
@@ -158,6 +170,16 @@ class SchedulesHandler(MlplatHandler):
                          status=201)
 
 
+class ScheduleHandler(MlplatHandler):
+    """DELETE ``/mlplat/api/jobs/schedules/<id>``: unschedule it (its past runs stay in the history)."""
+
+    @endpoint
+    async def delete(self, schedule_id: str) -> None:
+        if not schedule_id.isdigit():
+            raise InvalidArgument(f"A schedule id is a whole number, not {schedule_id!r}.")
+        await self.reply(lambda p: p.jobs.unschedule(int(schedule_id)), render=lambda _: {"id": int(schedule_id)})
+
+
 class RunsHandler(MlplatHandler):
     """GET ``/mlplat/api/jobs/runs?limit=20``: the most recent notebook job runs, newest first."""
 
@@ -176,6 +198,6 @@ def routes(calls: PlatformCalls) -> list[tuple[str, type, dict[str, Any]]]:
         ("features", FeaturesHandler), (f"features/{part}/freshness", FreshnessHandler),
         ("models", ModelsHandler), (f"models/{part}/versions", VersionsHandler),
         (f"models/{part}/versions/{part}/lineage", LineageHandler), ("deploy", DeployHandler),
-        ("jobs/schedules", SchedulesHandler), ("jobs/runs", RunsHandler),
+        ("jobs/schedules", SchedulesHandler), (f"jobs/schedules/{part}", ScheduleHandler), ("jobs/runs", RunsHandler),
     ]
     return [(f"/mlplat/api/{pattern}", handler, {"calls": calls}) for pattern, handler in table]

@@ -26,4 +26,6 @@ def jsonable(value: Any) -> Any:
         return None if value != value else value.total_seconds()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if callable(value):  # a view's function (transformation, on-demand function): its name, not its code
+        return getattr(value, "__qualname__", None) or repr(value)
     return value

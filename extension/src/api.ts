@@ -58,6 +58,8 @@ export interface ISchedule {
   enabled: boolean;
   next_run: string | null;
   last_status: string | null;
+  broken: string | null;
+  last_error: string | null;
 }
 
 export interface IJobRun {
@@ -78,10 +80,13 @@ export interface IDeployment {
   snippet: string;
 }
 
-/** GET (or, with `body`, POST) `/mlplat/api/<path>`; a refused request throws an Error with the server's message. */
-export async function requestAPI<T>(path: string, body?: unknown): Promise<T> {
+/**
+ * GET (or, with `body`, POST; or `method`) `/mlplat/api/<path>`; a refused request throws an Error with the
+ * server's message.
+ */
+export async function requestAPI<T>(path: string, body?: unknown, method?: string): Promise<T> {
   const settings = ServerConnection.makeSettings();
-  const init: RequestInit = body === undefined ? {} : { method: 'POST', body: JSON.stringify(body) };
+  const init: RequestInit = body === undefined ? { method } : { method: method ?? 'POST', body: JSON.stringify(body) };
   const response = await ServerConnection.makeRequest(URLExt.join(settings.baseUrl, 'mlplat/api', path), init, settings);
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {

@@ -1,4 +1,6 @@
-/** The Jobs section: notebook schedules and the most recent job runs. */
+/** The Jobs section: notebook schedules (broken ones say why; each can be unscheduled) and the most recent runs. */
+import { showErrorMessage } from '@jupyterlab/apputils';
+
 import { IJobRun, ISchedule, requestAPI } from './api';
 import { basename, fill, h, when } from './dom';
 
@@ -13,7 +15,8 @@ export class JobsSection {
 
   async refresh(): Promise<void> {
     await Promise.all([
-      fill(this.schedules, async () => listOf(await requestAPI<ISchedule[]>('jobs/schedules'), scheduleItem, 'No schedules.')),
+      fill(this.schedules, async () => listOf(await requestAPI<ISchedule[]>('jobs/schedules'),
+        schedule => scheduleItem(schedule, () => void this.refresh()), 'No schedules.')),
       fill(this.runs, async () => listOf(await requestAPI<IJobRun[]>('jobs/runs?limit=10'), runItem, 'No runs yet.'))
     ]);
   }
@@ -23,11 +26,22 @@ function listOf<T>(items: T[], render: (item: T) => HTMLElement, empty: string):
   return items.length ? items.map(render) : [h('li', 'mlplat-empty', empty)];
 }
 
-function scheduleItem(schedule: ISchedule): HTMLElement {
+function scheduleItem(schedule: ISchedule, changed: () => void): HTMLElement {
   const parameters = Object.entries(schedule.parameters).map(([name, value]) => `${name}=${JSON.stringify(value)}`);
+  const state = schedule.broken ? ' broken' : schedule.enabled ? ` next ${when(schedule.next_run)}` : ' paused';
+  const unschedule = h('button', 'jp-mod-styled mlplat-unschedule', 'Unschedule');
+  unschedule.title = 'Delete this schedule (its past runs stay listed)';
+  unschedule.addEventListener('click', async () => {
+    try {
+      await requestAPI(`jobs/schedules/${schedule.id}`, undefined, 'DELETE');
+      changed();
+    } catch (error) {
+      await showErrorMessage('Unschedule failed', error as Error);
+    }
+  });
   return h('li', 'mlplat-schedule', h('b', '', basename(schedule.notebook)), ` #${schedule.id} `,
-    h('code', '', schedule.cron), schedule.enabled ? ` next ${when(schedule.next_run)}` : ' paused',
-    schedule.last_status ? `, last ${schedule.last_status}` : '', h('div', 'mlplat-metrics', parameters.join(' ')));
+    h('code', '', schedule.cron), state, schedule.last_status ? `, last ${schedule.last_status}` : '', unschedule,
+    schedule.broken ? h('div', 'mlplat-error', schedule.broken) : '', h('div', 'mlplat-metrics', parameters.join(' ')));
 }
 
 function runItem(run: IJobRun): HTMLElement {

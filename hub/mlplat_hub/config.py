@@ -62,6 +62,7 @@ def configure_kubernetes(c: Any, options: HubOptions, settings: Settings) -> Non
     check_shared(settings)
     c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
     c.KubeSpawner.image = options.image
+    c.KubeSpawner.cmd = ["jupyterhub-singleuser"]  # named, so the profile's server options reach it
     c.KubeSpawner.profile_list = kubespawner_profile_list()
     c.KubeSpawner.environment = literal(workspace_environment(settings, share_home=False))
     c.KubeSpawner.volumes = [team_volume(options.team_claim)]

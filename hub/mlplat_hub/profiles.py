@@ -17,6 +17,8 @@ from typing import Any
 from mlplat.errors import InvalidArgument
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# A managed workspace: JupyterLab neither asks to fetch news nor nags about updates (the platform picks versions).
+_MANAGED_LAB = ("--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
 # The NVIDIA GPU operator labels GPU nodes so; GPU nodes are usually tainted with the resource name.
 _GPU_NODES = {"nvidia.com/gpu.present": "true"}
 _GPU_TOLERATIONS = ({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},)
@@ -44,9 +46,19 @@ class Profile:
         return {"MLPLAT_PROFILE": self.slug, "MLPLAT_DEVICE": "gpu:0" if self.gpus else "cpu",
                 "CUDA_VISIBLE_DEVICES": gpus}
 
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        """The kernels a workspace of this profile offers: the GPU kernel only where there is a GPU."""
+        return ("python3", "mlplat", "mlplat-gpu") if self.gpus else ("python3", "mlplat")
+
+    @property
+    def server_args(self) -> list[str]:
+        """Options of a workspace's Jupyter server: its kernels, and a managed JupyterLab."""
+        return [*_MANAGED_LAB, *(f"--KernelSpecManager.allowed_kernelspecs={k}" for k in self.kernels)]
+
     def kubespawner_profile(self, default: bool = False) -> dict[str, Any]:
         """This profile as a KubeSpawner ``profile_list`` entry (the pod-only settings)."""
-        override: dict[str, Any] = {}
+        override: dict[str, Any] = {"args": self.server_args}
         if self.gpus:
             override["extra_resource_limits"] = {GPU_RESOURCE: str(self.gpus)}
         if self.node_selector:

@@ -17,7 +17,7 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Unicode, default
 
 from mlplat_hub.environment import teams
-from mlplat_hub.profiles import DEFAULT_PROFILE, PROFILES
+from mlplat_hub.profiles import DEFAULT_PROFILE, PROFILES, profile_from_options
 from mlplat_hub.workspaces import link_team_folders, user_folder
 
 
@@ -54,6 +54,10 @@ class WorkspaceSpawner(SimpleLocalProcessSpawner):
     def _default_args(self) -> list[str]:
         # Jupyter refuses to run as root unless told; a hub run as root runs its servers as root.
         return ["--allow-root"] if os.geteuid() == 0 else []
+
+    def get_args(self) -> list[str]:
+        """The server's options, and its profile's (kernels offered, a managed Lab)."""
+        return [*super().get_args(), *profile_from_options(self.user_options or {}).server_args]
 
     @default("options_form")
     def _default_options_form(self) -> str:

@@ -60,10 +60,11 @@ import sqlalchemy as sa
 from mlplat.errors import (
     DefinitionError,
     InvalidArgument,
+    JobError,
     MissingDependency,
-    MlplatError,
     SchemaError,
     TransformationError,
+    one_line,
 )
 from mlplat.features import udf
 from mlplat.features.definitions import FeatureView, _check_name, _plain
@@ -144,7 +145,7 @@ class BatchFeatureView(FeatureView):
                 raise DefinitionError(f"{where}: a SQL transformation reads its own window, so lookback does not "
                                       "apply; filter with e.g. `ts >= $start - INTERVAL 7 DAY` instead.")
         else:
-            object.__setattr__(self, "_recorded", _describe(self.transformation, f"{where}'s transformation"))
+            object.__setattr__(self, "_recorded", _describe(self.transformation, f"{where}: transformation"))
             if len(self.sources) != 1:
                 raise DefinitionError(f"{where}: a Python transformation reads one source (sources='path/*.parquet'), "
                                       f"not {len(self.sources)}; join several with a SQL transformation.")
@@ -210,40 +211,29 @@ class BatchFeatureView(FeatureView):
     def from_dict(cls, data: dict[str, Any]) -> BatchFeatureView:
         data = dict(data)
         recorded = data["transformation"]
-        data["transformation"] = recorded["sql"] if "sql" in recorded else _load(recorded["python"])
+        owner = f"feature view {data['name']!r} v{data.get('version', 0)}: transformation"
+        # Reading a view never runs its code: the function loads when the view is computed.
+        data["transformation"] = recorded["sql"] if "sql" in recorded else udf.StoredFunction(recorded["python"], owner)
         data["partition"] = timedelta(seconds=data["partition"])
         data["lookback"] = timedelta(seconds=data["lookback"])
-        view = super().from_dict(data)
-        if "python" in recorded:  # what was applied, even where the importable module has changed since
-            object.__setattr__(view, "_recorded", recorded["python"])
-        return view
+        return super().from_dict(data)
 
 
 def _describe(function: Any, what: str) -> dict[str, str]:
+    if isinstance(function, udf.StoredFunction):  # read from the registry: what was applied, unloaded
+        return function.recorded
     if not callable(function):
         raise DefinitionError(f"{what} must be a function or a SQL query (a str), not {type(function).__name__}.")
-    return getattr(function, "__mlplat_udf__", None) or udf.describe(function, what)
-
-
-def _load(recorded: dict[str, str]) -> Callable[..., Any]:
-    function = udf.load(recorded)
-    try:
-        inspect.getsource(function)
-    except (OSError, TypeError):  # run from the recorded source: remember it, so the view describes itself again
-        function.__mlplat_udf__ = recorded
-    return function
+    return udf.describe(function, what)
 
 
 def _check_cron(cron: Any, where: str) -> None:
+    from mlplat.jobs.cron import check_cron
+
     try:
-        from croniter import croniter
-    except ImportError:  # checked again when scheduled, where the jobs extra is needed anyway
-        valid = isinstance(cron, str) and len(cron.split()) == 5
-    else:
-        valid = isinstance(cron, str) and croniter.is_valid(cron)
-    if not valid:
-        raise DefinitionError(f"{where}: schedule {cron!r} is not a cron line; write five fields, "
-                              "e.g. '0 2 * * *' (daily at 02:00 UTC).")
+        check_cron(cron)
+    except JobError as exc:
+        raise DefinitionError(f"{where}: schedule {exc}") from None
 
 
 # -- results and the partition table ----------------------------------------------------------------------
@@ -390,6 +380,8 @@ def run(store: Any, view: FeatureView, start_ns: int | None, end_ns: int | None,
                               "compute; ingest its rows with p.features.ingest, or define it as a BatchFeatureView.")
     if view.language == "sql":
         _duckdb()  # a missing engine fails once, here, rather than in every partition
+    else:
+        udf.loaded(view.transformation)  # so does a function that cannot be loaded, before any partition starts
     log = PartitionLog(store.registry.engine)
     step = _step_ns(view)
     if end_ns is None:
@@ -485,7 +477,7 @@ def _execute(view: BatchFeatureView, offline_url: str, todo: list[tuple[int, int
             yield future.result()
         except Exception as exc:  # the worker died (KilledWorker), or the task could not run there
             start, end = futures[future]
-            yield Outcome(start, end, error=_one_line(exc), detail=traceback.format_exc()[-4000:])
+            yield Outcome(start, end, error=one_line(exc), detail=traceback.format_exc()[-4000:])
 
 
 def compute_partition(view: FeatureView | dict[str, Any], offline_url: str, start_ns: int, end_ns: int,
@@ -512,16 +504,9 @@ def compute_partition(view: FeatureView | dict[str, Any], offline_url: str, star
         return Outcome(start_ns, end_ns, kept.num_rows, table.num_rows - kept.num_rows,
                        seconds=time.perf_counter() - began)
     except Exception as exc:  # the user's code may raise anything: record it against this partition
-        return Outcome(start_ns, end_ns, error=_one_line(exc), detail=traceback.format_exc()[-4000:],
+        return Outcome(start_ns, end_ns, error=one_line(exc), detail=traceback.format_exc()[-4000:],
                        seconds=time.perf_counter() - began)
 
-
-def _one_line(exc: BaseException) -> str:
-    """``RuntimeError: source outage`` for the user's errors; mlplat's own messages say enough alone."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, MlplatError) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _transform(view: BatchFeatureView, start_ns: int, end_ns: int, tables: Mapping[str, Any],
@@ -531,10 +516,11 @@ def _transform(view: BatchFeatureView, start_ns: int, end_ns: int, tables: Mappi
         return _run_sql(view, tables, start, end, threads)
     name = next(iter(view.sources))
     frame = _read_window(view, tables[name], start - view.lookback, end, threads is None)
-    accepts = inspect.signature(view.transformation).parameters
+    function = udf.loaded(view.transformation)
+    accepts = inspect.signature(function).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepts.values())
     bounds = {k: v for k, v in (("start", start), ("end", end)) if takes_all or k in accepts}
-    return view.transformation(frame, **bounds)
+    return function(frame, **bounds)
 
 
 def _read_window(view: BatchFeatureView, source: Any, low: pd.Timestamp, high: pd.Timestamp,

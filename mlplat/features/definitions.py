@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -23,15 +24,56 @@ DTYPES = ("float32", "float64", "int32", "int64", "bool", "string")
 _NUMERIC = ("float32", "float64", "int32", "int64")
 RULES = ("not_null", "min", "max", "allowed")  # a Field's data-quality expectations
 VIOLATION_POLICIES = ("reject", "quarantine")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # whole names only: use fullmatch (``$`` would allow a newline)
+MAX_NAME = 64  # names become folder names, Redis keys and SQL values: keep them short
+
+
+def valid_name(name: Any) -> bool:
+    """Whether ``name`` can name an entity, view or field (not its length, which :func:`_check_name` checks)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and "__" not in name
 
 
 def _check_name(kind: str, name: Any) -> None:
-    if not isinstance(name, str) or not _NAME.match(name) or "__" in name:
+    if not valid_name(name):
         raise DefinitionError(
-            f"{kind} name {name!r} is invalid; use letters, digits and single underscores, "
+            f"{kind} name {reprlib.repr(name)} is invalid; use letters, digits and single underscores, "
             "starting with a letter (for example 'driver_stats')."
         )
+    if len(name) > MAX_NAME:
+        raise DefinitionError(f"{kind} name {reprlib.repr(name)} has {len(name)} characters; "
+                              f"use at most {MAX_NAME}.")
+
+
+def check_text(what: str, value: Any, optional: bool = False) -> None:
+    """Refuse a description, owner, tag or path that is not text storable as UTF-8 (a lone surrogate is not)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, str):
+        raise DefinitionError(f"{what} must be a string, not {type(value).__name__}.")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise DefinitionError(f"{what} holds {value[exc.start:exc.end]!r}, which is not valid Unicode text "
+                              "(a lone surrogate); remove it.") from None
+
+
+def check_metadata(view: Any, where: str) -> None:
+    """A view's description, owner, team, source and tags must be text: search, the catalog and the registry show them."""
+    for attr in ("description", "owner", "team"):
+        check_text(f"{where}: {attr}", getattr(view, attr))
+    check_text(f"{where}: source", view.source, optional=True)
+    if not isinstance(view.tags, dict):
+        raise DefinitionError(f"{where}: tags must be a dict of strings, e.g. tags={{'team': 'pricing'}}.")
+    for key, value in view.tags.items():
+        check_text(f"{where}: tag {key!r}", key)
+        check_text(f"{where}: tag {key!r}", value)
+
+
+def _as_list(value: Any, what: str, example: str) -> list:
+    """``value`` as a list, refusing a single object, a string or a non-iterable where a list is needed."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise DefinitionError(f"{what} must be a list, e.g. {example}; got {type(value).__name__}.")
+    return list(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +91,9 @@ class Entity:
         _check_name("Entity", self.name)
         if isinstance(self.join_keys, str):
             object.__setattr__(self, "join_keys", [self.join_keys])
-        object.__setattr__(self, "join_keys", list(self.join_keys))
+        check_text(f"Entity {self.name!r}: description", self.description)
+        keys = _as_list(self.join_keys, f"Entity {self.name!r}: join_keys", f"join_keys=['{self.name}_id']")
+        object.__setattr__(self, "join_keys", keys)
         if not self.join_keys:
             raise DefinitionError(f"Entity {self.name!r} needs at least one join key, e.g. join_keys=['{self.name}_id'].")
         for key in self.join_keys:
@@ -81,7 +125,8 @@ class Field:
 
     def __post_init__(self) -> None:
         _check_name("Field", self.name)
-        if self.dtype not in DTYPES:
+        check_text(f"Field {self.name!r}: description", self.description)
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise DefinitionError(f"Field {self.name!r} has dtype {self.dtype!r}; use one of {', '.join(DTYPES)}.")
         _check_expectations(self)
 
@@ -159,8 +204,10 @@ class FeatureView:
 
     def __post_init__(self) -> None:
         _check_name("FeatureView", self.name)
-        object.__setattr__(self, "entities", list(self.entities))
-        object.__setattr__(self, "schema", list(self.schema))
+        where = f"FeatureView {self.name!r}"
+        object.__setattr__(self, "entities", _as_list(self.entities, f"{where}: entities", "entities=[driver]"))
+        object.__setattr__(self, "schema", _as_list(self.schema, f"{where}: schema", "schema=[Field('rating', 'float32')]"))
+        check_metadata(self, where)
         object.__setattr__(self, "tags", dict(self.tags))
         if not self.entities or not all(isinstance(e, Entity) for e in self.entities):
             raise DefinitionError(f"FeatureView {self.name!r} needs entities=[Entity(...), ...].")

@@ -28,8 +28,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mlplat.errors import ConfigError
+from mlplat.errors import ConfigError, SchemaError
 from mlplat.features.definitions import FeatureView
+from mlplat.features.keys import kind_of
 from mlplat.features.schema import TIMESTAMP, arrow_schema
 
 
@@ -65,6 +66,29 @@ class OfflineStore:
     def __init__(self, url: str):
         self.url = url
         self.fs, self.root = _filesystem(url if "://" in url else f"file://{url}")
+        self._key_kinds: dict[tuple[str, int], dict[str, str]] = {}  # fixed once stored: cached for good
+
+    def key_kinds(self, view: FeatureView) -> dict[str, str]:
+        """Each join key's kind (``"int64"`` or ``"string"``, see :mod:`mlplat.features.keys`); empty before any write."""
+        found = self._key_kinds.get((view.name, view.version))
+        if found is None:
+            files = self.files(view)
+            if not files:
+                return {}
+            schema = pq.read_schema(files[-1].path, filesystem=self.fs)
+            found = self._key_kinds[(view.name, view.version)] = {k: kind_of(schema.field(k).type)
+                                                                  for k in view.join_keys}
+        return found
+
+    def _check_key_kinds(self, view: FeatureView, table: pa.Table) -> None:
+        stored = self.key_kinds(view)
+        for key, kind in stored.items():
+            if kind_of(table.schema.field(key).type) != kind:
+                raise SchemaError(
+                    f"Join key {key!r} of view {view.name!r} holds {kind} keys, but these rows have "
+                    f"{table.schema.field(key).type} ones; convert them (e.g. df[{key!r}].astype("
+                    f"{'int' if kind == 'int64' else 'str'})) so both name the same entities."
+                )
 
     def _view_dir(self, view: FeatureView) -> str:
         return f"{self.root}/{view.name}/v{view.version}"
@@ -73,6 +97,7 @@ class OfflineStore:
         """Append a table already conformed to ``view``, atomically; ``tag`` (see :meth:`replace`) names its files."""
         if table.num_rows == 0:
             return IngestResult(view.name, view.version, 0, [])
+        self._check_key_kinds(view, table)
         # UTC dates as YYYY-MM-DD: a cast, about ten times faster than pc.strftime
         days = table.column(view.timestamp_field).cast(pa.date32()).cast(pa.string())
         table = table.append_column("__date", days).sort_by("__date")

@@ -38,7 +38,7 @@ from mlplat.errors import (
     OnDemandFeatureError,
 )
 from mlplat.features import udf
-from mlplat.features.definitions import Entity, FeatureView, Field, _check_name
+from mlplat.features.definitions import Entity, FeatureView, Field, _as_list, _check_name, check_metadata
 from mlplat.features.refs import ViewRequest, parse_ref
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class OnDemandFeatureView(FeatureView):
     sources: list[str] = dataclasses.field(default_factory=list, kw_only=True)
     request: list[Field] = dataclasses.field(default_factory=list, kw_only=True)
     function: Callable[[pd.DataFrame], pd.DataFrame] | dict[str, str] | None = dataclasses.field(
-        default=None, kw_only=True, compare=False, repr=False)  # a function, or its registry record
+        default=None, kw_only=True, compare=False)  # a function, or its registry record (loaded on first use)
 
     kind: ClassVar[str] = "on_demand"
 
@@ -75,7 +75,8 @@ class OnDemandFeatureView(FeatureView):
             value = getattr(self, attr)
             if isinstance(value, (str, Field)):
                 value = [value]
-            object.__setattr__(self, attr, list(value))
+            object.__setattr__(self, attr, _as_list(value, f"{where}: {attr}", f"{attr}=[...]"))
+        check_metadata(self, where)
         object.__setattr__(self, "tags", dict(self.tags))
         if self.entities:
             raise DefinitionError(f"{where} takes no entities: it has a row for each entity row of its sources. "
@@ -87,6 +88,9 @@ class OnDemandFeatureView(FeatureView):
         self._check_sources(where)
         self._check_fields(where)
         object.__setattr__(self, "udf", _record(self.function, where))
+        if isinstance(self.function, dict):  # read from the registry: loaded when the view is first served
+            owner = f"on-demand view {self.name!r} v{self.version}: function"
+            object.__setattr__(self, "function", udf.StoredFunction(self.udf, owner))
 
     def _check_sources(self, where: str) -> None:
         if not self.sources:
@@ -171,10 +175,8 @@ class OnDemandFeatureView(FeatureView):
                                        f"cannot be read as the declared {field.dtype}: {exc}") from None
 
     def _function(self) -> Callable[[pd.DataFrame], pd.DataFrame]:
-        if "_loaded" not in self.__dict__:  # a registered view loads its function on first use, not on get_view
-            loaded = self.function if callable(self.function) else udf.load(self.udf)
-            object.__setattr__(self, "_loaded", loaded)
-        return self.__dict__["_loaded"]
+        """The function itself (a registered view's is loaded now; BrokenDefinition if it cannot be)."""
+        return udf.loaded(self.function)
 
     def _schema_part(self) -> dict[str, Any]:
         # What decides the values: a new source version, request field or function body makes a new version.
@@ -240,6 +242,8 @@ def _same_sources(registered: list[str], given: list[str]) -> bool:
 
 def _record(function: Any, where: str) -> dict[str, str]:
     """The registry record of ``function`` (checked), or the record itself when loaded from the registry."""
+    if isinstance(function, udf.StoredFunction):
+        function = function.recorded
     if isinstance(function, dict):
         if set(function) != {"module", "name", "source"}:
             raise DefinitionError(f"{where}: function record {sorted(function)} needs module, name and source.")

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
+import reprlib
+import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
-from mlplat.errors import DefinitionError, FeatureViewNotFound, RegistryError
-from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
+from mlplat.errors import BrokenDefinition, DefinitionError, FeatureViewNotFound, RegistryError, one_line
+from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership, valid_name
 from mlplat.features.on_demand import OnDemandFeatureView, pin_sources
 
 if TYPE_CHECKING:
@@ -94,6 +97,59 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class BrokenViewWarning(UserWarning):
+    """A registered view was left out of an operation on every view because its definition cannot be read."""
+
+
+@dataclass(frozen=True)
+class BrokenView:
+    """A registered view version whose stored definition cannot be read (written by another mlplat version, or
+    by hand): ``list_views`` and ``search`` list it, so it can be seen and fixed; using it raises
+    :meth:`refusal`. Applying a fixed definition under its name registers a new version."""
+
+    name: str
+    version: int
+    error: str
+    owner: str = ""
+    ttl: None = None
+    schema: list = field(default_factory=list)
+    entities: list = field(default_factory=list)
+    tags: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "broken"
+
+    @property
+    def description(self) -> str:
+        return f"BROKEN: its registered definition cannot be read ({self.error})"
+
+    @property
+    def feature_names(self) -> list[str]:
+        return []
+
+    def refusal(self) -> BrokenDefinition:
+        """The error that using this view raises."""
+        return BrokenDefinition(
+            f"Feature view {self.name!r} v{self.version}: its registered definition cannot be read ({self.error}); "
+            "it was written by another mlplat version or by hand. Apply a fixed definition of the view "
+            "(p.features.apply([...])): that registers a new version.")
+
+
+def _definition(row: Any) -> FeatureView | BrokenView:
+    """The view a registry row holds, or a BrokenView saying why it cannot be read. Runs no user code: a view's
+    function loads only when that view is computed or served."""
+    try:
+        return FeatureView.from_dict(json.loads(row.spec))
+    except Exception as exc:  # text stored by another version or by hand: whatever it raises, this view alone
+        return BrokenView(row.name, row.version, one_line(exc), row.created_by)
+
+
+def _entity(row: Any) -> Entity | None:
+    """The entity a registry row holds; None when its stored text cannot be read."""
+    try:
+        return Entity(**json.loads(row.spec))
+    except Exception:  # stored by hand or another version: only views that use it are refused (see apply)
+        return None
+
+
 def create_registry_engine(url: str) -> sa.Engine:
     """A SQLAlchemy engine for ``url``, creating the SQLite file's folder if needed."""
     if url.startswith("sqlite:///"):
@@ -129,11 +185,16 @@ class Registry:
         if len(set(names)) != len(names):
             raise DefinitionError(f"apply() got the same name twice: {sorted({n for n in names if names.count(n) > 1})}.")
         with self.engine.begin() as conn:
-            known = {row.name: Entity(**json.loads(row.spec)) for row in conn.execute(sa.select(entities_table))}
+            known = {row.name: _entity(row) for row in conn.execute(sa.select(entities_table))}
             batch = {o.name: o for o in objects if isinstance(o, Entity)}
             for view in (o for o in objects if isinstance(o, FeatureView)):
                 for entity in view.entities:
                     registered = batch.get(entity.name) or known.get(entity.name)
+                    if registered is None and entity.name in known:
+                        raise DefinitionError(
+                            f"FeatureView {view.name!r} uses entity {entity.name!r}, whose registered definition "
+                            "cannot be read; apply the Entity again together with the view."
+                        )
                     if registered is None:
                         raise DefinitionError(
                             f"FeatureView {view.name!r} uses entity {entity.name!r}, which is not registered; "
@@ -144,7 +205,7 @@ class Registry:
                             f"FeatureView {view.name!r} gives entity {entity.name!r} join keys {entity.join_keys}, "
                             f"but it is registered with {registered.join_keys}."
                         )
-            results = [self._apply_entity(conn, e, known.get(e.name)) for e in batch.values()]
+            results = [self._apply_entity(conn, e, known.get(e.name), e.name in known) for e in batch.values()]
             views = [o for o in objects if isinstance(o, FeatureView)]
             applied = {}
             # Stored views first, so an on-demand view pins its sources to the versions this apply leaves.
@@ -156,7 +217,7 @@ class Registry:
             results += [applied[v.name] for v in views]
         return results
 
-    def _apply_entity(self, conn: sa.Connection, entity: Entity, old: Entity | None) -> ApplyResult:
+    def _apply_entity(self, conn: sa.Connection, entity: Entity, old: Entity | None, exists: bool) -> ApplyResult:
         if old == entity:
             return ApplyResult("entity", entity.name, "unchanged", None, [])
         if old is not None and old.join_keys != entity.join_keys:
@@ -165,11 +226,11 @@ class Registry:
                 "orphan its feature views. Define a new entity under another name instead."
             )
         row = {"spec": json.dumps(entity.to_dict()), "updated_at": _now(), "updated_by": self.user}
-        if old is None:
+        if not exists:
             conn.execute(entities_table.insert().values(name=entity.name, **row))
-        else:
+        else:  # an unreadable stored entity (old is None) is replaced too
             conn.execute(entities_table.update().where(entities_table.c.name == entity.name).values(**row))
-        action = "created" if old is None else "updated"
+        action = "updated" if exists else "created"
         self.audit.write(conn, "entity", entity.name, action, spec=entity.to_dict())
         return ApplyResult("entity", entity.name, action, None, [])
 
@@ -178,7 +239,11 @@ class Registry:
         if latest is None:  # a new view belongs to whoever applies it, unless it names its owner and team
             owned = replace(view, owner=view.owner or self.user, team=view.team or self.team)
             return self._insert_view(conn, owned, 1, "created", [])
-        old = FeatureView.from_dict(json.loads(latest.spec))
+        old = _definition(latest)
+        if isinstance(old, BrokenView):  # a fixed definition replaces what cannot be read, as a new version
+            owned = replace(view, owner=view.owner or latest.created_by, team=view.team or self.team)
+            change = {"change": "replaces an unreadable definition", "from": old.error, "incompatible": True}
+            return self._insert_view(conn, owned, old.version + 1, "new_version", [change])
         view = keep_ownership(view, old)
         changes = diff_views(old, replace(view, version=old.version))
         if not changes:
@@ -217,10 +282,21 @@ class Registry:
         else:
             row = conn.execute(sa.select(views_table).where(
                 views_table.c.name == name, views_table.c.version == version)).first()
-        return None if row is None else FeatureView.from_dict(json.loads(row.spec))
+        if row is None:
+            return None
+        view = _definition(row)
+        if isinstance(view, BrokenView):
+            raise view.refusal()
+        return view
 
     def get_view(self, name: str, version: int | None = None) -> FeatureView:
         """The latest (or given) version of a view; raises FeatureViewNotFound."""
+        if not valid_name(name):  # no view can have it; the database need not look
+            raise FeatureViewNotFound(f"{reprlib.repr(name)} is not a feature view name; registered views: "
+                                      f"{', '.join(self.view_names()) or 'none yet'}.")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)):
+            raise FeatureViewNotFound(f"Feature view {name!r} has no version {version!r}; versions are whole "
+                                      f"numbers: {self.versions(name)}.")
         with self.engine.connect() as conn:
             view = self._view_in(conn, name, version)
         if view is None:
@@ -242,15 +318,26 @@ class Registry:
         with self.engine.connect() as conn:
             return sorted(conn.execute(sa.select(views_table.c.name).distinct()).scalars())
 
-    def list_views(self, pattern: str | None = None) -> list[FeatureView]:
-        """The latest version of every view whose name contains ``pattern``."""
+    def list_views(self, pattern: str | None = None) -> list[FeatureView | BrokenView]:
+        """The latest version of every view whose name contains ``pattern``; a :class:`BrokenView` for one whose
+        stored definition cannot be read (the others are listed all the same)."""
         names = [n for n in self.view_names() if pattern is None or pattern.lower() in n.lower()]
-        return [self.get_view(n) for n in names]
+        with self.engine.connect() as conn:
+            return [_definition(self._latest_row(conn, n)) for n in names]
+
+    def usable_views(self, action: str) -> list[FeatureView]:
+        """The latest version of every view that can be read, for an ``action`` on all of them; each one that
+        cannot is named in a :class:`BrokenViewWarning` and left out."""
+        views = self.list_views()
+        for broken in (v for v in views if isinstance(v, BrokenView)):
+            warnings.warn(f"{action}: skipped {broken.name!r}. {broken.refusal()}", BrokenViewWarning, stacklevel=3)
+        return [v for v in views if not isinstance(v, BrokenView)]
 
     def list_entities(self) -> list[Entity]:
+        """Every registered entity whose stored definition can be read."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(entities_table).order_by(entities_table.c.name))
-            return [Entity(**json.loads(row.spec)) for row in rows]
+            return [entity for entity in map(_entity, rows) if entity is not None]
 
     def versions(self, name: str) -> list[int]:
         with self.engine.connect() as conn:

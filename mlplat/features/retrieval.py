@@ -8,6 +8,7 @@ untouched. Each view is read only over the time window the query rows need
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,22 @@ from mlplat.features.schema import timestamp_column
 _NULLABLE = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
+def refuse_clashes(columns: Iterable[Any], features: list[str]) -> None:
+    """Refuse an entity_df column named like a feature column the join would add (it would be renamed or lost)."""
+    clashes = [c for c in features if c in set(columns)]
+    if clashes:
+        raise EntityDataFrameError(
+            f"entity_df already has the column(s) {clashes}, which the requested features would add; rename or "
+            "drop them first (a label named like a feature needs a name of its own).")
+
+
 def entity_times(entity_df: pd.DataFrame, timestamp_field: str) -> np.ndarray:
     """The query times of ``entity_df`` as int64 ns UTC, validated."""
     if not isinstance(entity_df, pd.DataFrame):
         raise EntityDataFrameError(f"entity_df must be a pandas DataFrame, not {type(entity_df).__name__}.")
+    twice = sorted({str(c) for c in entity_df.columns[entity_df.columns.duplicated()]})
+    if twice:
+        raise EntityDataFrameError(f"entity_df has the column(s) {twice} more than once; keep one of each.")
     if timestamp_field not in entity_df.columns:
         raise EntityDataFrameError(
             f"entity_df has no {timestamp_field!r} column, so there is no time to join features as of. "

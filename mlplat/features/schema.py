@@ -42,16 +42,23 @@ def arrow_schema(view: FeatureView) -> pa.Schema:
 
 def to_table(data: Any) -> pa.Table:
     """A pyarrow Table from a pandas DataFrame or Table."""
-    if isinstance(data, pa.Table):
-        return data
     import pandas as pd
 
-    if not isinstance(data, pd.DataFrame):
+    if not isinstance(data, (pa.Table, pd.DataFrame)):
         raise SchemaError(f"Expected a pandas DataFrame or pyarrow Table, got {type(data).__name__}.")
+    names = [str(c) for c in (data.column_names if isinstance(data, pa.Table) else data.columns)]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise SchemaError(f"The data has the column(s) {twice} more than once; keep one of each.")
+    if isinstance(data, pa.Table):
+        return data
     try:
         return pa.Table.from_pandas(data, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:  # an int beyond int64: OverflowError
         raise SchemaError(f"A column holds mixed or unsupported values ({exc}); give each column one type.") from None
+    except UnicodeEncodeError as exc:
+        raise SchemaError(f"A text value holds {exc.object[exc.start:exc.end]!r}, which is not valid Unicode "
+                          "(a lone surrogate); fix or drop it.") from None
 
 
 def conform(view: FeatureView, data: Any) -> pa.Table:
@@ -106,7 +113,11 @@ def _as_timestamp(column: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedA
         )
     if column.type.tz is None:
         column = pc.assume_timezone(column, "UTC")
-    return column.cast(TIMESTAMP)
+    try:
+        return column.cast(TIMESTAMP)
+    except pa.ArrowInvalid:  # beyond what int64 nanoseconds hold
+        raise DtypeMismatch(f"Column {name!r} of {where} has times outside 1678-2261, which mlplat cannot store "
+                            "(nanosecond timestamps); fix or drop those rows.") from None
 
 
 def _feature_column(view: FeatureView, name: str, dtype: str, column: pa.ChunkedArray) -> pa.ChunkedArray:

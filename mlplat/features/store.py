@@ -13,12 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlplat.errors import DefinitionError, InvalidArgument, MissingColumnError
-from mlplat.features import retrieval
+from mlplat.errors import DefinitionError, FeatureNotFound, FutureEventError, InvalidArgument, MissingColumnError
+from mlplat.features import keys, retrieval
 from mlplat.features.compute import ComputeResult
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
@@ -59,13 +60,16 @@ class OnlineFeatures:
 class FeatureStore:
     """Define, ingest, join, materialise and serve features."""
 
-    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, platform: Any = None):
+    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, platform: Any = None,
+                 max_clock_skew: timedelta = timedelta(minutes=5)):
         self.registry = registry
         self.offline = offline
         self.online = online
         self.platform = platform  # for what runs as notebook jobs (schedule_compute); None outside a Platform
+        self.max_clock_skew = max_clock_skew  # ingest and push refuse rows dated later than now + this
         self.audit = registry.audit  # ingest, materialise and push are recorded where apply is
         self._plans: dict[tuple[str, ...], tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]] = {}
+        self._kinds: dict[tuple[str, int], dict[str, str | None]] = {}  # join key kinds per view version
 
     # -- definitions -------------------------------------------------------------
     def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
@@ -73,7 +77,12 @@ class FeatureStore:
 
         A batch view with a ``schedule`` gets its scheduled compute job (see :meth:`schedule_compute`).
         """
-        objects = [objects] if isinstance(objects, (Entity, FeatureView)) else list(objects)
+        if isinstance(objects, (Entity, FeatureView)):
+            objects = [objects]
+        if isinstance(objects, (str, bytes, Mapping)) or not isinstance(objects, Iterable):
+            raise DefinitionError(f"apply() takes a list of Entity and FeatureView objects, not "
+                                  f"{type(objects).__name__}: p.features.apply([driver, driver_stats]).")
+        objects = list(objects)
         results = self.registry.apply(objects)
         self._plans.clear()
         for scheduled in (o for o in objects if getattr(o, "schedule", None) and self.platform is not None):
@@ -84,7 +93,7 @@ class FeatureStore:
         return self.registry.get_view(name, version)
 
     def list_views(self, pattern: str | None = None) -> list[FeatureView]:
-        return self.registry.list_views(pattern)
+        return self.registry.list_views(None if pattern is None else _text(pattern, "pattern"))
 
     def search(self, text: str = "") -> list[FeatureView]:
         """The latest version of every view that mentions each word of ``text``, case-insensitively.
@@ -92,7 +101,7 @@ class FeatureStore:
         A view mentions what is in its name, description, feature names, feature
         descriptions and tags (keys and values): ``search("driver gold")``.
         """
-        words = text.lower().split()
+        words = _text(text, "text").lower().split()
         return [view for view in self.registry.list_views() if all(word in _searchable(view) for word in words)]
 
     def diff(self, view: FeatureView | str, other: FeatureView | int | None = None) -> list[dict[str, Any]]:
@@ -104,6 +113,8 @@ class FeatureStore:
         if isinstance(view, FeatureView):
             registered = self.registry.get_view(view.name)
             return diff_views(registered, keep_ownership(view, registered))
+        if other is not None and not isinstance(other, (int, FeatureView)):
+            raise InvalidArgument(f"diff({view!r}, {other!r}): compare with a version number or a FeatureView.")
         old = self.registry.get_view(view, other if isinstance(other, int) else None)
         new = other if isinstance(other, FeatureView) else self.registry.get_view(view)
         return diff_views(old, new)
@@ -119,13 +130,20 @@ class FeatureStore:
         expectations raise DataQualityError, or are quarantined (with a warning) by its ``on_violation``.
         """
         definition = refuse_storage(self.registry.get_view(view), "ingest")
+        bounds = [(None if t is None else _ns(t, n), n, keep)
+                  for t, n, keep in ((start, "start", pc.greater_equal), (end, "end", pc.less))]
+        if start is not None and end is not None and bounds[0][0] >= bounds[1][0]:
+            raise InvalidArgument(f"ingest(start={start}, end={end}): the window [start, end) is empty; "
+                                  "start must be before end.")
         table = conform(definition, _read(definition, df))
-        for bound, name, keep in ((start, "start", pc.greater_equal), (end, "end", pc.less)):
-            if bound:
+        for bound, _, keep in bounds:
+            if bound is not None:
                 times = table.column(definition.timestamp_field)
-                table = table.filter(keep(times, pa.scalar(_ns(bound, name), times.type)))
+                table = table.filter(keep(times, pa.scalar(bound, times.type)))
+        refuse_future(definition, table, self.max_clock_skew, "ingest")
         with screened(self.offline, definition, table) as table:
             result = self.offline.write(definition, table)
+        self._kinds.pop((definition.name, definition.version), None)  # the first write fixes the key kinds
         self.audit.record("feature_view", view, "ingested", definition.version, rows=result.rows, files=result.files,
                           source=_origin(definition, df), start=start, end=end)
         return result
@@ -143,8 +161,12 @@ class FeatureStore:
         the join on that cluster, or a ``dask.dataframe`` as ``entity_df`` to get
         a lazy dask DataFrame back (for entity sets larger than memory).
         """
+        if client is not None and not hasattr(client, "scheduler_info"):
+            raise InvalidArgument(f"client must be a dask.distributed Client (p.compute().client), not {client!r}.")
         taken = set(getattr(entity_df, "columns", ()))
-        plan = expand(resolve(features, self.registry.get_view, taken), self.registry.get_view)
+        requests = resolve(_feature_refs(features), self.registry.get_view)
+        retrieval.refuse_clashes(taken, [c for r in requests for c in r.columns])
+        plan = expand(requests, self.registry.get_view)
         if plan.steps:
             plan.check_request(taken)  # before reading anything
         requests, width = plan.reads, len(getattr(entity_df, "columns", ()))
@@ -193,7 +215,7 @@ class FeatureStore:
         """
         from mlplat.features import compute
 
-        definition = self.registry.get_view(view if isinstance(view, str) else view.name)
+        definition = self.registry.get_view(getattr(view, "name", view))
         if not isinstance(view, str) and diff_views(definition, keep_ownership(view, definition)):
             raise InvalidArgument(f"{view.name!r} differs from its registered definition (v{definition.version}); "
                                   "apply it first: p.features.apply([view]).")
@@ -220,7 +242,7 @@ class FeatureStore:
 
         if self.platform is None:
             raise InvalidArgument("schedule_compute needs the platform's jobs; use p.features from mlplat.connect().")
-        definition = self.registry.get_view(view if isinstance(view, str) else view.name)
+        definition = self.registry.get_view(getattr(view, "name", view))
         return schedule(self.platform.jobs, definition, cron, materialize)
 
     # -- online -----------------------------------------------------------------
@@ -233,10 +255,13 @@ class FeatureStore:
         start_ns = None if start is None else _ns(start, "start")
         if start_ns is not None and start_ns > end_ns:
             raise InvalidArgument(f"materialize(start={start}, end={end}): start is after end; swap them.")
-        names = list(views) if views is not None else self.registry.view_names()
-        definitions = [self.registry.get_view(n) for n in names]  # unknown names fail before any write
-        # On-demand views store nothing: skipped when materialising all, refused when named.
-        definitions = [refuse_storage(d, "materialize") for d in definitions if views is not None or not is_on_demand(d)]
+        if views is not None and not isinstance(views, (str, list, tuple)):
+            raise InvalidArgument(f"views={views!r}: give a view name or a list of them, e.g. views=['driver_stats'].")
+        if views is None:  # every stored view that can be read (on-demand views store nothing)
+            definitions = [d for d in self.registry.usable_views("materialize") if not is_on_demand(d)]
+        else:  # unknown, broken or on-demand names fail before any write
+            names = [views] if isinstance(views, str) else list(views)
+            definitions = [refuse_storage(self.registry.get_view(n), "materialize") for n in names]
         results = []
         with progress_bar(len(definitions), "materialize", progress, unit="view") as bar:
             for view in definitions:
@@ -255,9 +280,11 @@ class FeatureStore:
         """
         definition = refuse_storage(self.registry.get_view(view), "push")
         table = conform(definition, df)
+        refuse_future(definition, table, self.max_clock_skew, "push")
         with screened(self.offline, definition, table) as table:
             self.online.ping()  # fail before writing anything when Redis is down
             self.offline.write(definition, table)
+        self._kinds.pop((definition.name, definition.version), None)  # the first write fixes the key kinds
         write_latest(self.online, definition, table, time.time_ns())
         self.audit.record("feature_view", view, "pushed", definition.version, rows=table.num_rows)
         return table.num_rows
@@ -268,17 +295,35 @@ class FeatureStore:
     ) -> OnlineFeatures:
         """Latest values for each entity; missing or expired entities give None.
 
+        Each key must be of its view's key kind (int64 or string, see :mod:`mlplat.features.keys`):
+        a key that can never name an entity (None, NaN, 1.0, ``"7"`` for an int64 key) raises
+        EntityKeyError rather than reading None.
+
         ``entity_rows`` is a list of dicts (``[{"driver_id": 1}]``) or, faster,
         a dict of columns (``{"driver_id": [1, 2]}``). On-demand features are
         computed from their sources and request data: ``request_data`` (column ->
         one value per entity row) or the same columns in ``entity_rows``.
         """
-        if isinstance(features, str):
-            features = [features]
-        plan, on_demand = self._plans.get(tuple(features)) or self._plan(features)
-        columns = dict(entity_rows) if isinstance(entity_rows, Mapping) else _rows_to_columns(entity_rows, plan)
+        features = _feature_refs(features)
+        if request_data is not None and not isinstance(request_data, Mapping):
+            raise InvalidArgument(f"request_data must map each request column to its values, not "
+                                  f"{type(request_data).__name__}: request_data={{'distance_km': [4.2]}}.")
+        plan, on_demand = self._plans.get(features) or self._plan(features)
+        columns = _entity_columns(entity_rows, plan)
+        for request, _ in plan:
+            for key, kind in self._key_kinds(request.view).items():
+                if key in columns:  # a missing one is reported by read_online
+                    keys.check(request.view.name, key, columns[key], kind)
         values = read_online(self.online, plan, columns)
         return OnlineFeatures(on_demand.finish_online(values, columns, request_data) if on_demand else values)
+
+    def _key_kinds(self, view: FeatureView) -> dict[str, str | None]:
+        """Each join key's kind; None before the view's first write (remembered until this store writes it)."""
+        found = self._kinds.get((view.name, view.version))
+        if found is None:
+            stored = self.offline.key_kinds(view)
+            found = self._kinds[(view.name, view.version)] = {k: stored.get(k) for k in view.join_keys}
+        return found
 
     def _plan(self, features: Sequence[str]) -> tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]:
         expansion = expand(resolve(features, self.registry.get_view), self.registry.get_view)
@@ -287,33 +332,96 @@ class FeatureStore:
         return self._plans[tuple(features)]
 
 
+def refuse_future(view: FeatureView, table: pa.Table, skew: timedelta, action: str) -> None:
+    """FutureEventError when a row of ``table`` is dated later than now plus ``skew``: an event cannot have
+    happened yet. Such a row would be served online ahead of every real update of its entity (the newest event
+    wins) and expire a TTL after a time that has not come."""
+    times = table.column(view.timestamp_field)
+    limit = time.time_ns() + skew // timedelta(microseconds=1) * 1000
+    ahead = pc.greater(times, pa.scalar(limit, times.type))
+    count = pc.sum(ahead).as_py() or 0
+    if count:
+        rows = pc.indices_nonzero(ahead).to_pylist()
+        shown = ", ".join(f"row {i} at {times[i].as_py().isoformat()}" for i in rows[:3])
+        now = datetime.fromtimestamp(limit / 1e9, UTC) - skew
+        raise FutureEventError(
+            f"{action}({view.name!r}) refused {count:,} row(s) dated later than now ({now:%Y-%m-%d %H:%M:%S} UTC) "
+            f"plus the allowed clock skew ({skew}): {shown}{' and more' if count > 3 else ''}. Nothing was "
+            f"written. Fix their {view.timestamp_field} (a unit or time-zone mistake?), or raise the "
+            "max_clock_skew setting (MLPLAT_MAX_CLOCK_SKEW) where producers' clocks run ahead.")
+
+
 def _searchable(view: FeatureView) -> str:
     fields = [text for f in view.schema for text in (f.name, f.description)]
     tags = [text for item in view.tags.items() for text in item]
     return " ".join([view.name, view.description, *fields, *tags]).lower()
 
 
-def _rows_to_columns(rows: Sequence[Mapping[str, Any]], plan: list[tuple[ViewRequest, RecordCodec]]) -> dict[str, list]:
-    if not rows:
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a string, not {type(value).__name__}.")
+    return value
+
+
+def _feature_refs(features: Any) -> tuple[str, ...]:
+    if isinstance(features, str):
+        return (features,)
+    if not isinstance(features, (list, tuple)):
+        raise FeatureNotFound(f"features must be a list of references such as ['driver_stats:rating'], "
+                              f"not {type(features).__name__}.")
+    return tuple(features)
+
+
+def _entity_columns(entity_rows: Any, plan: list[tuple[ViewRequest, RecordCodec]]) -> dict[str, Any]:
+    """Entity rows as columns of equal length (lists or numpy arrays), whichever form they came in."""
+    if isinstance(entity_rows, Mapping):
+        columns = {name: _column(name, values) for name, values in entity_rows.items()}
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise InvalidArgument(f"Entity columns have different lengths ({lengths}); give one value per row in each.")
+        return columns
+    if isinstance(entity_rows, (str, bytes)) or not isinstance(entity_rows, Sequence):
+        raise InvalidArgument(f"entity_rows must be a list of dicts ([{{'driver_id': 1}}]) or a dict of columns "
+                              f"({{'driver_id': [1, 2]}}), not {type(entity_rows).__name__}.")
+    if not entity_rows:
         return {key: [] for request, _ in plan for key in request.view.join_keys}
-    names = list(rows[0])
+    for row, found in enumerate(entity_rows):
+        if not isinstance(found, Mapping):
+            raise InvalidArgument(f"Entity row {row} is a {type(found).__name__}, not a dict such as {{'driver_id': 1}}.")
+    names = list(entity_rows[0])
     try:
-        return {name: [row[name] for row in rows] for name in names}
+        return {name: [row[name] for row in entity_rows] for name in names}
     except KeyError as missing:
         raise MissingColumnError(f"Every entity row needs the same keys; one lacks {missing.args[0]!r}.") from None
+
+
+def _column(name: Any, values: Any) -> list | np.ndarray:
+    """One entity column as a list or a 1-d numpy array."""
+    if isinstance(values, pd.Series):
+        return values.tolist()  # plain Python values, as a list column gives
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        return values
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    raise InvalidArgument(f"Entity column {name!r} must be a list of values, one per row, not "
+                          f"{type(values).__name__}: write {{{name!r}: [...]}}.")
 
 
 def _ns(moment: datetime | str, name: str) -> int:
     if isinstance(moment, str):
         try:
-            moment = pd.Timestamp(moment).to_pydatetime()
-        except ValueError:
+            moment = pd.Timestamp(moment)
+        except (ValueError, OverflowError):
             raise InvalidArgument(f"{name}={moment!r} is not a date or time; write e.g. '2024-01-31'.") from None
-    if not isinstance(moment, datetime):
+    if not isinstance(moment, datetime) or pd.isna(moment):
         raise InvalidArgument(f"{name} must be a datetime (naive times are taken as UTC), not {moment!r}.")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(pd.Timestamp(moment).as_unit("ns").value)
+    try:
+        return int(pd.Timestamp(moment).as_unit("ns").value)
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):
+        raise InvalidArgument(f"{name}={moment} is outside the times mlplat stores (nanoseconds: "
+                              f"{pd.Timestamp.min.year + 1} to {pd.Timestamp.max.year - 1}).") from None
 
 
 def _origin(view: FeatureView, data: Any) -> str:

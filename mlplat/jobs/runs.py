@@ -5,7 +5,9 @@ Each run keeps a copy of the notebook it ran and the executed output under
 code version, status and duration in the metadata database and in MLflow (the
 output notebook as an artifact), and retries failed attempts with backoff.
 Everything that can be checked (the notebook, its declared parameters, the
-kernel) is checked before anything runs.
+kernel) is checked before anything runs; whatever fails once it runs (a cell, a
+kernel that dies or does not start) ends as a failed run, recorded, with the
+partial output notebook.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -26,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mlplat import db
 from mlplat.errors import JobError, JobFailed
 from mlplat.features.registry import metadata
 from mlplat.training import tracking
@@ -87,17 +91,18 @@ class Jobs:
         self.engine = platform.engine
         self.audit = platform.audit
         self.root = platform.settings.home / "jobs"
-        from mlplat.jobs.schedules import schedules_table, slots_table
-
-        metadata.create_all(self.engine, tables=[job_runs, schedules_table, slots_table])
+        db.upgrade(self.engine)  # the job tables are Alembic's (mlplat/migrations)
 
     def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
-            retries: int = 0, backoff: float = 1.0, client: Any = None) -> JobRun:
-        """Execute ``notebook`` with ``parameters``; raise JobFailed (with the failing cell) if every attempt fails.
+            retries: int = 0, backoff: float = 1.0, client: Any = None, *,
+            owner: tuple[str, str] | None = None) -> JobRun:
+        """Execute ``notebook`` with ``parameters``; raise JobFailed (saying where it failed) if every attempt fails.
 
         With a Dask ``client`` (``p.compute().client``) the notebook executes on a worker, which must see
         the notebook's folder and this platform's services (true on a LocalCluster; on Kubernetes mount a
-        shared volume and use server URLs). Without one it executes here.
+        shared volume and use server URLs). Without one it executes here. ``owner`` is the (user, team)
+        the run is recorded for (the scheduler runs a schedule for whoever made it); by default, this
+        platform's user and team.
         """
         source = Path(notebook).resolve()
         parameters = dict(parameters or {})
@@ -106,7 +111,7 @@ class Jobs:
         folder = self.root / run_id
         folder.mkdir(parents=True)
         shutil.copy2(source, folder / "input.ipynb")  # what ran, for reruns, whatever happens to the original
-        return self._execute(run_id, source, folder, parameters, kernel, retries, backoff, None, client)
+        return self._execute(run_id, source, folder, parameters, kernel, retries, backoff, None, client, owner)
 
     def rerun(self, run_id: str, client: Any = None) -> JobRun:
         """Execute the very notebook and parameters of an earlier run again (on a Dask worker with ``client``)."""
@@ -116,7 +121,7 @@ class Jobs:
         folder.mkdir(parents=True)
         shutil.copy2(self.root / run_id / "input.ipynb", folder / "input.ipynb")
         return self._execute(new_id, Path(earlier["notebook"]), folder, json.loads(earlier["parameters"]),
-                             earlier["kernel"], 0, 1.0, run_id, client)
+                             earlier["kernel"], 0, 1.0, run_id, client, None)
 
     def schedule(self, notebook: str | Path, cron: str, parameters: dict[str, Any] | None = None,
                  kernel: str | None = None) -> int:
@@ -138,17 +143,26 @@ class Jobs:
         set_enabled(self.platform, schedule_id, False)
 
     def resume(self, schedule_id: int) -> None:
-        """Run a paused schedule again."""
+        """Run a paused (or broken, once fixed: it is checked again) schedule again."""
         from mlplat.jobs.schedules import set_enabled
 
         set_enabled(self.platform, schedule_id, True)
+
+    def unschedule(self, schedule_id: int) -> None:
+        """Delete a schedule for good (its past runs stay in :meth:`history`)."""
+        from mlplat.jobs.schedules import unschedule
+
+        unschedule(self.platform, schedule_id)
 
     def cronjob(self, schedule_id: int, project: str | Path = ".", retries: int = 0) -> dict[str, Any]:
         """The schedule as a Kubernetes CronJob manifest; ``project`` is the folder ``kubernetes.volume`` holds."""
         from mlplat.jobs.kubernetes import cronjob, manifest
         from mlplat.jobs.schedules import schedule_of
 
-        return manifest(cronjob(self.platform.settings, schedule_of(self.platform, schedule_id), project, retries))
+        found = schedule_of(self.platform, schedule_id)
+        if found.broken:
+            raise JobError(f"Schedule {schedule_id} cannot run: {found.broken} Fix it and resume it first.")
+        return manifest(cronjob(self.platform.settings, found, project, retries))
 
     def history(self, notebook: str | Path | None = None, limit: int | None = None) -> list[JobRun]:
         """Runs, newest first (of one notebook, when given; the ``limit`` newest, when given)."""
@@ -162,12 +176,14 @@ class Jobs:
     def _check(self, source: Path, parameters: dict[str, Any], kernel: str | None) -> str:
         import nbformat
         import papermill
-        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
 
         if source.suffix != ".ipynb" or not source.is_file():
             raise JobError(f"No notebook at {source}; give the path of an .ipynb file.")
         notebook = nbformat.read(source, as_version=4)
-        kernel = kernel or notebook.metadata.get("kernelspec", {}).get("name") or "python3"
+        kernel = kernel or notebook.metadata.get("kernelspec", {}).get("name") or NATIVE_KERNEL_NAME
+        if kernel == "python":  # what Jupyter's kernel manager (and so papermill) runs for "python"
+            kernel = NATIVE_KERNEL_NAME
         kernels = KernelSpecManager().find_kernel_specs()
         if kernel not in kernels:
             raise JobError(f"No Jupyter kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels))}.")
@@ -190,63 +206,58 @@ class Jobs:
         return kernel
 
     def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
-                 retries: int, backoff: float, rerun_of: str | None, client: Any) -> JobRun:
-        from papermill.exceptions import PapermillExecutionError
-
+                 retries: int, backoff: float, rerun_of: str | None, client: Any,
+                 owner: tuple[str, str] | None) -> JobRun:
         settings = self.platform.settings
+        owner = owner or (settings.user, settings.team)
         # An explicit client, not MLflow's process-wide fluent state: the scheduler runs jobs in threads.
         tracker = tracking.client(settings)
         experiment = tracking.experiment_id(tracker, settings, f"jobs-{source.stem}")
         snapshot, output = folder / "input.ipynb", folder / source.name
         run = tracker.create_run(experiment, run_name=f"{source.stem}-{run_id[:8]}", tags={
             "mlplat.job_id": run_id, "mlplat.notebook": str(source), "mlplat.input_sha256": _sha256(snapshot),
-            "mlplat.rerun_of": rerun_of or "", "mlplat.owner": settings.user, "mlplat.team": settings.team})
-        mlflow_run_id = run.info.run_id
-        for key, value in {**{f"param.{k}": v for k, v in parameters.items()}, "kernel": kernel}.items():
-            tracker.log_param(mlflow_run_id, key, value)
-        tracker.log_dict(mlflow_run_id, {"environment": environment()}, "mlplat/provenance.json")
-        from jupyter_client.kernelspec import KernelSpecManager
+            "mlplat.rerun_of": rerun_of or "", "mlplat.owner": owner[0], "mlplat.team": owner[1]})
+        mlflow_run_id, outcome = run.info.run_id, "FAILED"  # unless all below completes
+        try:
+            for key, value in {**{f"param.{k}": v for k, v in parameters.items()}, "kernel": kernel}.items():
+                tracker.log_param(mlflow_run_id, key, value)
+            tracker.log_dict(mlflow_run_id, {"environment": environment()}, "mlplat/provenance.json")
+            from jupyter_client.kernelspec import KernelSpecManager
 
-        language = KernelSpecManager().get_kernel_spec(kernel).language
-        execute = functools.partial(execute_notebook, input_path=str(snapshot), output_path=str(output),
-                                    parameters=parameters, kernel_name=kernel, language=language,
-                                    cwd=str(source.parent), progress_bar=False)
-        started_at, started = datetime.now(UTC), time.perf_counter()
-        attempts, error, host = 0, None, "local"
-        while True:
-            attempts += 1
-            try:
-                host = execute() if client is None else client.submit(execute, pure=False).result()
-                error = None
-                break
-            except PapermillExecutionError as exc:
-                error = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
-                if attempts > retries:
-                    break
-                time.sleep(backoff * 2 ** (attempts - 1))
-        if output.exists():
-            tracker.log_artifact(mlflow_run_id, str(output), "notebook")
-        tracker.set_tag(mlflow_run_id, "mlplat.host", host)
-        tracker.set_tag(mlflow_run_id, "mlplat.status", "failed" if error else "succeeded")
-        tracker.set_terminated(mlflow_run_id, "FAILED" if error else "FINISHED")
+            language = KernelSpecManager().get_kernel_spec(kernel).language
+            execute = functools.partial(execute_notebook, input_path=str(snapshot), output_path=str(output),
+                                        parameters=parameters, kernel_name=kernel, language=language,
+                                        cwd=str(source.parent), progress_bar=False)
+            started_at, started = datetime.now(UTC), time.perf_counter()
+            attempts, error, host = _attempts(execute, client, retries, backoff, output)
+            if output.exists():  # also a failed attempt's: the cells that ran, and what they printed
+                tracker.log_artifact(mlflow_run_id, str(output), "notebook")
+            tracker.set_tag(mlflow_run_id, "mlplat.host", host)
+            tracker.set_tag(mlflow_run_id, "mlplat.status", "failed" if error else "succeeded")
+            outcome = "FAILED" if error else "FINISHED"
+        finally:
+            tracker.set_terminated(mlflow_run_id, outcome)
         job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", attempts,
-                     time.perf_counter() - started, str(output), error, mlflow_run_id, host, started_at,
-                     settings.user, settings.team)
+                     time.perf_counter() - started, str(output), error, mlflow_run_id, host, started_at, *owner)
         self._record(job, _sha256(snapshot), rerun_of)
         if error:
             raise JobFailed(f"{source.name} failed after {attempts} attempt(s): {error}. The executed notebook, "
-                            f"with the traceback, is {output} (job {run_id}).")
+                            f"with what ran before the failure, is {output} (job {run_id}).", job_id=run_id)
         return job
 
     def _record(self, job: JobRun, sha: str, rerun_of: str | None) -> None:
+        from mlplat.audit import Audit
+
+        audit = self.audit if (job.owner, job.team) == (self.audit.user, self.audit.team) else \
+            Audit(self.engine, job.owner, job.team)  # a scheduled run is its schedule owner's action
         with self.engine.begin() as conn:
             conn.execute(job_runs.insert().values(
                 id=job.id, notebook=job.notebook, parameters=json.dumps(job.parameters, default=str),
                 kernel=job.kernel, status=job.status, attempts=job.attempts, started_at=job.started_at,
                 seconds=job.seconds, input_sha256=sha, output=job.output, mlflow_run_id=job.mlflow_run_id,
                 error=job.error, who=job.owner, team=job.team, rerun_of=rerun_of, host=job.host))
-            self.audit.write(conn, "job", Path(job.notebook).name, "reran" if rerun_of else "ran", run_id=job.id,
-                             status=job.status, rerun_of=rerun_of, notebook=job.notebook, parameters=job.parameters)
+            audit.write(conn, "job", Path(job.notebook).name, "reran" if rerun_of else "ran", run_id=job.id,
+                        status=job.status, rerun_of=rerun_of, notebook=job.notebook, parameters=job.parameters)
 
     def _row(self, run_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
@@ -260,6 +271,54 @@ def _job(row: dict[str, Any]) -> JobRun:
     return JobRun(row["id"], row["notebook"], json.loads(row["parameters"]), row["kernel"], row["status"],
                   row["attempts"], row["seconds"], row["output"], row["error"], row["mlflow_run_id"],
                   row["host"] or "local", as_utc(row["started_at"]), row["who"], row["team"] or "")
+
+
+def _attempts(execute: Callable[[], str], client: Any, retries: int, backoff: float,
+              output: Path) -> tuple[int, str | None, str]:
+    """Run ``execute`` (on a Dask worker with ``client``) until it succeeds or ``retries`` more attempts failed,
+    waiting ``backoff`` seconds, doubled each time, between them; return (attempts, last error or None, host).
+    """
+    attempts, host = 0, "local"
+    while True:
+        attempts += 1
+        try:
+            host = execute() if client is None else client.submit(execute, pure=False).result()
+            return attempts, None, host
+        except Exception as exc:  # whatever ends an attempt (a cell, a dead kernel, a lost worker) fails it
+            error = _failure(exc, output)
+        if attempts > retries:
+            return attempts, error, host
+        time.sleep(backoff * 2 ** (attempts - 1))
+
+
+def _failure(exc: Exception, output: Path) -> str:
+    """Why an attempt failed, in words, naming the cell where known: ``the kernel died while running cell 4``."""
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
+    cell = _last_started_cell(output)
+    during = f" while running cell {cell}" if cell else " before running any cell"
+    if isinstance(exc, DeadKernelError):
+        return f"the kernel died{during}"
+    return f"{type(exc).__name__}{during}: {exc}"
+
+
+def _last_started_cell(output: Path) -> int | None:
+    """The number (as execution counts go) of the last cell that started, from the notebook papermill saves
+    as it goes; None when none did."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(output, as_version=4).cells
+    except (OSError, ValueError):  # not written, or cut short
+        return None
+    # A dying kernel may not have sent the cell's execution count; papermill stamps every cell it starts.
+    # Blank cells are not sent to the kernel, so they take no number.
+    started = [c for c in cells if c.cell_type == "code" and c.source.strip()
+               and c.metadata.get("papermill", {}).get("start_time")]
+    return len(started) or None
 
 
 def execute_notebook(**papermill_options: Any) -> str:

@@ -19,11 +19,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from mlplat.features.online import newest_events_key
-from mlplat.monitoring.predlog import LATENCY_BUCKETS, dropped_key, metrics_index, metrics_key, stream_key
+from mlplat.monitoring.predlog import (
+    ERROR_FIELD,
+    LATENCY_BUCKETS,
+    MISSING_FIELD,
+    MISSING_ROWS,
+    dropped_key,
+    metrics_index,
+    metrics_key,
+    stream_key,
+)
 
 LATENCY = "mlplat_predict_latency_seconds"
 REQUESTS = "mlplat_predict_requests"  # exposed as ..._total
 ERRORS = "mlplat_predict_errors"
+MISSING_ROWS_METRIC = "mlplat_predict_rows_missing_features"  # rows that lacked any feature (see serving.missing)
+MISSING = "mlplat_predict_missing_features"  # rows that lacked each feature
 DRIFT_PSI = "mlplat_drift_psi"
 DRIFT_KS = "mlplat_drift_ks"
 FRESHNESS = "mlplat_feature_age_seconds"
@@ -69,6 +80,10 @@ class PlatformCollector(Collector):
         requests = CounterMetricFamily(REQUESTS, "Predict requests served.", labels=["model", "version"])
         errors = CounterMetricFamily(ERRORS, "Predict calls that failed, by error class.",
                                      labels=["model", "version", "error"])
+        missing_rows = CounterMetricFamily(MISSING_ROWS_METRIC, "Rows served that lacked feature values.",
+                                           labels=["model", "version"])
+        missing = CounterMetricFamily(MISSING, "Rows served that lacked a feature's value.",
+                                      labels=["model", "version", "feature"])
         pairs = sorted(p.decode() for p in self.client.smembers(metrics_index(self.prefix)))
         pipe = self.client.pipeline(transaction=False)
         for pair in pairs:
@@ -83,9 +98,15 @@ class PlatformCollector(Collector):
             latency.add_metric(labels, buckets, float(values.get(b"sum", 0)))
             requests.add_metric(labels, int(values.get(b"count", 0)))
             for field, count in sorted(values.items()):
-                if field.startswith(b"error:"):
-                    errors.add_metric([*labels, field[6:].decode()], int(count))
-        yield from (latency, requests, errors)
+                if field.startswith(ERROR_FIELD.encode()):
+                    errors.add_metric([*labels, field.decode()[len(ERROR_FIELD):]], int(count))
+                elif field.startswith(MISSING_FIELD.encode()):
+                    feature = field.decode()[len(MISSING_FIELD):]
+                    if feature == MISSING_ROWS:
+                        missing_rows.add_metric(labels, int(count))
+                    else:
+                        missing.add_metric([*labels, feature], int(count))
+        yield from (latency, requests, errors, missing_rows, missing)
         yield CounterMetricFamily("mlplat_prediction_log_dropped", "Requests never logged (buffer full, Redis away).",
                                   value=int(self.client.get(dropped_key(self.prefix)) or 0))
         yield GaugeMetricFamily("mlplat_prediction_log_unflushed", "Logged requests not yet flushed to Parquet.",

@@ -32,6 +32,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,34 @@ def metrics_index(prefix: str) -> str:
     return f"{prefix}:metrics"
 
 
+MISSING_ROWS = ""  # in a missing-feature count: the rows that lacked any feature
+MISSING_FIELD = "missing:"  # + feature reference: a field of the metrics hash
+ERROR_FIELD = "error:"  # + the class of a failed call's error: a field of the metrics hash
+
+
+def count_missing(pipe: Any, prefix: str, model: str, version: str, counts: dict[str, int]) -> None:
+    """Queue on a Redis pipeline: rows lacking features (``MISSING_ROWS``) and rows lacking each feature.
+
+    Served rows that lacked features are counted here by ``p.predict`` and by Triton's ``<model>_by_id``
+    alike, in the version's metrics hash (``missing:`` for the rows, ``missing:<feature>`` per feature).
+    """
+    pipe.sadd(metrics_index(prefix), f"{model}\t{version}")
+    for feature, count in counts.items():
+        pipe.hincrby(metrics_key(prefix, model, version), MISSING_FIELD + feature, count)
+
+
+def _missing_counts(served: Iterable[tuple]) -> dict[tuple[str, str], dict[str, int]]:
+    """(model, version) -> feature (or ``MISSING_ROWS``) -> rows, from queued (model, version, features, gaps)."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for model, version, features, gaps in served:
+        found = counts.setdefault((model, version), {})
+        for feature, count in ((MISSING_ROWS, int(gaps.any(axis=1).sum())),
+                               *zip(features, gaps.sum(axis=0).tolist())):
+            if count:
+                found[feature] = found.get(feature, 0) + count
+    return counts
+
+
 def dropped_key(prefix: str) -> str:
     """The count of requests that were never logged (buffer full, Redis away)."""
     return f"{prefix}:metrics:dropped"
@@ -86,6 +115,7 @@ class PredictionLogger:
         self._requests: deque[tuple] = deque(maxlen=buffer)
         self._counters: dict[tuple[str, str], list[float]] = {}
         self._errors: Counter[tuple[str, str, str]] = Counter()  # (model, version, error class) -> failed calls
+        self._gaps: deque[tuple] = deque(maxlen=buffer)  # (model, version, features, gaps) of served requests
         self._lock = threading.Lock()
         self._sending = threading.Lock()
         self._wake = threading.Event()
@@ -109,6 +139,14 @@ class PredictionLogger:
         with self._lock:
             self._errors[model, version, error] += 1
 
+    def missing(self, model: str, version: str, features: list[str], gaps: np.ndarray) -> None:
+        """Count the served rows that lacked features (``gaps``: rows x ``features``, True where one was missing).
+
+        Queued as is and counted by the sending thread: per feature, the rows that lacked it, and the
+        rows that lacked any (see :func:`count_missing`).
+        """
+        self._gaps.append((model, version, features, gaps))
+
     def _count(self, model: str, version: str, seconds: float) -> None:
         with self._lock:
             counters = self._counters.setdefault((model, version), [0.0] * (len(LATENCY_BUCKETS) + 3))
@@ -127,9 +165,12 @@ class PredictionLogger:
             errors, self._errors = self._errors, Counter()
             dropped, self.dropped = self.dropped, 0
         requests = [self._requests.popleft() for _ in range(len(self._requests))]
-        if not counters and not errors and not requests and not dropped:
+        missing = _missing_counts(self._gaps.popleft() for _ in range(len(self._gaps)))
+        if not counters and not errors and not requests and not dropped and not missing:
             return
         pipe = self.client.pipeline(transaction=False)
+        for (model, version), counts in missing.items():
+            count_missing(pipe, self.prefix, model, version, counts)
         stream = stream_key(self.prefix)
         for model, version, arm, at, latency, columns, features, outputs in requests:
             pipe.xadd(stream, {"m": model, "v": version, "a": arm, "t": at, "l": latency, "c": json.dumps(columns),
@@ -147,7 +188,7 @@ class PredictionLogger:
             key = metrics_key(self.prefix, model, version)
             pipe.sadd(metrics_index(self.prefix), f"{model}\t{version}")
             pipe.hincrby(key, "errors", n)
-            pipe.hincrby(key, f"error:{error}", n)
+            pipe.hincrby(key, ERROR_FIELD + error, n)
         if dropped:
             pipe.incrby(dropped_key(self.prefix), dropped)
         try:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
 from mlplat.registry import scoring
+from mlplat.registry.names import check_model_name
 from mlplat.training import tracking
 from mlplat.training.evaluate import LOWER_IS_BETTER, Split, score, split_rows
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARCHIVED_TAG = "mlplat.archived"
-
-
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version with what people look at first."""
@@ -79,6 +78,7 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, newest first, with its run's metrics."""
+        check_model_name(name)
         with self._client() as client:
             found = _call(self.settings, client.search_model_versions, f"name='{name}'")
             if not found:
@@ -88,6 +88,9 @@ class ModelRegistry:
 
     def get(self, name: str, version: str | int | None = None, alias: str | None = None) -> ModelVersion:
         """One version, by number or alias (default: the champion)."""
+        check_model_name(name)
+        if alias is not None and not isinstance(alias, str):
+            raise InvalidArgument(f"alias={alias!r}: an alias is a name such as 'champion' or 'challenger'.")
         with self._client() as client:
             aliases = self._aliases(client, name)
             if version is None:
@@ -149,6 +152,7 @@ class ModelRegistry:
     # -- writing -----------------------------------------------------------------
     def register(self, name: str, model_uri: str, run_id: str, features: list[str], fingerprint: str) -> str:
         """Register a logged model as a new version of ``name`` and make it the challenger."""
+        check_model_name(name)
         with self._client() as client:
             if not _call(self.settings, client.search_registered_models, f"name='{name}'"):
                 client.create_registered_model(name)
@@ -199,6 +203,7 @@ class ModelRegistry:
 
     def rollback(self, name: str, reason: str = "") -> str:
         """Give ``champion`` back to the version that held it before the last promotion; return it."""
+        check_model_name(name)
         with self._client() as client:
             current = self._aliases(client, name).get(CHAMPION)
         last = self.audit.entries("model", name, action=("promoted", "rolled_back"), limit=1)
@@ -214,6 +219,8 @@ class ModelRegistry:
 
     def archive(self, name: str, version: str | int, reason: str = "") -> None:
         """Retire a version: it loses its aliases and cannot be promoted again."""
+        if version is None:  # get() would pick the champion: retiring one must be asked for by number
+            raise InvalidArgument(f"archive({name!r}) needs the version to retire, e.g. archive({name!r}, 3).")
         found = self.get(name, version)
         with self._client() as client:
             for alias in found.aliases:
@@ -224,12 +231,14 @@ class ModelRegistry:
     def score(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
               alias: str | None = None) -> pd.DataFrame:
         """Batch scoring: ``entity_df`` with the version's predictions, from its features as of each row's time."""
+        scoring.check_rows(entity_df)
         found = self.get(name, version, alias)
         return scoring.predictions(scoring.inputs(self.platform, name, found.version, entity_df))
 
     def evaluate(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
                  alias: str | None = None) -> scoring.Evaluation:
         """Metrics and plots of a version (default: the champion) on labelled entity rows."""
+        scoring.check_rows(entity_df)
         return scoring.evaluate(self.platform, name, self.get(name, version, alias).version, entity_df)
 
     def drift(self, name: str, current: pd.DataFrame, version: str | int | None = None, alias: str | None = None,
@@ -241,6 +250,12 @@ class ModelRegistry:
         """
         from mlplat.monitoring.drift import drift
 
+        if not isinstance(current, pd.DataFrame):
+            raise InvalidArgument(f"drift() compares a DataFrame of current rows, not {type(current).__name__}.")
+        for threshold, value in (("psi_threshold", psi_threshold), ("p_threshold", p_threshold),
+                                 ("ks_threshold", ks_threshold)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidArgument(f"{threshold}={value!r} must be a number.")
         found = self.get(name, version, alias)
         ref = self.reference(name, found.version)
         shared = [c for c in ref.columns if c in current.columns]

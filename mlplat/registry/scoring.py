@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplat.errors import MissingColumnError
+from mlplat.errors import EntityDataFrameError, MissingColumnError
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,18 @@ class Inputs:
     X: pd.DataFrame
 
 
+def check_rows(entity_df: Any) -> None:
+    """Entity rows to score must be a DataFrame (before any model is looked up)."""
+    if not isinstance(entity_df, pd.DataFrame):
+        raise EntityDataFrameError(f"The entity rows must be a pandas DataFrame, not {type(entity_df).__name__}.")
+
+
 def inputs(platform: Any, name: str, version: str, entity_df: pd.DataFrame) -> Inputs:
     """Load ``version`` of ``name`` and build its features for ``entity_df``."""
     from mlplat.features.refs import resolve
     from mlplat.training.run import load_model, load_spec, model_inputs
 
+    check_rows(entity_df)
     spec, _ = load_spec(platform.settings, platform.models.get(name, version).run_id)
     if spec.timestamp_field not in entity_df.columns:
         raise MissingColumnError(f"The entity rows need a {spec.timestamp_field!r} column (the time to score as of); "

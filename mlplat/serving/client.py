@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from mlplat.errors import ServingError
 from mlplat.services import ServiceState
+from mlplat.serving import missing
 from mlplat.serving.deploy import serving_info
 from mlplat.serving.onnx_export import INPUT
 from mlplat.serving.triton import TritonService
@@ -29,12 +30,23 @@ INFER_TIMEOUT = 10.0  # seconds a request may take before Triton is suspected of
 
 @dataclass(frozen=True)
 class Prediction:
-    """Outputs for each row and the model version that served them."""
+    """Outputs for each row and the model version that served them.
+
+    ``missing`` maps each row that lacked feature values (an unknown or expired entity, a null) to the
+    features it lacked; how they were served is the deployment's policy (:mod:`mlplat.serving.missing`).
+    """
 
     model: str
     version: str
     outputs: np.ndarray  # class probabilities (rows x classes) or values (rows x 1)
     latency_ms: float  # the whole call: online lookup and gRPC round trip
+    features: list[str] = field(default_factory=list)  # the version's features, in column order
+    gaps: np.ndarray | None = None  # rows x features, True where a value was missing; None when none was
+
+    @cached_property
+    def missing(self) -> dict[int, list[str]]:
+        """Each row that lacked features, with the features it lacked (built when first asked for)."""
+        return missing.lacking(self.gaps, self.features)
 
 
 class Client:
@@ -48,7 +60,15 @@ class Client:
 
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
                 arm: str = "") -> Prediction:
-        """Predict with ``name``: see :meth:`_predict`. A call that fails is counted, by error class, and re-raised."""
+        """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix.
+
+        A model that takes on-demand features needs their request data in the rows too
+        (``[{"driver_id": 1, "distance_km": 4.2}]``): they are computed as in training.
+
+        ``version`` picks one of the loaded versions (default: the deployed default); ``arm`` is the
+        experiment arm recorded in the prediction log. A call that fails is counted, by the class of its
+        error, and re-raised.
+        """
         try:
             return self._predict(name, entity_rows, features, version, arm)
         except Exception as exc:
@@ -59,38 +79,40 @@ class Client:
 
     def _predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
                  arm: str = "") -> Prediction:
-        """Rows of entity ids (``[{"driver_id": 1}]`` or ``{"driver_id": [1, 2]}``), or a feature matrix.
-
-        A model that takes on-demand features needs their request data in the rows too
-        (``[{"driver_id": 1, "distance_km": 4.2}]``): they are computed as in training.
-
-        ``version`` picks one of the loaded versions (default: the deployed default); ``arm`` is the
-        experiment arm recorded in the prediction log.
-        """
+        """The prediction itself: :meth:`predict` without the counting of failures."""
         started = time.perf_counter()
         deployed = self._info.get(name) or self._info.setdefault(name, serving_info(self.platform, name))
         version = str(version or deployed["default"])
         if version not in deployed["versions"]:
             raise ServingError(f"{name} v{version} is not loaded on Triton; loaded: {sorted(deployed['versions'])}.")
         info = {**deployed["versions"][version], "version": version}
-        features, result = self._serve(name, info, entity_rows, features)
+        features, gaps, result = self._serve(name, info, entity_rows, features)
         outputs = result.as_numpy(info["output"])
         latency = (time.perf_counter() - started) * 1000
         self.log.log(name, version, self._columns(deployed["versions"][version]), features, outputs, latency, arm)
-        return Prediction(name, result.get_response().model_version, outputs, latency)
+        if gaps is not None:
+            self.log.missing(name, version, info["features"], gaps)
+        return Prediction(name, result.get_response().model_version, outputs, latency, info["features"], gaps)
 
-    def _serve(self, name: str, info: dict[str, Any], entity_rows: Any, features: Any) -> tuple[np.ndarray, Any]:
-        """The feature matrix sent and Triton's result."""
+    def _serve(self, name: str, info: dict[str, Any], entity_rows: Any,
+               features: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """The feature matrix sent, where it lacked values (see :func:`missing.apply`), and Triton's result."""
         if features is None:
             features = self._online(info["features"], entity_rows)
         try:
-            features = np.ascontiguousarray(features, dtype=np.float32)
+            with np.errstate(over="ignore"):  # too large for float32 becomes inf, refused below
+                features = np.ascontiguousarray(features, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise ServingError(f"{name} takes numeric features; these cannot be read as float32 ({exc}).") from None
         if features.ndim != 2 or features.shape[1] != len(info["features"]):
             raise ServingError(f"{name} takes rows of {len(info['features'])} features ({info['features']}), "
                                f"got an array of shape {features.shape}.")
-        return features, self._infer(name, info, features)
+        if np.isinf(features).any():
+            row, column = (int(i[0]) for i in np.nonzero(np.isinf(features)))
+            raise ServingError(f"{name}: row {row}'s {info['features'][column]} is infinite or beyond float32 "
+                               "(about 3.4e38); send finite values (NaN marks a missing one).")
+        features, gaps = missing.apply(name, info, features)
+        return features, gaps, self._infer(name, info, features)
 
     @cached_property
     def log(self) -> Any:

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from mlplat.errors import ServingError
+from mlplat.registry.names import check_model_name
 from mlplat.services import ServiceState
+from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
+from mlplat.serving.missing import check_policy
 from mlplat.serving.onnx_export import INPUT, OnnxModel, check_parity, export
 from mlplat.serving.triton import TritonService
 
@@ -57,8 +60,11 @@ def config_text(name: str, versions: str, onnx: OnnxModel, width: int, max_batch
 
 def deploy(platform: Any, name: str, version: str | int | None = None, alias: str = "champion",
            max_batch_size: int = 1024, instances: int = 1, tolerance: float = 1e-4, keep: tuple[str, ...] = (),
-           default: bool = True) -> Deployment:
+           default: bool = True, missing: str = DEFAULT_POLICY) -> Deployment:
     """Export, check and load a registered version (default: the champion) on Triton.
+
+    ``missing`` is what serving does with rows that lack feature values: ``"flag"`` them (default),
+    refuse them (``"error"``) or ``"impute"`` the training rows' medians (see :mod:`mlplat.serving.missing`).
 
     ``keep`` names versions already deployed that stay loaded beside it (an A/B
     test serves two); ``default=False`` loads it without making it the version
@@ -70,9 +76,15 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     from mlplat.features.on_demand import is_on_demand
     from mlplat.features.refs import resolve
     from mlplat.training.run import load_model, load_spec, model_inputs
+    from mlplat.training.tracking import load_impute
 
+    check_policy(missing)
     found = platform.models.get(name, version, alias if version is None else None)
     spec, entity_df = load_spec(platform.settings, found.run_id)
+    impute = load_impute(platform.settings, found.run_id) if missing == "impute" else None
+    if missing == "impute" and impute is None:
+        raise ServingError(f"{name} v{found.version} was trained before mlplat recorded imputation values; "
+                           "retrain it to deploy with missing='impute', or use 'flag' or 'error'.")
     model = load_model(platform.settings, name, found.version, spec.family)
     requests = resolve(spec.features, platform.features.get_view, set(entity_df.columns))
     columns = [c for r in requests for c in r.columns]
@@ -91,7 +103,7 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     if set(keep) - set(kept):
         raise ServingError(f"Cannot keep {sorted(set(keep) - set(kept))} of {name}: deploy them first.")
     versions = {**kept, found.version: {"features": spec.features, "columns": columns, "kind": spec.kind,
-                                        "output": onnx.output}}
+                                        "output": onnx.output, "missing": missing, "impute": impute}}
     (folder / found.version).mkdir(parents=True, exist_ok=True)
     (folder / found.version / "model.onnx").write_bytes(onnx.data)
     loaded = " ".join(sorted(versions, key=int))
@@ -103,7 +115,8 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     by_id = default and not any(is_on_demand(r.view) for r in requests)
     stale = default and not by_id and (folder.parent / f"{name}{BY_ID}").exists()
     if by_id:
-        _write_by_id(platform, name, found.version, requests, onnx.output, width, max_batch_size)
+        _write_by_id(platform, name, {**versions[found.version], "version": found.version}, requests, width,
+                     max_batch_size)
     elif stale:
         shutil.rmtree(folder.parent / f"{name}{BY_ID}")
     state = TritonService(platform.settings).ensure()
@@ -115,7 +128,7 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
             _call(client.unload_model, f"{name}{BY_ID}")
         status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
     platform.audit.record("deployment", name, "deployed", found.version, endpoint=state.url, status=status,
-                          serving=sorted(versions, key=int), default=default_version)
+                          serving=sorted(versions, key=int), default=default_version, missing=missing)
     return Deployment(name, found.version, state.url, name, status, spec.features, _http(state))
 
 
@@ -124,17 +137,26 @@ BY_ID_CONFIG = """name: "{name}"
 backend: "python"
 max_batch_size: {max_batch_size}
 input [ {inputs} ]
-output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
+output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }},
+         {{ name: "{missing_output}" data_type: TYPE_BOOL dims: [ {n_features} ] }} ]
 instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+parameters: {{ key: "features" value: {{ string_value: "{features}" }} }}
+parameters: {{ key: "missing" value: {{ string_value: "{missing}" }} }}
 """
+MISSING_OUTPUT = "missing_features"  # per row, a flag per feature (in the order of the "features" parameter)
 
 
-def _write_by_id(platform: Any, name: str, version: str, requests: list, output: str, width: int,
+def _write_by_id(platform: Any, name: str, info: dict[str, Any], requests: list, width: int,
                  max_batch_size: int) -> None:
-    """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton."""
-    from mlplat.features.online import RecordCodec
+    """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
 
-    views, keys, column = [], [], 0
+    Its ``lookup.json`` says where the features live and how they are packed, each key's kind, and the
+    version's missing-feature policy with its imputation values (see :mod:`mlplat.serving.missing`).
+    """
+    from mlplat.features.online import RecordCodec
+    from mlplat.monitoring.predlog import metrics_index, metrics_key
+
+    views, keys, kinds, column = [], [], {}, 0
     for request in requests:
         codec = RecordCodec(request.view)
         slots = [[*codec.slot[f], codec.position[f]] for f in request.features]
@@ -143,22 +165,29 @@ def _write_by_id(platform: Any, name: str, version: str, requests: list, output:
                       "columns": list(range(column, column + len(slots)))})
         column += len(slots)
         keys += [k for k in request.view.join_keys if k not in keys]
+        kinds.update({k: v for k, v in platform.features.offline.key_kinds(request.view).items() if k not in kinds})
+    prefix, version = platform.settings.online_prefix, info["version"]
     # The embedded Redis's state file says where it listens now, should a restart move it.
     located = platform.settings.run_dir / "redis.json" if platform.features.online.locate else None
-    lookup = {"redis": platform.features.online.url, "redis_state": located and str(located), "model": name, "version": version, "output": output,
-              "keys": keys, "views": views, "n_features": column}
+    lookup = {"redis": platform.features.online.url, "redis_state": located and str(located), "model": name,
+              "version": version, "output": info["output"], "keys": keys, "key_kinds": {k: kinds.get(k) for k in keys},
+              "views": views, "n_features": column, "features": info["features"], "missing": info["missing"],
+              "impute": info["impute"], "missing_output": MISSING_OUTPUT, "metrics_key": metrics_key(prefix, name, version),
+              "metrics_index": metrics_index(prefix)}
     folder = TritonService(platform.settings).models / f"{name}{BY_ID}"
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(BY_ID_MODEL, folder / "1" / "model.py")
     (folder / "1" / "lookup.json").write_text(json.dumps(lookup))
     inputs = ", ".join(f'{{ name: "{k}" data_type: TYPE_STRING dims: [ 1 ] }}' for k in keys)
     (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(
-        name=f"{name}{BY_ID}", max_batch_size=max_batch_size, inputs=inputs, output=output, width=width))
+        name=f"{name}{BY_ID}", max_batch_size=max_batch_size, inputs=inputs, output=info["output"], width=width,
+        missing_output=MISSING_OUTPUT, n_features=column, features=",".join(info["features"]),
+        missing=info["missing"]))
 
 
 def undeploy(platform: Any, name: str) -> None:
     """Unload a model from Triton and remove it from the model repository."""
-    folder = TritonService(platform.settings).models / name
+    folder = TritonService(platform.settings).models / check_model_name(name)
     if not folder.exists():
         raise ServingError(f"{name!r} is not deployed; deployed: {', '.join(_deployed(platform)) or 'none'}.")
     state = TritonService(platform.settings).ensure()
@@ -203,7 +232,7 @@ def load_deployed(models: Path, url: str) -> dict[str, str]:
 
 def serving_info(platform: Any, name: str) -> dict[str, Any]:
     """What predict needs to know about a deployed model; ServingError if it is not deployed."""
-    path = TritonService(platform.settings).models / name / SERVING_INFO
+    path = TritonService(platform.settings).models / check_model_name(name) / SERVING_INFO
     if not path.is_file():
         raise ServingError(f"{name!r} is not deployed; deploy it first with p.deploy({name!r}).")
     return json.loads(path.read_text())

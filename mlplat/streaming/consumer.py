@@ -29,6 +29,7 @@ whole view (its transaction spans keys of many entities: not a Redis Cluster).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import socket
@@ -36,6 +37,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,9 @@ import pandas as pd
 import pyarrow as pa
 import redis
 
-from mlplat.errors import StreamError
+from mlplat.errors import StreamError, one_line
 from mlplat.features.online import RecordCodec, RedisOnlineStore, record_newest
+from mlplat.features.registry import BrokenView
 from mlplat.streaming.definitions import StreamFeatureView, duration_ns
 from mlplat.streaming.events import DeadLetter, Entry, Events, _as_dict, decode
 from mlplat.streaming.log import EventLog
@@ -55,6 +58,9 @@ from mlplat.streaming.windows import NEVER, Plan
 
 log = logging.getLogger(__name__)
 DEAD_LETTERS_KEPT = 100_000
+DEAD_FIELD_KEPT = 65_536  # bytes of each field a dead letter keeps (the rest is cut, and said to be)
+RETRY_AFTER = (1.0, 30.0)  # seconds before a view whose batch failed is tried again: first, and at most
+ERRORS_KEPT_S = 600  # an error record not refreshed for this long (its consumer stopped) disappears
 
 
 def group_name(view: StreamFeatureView) -> str:
@@ -89,8 +95,9 @@ class ViewConsumer:
     """Applies batches of one source to one stream view."""
 
     def __init__(self, client: redis.Redis, online: RedisOnlineStore, events_log: EventLog,
-                 view: StreamFeatureView, source: Source, prefix: str):
+                 view: StreamFeatureView, source: Source, prefix: str, max_clock_skew: timedelta = timedelta(minutes=5)):
         self.client, self.online, self.log, self.view, self.source = client, online, events_log, view, source
+        self.skew_ns = duration_ns(max_clock_skew)  # events dated later than now + this are "future"
         self.plan = Plan(view)
         self.codec = RecordCodec(view)
         self.base = state_base(view, prefix)
@@ -116,7 +123,7 @@ class ViewConsumer:
     def apply(self, entries: list[Entry]) -> BatchResult:
         """Apply a batch exactly once, retrying when another consumer changed one of its entities meanwhile."""
         ids = [i for i, _ in entries]  # as the source gave them: XACK takes bytes
-        decoded = decode(self.view, self.plan.columns, entries)
+        decoded = decode(self.view, self.plan.columns, entries, time.time_ns() + self.skew_ns)
         self._logged: list[str] = []
         for attempt in range(1, 101):
             try:
@@ -352,9 +359,19 @@ def _file_name(entry_id: str) -> str:
     return entry_id.replace("/", "_").replace("-", "_")
 
 
-def _dead_fields(letter: DeadLetter) -> dict:
-    fields = {_text(k): v for k, v in (letter.fields or {}).items() if v is not None}
-    return {**fields, "_reason": letter.reason, "_detail": letter.detail, "_entry": letter.entry_id}
+def _dead_fields(letter: DeadLetter) -> dict[bytes, bytes]:
+    """The fields as sent (names and values as they came, each cut to DEAD_FIELD_KEPT bytes), then why."""
+    fields = {_stored(k): _stored(v) for k, v in (letter.fields or {}).items() if v is not None}
+    why = {"_reason": letter.reason, "_detail": letter.detail, "_entry": letter.entry_id}
+    return {**fields, **{name.encode(): _stored(text) for name, text in why.items()}}
+
+
+def _stored(value: Any) -> bytes:
+    """``value`` as bytes Redis takes: text that is not valid UTF-8 (a lone surrogate) escaped, a huge value cut."""
+    data = value if isinstance(value, bytes) else str(value).encode(errors="backslashreplace")
+    if len(data) <= DEAD_FIELD_KEPT:
+        return data
+    return data[:DEAD_FIELD_KEPT] + f"... (cut: {len(data):,} bytes sent)".encode()
 
 
 def _features(view: StreamFeatureView, values: dict[str, np.ndarray]) -> pa.Table:
@@ -369,6 +386,26 @@ def _features(view: StreamFeatureView, values: dict[str, np.ndarray]) -> pa.Tabl
     return pa.Table.from_arrays(columns, names=view.feature_names)
 
 
+@dataclass(frozen=True)
+class ViewFailure:
+    """Why a view's last batch (or its set-up) failed; its entries stay pending and it is tried again later."""
+
+    view: str
+    error: str  # one line: "OSError: [Errno 28] No space left on device"
+    since: float  # time.time() of the first failure in a row
+    attempts: int
+    retry_at: float  # time.monotonic() of the next try
+    exception: BaseException | None = None
+
+
+_FAILED = object()  # what a guarded call of a view that failed returns
+
+
+def errors_key(prefix: str) -> str:
+    """The Redis hash where consumers publish their views' failures (field ``<view>\x1f<consumer>``, a JSON value)."""
+    return f"{prefix}:stream:errors"
+
+
 class Consumer:
     """``mlplat stream``: keeps every stream view (or the ``views`` named) fresh from its stream.
 
@@ -377,6 +414,11 @@ class Consumer:
     share the work; a consumer's name should stay the same across restarts, so it
     finds the entries it left pending. New stream views are picked up within
     ``refresh`` seconds.
+
+    A view whose batch fails (or whose definition cannot be read) fails alone: the
+    others go on, its entries stay pending and it is tried again with back-off. Its
+    failure is in ``failures``, published for ``p.streams.errors()`` and logged once
+    per distinct error.
     """
 
     def __init__(self, platform: Any, views: list[str] | None = None, batch: int = 20_000, name: str | None = None,
@@ -387,66 +429,135 @@ class Consumer:
         self.name = name or socket.gethostname()
         self.claim_idle, self.refresh_every = claim_idle, refresh
         self.workers: dict[str, ViewConsumer] = {}
+        self.failures: dict[str, ViewFailure] = {}
         self._next_refresh = 0.0
         self._log: EventLog | None = None
 
     def refresh(self) -> None:
-        """Start consuming new stream views (and new versions); stop on views that are gone."""
+        """Start consuming new stream views (and new versions); stop on views that are gone or cannot be read."""
         from mlplat.streaming.streams import stream_view
 
         store = self.platform.features
-        if self.names is None:
-            views = [v for v in store.list_views() if isinstance(v, StreamFeatureView)]
-        else:
-            views = [stream_view(store, name) for name in self.names]
+        views = store.list_views()
+        if self.names is not None:  # an unknown name or a batch view fails here
+            listed = {v.name: v for v in views}
+            views = [listed[n] if isinstance(listed.get(n), BrokenView) else stream_view(store, n) for n in self.names]
+        running = {w.view.name for w in self.workers.values()}
+        for broken in (v for v in views if isinstance(v, BrokenView)):
+            if self.names is not None or broken.name in running:  # ours: say so; its entries wait for a fix
+                self._failed(broken.name, broken.refusal())
         if self._log is None:
             self._log = EventLog(self.platform.settings.offline_store)
-        prefix = self.platform.settings.online_prefix
-        wanted = {f"{v.name}:v{v.version}": v for v in views}
+        wanted = {f"{v.name}:v{v.version}": v for v in views if isinstance(v, StreamFeatureView)}
         for key in set(self.workers) - set(wanted):
             self.workers.pop(key).source.close()
         for key, view in wanted.items():
-            if key in self.workers and self.workers[key].view != view:  # changed in place: watermark, ttl, ...
-                old = self.workers.pop(key)
-                if old.view.stream == view.stream:
-                    self.workers[key] = ViewConsumer(old.client, old.online, old.log, view, old.source, prefix)
-                else:  # another stream: read it from the start
-                    old.source.close()
-            if key not in self.workers:
-                client = store.online.client
-                if view.kafka:
-                    servers, topic, settings = view.kafka
-                    source = KafkaSource(client, f"{state_base(view, prefix)}:kafka", topic, group_name(view),
-                                         {"bootstrap.servers": servers, "client.id": self.name, **settings})
-                else:
-                    source = RedisStreamSource(client, view.stream_key(prefix), group_name(view), self.name,
-                                               self.claim_idle)
-                    _drop_old_groups(client, view, prefix)
-                self.workers[key] = ViewConsumer(client, store.online, self._log, view, source, prefix)
+            old = self.workers.pop(key, None)
+            worker = self._guarded(view.name, lambda view=view, old=old: self._worker(view, old))
+            if worker is not _FAILED:  # else tried again at the next refresh
+                self.workers[key] = worker
         self._next_refresh = time.monotonic() + self.refresh_every
+
+    def _worker(self, view: StreamFeatureView, old: ViewConsumer | None) -> ViewConsumer:
+        """The consumer of ``view``: ``old`` (of the same view version) while its definition is unchanged."""
+        store, prefix = self.platform.features, self.platform.settings.online_prefix
+        skew = self.platform.settings.max_clock_skew
+        if old is not None and old.view == view:
+            return old
+        if old is not None and old.view.stream == view.stream:  # changed in place: watermark, ttl, ...
+            return ViewConsumer(old.client, old.online, old.log, view, old.source, prefix, skew)
+        if old is not None:  # another stream: read it from the start
+            old.source.close()
+        client = store.online.client
+        if view.kafka:
+            servers, topic, settings = view.kafka
+            source = KafkaSource(client, f"{state_base(view, prefix)}:kafka", topic, group_name(view),
+                                 {"bootstrap.servers": servers, "client.id": self.name, **settings})
+        else:
+            source = RedisStreamSource(client, view.stream_key(prefix), group_name(view), self.name, self.claim_idle)
+            _drop_old_groups(client, view, prefix)
+        return ViewConsumer(client, store.online, self._log, view, source, prefix, skew)
 
     def run_once(self, block_ms: int | None = None) -> list[BatchResult]:
         """One batch from each view that has entries; wait up to ``block_ms`` when none has any."""
         if time.monotonic() >= self._next_refresh:
             self.refresh()
-        workers = list(self.workers.values())
-        if len(workers) == 1:
-            done = workers[0].poll(self.batch, block_ms)
+        now = time.monotonic()
+        due = [w for w in self.workers.values()
+               if w.view.name not in self.failures or self.failures[w.view.name].retry_at <= now]
+        if len(due) == 1 and len(self.workers) == 1:
+            done = self._poll(due[0], block_ms)
             return [done] if done else []
-        results = [r for r in (w.poll(self.batch) for w in workers) if r]
-        if not results and workers and block_ms:
-            done = workers[0].poll(self.batch, min(block_ms, 50))
-            results = [done] if done else []
-        elif not workers and block_ms:
-            time.sleep(block_ms / 1000)
+        results = [r for r in (self._poll(w) for w in due) if r]
+        if not results and block_ms:
+            if due:
+                done = self._poll(due[0], min(block_ms, 50))
+                results = [done] if done else []
+            else:  # nothing to consume, or every view waits to be tried again
+                time.sleep((min(block_ms, 50) if self.workers else block_ms) / 1000)
         return results
 
+    def _poll(self, worker: ViewConsumer, block_ms: int | None = None) -> BatchResult | None:
+        name = worker.view.name
+        result = self._guarded(name, lambda: worker.poll(self.batch, block_ms))
+        if result is _FAILED:
+            return None
+        if name in self.failures:  # it read (and applied) again
+            self._recovered(name)
+        return result
+
+    def _guarded(self, view: str, call: Any) -> Any:
+        """``call()`` for ``view``, or ``_FAILED`` when it raised: recorded as that view's failure, so no view stops
+        the others. Redis unreachable is everyone's problem: that is raised (``serve`` waits for it)."""
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception as exc:  # the view's own: a bad definition, a full disk, a stream key of another type
+            self._failed(view, exc)
+            return _FAILED
+
+    def _failed(self, view: str, exc: BaseException) -> None:
+        old = self.failures.get(view)
+        error = one_line(exc)
+        attempts = old.attempts + 1 if old else 1
+        if old is None or old.error != error:  # once per distinct error, not once a second
+            log.error("stream %s: %s; its entries stay pending, and it is tried again with back-off", view, error,
+                      exc_info=exc)
+        delay = min(RETRY_AFTER[0] * 2 ** min(attempts - 1, 16), RETRY_AFTER[1])
+        self.failures[view] = ViewFailure(view, error, old.since if old else time.time(), attempts,
+                                          time.monotonic() + delay, exc)
+        self._publish(view, {"error": error, "since": self.failures[view].since, "last": time.time(),
+                             "attempts": attempts})
+
+    def _recovered(self, view: str) -> None:
+        failure = self.failures.pop(view)
+        log.info("stream %s: consuming again after %d failed attempt(s)", view, failure.attempts)
+        self._publish(view, None)
+
+    def _publish(self, view: str, record: dict[str, Any] | None) -> None:
+        """Show (or, with None, clear) this consumer's failure of ``view`` to ``p.streams.errors()``."""
+        key, field = errors_key(self.platform.settings.online_prefix), f"{view}\x1f{self.name}"
+        try:
+            client = self.platform.features.online.client
+            if record is None:
+                client.hdel(key, field)
+            else:
+                client.hset(key, field, json.dumps(record))
+        except redis.RedisError:  # Redis may be what fails; the log and ``failures`` still say it
+            pass
+
     def drain(self) -> list[BatchResult]:
-        """Apply batches until every stream is caught up; return what each batch did."""
+        """Apply batches until every stream is caught up; return what each batch did. A view that failed is
+        raised at the end (its entries stay pending), once the others are done."""
         self.refresh()
         results: list[BatchResult] = []
         while batch := self.run_once():
             results += batch
+        for failure in self.failures.values():
+            raise failure.exception if isinstance(failure.exception, StreamError) else StreamError(
+                f"Stream view {failure.view!r} could not be consumed: {failure.error}. Its entries stay in the "
+                "stream; fix the cause and process again.") from failure.exception
         return results
 
     def close(self) -> None:
@@ -458,19 +569,19 @@ class Consumer:
     def serve(self, stop: threading.Event, heartbeat: Path | None = None, block_ms: int = 1000) -> None:
         """Consume until ``stop`` is set, touching ``heartbeat`` (at most once a second) after each round that
         applied its batches or found nothing to do: its age is how long the consumer has made no progress."""
-        touched = 0.0
+        touched, last_error = 0.0, None
         while not stop.is_set():
             try:
                 for result in self.run_once(block_ms):
                     if result.dead:
                         log.warning("stream %s: %d of %d entries dead-lettered (%d late)", result.view, result.dead,
                                     result.entries, result.late)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("stream consumer: %s; retrying", exc)
-                stop.wait(1)
-                continue
-            except Exception:  # one bad batch or view must not stop the others; its entries stay pending
-                log.exception("stream consumer: a batch failed; retrying in 1 s")
+                last_error = None
+            except Exception as exc:  # Redis or the registry unreachable: every view waits; logged once per error
+                if one_line(exc) != last_error:
+                    last_error = one_line(exc)
+                    log.warning("stream consumer: %s; retrying every second", last_error,
+                                exc_info=not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)))
                 stop.wait(1)
                 continue
             if heartbeat is not None and time.monotonic() - touched >= 1:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import redis
 
-from mlplat.errors import MissingDependency
+from mlplat.errors import MissingDependency, one_line
 from mlplat.streaming.events import Entry
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,14 @@ class RedisStreamSource:
         self.reader = redis.Redis(connection_pool=client.connection_pool)
         self.reader.set_response_callback("XREADGROUP", _raw)
         self.reader.set_response_callback("XAUTOCLAIM", _raw)
+        self._create_group()
+
+    def _create_group(self) -> None:
+        """The consumer group, from the stream's start (and the stream, when there is none yet)."""
         try:
-            client.xgroup_create(stream, group, id="0", mkstream=True)
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "BUSYGROUP" not in str(exc):  # another consumer created it first
                 raise
 
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
@@ -111,7 +115,17 @@ class RedisStreamSource:
         return entries
 
     def _xread(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
-        found = self.reader.xreadgroup(self.group, self.consumer, {self.stream: start}, count=count, block=block_ms)
+        try:
+            found = self.reader.xreadgroup(self.group, self.consumer, {self.stream: start}, count=count,
+                                           block=block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream key was deleted (DEL, FLUSHDB): start the group on the new stream rather than fail forever.
+            log.warning("stream %s: its consumer group %s is gone (the key was deleted); created again", self.stream,
+                        self.group)
+            self._create_group()
+            return []
         if not found:
             return []
         if isinstance(found, dict):  # RESP3
@@ -171,15 +185,31 @@ def _id(value: Any) -> tuple[int, int]:
 
 
 def decode_message(value: bytes | str | None) -> dict[str, Any]:
-    """A Kafka message's value (a JSON object) as the fields of an entry; a message that is not one gets
-    ``_error`` set, and is dead-lettered with reason ``bad message``."""
+    """A Kafka message's value (a JSON object) as the fields of an entry; a message that is not one (not UTF-8,
+    not JSON, nested too deep, text with a lone surrogate escape) gets ``_error`` set, and is dead-lettered with
+    reason ``bad message``."""
     try:
         data = json.loads(value) if value else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        return {"_error": f"not JSON ({exc})", "_raw": value}
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        return {"_error": f"not JSON ({one_line(exc)[:200]})", "_raw": value}
     if not isinstance(data, dict):
         return {"_error": "not a JSON object", "_raw": value}
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items() if v is not None}
+    fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items() if v is not None}
+    if ("\\u" in value if isinstance(value, str) else b"\\u" in value) and not _unicode(fields):
+        return {"_error": "holds text that is not valid Unicode (a lone surrogate escape such as \\ud800)",
+                "_raw": value}
+    return fields
+
+
+def _unicode(fields: dict[str, str]) -> bool:
+    """Whether every name and value can be written as UTF-8 (JSON escapes can spell lone surrogates)."""
+    try:
+        for name, text in fields.items():
+            name.encode()
+            text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class KafkaSource:

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,9 +18,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import redis
 
 from mlplat.errors import InvalidArgument, StreamError
-from mlplat.streaming.consumer import BatchResult, Consumer, dead_letter_stream, group_name
+from mlplat.streaming.consumer import (
+    ERRORS_KEPT_S,
+    BatchResult,
+    Consumer,
+    dead_letter_stream,
+    errors_key,
+    group_name,
+)
 from mlplat.streaming.definitions import StreamFeatureView
 from mlplat.streaming.log import EventLog
 
@@ -101,7 +111,8 @@ class Streams:
         """The newest ``count`` dead-lettered events (None: all): entry, reason, detail and the fields sent."""
         definition = self.view(view)
         entries = self.client.xrevrange(dead_letter_stream(definition, self.prefix), count=count)
-        rows = [{k.decode(): v.decode(errors="replace") for k, v in fields.items()} for _, fields in reversed(entries)]
+        rows = [{k.decode(errors="backslashreplace"): v.decode(errors="replace") for k, v in fields.items()}
+                for _, fields in reversed(entries)]
         frame = pd.DataFrame(rows)
         if frame.empty:
             return pd.DataFrame(columns=["entry", "reason", "detail"])
@@ -151,8 +162,12 @@ class Streams:
             raise StreamError(f"{definition.name!r} reads Kafka: see its consumer group {group_name(definition)!r} "
                               "with Kafka's tools (kafka-consumer-groups --describe).")
         stream, group = definition.stream_key(self.prefix), group_name(definition)
-        groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                  for g in (self.client.xinfo_groups(stream) if self.client.exists(stream) else [])}
+        try:
+            groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                      for g in (self.client.xinfo_groups(stream) if self.client.exists(stream) else [])}
+        except redis.ResponseError as exc:  # e.g. WRONGTYPE: something else was written at the stream's key
+            raise StreamError(f"{stream}, the stream of {definition.name!r}, cannot be read as a stream ({exc}); "
+                              "whatever was written there must be removed (DEL) for producers to XADD again.") from None
         found = groups.get(group)
         if found is None:
             return {"waiting": int(self.client.xlen(stream)) if self.client.exists(stream) else 0, "pending": 0}
@@ -161,6 +176,26 @@ class Streams:
             last = found["last-delivered-id"]
             waiting = len(self.client.xrange(stream, min=f"({_text(last)}", max="+"))
         return {"waiting": int(waiting), "pending": int(found["pending"])}
+
+
+    def errors(self, view: str | None = None) -> pd.DataFrame:
+        """Why stream consumers cannot apply views' entries now: one row per view and consumer (``mlplat stream``
+        process) whose last try failed, with the error, since when and how many tries; empty when all apply.
+
+        A failing view's entries stay in its stream, and the consumer tries again with back-off; the other
+        views go on. A row goes away when the view applies again (or its consumer has not tried for 10 min).
+        """
+        found = self.client.hgetall(errors_key(self.prefix))
+        rows = []
+        for field, value in found.items():
+            name, _, consumer = field.decode(errors="replace").partition("\x1f")
+            record = json.loads(value)
+            if (view is None or name == view) and time.time() - record["last"] < ERRORS_KEPT_S:
+                rows.append({"view": name, "consumer": consumer, "error": record["error"],
+                             "since": pd.Timestamp(record["since"], unit="s", tz="UTC"),
+                             "last": pd.Timestamp(record["last"], unit="s", tz="UTC"), "attempts": record["attempts"]})
+        columns = ["view", "consumer", "error", "since", "last", "attempts"]
+        return pd.DataFrame(rows, columns=columns).sort_values(["view", "consumer"], ignore_index=True)
 
 
 def _arrow(view: StreamFeatureView, rows: pd.DataFrame) -> pa.Table:

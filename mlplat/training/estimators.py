@@ -10,6 +10,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import numbers
+import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +66,16 @@ def load_class(path: str) -> type:
 
 def resolve(estimator: Any, params: dict[str, Any] | None, seed: int) -> EstimatorSpec:
     """An EstimatorSpec from a name, a class or an instance, with the seed applied where supported."""
+    if params is not None and not isinstance(params, Mapping):
+        raise InvalidArgument(f"params must be a dict of estimator parameters, e.g. {{'n_estimators': 200}}; "
+                              f"got {type(params).__name__}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InvalidArgument(f"seed must be a whole number, e.g. seed=0; got {seed!r}.")
     params = dict(params or {})
+    if not isinstance(estimator, str) and not hasattr(estimator, "get_params"):
+        raise InvalidArgument(
+            f"estimator {reprlib.repr(estimator)} is not an estimator; give a name ('xgboost.XGBClassifier' or one "
+            f"of {', '.join(SHORT_NAMES)}), a scikit-learn style class, or an instance of one.")
     if isinstance(estimator, str):
         path = SHORT_NAMES.get(estimator, estimator)
         cls = load_class(path)

@@ -7,6 +7,8 @@ the test side, so no test row is older than a training row.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +33,21 @@ class Split:
     def __post_init__(self) -> None:
         if self.by not in ("time", "random"):
             raise InvalidArgument(f"split by={self.by!r}; use 'time' or 'random'.")
-        if not 0 < self.test_size < 1:
-            raise InvalidArgument(f"test_size={self.test_size} must be a fraction between 0 and 1, e.g. 0.2.")
+        if isinstance(self.test_size, bool) or not isinstance(self.test_size, numbers.Real) \
+                or not 0 < self.test_size < 1:
+            raise InvalidArgument(f"test_size={self.test_size!r} must be a fraction between 0 and 1, e.g. 0.2.")
+
+    @classmethod
+    def parse(cls, split: Split | Mapping[str, Any] | None) -> Split:
+        """A Split from ``{"by": "random", "test_size": 0.3}`` (None: the default time split)."""
+        if isinstance(split, Split):
+            return split
+        if split is not None and not isinstance(split, Mapping):
+            raise InvalidArgument(f"split={split!r}: write {{'by': 'time' or 'random', 'test_size': 0.2}}.")
+        unknown = sorted(set(split or {}) - {"by", "test_size"})
+        if unknown:
+            raise InvalidArgument(f"split has no option {unknown[0]!r}; it takes 'by' and 'test_size'.")
+        return cls(**(split or {}))
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,13 @@ class Gate:
     def parse(cls, spec: dict[str, Any] | None, kind: str) -> Gate | None:
         if spec is None:
             return None
-        unknown = set(spec) - {"metric", "min", "max"}
-        if unknown or "metric" not in spec or ("min" not in spec and "max" not in spec):
+        if not isinstance(spec, Mapping) or set(spec) - {"metric", "min", "max"} or "metric" not in spec \
+                or ("min" not in spec and "max" not in spec):
             raise InvalidArgument(f"validation={spec!r}: write {{'metric': 'roc_auc', 'min': 0.7}} (or 'max').")
+        for bound in ("min", "max"):
+            value = spec.get(bound)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise InvalidArgument(f"validation {bound}={value!r} must be a number, e.g. 0.7.")
         known = metric_names(kind)
         if spec["metric"] not in known:
             raise InvalidArgument(f"validation metric {spec['metric']!r} is not computed for a {kind}; use one of {', '.join(known)}.")
@@ -72,6 +91,8 @@ def metric_names(kind: str) -> tuple[str, ...]:
 def split_rows(frame: pd.DataFrame, split: Split, timestamp_field: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the training and test rows."""
     n = len(frame)
+    if n == 0:  # check_target says why nothing can be trained
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
     if split.by == "random":
         order = np.random.default_rng(seed).permutation(n)
         cut = n - max(1, int(round(n * split.test_size)))

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplat.errors import GateFailed, MissingColumnError, TrainingError
+from mlplat.errors import EntityDataFrameError, GateFailed, MissingColumnError, TrainingError
 from mlplat.features.on_demand import source_views
 from mlplat.features.refs import resolve as resolve_refs
-from mlplat.features.retrieval import entity_times
+from mlplat.features.retrieval import entity_times, refuse_clashes
 from mlplat.progress import ProgressBar, progress_bar
+from mlplat.registry.names import check_model_name
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import Gate, Split, check_target, predict, score, split_rows
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
@@ -86,15 +87,25 @@ def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.D
     """Train, evaluate, track and (if the gate passes) register a model version. See ``Platform.train``."""
     spec_ = estimators.resolve(estimator, params, seed)
     gate = Gate.parse(validation, spec_.kind)
-    split = split if isinstance(split, Split) else Split(**(split or {}))
-    if target not in getattr(entity_df, "columns", ()):
-        raise MissingColumnError(f"entity_df has no target column {target!r}; it has {list(entity_df.columns)}.")
-    requests = resolve_refs(features, platform.features.get_view, set(entity_df.columns))
+    split = Split.parse(split)
+    requests = check_inputs(platform, features, entity_df, target, name)
     pinned = [f"{r.view.name}@{r.view.version}:{f}" for r in requests for f in r.features]
     spec = TrainSpec(spec_.path, spec_.params, spec_.kind, spec_.family, pinned, target, timestamp_field,
                      asdict(split), seed, asdict(gate) if gate else None, name)
     return _run(platform, spec, entity_df, [c for r in requests for c in r.columns], gate, client, register,
                 progress=progress)
+
+
+def check_inputs(platform: Any, features: list[str], entity_df: pd.DataFrame, target: str, name: str) -> list:
+    """The view requests of ``features``, once the rows, target and model name are known to be usable."""
+    check_model_name(name)
+    if not isinstance(entity_df, pd.DataFrame):
+        raise EntityDataFrameError(f"entity_df must be a pandas DataFrame of labelled rows, not {type(entity_df).__name__}.")
+    if not isinstance(target, str) or target not in entity_df.columns:
+        raise MissingColumnError(f"entity_df has no target column {target!r}; it has {list(entity_df.columns)}.")
+    requests = resolve_refs(features, platform.features.get_view)
+    refuse_clashes(entity_df.columns, [c for r in requests for c in r.columns])
+    return requests
 
 
 def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
@@ -146,6 +157,7 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
             logged = tracking.log_model(model, spec.family, X_test.head(100), predictions[:100])
             tracking.log_plots(model, X_test, y_test, spec.kind, predictions)
             tracking.log_reference(X.iloc[train_rows], predictions, spec.seed)
+            tracking.log_impute(X.iloc[train_rows])
             bar.update()
             bar.set_postfix_str("gate and register")
             rejected = gate.check(metrics) if gate else None

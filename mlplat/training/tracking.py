@@ -33,7 +33,7 @@ _PREPARED: set[str] = set()  # tracking URIs whose store this process has seen r
 
 
 def prepare_store(settings: Settings) -> None:
-    """Create an embedded (SQLite) store's tables once, under a file lock.
+    """Create an embedded (SQLite) store's tables and Default experiment once, under a file lock.
 
     MLflow creates them on first use; two processes doing so at once (a notebook's kernel and the
     Jupyter server, say) collide with "table _alembic_tmp_experiments already exists".
@@ -41,14 +41,16 @@ def prepare_store(settings: Settings) -> None:
     uri = settings.tracking
     if uri in _PREPARED or not uri.startswith("sqlite:///"):
         return
-    from mlflow.tracking import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from mlplat.services import file_lock
 
     _quiet()
     with file_lock(settings.run_dir / "tracking.lock"):
         try:
-            MlflowClient(uri, uri).search_registered_models(max_results=1)  # creates every table
+            # Creates every table, and the Default experiment with its artifacts under the platform's artifact
+            # root (a client would put them under ./mlruns of whichever process came first).
+            SqlAlchemyStore(uri, settings.artifacts)
         except Exception as exc:  # an unusable store surfaces as many exception types
             raise unavailable(settings, exc) from None
     _PREPARED.add(uri)
@@ -199,3 +201,30 @@ def log_reference(X_train: pd.DataFrame, predictions: np.ndarray, seed: int) -> 
     features = reference(rows, measured)
     mlflow.log_dict(features.merged(reference(pd.DataFrame({"prediction": output}))).to_dict(), REFERENCE_ARTIFACT)
 
+
+
+IMPUTE_ARTIFACT = "mlplat/impute.json"
+
+
+def log_impute(X_train: pd.DataFrame) -> None:
+    """The training rows' median of each feature: what ``p.deploy(..., missing="impute")`` fills gaps with.
+
+    A feature never present in training has no median (null): the model learnt it as missing.
+    """
+    import mlflow
+
+    medians = X_train.median(skipna=True)
+    mlflow.log_dict({"statistic": "median", "columns": list(X_train.columns),
+                     "values": [None if pd.isna(v) else float(v) for v in medians]}, IMPUTE_ARTIFACT)
+
+
+def load_impute(settings: Settings, run_id: str) -> list[float] | None:
+    """The values :func:`log_impute` recorded for a run (NaN where it has none), or None for runs made before."""
+    import mlflow
+
+    with session(settings):
+        try:
+            found = mlflow.artifacts.load_dict(f"runs:/{run_id}/{IMPUTE_ARTIFACT}")
+        except Exception:  # MLflow raises several kinds for a missing artifact
+            return None
+    return [float("nan") if v is None else v for v in found["values"]]

@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 
 from mlplat.errors import InvalidArgument
-from mlplat.features.refs import resolve as resolve_refs
 from mlplat.progress import ProgressBar, progress_bar
 from mlplat.training import estimators, tracking
 from mlplat.training.evaluate import LOWER_IS_BETTER, Gate, Split, check_target, metric_names, score, split_rows
-from mlplat.training.run import TrainResult, TrainSpec, _run, model_inputs
+from mlplat.training.run import TrainResult, TrainSpec, _run, check_inputs, model_inputs
 
 
 @dataclass
@@ -47,7 +46,7 @@ def candidates(space: dict[str, Any], search: str, n_trials: int, seed: int) -> 
     Values are lists to choose from; in a random search a ``(low, high)`` tuple
     draws uniformly (integers when both ends are ints).
     """
-    if not space:
+    if not space or not isinstance(space, dict):
         raise InvalidArgument("tune() needs a search space, e.g. {'max_depth': [3, 5, 7]}.")
     if search == "grid":
         for name, values in space.items():
@@ -93,8 +92,8 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
     if metric not in metric_names(base.kind):
         raise InvalidArgument(f"metric {metric!r} is not computed for a {base.kind}; use one of {metric_names(base.kind)}.")
     gate = Gate.parse(validation, base.kind)
-    split_ = Split(**(split or {}))
-    requests = resolve_refs(features, platform.features.get_view, set(entity_df.columns))
+    split_ = Split.parse(split)
+    requests = check_inputs(platform, features, entity_df, target, name)
     pinned = [f"{r.view.name}@{r.view.version}:{f}" for r in requests for f in r.features]
     columns = [c for r in requests for c in r.columns]
     frame = platform.features.get_training_set(entity_df, pinned, timestamp_field=timestamp_field, client=client)

@@ -70,7 +70,8 @@ class JobPanel(widgets.VBox):
         schedules = self.platform.jobs.schedules()
         self.schedules.value = table([
             {"id": s.id, "notebook": Path(s.notebook).name, "cron": s.cron, "enabled": s.enabled,
-             "next run": s.next_run, "last slot": s.last_slot, "last status": s.last_status} for s in schedules],
+             "next run": s.next_run, "last slot": s.last_slot, "last status": s.last_status, "broken": s.broken}
+            for s in schedules],
             empty="no schedules yet: p.jobs.schedule(notebook, cron=...)")
         offer(self.schedule, [(f"{s.id}: {Path(s.notebook).name} ({s.cron})", s.id) for s in schedules])
         self.runs.value = table([

@@ -3,9 +3,14 @@
 It reads the model's features from the online store (Redis, one MGET per
 request, mlplat's packed records decoded with numpy) and calls the ONNX model
 through Triton's business-logic scripting (BLS). ``lookup.json`` beside this
-file, written by ``p.deploy``, says where the features live and how they are packed;
-for the embedded Redis it names its state file too, read at each connection, so a
-Redis restarted (even on another port) is found.
+file, written by ``p.deploy``, says where the features live and how they are packed,
+each join key's kind, and the version's missing-feature policy (as ``p.predict``
+applies it, see ``mlplat.serving.missing``): ``flag`` (the ``missing_features`` output
+marks each row's missing features), ``error`` (the request fails) or ``impute``.
+Keys that cannot name an entity (``1.5`` or ``01`` for an int64 key, bytes that are
+not UTF-8) fail the request with a message saying which. For the embedded Redis it
+names Redis's state file too, read at each connection, so a Redis restarted (even on
+another port) is found.
 """
 
 import json
@@ -36,8 +41,15 @@ class _Located(redis.Connection):
         return super()._connect()
 
 
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _dtype(descr):
     return np.dtype([(f[0], f[1]) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in descr])
+
+
+class BadRequest(Exception):
+    """The request cannot be served as sent; its message goes back to the client."""
 
 
 class TritonPythonModel:
@@ -53,15 +65,51 @@ class TritonPythonModel:
                                           retry=retry, **located)
         for view in self.lookup["views"]:
             view["numpy"] = _dtype(view["dtype"])
+        self.impute = np.array([np.nan if v is None else v for v in self.lookup["impute"] or []], dtype=np.float32)
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
 
     def _one(self, request):
-        ids = {key: [v.decode() if isinstance(v, bytes) else str(v) for v in
-                     pb_utils.get_input_tensor_by_name(request, key).as_numpy().reshape(-1)]
-               for key in self.lookup["keys"]}
-        rows = len(next(iter(ids.values())))
+        try:
+            ids = {key: self._keys(request, key) for key in self.lookup["keys"]}
+            matrix = self._features(ids)
+            gaps = np.isnan(matrix)
+            if gaps.any():
+                matrix = self._apply_policy(matrix, gaps)
+        except BadRequest as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        inference = pb_utils.InferenceRequest(
+            model_name=self.lookup["model"], model_version=int(self.lookup["version"]),
+            requested_output_names=[self.lookup["output"]], inputs=[pb_utils.Tensor("input", matrix)])
+        response = inference.exec()
+        if response.has_error():
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(response.error().message()))
+        output = pb_utils.get_output_tensor_by_name(response, self.lookup["output"])
+        return pb_utils.InferenceResponse([pb_utils.Tensor(self.lookup["output"], output.as_numpy()),
+                                           pb_utils.Tensor(self.lookup["missing_output"], gaps)])
+
+    def _keys(self, request, key):
+        """The key texts of one input, each checked against the key's kind."""
+        kind = self.lookup["key_kinds"].get(key)
+        texts = []
+        for row, value in enumerate(pb_utils.get_input_tensor_by_name(request, key).as_numpy().reshape(-1)):
+            try:
+                text = value.decode() if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                raise BadRequest(f"row {row}: {key}={value!r} is not UTF-8 text") from None
+            if kind == "int64" and not _int64_text(text):
+                raise BadRequest(f"row {row}: {key}={text!r} is not an int64 key; send whole numbers as plain "
+                                 "decimal text such as '42' (no decimals, exponent, sign '+' or leading zeros)")
+            texts.append(text)
+        return texts
+
+    def _features(self, ids):
+        """The feature matrix of the entities, NaN where Redis has no value."""
+        rows = {len(texts) for texts in ids.values()}
+        if len(rows) > 1:
+            raise BadRequest(f"the key inputs have different numbers of rows ({sorted(rows)}); send one per row")
+        rows = rows.pop() if rows else 0
         keys = []
         for view in self.lookup["views"]:
             parts = zip(*(ids[k] for k in view["join_keys"]))
@@ -75,11 +123,40 @@ class TritonPythonModel:
             for column, (block, slot, flag) in zip(view["columns"], view["features"]):
                 present = records["valid"][:, flag].astype(bool)
                 matrix[present, column] = records[block][present, slot]
-        inference = pb_utils.InferenceRequest(
-            model_name=self.lookup["model"], model_version=int(self.lookup["version"]),
-            requested_output_names=[self.lookup["output"]], inputs=[pb_utils.Tensor("input", matrix)])
-        response = inference.exec()
-        if response.has_error():
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(response.error().message()))
-        output = pb_utils.get_output_tensor_by_name(response, self.lookup["output"])
-        return pb_utils.InferenceResponse([pb_utils.Tensor(self.lookup["output"], output.as_numpy())])
+        return matrix
+
+    def _apply_policy(self, matrix, gaps):
+        """Refuse, or count and (for ``impute``) fill, the missing features: the deployed policy."""
+        features = self.lookup["features"]
+        if self.lookup["missing"] == "error":
+            rows = np.flatnonzero(gaps.any(axis=1))
+            shown = "; ".join(f"row {r}: {', '.join(features[c] for c in np.flatnonzero(gaps[r]))}" for r in rows[:5])
+            raise BadRequest(f"{self.lookup['model']} v{self.lookup['version']} is deployed with missing='error' "
+                             f"and {len(rows)} row(s) lack features ({shown}): unknown or expired entities, or "
+                             "null values")
+        self._count(gaps)
+        if self.lookup["missing"] == "impute":
+            matrix = np.where(gaps, self.impute, matrix)
+        return matrix
+
+    def _count(self, gaps):
+        """Rows lacking features, in the counters behind mlplat's metrics (as ``p.predict`` counts them)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(self.lookup["metrics_index"], f"{self.lookup['model']}\t{self.lookup['version']}")
+        pipe.hincrby(self.lookup["metrics_key"], "missing:", int(gaps.any(axis=1).sum()))
+        for column, count in enumerate(gaps.sum(axis=0).tolist()):
+            if count:
+                pipe.hincrby(self.lookup["metrics_key"], "missing:" + self.lookup["features"][column], count)
+        try:
+            pipe.execute()
+        except redis.RedisError:  # a counter is not worth failing a prediction for
+            pass
+
+
+def _int64_text(text):
+    """Whether ``text`` is an int64 written as ``str(int)`` writes it, the form online keys are stored in."""
+    try:
+        number = int(text)
+    except ValueError:
+        return False
+    return str(number) == text and INT64_RANGE[0] <= number <= INT64_RANGE[1]
