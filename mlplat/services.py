@@ -60,19 +60,22 @@ class Health:
     state: ServiceState | None  # None: not running
     problem: str = ""  # why a running service is unhealthy; empty when it is healthy
     progress: float | None = None  # services with a heartbeat: when it last made progress (epoch seconds)
+    reported: str = ""  # what a service making progress says it cannot do (a stream view that fails)
 
     @property
     def healthy(self) -> bool:
-        return self.state is not None and not self.problem
+        return self.state is not None and not self.problem and not self.reported
 
     @property
     def summary(self) -> str:
-        """``running`` (with its last progress, if it keeps a heartbeat), ``stopped`` or ``UNHEALTHY (why)``."""
+        """``running`` (with its last progress, if it keeps a heartbeat), ``stopped``, ``UNHEALTHY (why)`` or
+        ``DEGRADED (what it reports)``: it runs, but part of its work fails, which a restart would not mend."""
         if self.state is None:
             return "stopped"
         if self.problem:
             return f"UNHEALTHY ({self.problem})"
-        return "running" if self.progress is None else f"running (progress {time.time() - self.progress:.0f} s ago)"
+        running = "running" if self.progress is None else f"running (progress {time.time() - self.progress:.0f} s ago)"
+        return f"DEGRADED ({self.reported}); {running}" if self.reported else running
 
 
 @contextlib.contextmanager
@@ -85,6 +88,14 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def beat(heartbeat: Path, report: str = "") -> None:
+    """Record progress in a service's ``heartbeat`` file, holding ``report``: what it cannot do (empty: nothing).
+    Replaced whole, so a reader never sees half a report."""
+    partial = heartbeat.with_name(f"{heartbeat.name}.partial")
+    partial.write_text(report)
+    os.replace(partial, heartbeat)
 
 
 def free_port() -> int:
@@ -187,6 +198,13 @@ class EmbeddedService(abc.ABC):
             return None
         return touched if touched + 1 >= state.started_at else None
 
+    def reported(self) -> str:
+        """What the server wrote into its heartbeat about work it cannot do (empty: none)."""
+        try:
+            return self.heartbeat.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return ""
+
     def progressing(self, state: ServiceState) -> bool:
         """True when the server's heartbeat is younger than ``stale_after``."""
         touched = self.progress(state)
@@ -206,7 +224,7 @@ class EmbeddedService(abc.ABC):
             return Health(self.name, None)
         progress = self.progress(state) if self.stale_after is not None else None
         if self.healthy(state):
-            return Health(self.name, state, "", progress)
+            return Health(self.name, state, "", progress, self.reported() if self.stale_after is not None else "")
         if self.stale_after is None:
             return Health(self.name, state, "not answering")
         since = progress or state.started_at

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import linecache
-import os
-import subprocess
-import sys
 import time
 import uuid
 import warnings
@@ -28,6 +25,7 @@ from mlplat.features import Entity, FeatureView, Field
 from mlplat.features.compute import BatchFeatureView
 from mlplat.features.on_demand import OnDemandFeatureView
 from mlplat.features.registry import BrokenView, BrokenViewWarning
+from mlplat.services import StreamService
 from mlplat.streaming import Aggregation, StreamFeatureView
 from mlplat_lab.jsonable import jsonable
 
@@ -249,12 +247,8 @@ def test_the_stream_service_consumes_while_other_views_are_broken(platform, driv
     rides = StreamFeatureView("rides", entities=[driver], aggregations=aggregations, ttl=None)
     platform.features.apply([driver, batch_view(driver, source), trips, rides])
     rewrite(platform, "driver_daily", with_function("transformation", UNLOADABLE))
-    env = {**os.environ, "MLPLAT_HOME": str(platform.settings.home), "MLPLAT_ONLINE_STORE":
-           platform.settings.online_store, "MLPLAT_ONLINE_PREFIX": platform.settings.online_prefix}
-    log_path = tmp_path / "stream.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlplat.cli", "stream", "--consumer", "svc"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    service = StreamService(platform.settings)  # `mlplat stream`, as `mlplat up` starts it
+    service.ensure()
 
     def fare(view: str):
         return platform.features.get_online_features([f"{view}:fare_sum_1h"], {"driver_id": [1]}).to_dict()[
@@ -263,21 +257,26 @@ def test_the_stream_service_consumes_while_other_views_are_broken(platform, driv
     def wait_for(condition, timeout: float = 40) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            assert service.health().state is not None and time.monotonic() < deadline, service.log_file.read_text()[-3000:]
             time.sleep(0.05)
 
     try:
         for view, value in (("trips", 2.0), ("rides", 3.0)):
             platform.streams.send(view, [{"driver_id": 1, "event_timestamp": NOW, "fare": value}])
         wait_for(lambda: (fare("trips"), fare("rides")) == (2.0, 3.0))
+        assert service.health().healthy
         rewrite(platform, "rides", lambda spec: "{garbage")  # a view it consumes becomes unreadable
         wait_for(lambda: not platform.streams.errors("rides").empty)
         assert "its registered definition cannot be read" in platform.streams.errors("rides").error[0]
         platform.streams.send("trips", [{"driver_id": 1, "event_timestamp": NOW, "fare": 1.0}])
         wait_for(lambda: fare("trips") == 3.0)
+        wait_for(lambda: service.health().reported != "")  # and `mlplat status` says so, though it makes progress
+        shown = CliRunner().invoke(main, ["status"], env=service.environment())
+        line = next(line for line in shown.output.splitlines() if line.startswith("stream"))
+        assert "DEGRADED (view rides fails: Feature view 'rides' v1: its registered definition cannot be read" in line
+        assert shown.exit_code == 1
     finally:
-        proc.terminate()
-        assert proc.wait(20) == 0
+        assert service.stop()
 
 
 def test_a_broken_view_is_skipped_with_a_warning_only_when_every_view_is_meant(platform, driver, driver_stats):

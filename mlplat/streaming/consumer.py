@@ -49,6 +49,7 @@ import redis
 from mlplat.errors import StreamError, one_line
 from mlplat.features.online import RecordCodec, RedisOnlineStore, record_newest
 from mlplat.features.registry import BrokenView
+from mlplat.services import beat
 from mlplat.streaming.definitions import StreamFeatureView, duration_ns
 from mlplat.streaming.events import DeadLetter, Entry, Events, _as_dict, decode
 from mlplat.streaming.log import EventLog
@@ -547,6 +548,10 @@ class Consumer:
         except redis.RedisError:  # Redis may be what fails; the log and ``failures`` still say it
             pass
 
+    def report(self) -> str:
+        """The views this consumer cannot apply now, and why (``mlplat status`` shows it); empty when all apply."""
+        return "; ".join(f"view {view} fails: {failure.error}" for view, failure in sorted(self.failures.items()))
+
     def drain(self) -> list[BatchResult]:
         """Apply batches until every stream is caught up; return what each batch did. A view that failed is
         raised at the end (its entries stay pending), once the others are done."""
@@ -585,5 +590,5 @@ class Consumer:
                 stop.wait(1)
                 continue
             if heartbeat is not None and time.monotonic() - touched >= 1:
-                heartbeat.touch()
+                beat(heartbeat, self.report())
                 touched = time.monotonic()
