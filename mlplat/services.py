@@ -334,6 +334,21 @@ def _port_for(previous: int | None) -> int:
     return previous if previous and _port_free(previous, wait=2.0) else free_port()
 
 
+def kept_port(record: Path, role: str) -> int:
+    """A port for ``role`` that stays across restarts: the one ``record`` (a JSON file) holds for it while it is
+    free, else a free one, recorded there for next time."""
+    try:
+        ports = json.loads(record.read_text())
+    except (FileNotFoundError, ValueError):
+        ports = {}
+    previous = ports.get(role) if isinstance(ports, dict) else None
+    port = _port_for(previous if isinstance(previous, int) else None)
+    if port != previous:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({**(ports if isinstance(ports, dict) else {}), role: port}))
+    return port
+
+
 class RedisService(EmbeddedService):
     """redis-server with its append-only file under ``$MLPLAT_HOME/redis``.
 

@@ -261,6 +261,10 @@ def test_config_registers_the_culler_mlplat_services_teams_and_roles(monkeypatch
     assert services["monitor"]["command"][2:5] == ["mlplat.cli", "monitor", "serve"]
     assert services["stream"]["command"][2:] == ["mlplat.cli", "stream"]
     assert services["scheduler"]["environment"]["MLPLAT_HOME"] == os.environ["MLPLAT_HOME"]
+    # a restarted hub serves its monitor (which Prometheus scrapes) and MLflow UI where they were
+    again = {s["name"]: s for s in _load_config_file(monkeypatch, tmp_path).JupyterHub.services}
+    assert again["monitor"]["command"][-1] == services["monitor"]["command"][-1]
+    assert again["mlflow"]["url"] == services["mlflow"]["url"]
     # the scheduler runs notebooks on the workspaces' kernels: it finds them where the workspaces do
     kernels = KernelSpecManager(kernel_dirs=[str(Path(services["scheduler"]["environment"]["JUPYTER_PATH"]) /
                                                  "kernels")]).find_kernel_specs()

@@ -8,10 +8,11 @@ and stops it on shutdown. Each grants the least its work needs.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from mlplat.config import Settings
-from mlplat.services import free_port
+from mlplat.services import kept_port
 from mlplat_hub.environment import platform_environment
 from mlplat_hub.options import HubOptions
 
@@ -35,11 +36,17 @@ def _culler(timeout: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _mlflow_ui(options: HubOptions, env: dict[str, str]) -> dict[str, Any]:
     host = options.service_host or ("hub" if options.mode == "kubernetes" else "127.0.0.1")
-    port = _MLFLOW_CLUSTER_PORT if options.mode == "kubernetes" else free_port()
+    port = _MLFLOW_CLUSTER_PORT if options.mode == "kubernetes" else kept_port(_ports(options), MLFLOW)
     # Proxied at /services/mlflow/; mlplat_hub.mlflow_ui lets in only users logged in to the hub.
     return {"name": MLFLOW, "url": f"http://{host}:{port}", "command": [sys.executable, "-m", "mlplat_hub.mlflow_ui"],
             "environment": env, "oauth_no_confirm": True, "display": True,
             "info": {"description": "Experiments, runs and registered models (MLflow UI)"}}
+
+
+def _ports(options: HubOptions) -> Path:
+    """Where a local hub keeps its services' ports, so a restarted hub serves them where they were (Prometheus
+    scrapes the monitor at a fixed address)."""
+    return options.state_dir / "ports.json"
 
 
 def _scheduler(env: dict[str, str]) -> dict[str, Any]:
@@ -49,7 +56,7 @@ def _scheduler(env: dict[str, str]) -> dict[str, Any]:
 
 def _monitor(options: HubOptions, env: dict[str, str]) -> dict[str, Any]:
     # Not proxied: Prometheus scrapes it directly (on Kubernetes, the hub pod's port 9464).
-    port = _MONITOR_PORT if options.mode == "kubernetes" else free_port()
+    port = _MONITOR_PORT if options.mode == "kubernetes" else kept_port(_ports(options), MONITOR)
     return {"name": MONITOR, "command": [sys.executable, "-m", "mlplat.cli", "monitor", "serve", "--port", str(port)],
             "environment": env}
 
