@@ -53,6 +53,7 @@ class Settings:
     prediction_sample_rate: float = 1.0  # share of requests whose rows go to the prediction log
     alert_webhook: str = ""  # URL that new alerts are POSTed to (Slack-compatible JSON)
     max_clock_skew: timedelta = timedelta(minutes=5)  # events dated later than now + this are refused as "future"
+    job_timeout: timedelta = timedelta(hours=6)  # a notebook job's cell running longer is stopped (0: no limit)
 
     @property
     def run_dir(self) -> Path:
@@ -95,8 +96,9 @@ def load_settings(**overrides: Any) -> Settings:
     merged.setdefault("user", _current_user())
     if "prediction_sample_rate" in merged:
         merged["prediction_sample_rate"] = _rate(merged["prediction_sample_rate"])
-    if "max_clock_skew" in merged:
-        merged["max_clock_skew"] = _skew(merged["max_clock_skew"])
+    for name in ("max_clock_skew", "job_timeout"):
+        if name in merged:
+            merged[name] = _duration(merged[name], name)
     for key, schemes in _SCHEMES.items():
         value = str(merged[key])
         if not value.startswith(schemes):
@@ -143,7 +145,7 @@ def _rate(value: Any) -> float:
     return rate
 
 
-def _skew(value: Any) -> timedelta:
+def _duration(value: Any, name: str) -> timedelta:
     """A duration ("5min", "30s", timedelta) or a number of seconds, as YAML or an environment variable gives it."""
     from mlplat.durations import parse_duration
 
@@ -151,7 +153,7 @@ def _skew(value: Any) -> timedelta:
         value = float(value) if isinstance(value, str) else value
     except ValueError:
         pass  # a duration with a unit
-    return parse_duration(value, "max_clock_skew", allow_zero=True, seconds=True, error=ConfigError)
+    return parse_duration(value, name, allow_zero=True, seconds=True, error=ConfigError)
 
 
 def _current_user() -> str:

@@ -148,6 +148,21 @@ def test_a_dying_kernel_is_a_failed_run_recorded_and_retried(p, tmp_path):
     assert outputs(artifact) == ["before\n"]
 
 
+def test_a_hung_cell_is_stopped_at_the_timeout_and_fails_its_run(tmp_path, redis_url):
+    """A cell that never returns cannot hold a job (and a scheduler's slot) for ever: job_timeout stops it."""
+    p = mlplat.connect(home=str(tmp_path / "h"), online_store=redis_url, online_prefix="hung", job_timeout="2s")
+    source = notebook(tmp_path / "hangs.ipynb", "print('before')", "import time\ntime.sleep(3600)", "print('after')")
+    began = time.monotonic()
+    with pytest.raises(JobFailed, match=r"cell 3 ran longer than the 2 s a cell may run and was stopped"):
+        p.jobs.run(source)
+    assert time.monotonic() - began < 60
+    (run,) = p.jobs.history(source)
+    assert (run.status, outputs(run.output)[0]) == ("failed", "before\n")
+    with pytest.raises(JobError, match="timeout=0"):
+        p.jobs.run(source, timeout=0)
+    p.close()
+
+
 def test_a_kernel_that_cannot_start_is_a_failed_run(p, tmp_path, monkeypatch):
     spec = tmp_path / "kernels" / "kernels" / "broken"
     spec.mkdir(parents=True)

@@ -94,9 +94,12 @@ class Jobs:
         db.upgrade(self.engine)  # the job tables are Alembic's (mlplat/migrations)
 
     def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
-            retries: int = 0, backoff: float = 1.0, client: Any = None, *,
+            retries: int = 0, backoff: float = 1.0, client: Any = None, *, timeout: float | None = None,
             owner: tuple[str, str] | None = None) -> JobRun:
         """Execute ``notebook`` with ``parameters``; raise JobFailed (saying where it failed) if every attempt fails.
+
+        A cell that runs longer than ``timeout`` seconds (default: the ``job_timeout`` setting, 6 h) is
+        stopped and fails its attempt, so a hung notebook cannot hold a scheduler's slot for ever.
 
         With a Dask ``client`` (``p.compute().client``) the notebook executes on a worker, which must see
         the notebook's folder and this platform's services (true on a LocalCluster; on Kubernetes mount a
@@ -107,11 +110,12 @@ class Jobs:
         source = Path(notebook).resolve()
         parameters = dict(parameters or {})
         kernel = self._check(source, parameters, kernel)
+        attempts = Attempts(retries, backoff, self._timeout(timeout))
         run_id = uuid.uuid4().hex
         folder = self.root / run_id
         folder.mkdir(parents=True)
         shutil.copy2(source, folder / "input.ipynb")  # what ran, for reruns, whatever happens to the original
-        return self._execute(run_id, source, folder, parameters, kernel, retries, backoff, None, client, owner)
+        return self._execute(run_id, source, folder, parameters, kernel, attempts, None, client, owner)
 
     def rerun(self, run_id: str, client: Any = None) -> JobRun:
         """Execute the very notebook and parameters of an earlier run again (on a Dask worker with ``client``)."""
@@ -121,7 +125,7 @@ class Jobs:
         folder.mkdir(parents=True)
         shutil.copy2(self.root / run_id / "input.ipynb", folder / "input.ipynb")
         return self._execute(new_id, Path(earlier["notebook"]), folder, json.loads(earlier["parameters"]),
-                             earlier["kernel"], 0, 1.0, run_id, client, None)
+                             earlier["kernel"], Attempts(timeout=self._timeout(None)), run_id, client, None)
 
     def schedule(self, notebook: str | Path, cron: str, parameters: dict[str, Any] | None = None,
                  kernel: str | None = None) -> int:
@@ -205,9 +209,17 @@ class Jobs:
                            f"its parameters cell declares {declares}.")
         return kernel
 
+    def _timeout(self, seconds: float | None) -> float | None:
+        """``seconds`` checked, or the ``job_timeout`` setting; None for no limit."""
+        if seconds is None:
+            return self.platform.settings.job_timeout.total_seconds() or None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
+            raise JobError(f"timeout={seconds!r}: give the seconds a cell may run, a positive number "
+                           "(or leave it out for the job_timeout setting).")
+        return float(seconds)
+
     def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
-                 retries: int, backoff: float, rerun_of: str | None, client: Any,
-                 owner: tuple[str, str] | None) -> JobRun:
+                 attempts: Attempts, rerun_of: str | None, client: Any, owner: tuple[str, str] | None) -> JobRun:
         settings = self.platform.settings
         owner = owner or (settings.user, settings.team)
         # An explicit client, not MLflow's process-wide fluent state: the scheduler runs jobs in threads.
@@ -227,9 +239,10 @@ class Jobs:
             language = KernelSpecManager().get_kernel_spec(kernel).language
             execute = functools.partial(execute_notebook, input_path=str(snapshot), output_path=str(output),
                                         parameters=parameters, kernel_name=kernel, language=language,
-                                        cwd=str(source.parent), progress_bar=False)
+                                        cwd=str(source.parent), progress_bar=False,
+                                        execution_timeout=attempts.timeout)
             started_at, started = datetime.now(UTC), time.perf_counter()
-            attempts, error, host = _attempts(execute, client, retries, backoff, output)
+            tried, error, host = attempts.run(execute, client, output)
             if output.exists():  # also a failed attempt's: the cells that ran, and what they printed
                 tracker.log_artifact(mlflow_run_id, str(output), "notebook")
             tracker.set_tag(mlflow_run_id, "mlplat.host", host)
@@ -237,11 +250,11 @@ class Jobs:
             outcome = "FAILED" if error else "FINISHED"
         finally:
             tracker.set_terminated(mlflow_run_id, outcome)
-        job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", attempts,
+        job = JobRun(run_id, str(source), parameters, kernel, "failed" if error else "succeeded", tried,
                      time.perf_counter() - started, str(output), error, mlflow_run_id, host, started_at, *owner)
         self._record(job, _sha256(snapshot), rerun_of)
         if error:
-            raise JobFailed(f"{source.name} failed after {attempts} attempt(s): {error}. The executed notebook, "
+            raise JobFailed(f"{source.name} failed after {tried} attempt(s): {error}. The executed notebook, "
                             f"with what ran before the failure, is {output} (job {run_id}).", job_id=run_id)
         return job
 
@@ -273,36 +286,45 @@ def _job(row: dict[str, Any]) -> JobRun:
                   row["host"] or "local", as_utc(row["started_at"]), row["who"], row["team"] or "")
 
 
-def _attempts(execute: Callable[[], str], client: Any, retries: int, backoff: float,
-              output: Path) -> tuple[int, str | None, str]:
-    """Run ``execute`` (on a Dask worker with ``client``) until it succeeds or ``retries`` more attempts failed,
-    waiting ``backoff`` seconds, doubled each time, between them; return (attempts, last error or None, host).
-    """
-    attempts, host = 0, "local"
-    while True:
-        attempts += 1
-        try:
-            host = execute() if client is None else client.submit(execute, pure=False).result()
-            return attempts, None, host
-        except Exception as exc:  # whatever ends an attempt (a cell, a dead kernel, a lost worker) fails it
-            error = _failure(exc, output)
-        if attempts > retries:
-            return attempts, error, host
-        time.sleep(backoff * 2 ** (attempts - 1))
+@dataclass(frozen=True)
+class Attempts:
+    """How a job's attempts run: ``retries`` more after a failure, ``backoff`` seconds (doubled each time)
+    between them, and ``timeout`` seconds a cell may run (None: no limit)."""
 
+    retries: int = 0
+    backoff: float = 1.0
+    timeout: float | None = None
 
-def _failure(exc: Exception, output: Path) -> str:
-    """Why an attempt failed, in words, naming the cell where known: ``the kernel died while running cell 4``."""
-    from nbclient.exceptions import DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
+    def run(self, execute: Callable[[], str], client: Any, output: Path) -> tuple[int, str | None, str]:
+        """Run ``execute`` (on a Dask worker with ``client``) until it succeeds or every attempt failed; return
+        (attempts, last error or None, host)."""
+        attempts, host = 0, "local"
+        while True:
+            attempts += 1
+            try:
+                host = execute() if client is None else client.submit(execute, pure=False).result()
+                return attempts, None, host
+            except Exception as exc:  # whatever ends an attempt (a cell, a dead kernel, a lost worker) fails it
+                error = self.failure(exc, output)
+            if attempts > self.retries:
+                return attempts, error, host
+            time.sleep(self.backoff * 2 ** (attempts - 1))
 
-    if isinstance(exc, PapermillExecutionError):
-        return f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
-    cell = _last_started_cell(output)
-    during = f" while running cell {cell}" if cell else " before running any cell"
-    if isinstance(exc, DeadKernelError):
-        return f"the kernel died{during}"
-    return f"{type(exc).__name__}{during}: {exc}"
+    def failure(self, exc: Exception, output: Path) -> str:
+        """Why an attempt failed, in words, naming the cell where known: ``the kernel died while running cell 4``."""
+        from nbclient.exceptions import CellTimeoutError, DeadKernelError
+        from papermill.exceptions import PapermillExecutionError
+
+        if isinstance(exc, PapermillExecutionError):
+            return f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
+        cell = _last_started_cell(output)
+        during = f" while running cell {cell}" if cell else " before running any cell"
+        if isinstance(exc, CellTimeoutError):
+            return (f"cell {cell} ran longer than the {self.timeout:g} s a cell may run and was stopped (pass "
+                    "timeout= or raise the job_timeout setting if it needs longer)")
+        if isinstance(exc, DeadKernelError):
+            return f"the kernel died{during}"
+        return f"{type(exc).__name__}{during}: {exc}"
 
 
 def _last_started_cell(output: Path) -> int | None:
