@@ -321,6 +321,7 @@ def test_a_deployed_model_is_watched_drift_alerts_once(deployed, webhook):
     predict_in_chunks(p, shifted)
     with pytest.raises(Exception, match="takes rows of 2 features"):
         p.predict("trips", features=np.ones((1, 5)))
+    p.serving.log.flush()  # the failure's count too, rather than in the logger's next 50 ms round
     drifted = p.monitor.check("trips")
     assert "rating" in drifted.drift.drifted and "acceptance_rate" not in drifted.drift.drifted, str(drifted)
     assert {(a.rule, a.subject) for a in drifted.fired} >= {("drift", "rating"), ("error_rate", "requests")}
