@@ -21,8 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlplat.errors import InvalidArgument
 from mlplat.features.registry import metadata
+from mlplat.times import as_utc, timestamp
 
 audit_table = sa.Table(
     "audit", metadata,
@@ -127,23 +127,12 @@ class Audit:
             if wanted is not None:
                 query = query.where(column.in_([wanted] if isinstance(wanted, str) else list(wanted)))
         if since is not None:
-            query = query.where(audit_table.c.at >= _utc(since))
+            query = query.where(audit_table.c.at >= timestamp(since, "since").to_pydatetime())
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(audit_table.c.id.desc()).limit(limit)).all()
-        return AuditTrail(AuditEntry(**{**row._asdict(), "at": _utc(row.at), "detail": json.loads(row.detail)})
+        return AuditTrail(AuditEntry(**{**row._asdict(), "at": as_utc(row.at), "detail": json.loads(row.detail)})
                           for row in reversed(rows))
 
-
-def _utc(moment: datetime | str) -> datetime:
-    """A datetime (or ISO text) as UTC; naive times, and SQLite's zone-less read-backs, are UTC already."""
-    if isinstance(moment, str):
-        try:
-            moment = datetime.fromisoformat(moment)
-        except ValueError:
-            raise InvalidArgument(f"since={moment!r} is not an ISO date or time; write e.g. '2024-06-01'.") from None
-    if not isinstance(moment, datetime):
-        raise InvalidArgument(f"since must be a datetime or an ISO date such as '2024-06-01', not {moment!r}.")
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _short(value: Any) -> str:

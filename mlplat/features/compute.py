@@ -228,7 +228,7 @@ def _describe(function: Any, what: str) -> dict[str, str]:
 
 
 def _check_cron(cron: Any, where: str) -> None:
-    from mlplat.jobs.cron import check_cron
+    from mlplat.cron import check_cron
 
     try:
         check_cron(cron)

@@ -32,6 +32,7 @@ from mlplat.features.registry import ApplyResult, Registry
 from mlplat.features.schema import conform
 from mlplat.features.stats import Freshness, ViewStats, freshness, view_stats
 from mlplat.progress import ProgressBar, progress_bar
+from mlplat.times import nanoseconds
 
 
 class OnlineFeatures:
@@ -130,7 +131,7 @@ class FeatureStore:
         expectations raise DataQualityError, or are quarantined (with a warning) by its ``on_violation``.
         """
         definition = refuse_storage(self.registry.get_view(view), "ingest")
-        bounds = [(None if t is None else _ns(t, n), n, keep)
+        bounds = [(None if t is None else nanoseconds(t, n), n, keep)
                   for t, n, keep in ((start, "start", pc.greater_equal), (end, "end", pc.less))]
         if start is not None and end is not None and bounds[0][0] >= bounds[1][0]:
             raise InvalidArgument(f"ingest(start={start}, end={end}): the window [start, end) is empty; "
@@ -219,7 +220,7 @@ class FeatureStore:
         if not isinstance(view, str) and diff_views(definition, keep_ownership(view, definition)):
             raise InvalidArgument(f"{view.name!r} differs from its registered definition (v{definition.version}); "
                                   "apply it first: p.features.apply([view]).")
-        bounds = [None if t is None else _ns(t, n) for t, n in ((start, "start"), (end, "end"))]
+        bounds = [None if t is None else nanoseconds(t, n) for t, n in ((start, "start"), (end, "end"))]
         result = compute.run(self, definition, *bounds, client=client, force=force, progress=progress, sources=sources)
         if materialize:
             done = self.materialize(views=[definition.name], progress=False)[0]
@@ -251,8 +252,8 @@ class FeatureStore:
                     progress: bool | ProgressBar | None = None) -> list[MaterializeResult]:
         """Write the latest value per entity within TTL of ``end`` (default now) online."""
         now_ns = time.time_ns()
-        end_ns = now_ns if end is None else _ns(end, "end")
-        start_ns = None if start is None else _ns(start, "start")
+        end_ns = now_ns if end is None else nanoseconds(end, "end")
+        start_ns = None if start is None else nanoseconds(start, "start")
         if start_ns is not None and start_ns > end_ns:
             raise InvalidArgument(f"materialize(start={start}, end={end}): start is after end; swap them.")
         if views is not None and not isinstance(views, (str, list, tuple)):
@@ -406,22 +407,6 @@ def _column(name: Any, values: Any) -> list | np.ndarray:
     raise InvalidArgument(f"Entity column {name!r} must be a list of values, one per row, not "
                           f"{type(values).__name__}: write {{{name!r}: [...]}}.")
 
-
-def _ns(moment: datetime | str, name: str) -> int:
-    if isinstance(moment, str):
-        try:
-            moment = pd.Timestamp(moment)
-        except (ValueError, OverflowError):
-            raise InvalidArgument(f"{name}={moment!r} is not a date or time; write e.g. '2024-01-31'.") from None
-    if not isinstance(moment, datetime) or pd.isna(moment):
-        raise InvalidArgument(f"{name} must be a datetime (naive times are taken as UTC), not {moment!r}.")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return int(pd.Timestamp(moment).as_unit("ns").value)
-    except (OverflowError, pd.errors.OutOfBoundsDatetime):
-        raise InvalidArgument(f"{name}={moment} is outside the times mlplat stores (nanoseconds: "
-                              f"{pd.Timestamp.min.year + 1} to {pd.Timestamp.max.year - 1}).") from None
 
 
 def _origin(view: FeatureView, data: Any) -> str:

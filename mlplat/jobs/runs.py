@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from mlplat import db
 from mlplat.errors import JobError, JobFailed
 from mlplat.features.registry import metadata
+from mlplat.times import as_utc
 from mlplat.training import tracking
 from mlplat.training.fingerprint import environment
 
@@ -373,10 +374,6 @@ def _assigned_parameters(notebook: Any) -> set[str]:
                 names |= {t.id for t in targets if isinstance(t, ast.Name)}
     return names
 
-
-def as_utc(moment: datetime) -> datetime:
-    """A datetime read back from the database, as UTC (SQLite drops the zone)."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _sha256(path: Path) -> str:

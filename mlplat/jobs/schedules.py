@@ -32,10 +32,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlplat import db
+from mlplat.cron import check_cron, next_run
 from mlplat.errors import JobError, JobFailed, ScheduleNotFound
 from mlplat.features.registry import metadata
-from mlplat.jobs.cron import check_cron, next_run
-from mlplat.jobs.runs import as_utc
+from mlplat.times import as_utc
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlplat.features.registry import metadata
+from mlplat.times import as_utc
 
 alerts_table = sa.Table(
     "alerts", metadata,
@@ -164,6 +165,5 @@ class Alerts:
 
 
 def _utc(row: Any) -> dict[str, Any]:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return {k: (v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v)
-            for k, v in row._asdict().items() if k.endswith("_at")}
+    """The row's times, as UTC (SQLite hands them back without a zone)."""
+    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row._asdict().items() if k.endswith("_at")}

@@ -29,6 +29,7 @@ from mlplat.monitoring import metrics
 from mlplat.monitoring.alerts import AlertList, Alerts, Finding
 from mlplat.monitoring.drift import DriftReport
 from mlplat.monitoring.predlog import Flusher, PredictionStore, in_window, metrics_key, unflushed
+from mlplat.times import timestamp
 
 thresholds_table = sa.Table(
     "monitor_thresholds", metadata,
@@ -197,7 +198,7 @@ class Monitor:
     def predictions(self, model: str, start: datetime | str | None = None, end: datetime | str | None = None
                     ) -> pd.DataFrame:
         """Logged rows of ``model`` with ``start <= at < end``: flushed ones and those still in the stream."""
-        start, end = (None if t is None else _utc(t) for t in (start, end))
+        start, end = (None if t is None else timestamp(t, name) for t, name in ((start, "start"), (end, "end")))
         stored = self.store.read(model, start, end)
         recent = unflushed(self.redis, self.prefix, model)
         recent = in_window(recent, start, end) if len(recent) else recent
@@ -222,7 +223,7 @@ class Monitor:
         version = version or self._deployed_version(model)
         size = parse_duration(window, "window", seconds=True) if window is not None else \
             timedelta(seconds=limits.window_s)
-        end = _utc(end or datetime.now(UTC))
+        end = timestamp(end or datetime.now(UTC), "end")
         return self._timeline(model, version, self.predictions(model, end - size * windows, end), end, size, windows,
                               limits)
 
@@ -243,7 +244,7 @@ class Monitor:
         """Check the latest window against the thresholds, publish the scores as metrics, raise alerts."""
         limits = self.thresholds(model)
         version = version or self._deployed_version(model)
-        end = _utc(now or datetime.now(UTC))
+        end = timestamp(now or datetime.now(UTC), "now")
         start = end - timedelta(seconds=limits.window_s)
         rows = self.predictions(model, start, end)
         timeline = self._timeline(model, version, rows, end, timedelta(seconds=limits.window_s), 1, limits)
@@ -334,10 +335,6 @@ class Monitor:
         pipe.execute()
 
 
-
-def _utc(moment: datetime | str) -> pd.Timestamp:
-    found = pd.Timestamp(moment)
-    return found.tz_localize(UTC) if found.tzinfo is None else found.tz_convert(UTC)
 
 
 def _ms(value: float | None) -> str:

@@ -31,6 +31,7 @@ from mlplat.streaming.consumer import (
 )
 from mlplat.streaming.definitions import StreamFeatureView
 from mlplat.streaming.log import EventLog
+from mlplat.times import nanoseconds
 
 SEND_MAXLEN = 1_000_000  # entries a stream keeps when the consumer falls behind (approximately)
 
@@ -123,7 +124,7 @@ class Streams:
     def events(self, view: str, start: datetime | str | None = None, end: datetime | str | None = None) -> pd.DataFrame:
         """The accepted events logged offline with ``start <= event time < end``, in stream order."""
         definition = self.view(view)
-        return self.log.frame(definition, _ns(start, "start"), _ns(end, "end"))
+        return self.log.frame(definition, _optional_ns(start, "start"), _optional_ns(end, "end"))
 
     def backfill(self, view: str, start: datetime | str | None = None, end: datetime | str | None = None,
                  write: bool = True) -> pd.DataFrame:
@@ -139,7 +140,7 @@ class Streams:
         from mlplat.streaming.windows import Plan
 
         definition = self.view(view)
-        start_ns, end_ns = _ns(start, "start"), _ns(end, "end")
+        start_ns, end_ns = _optional_ns(start, "start"), _optional_ns(end, "end")
         if start_ns is not None and end_ns is not None and start_ns >= end_ns:
             raise InvalidArgument(f"backfill(start={start}, end={end}): start is not before end.")
         plan = Plan(definition)
@@ -220,13 +221,5 @@ def _texts(column: pd.Series) -> list[str | None]:
             (str(int(pd.Timestamp(v).value)) if isinstance(v, datetime) else str(v)) for v in column.tolist()]
 
 
-def _ns(moment: datetime | str | None, name: str) -> int | None:
-    if moment is None:
-        return None
-    try:
-        stamp = pd.Timestamp(moment)
-    except ValueError:
-        raise InvalidArgument(f"{name}={moment!r} is not a date or time; write e.g. '2024-01-31'.") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize("UTC")
-    return int(stamp.as_unit("ns").value)
+def _optional_ns(moment: datetime | str | None, name: str) -> int | None:
+    return None if moment is None else nanoseconds(moment, name)
