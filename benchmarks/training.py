@@ -35,9 +35,10 @@ import xgboost
 
 import mlplat
 from mlplat.features import Entity, FeatureView, Field
+from mlplat.registry.artifacts import model_inputs
+from mlplat.registry.evaluate import Split, score, split_rows
 from mlplat.training.cluster import Compute
-from mlplat.training.evaluate import Split, score, split_rows
-from mlplat.training.run import TrainResult, model_inputs
+from mlplat.training.run import TrainResult
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from mlplat.training import tracking
+from mlplat.registry import tracking
 
 _COLOURS = {"endpoint": "#ffebe9", "model": "#ddf4ff", "run": "#fff8c5", "training set": "#dafbe1",
             "feature view": "#fbefff", "source": "#f6f8fa", "model version": "#ddf4ff"}

@@ -62,7 +62,7 @@ class Platform:
         """The model registry (:class:`mlplat.registry.models.ModelRegistry`)."""
         from mlplat.registry.models import ModelRegistry
 
-        return ModelRegistry(self)
+        return ModelRegistry(self.settings, self.audit, self.features)
 
     def compute(self, kind: str | None = None, **overrides: Any):
         """A Dask cluster: ``kind`` "local" or "kubernetes" (default: Kubernetes when configured, else local)."""
@@ -84,20 +84,25 @@ class Platform:
         from mlplat.options import check_options
         from mlplat.training.run import train
 
-        return train(self, estimator, **check_options(train, options, "train", given=2))
+        return train(self._training(), estimator, **check_options(train, options, "train", given=2))
 
     def tune(self, estimator: Any, space: dict[str, Any], **options: Any):
         """Search hyperparameters on the cluster; every trial is a nested MLflow run, the best is registered."""
         from mlplat.options import check_options
         from mlplat.training.tune import tune
 
-        return tune(self, estimator, space, **check_options(tune, options, "tune", given=3))
+        return tune(self._training(), estimator, space, **check_options(tune, options, "tune", given=3))
 
     def reproduce(self, run_id: str, client: Any = None):
         """Retrain a run from its recorded inputs and compare the metrics."""
         from mlplat.training.run import reproduce
 
-        return reproduce(self, run_id, client)
+        return reproduce(self._training(), run_id, client)
+
+    def _training(self):
+        from mlplat.training.run import Training
+
+        return Training(self.settings, self.features, self.audit, self.models)
 
     def lineage(self, model: str | None = None, version: str | int | None = None, feature_view: str | None = None,
                 endpoint: str | None = None):

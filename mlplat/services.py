@@ -432,7 +432,7 @@ class MlflowService(EmbeddedService):
         return f"http://127.0.0.1:{port}"
 
     def _start(self) -> ServiceState:
-        from mlplat.training.tracking import prepare_store
+        from mlplat.registry.tracking import prepare_store
 
         prepare_store(self.settings)  # the server would create a new store's tables itself, racing the clients
         return super()._start()

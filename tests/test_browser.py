@@ -36,8 +36,8 @@ from labs import FEATURES, disable_announcements, make_platform, platform_variab
 from playwright.sync_api import Page, expect
 
 from mlplat.kernels import kernel_spec
+from mlplat.registry.artifacts import load_model
 from mlplat.serving.triton import TritonService
-from mlplat.training.run import load_model
 from mlplat_hub.workspaces import user_folder
 
 USER = "dana"

@@ -14,7 +14,7 @@ import pytest
 
 import mlplat
 from mlplat.errors import ConfigError, DefinitionError, JobError, JobFailed
-from mlplat.training import tracking
+from mlplat.registry import tracking
 
 
 def notebook(path, *cells, parameters="x = 1\nseed = 0"):

@@ -20,8 +20,8 @@ from mlplat.errors import EntityKeyError, MissingFeatures, MlplatError
 from mlplat.features import Entity, FeatureView, Field
 from mlplat.monitoring.metrics import exposition
 from mlplat.monitoring.predlog import metrics_key
+from mlplat.registry.artifacts import load_model
 from mlplat.serving.triton import TritonService, triton_installed
-from mlplat.training.run import load_model
 
 NAME = "gaps"
 NOW = pd.Timestamp.now(tz="UTC").floor("s")

@@ -13,7 +13,7 @@ from oracle import latest_value
 import mlplat
 from mlplat.errors import DefinitionError, DtypeMismatch, InvalidArgument, MissingColumnError, OnDemandFeatureError
 from mlplat.features import Entity, FeatureView, Field, OnDemandFeatureView
-from mlplat.training import tracking
+from mlplat.registry import tracking
 
 NOW = pd.Timestamp.now(tz="UTC").floor("s")
 driver = Entity("driver", ["driver_id"])
@@ -357,8 +357,8 @@ def test_training_records_the_on_demand_view_and_its_sources(trained):
 
 
 def test_a_model_on_on_demand_features_serves_with_request_data(trained):
+    from mlplat.registry.artifacts import load_model
     from mlplat.serving.triton import TritonService, triton_installed
-    from mlplat.training.run import load_model
 
     if not triton_installed(trained.settings):
         pytest.skip(f"no Triton in {trained.settings.triton_env}: `make triton` creates it")

@@ -9,8 +9,8 @@ import pytest
 import mlplat
 from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
 from mlplat.errors import ModelNotFound, OnnxExportError, ServingError
+from mlplat.registry.artifacts import load_model
 from mlplat.serving.triton import TritonService, triton_installed
-from mlplat.training.run import load_model
 
 FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate", "customer_profile:avg_fare"]
 DRIVER_FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate"]

@@ -12,7 +12,7 @@ from sklearn import metrics
 
 from mlplat.demo import driver, driver_stats, make_dataset
 from mlplat.errors import JobError
-from mlplat.training.run import load_spec
+from mlplat.registry.artifacts import load_spec
 
 TEMPLATES = sorted((Path(__file__).resolve().parents[1] / "templates").glob("*.ipynb"))
 TEMPLATE = {path.stem: path for path in TEMPLATES}

@@ -8,7 +8,7 @@ FIRST_USE = """
 import sys, time
 from pathlib import Path
 from mlplat.config import load_settings
-from mlplat.training import tracking
+from mlplat.registry import tracking
 go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.005)
@@ -32,7 +32,7 @@ def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
 def test_the_default_experiment_keeps_its_artifacts_under_the_platform_home(tmp_path, monkeypatch):
     """A run without an experiment lands in MLflow's Default one: under $MLPLAT_HOME, not the caller's ./mlruns."""
     from mlplat.config import load_settings
-    from mlplat.training import tracking
+    from mlplat.registry import tracking
 
     elsewhere = tmp_path / "a-repository"
     elsewhere.mkdir()

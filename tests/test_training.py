@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 import mlplat
 from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
 from mlplat.errors import GateFailed, InvalidArgument, MissingColumnError, TrackingUnavailable, TrainingError
+from mlplat.registry import tracking
 from mlplat.services import free_port
-from mlplat.training import tracking
 
 FEATURES = ["driver_stats:*", "customer_profile:avg_fare"]
 

@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from mlplat import db
 from mlplat.errors import JobError, JobFailed
 from mlplat.features.registry import metadata
+from mlplat.registry import tracking
 from mlplat.times import as_utc
-from mlplat.training import tracking
 from mlplat.training.fingerprint import environment
 
 job_runs = sa.Table(

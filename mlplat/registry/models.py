@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
+from mlplat.audit import Audit, AuditTrail
+from mlplat.config import Settings
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
-from mlplat.registry import scoring
+from mlplat.registry import scoring, tracking
+from mlplat.registry.artifacts import REFERENCE_ARTIFACT, load_spec
+from mlplat.registry.evaluate import LOWER_IS_BETTER, Split, score, split_rows
 from mlplat.registry.names import check_model_name
-from mlplat.training import tracking
-from mlplat.training.evaluate import LOWER_IS_BETTER, Split, score, split_rows
-
-if TYPE_CHECKING:
-    from mlplat.audit import AuditTrail
+from mlplat.registry.scoring import FeatureSource
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARCHIVED_TAG = "mlplat.archived"
@@ -57,13 +57,17 @@ class Promotion:
 
 
 class ModelRegistry:
-    """List, register, promote, roll back and archive model versions."""
+    """List, register, promote, roll back and archive model versions.
 
-    def __init__(self, platform: Any, margin: float = 0.0):
-        self.platform = platform
-        self.settings = platform.settings
+    ``settings`` name the MLflow store; every action is recorded in ``audit``; versions are scored
+    (promotion, batch scoring, evaluation) on inputs built from ``features``.
+    """
+
+    def __init__(self, settings: Settings, audit: Audit, features: FeatureSource, margin: float = 0.0):
+        self.settings = settings
+        self.audit = audit
+        self.features = features
         self.margin = margin
-        self.audit = platform.audit
 
     def _client(self):
         return tracking.session(self.settings)
@@ -232,14 +236,14 @@ class ModelRegistry:
               alias: str | None = None) -> pd.DataFrame:
         """Batch scoring: ``entity_df`` with the version's predictions, from its features as of each row's time."""
         scoring.check_rows(entity_df)
-        found = self.get(name, version, alias)
-        return scoring.predictions(scoring.inputs(self.platform, name, found.version, entity_df))
+        return scoring.predictions(self._inputs(self.get(name, version, alias), entity_df))
 
     def evaluate(self, name: str, entity_df: pd.DataFrame, version: str | int | None = None,
                  alias: str | None = None) -> scoring.Evaluation:
         """Metrics and plots of a version (default: the champion) on labelled entity rows."""
         scoring.check_rows(entity_df)
-        return scoring.evaluate(self.platform, name, self.get(name, version, alias).version, entity_df)
+        found = self.get(name, version, alias)
+        return scoring.evaluate(self._inputs(found, entity_df), name, found.version)
 
     def drift(self, name: str, current: pd.DataFrame, version: str | int | None = None, alias: str | None = None,
               psi_threshold: float = 0.2, p_threshold: float = 0.01, ks_threshold: float = 0.1) -> Any:
@@ -269,7 +273,6 @@ class ModelRegistry:
         import mlflow
 
         from mlplat.monitoring.drift import Reference
-        from mlplat.training.tracking import REFERENCE_ARTIFACT
 
         found = self.get(name, version, alias)
         with self._client():
@@ -285,8 +288,6 @@ class ModelRegistry:
 
     # -- the shared holdout --------------------------------------------------------
     def _shared_holdout(self, name: str, challenger: str, champion: str, metric: str) -> tuple[float, float]:
-        from mlplat.training.run import load_spec
-
         spec, entity_df = load_spec(self.settings, self.get(name, challenger).run_id)
         frame_times = entity_df.reset_index(drop=True)
         _, test = split_rows(frame_times, Split(**spec.split), spec.timestamp_field, spec.seed)
@@ -294,8 +295,11 @@ class ModelRegistry:
         return self._score(name, challenger, holdout, metric), self._score(name, champion, holdout, metric)
 
     def _score(self, name: str, version: str, holdout: pd.DataFrame, metric: str) -> float:
-        found = scoring.inputs(self.platform, name, version, holdout)
+        found = self._inputs(self.get(name, version), holdout)
         return score(found.model, found.X, found.frame[found.spec.target], found.spec.kind)[metric]
+
+    def _inputs(self, found: ModelVersion, entity_df: pd.DataFrame) -> scoring.Inputs:
+        return scoring.inputs(self.settings, self.features, found.name, found.version, found.run_id, entity_df)
 
 
 def _default_metric(metrics: dict[str, float]) -> str:

@@ -9,21 +9,38 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from mlplat.config import Settings
 from mlplat.errors import EntityDataFrameError, MissingColumnError
+from mlplat.features.definitions import FeatureView
+from mlplat.registry.artifacts import TrainSpec, load_model, load_spec, model_inputs
+from mlplat.registry.evaluate import figures, predict, score
+
+
+class FeatureSource(Protocol):
+    """Where model inputs come from: feature views by name, and point-in-time training sets.
+
+    :class:`mlplat.features.store.FeatureStore` is one.
+    """
+
+    def get_view(self, name: str, version: int | None = None) -> FeatureView: ...
+
+    def get_training_set(self, entity_df: pd.DataFrame, features: Sequence[str], *,
+                         timestamp_field: str = "event_timestamp", client: Any = None) -> pd.DataFrame: ...
 
 
 @dataclass(frozen=True)
 class Inputs:
     """A version's model and its feature matrix for some entity rows."""
 
-    spec: Any  # the version's TrainSpec
+    spec: TrainSpec
     model: Any
     frame: pd.DataFrame  # the entity rows joined with the version's features
     X: pd.DataFrame
@@ -35,26 +52,24 @@ def check_rows(entity_df: Any) -> None:
         raise EntityDataFrameError(f"The entity rows must be a pandas DataFrame, not {type(entity_df).__name__}.")
 
 
-def inputs(platform: Any, name: str, version: str, entity_df: pd.DataFrame) -> Inputs:
-    """Load ``version`` of ``name`` and build its features for ``entity_df``."""
+def inputs(settings: Settings, features: FeatureSource, name: str, version: str, run_id: str,
+           entity_df: pd.DataFrame) -> Inputs:
+    """Load ``version`` of ``name`` (trained in run ``run_id``) and build its features for ``entity_df``."""
     from mlplat.features.refs import resolve
-    from mlplat.training.run import load_model, load_spec, model_inputs
 
     check_rows(entity_df)
-    spec, _ = load_spec(platform.settings, platform.models.get(name, version).run_id)
+    spec, _ = load_spec(settings, run_id)
     if spec.timestamp_field not in entity_df.columns:
         raise MissingColumnError(f"The entity rows need a {spec.timestamp_field!r} column (the time to score as of); "
                                  f"they have {list(entity_df.columns)}.")
-    requests = resolve(spec.features, platform.features.get_view, set(entity_df.columns))
-    frame = platform.features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field)
+    requests = resolve(spec.features, features.get_view, set(entity_df.columns))
+    frame = features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field)
     X = model_inputs(frame, [c for r in requests for c in r.columns])
-    return Inputs(spec, load_model(platform.settings, name, version, spec.family), frame, X)
+    return Inputs(spec, load_model(settings, name, version, spec.family), frame, X)
 
 
 def predictions(found: Inputs) -> pd.DataFrame:
     """The entity rows with ``prediction`` (and per-class ``probability_<class>`` for classifiers)."""
-    from mlplat.training.evaluate import predict
-
     output = predict(found.model, found.X, found.spec.kind)
     keys = found.frame.drop(columns=list(found.X.columns))
     if found.spec.kind != "classifier":
@@ -82,14 +97,10 @@ class Evaluation:
                 f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>{images}</div>")
 
 
-def evaluate(platform: Any, name: str, version: str, entity_df: pd.DataFrame) -> Evaluation:
-    """Score ``version`` on labelled entity rows (they carry the version's target column)."""
+def evaluate(found: Inputs, name: str, version: str) -> Evaluation:
+    """Score ``version`` of ``name`` on labelled entity rows (its ``found`` inputs carry the version's target)."""
     import matplotlib.pyplot as plt
 
-    from mlplat.training.evaluate import predict, score
-    from mlplat.training.tracking import figures
-
-    found = inputs(platform, name, version, entity_df)
     target = found.spec.target
     if target not in found.frame.columns:
         raise MissingColumnError(f"Evaluating {name} needs labelled rows: add the target column {target!r}.")

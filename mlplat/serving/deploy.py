@@ -75,8 +75,7 @@ def deploy(platform: Any, name: str, version: str | int | None = None, alias: st
     """
     from mlplat.features.on_demand import is_on_demand
     from mlplat.features.refs import resolve
-    from mlplat.training.run import load_model, load_spec, model_inputs
-    from mlplat.training.tracking import load_impute
+    from mlplat.registry.artifacts import load_impute, load_model, load_spec, model_inputs
 
     check_policy(missing)
     found = platform.models.get(name, version, alias if version is None else None)

@@ -19,18 +19,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplat.audit import Audit
+from mlplat.config import Settings
 from mlplat.errors import EntityDataFrameError, GateFailed, MissingColumnError, TrainingError
 from mlplat.features.on_demand import source_views
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.features.retrieval import entity_times, refuse_clashes
 from mlplat.progress import ProgressBar, progress_bar
+from mlplat.registry import tracking
+from mlplat.registry.artifacts import SPEC_ARTIFACT, TrainSpec, load_spec, model_inputs
+from mlplat.registry.evaluate import Gate, Split, check_target, predict, score, split_rows
+from mlplat.registry.models import ModelRegistry
 from mlplat.registry.names import check_model_name
-from mlplat.training import estimators, tracking
-from mlplat.training.evaluate import Gate, Split, check_target, predict, score, split_rows
+from mlplat.registry.scoring import FeatureSource
+from mlplat.training import estimators, outputs
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
 
-SPEC_ARTIFACT = "mlplat/train_spec.json"
-ENTITIES_ARTIFACT = "mlplat/entity_df.parquet"
+
+@dataclass(frozen=True)
+class Training:
+    """What training runs use: the settings (MLflow store, user), the features they train on, the audit
+    trail, and the model registry that versions which pass their gate go to."""
+
+    settings: Settings
+    features: FeatureSource
+    audit: Audit
+    models: ModelRegistry
 
 
 @dataclass
@@ -63,24 +77,7 @@ class TrainResult:
                 "</p></div>")
 
 
-@dataclass(frozen=True)
-class TrainSpec:
-    """Every input of a run except the data itself, as recorded next to it."""
-
-    estimator: str
-    params: dict[str, Any]
-    kind: str
-    family: str
-    features: list[str]  # pinned: view@version:feature
-    target: str
-    timestamp_field: str
-    split: dict[str, Any]
-    seed: int
-    validation: dict[str, Any] | None
-    name: str
-
-
-def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.DataFrame, target: str, name: str,
+def train(training: Training, estimator: Any, *, features: list[str], entity_df: pd.DataFrame, target: str, name: str,
           params: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
           split: dict[str, Any] | Split | None = None, timestamp_field: str = "event_timestamp", seed: int = 0,
           client: Any = None, register: bool = True, progress: bool | ProgressBar | None = None) -> TrainResult:
@@ -88,34 +85,35 @@ def train(platform: Any, estimator: Any, *, features: list[str], entity_df: pd.D
     spec_ = estimators.resolve(estimator, params, seed)
     gate = Gate.parse(validation, spec_.kind)
     split = Split.parse(split)
-    requests = check_inputs(platform, features, entity_df, target, name)
+    requests = check_inputs(training.features, features, entity_df, target, name)
     pinned = [f"{r.view.name}@{r.view.version}:{f}" for r in requests for f in r.features]
     spec = TrainSpec(spec_.path, spec_.params, spec_.kind, spec_.family, pinned, target, timestamp_field,
                      asdict(split), seed, asdict(gate) if gate else None, name)
-    return _run(platform, spec, entity_df, [c for r in requests for c in r.columns], gate, client, register,
+    return _run(training, spec, entity_df, [c for r in requests for c in r.columns], gate, client, register,
                 progress=progress)
 
 
-def check_inputs(platform: Any, features: list[str], entity_df: pd.DataFrame, target: str, name: str) -> list:
-    """The view requests of ``features``, once the rows, target and model name are known to be usable."""
+def check_inputs(source: FeatureSource, features: list[str], entity_df: pd.DataFrame, target: str, name: str) -> list:
+    """The view requests of ``features`` (from ``source``), once the rows, target and model name are known to be
+    usable."""
     check_model_name(name)
     if not isinstance(entity_df, pd.DataFrame):
         raise EntityDataFrameError(f"entity_df must be a pandas DataFrame of labelled rows, not {type(entity_df).__name__}.")
     if not isinstance(target, str) or target not in entity_df.columns:
         raise MissingColumnError(f"entity_df has no target column {target!r}; it has {list(entity_df.columns)}.")
-    requests = resolve_refs(features, platform.features.get_view)
+    requests = resolve_refs(features, source.get_view)
     refuse_clashes(entity_df.columns, [c for r in requests for c in r.columns])
     return requests
 
 
-def _run(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
+def _run(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
          client: Any, register: bool, parent_run_id: str | None = None, extra_tags: dict | None = None,
          progress: bool | ProgressBar | None = None) -> TrainResult:
     with progress_bar(4, f"train {spec.name}", progress) as bar:
-        return _stages(platform, spec, entity_df, columns, gate, client, register, parent_run_id, extra_tags, bar)
+        return _stages(training, spec, entity_df, columns, gate, client, register, parent_run_id, extra_tags, bar)
 
 
-def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
+def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, columns: list[str], gate: Gate | None,
             client: Any, register: bool, parent_run_id: str | None, extra_tags: dict | None, bar: Any) -> TrainResult:
     import mlflow
 
@@ -126,7 +124,7 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
     times = entity_times(entity_df, spec.timestamp_field)
     if np.any(times[1:] < times[:-1]):
         entity_df = entity_df.iloc[np.argsort(times, kind="stable")]
-    frame = platform.features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field,
+    frame = training.features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field,
                                                client=client)
     seconds["training_set"] = time.perf_counter() - started
     X, y = model_inputs(frame, columns), frame[spec.target]
@@ -134,13 +132,13 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
                              split_rows(frame, Split(**spec.split), spec.timestamp_field, spec.seed))
     check_target(y.iloc[train_rows], y.iloc[test_rows], spec.kind, spec.target)
     fingerprint = frame_fingerprint(frame[[*entity_df.columns, *columns]])
-    with tracking.session(platform.settings) as mlflow_client:
-        experiment = tracking.experiment_id(mlflow_client, platform.settings, spec.name)
+    with tracking.session(training.settings) as mlflow_client:
+        experiment = tracking.experiment_id(mlflow_client, training.settings, spec.name)
         run = mlflow.start_run(experiment_id=experiment, parent_run_id=parent_run_id, nested=parent_run_id is not None,
                                run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
         try:
-            views = source_views(spec.features, platform.features.get_view)  # on-demand views' sources too
-            _log_inputs(spec, entity_df, fingerprint, platform.settings, extra_tags, views)
+            views = source_views(spec.features, training.features.get_view)  # on-demand views' sources too
+            _log_inputs(spec, entity_df, fingerprint, training.settings, extra_tags, views)
             bar.update()
             bar.set_postfix_str("fit")
             started = time.perf_counter()
@@ -154,19 +152,19 @@ def _stages(platform: Any, spec: TrainSpec, entity_df: pd.DataFrame, columns: li
             metrics = score(model, X_test, y_test, spec.kind, predictions)
             bar.set_postfix(metrics)
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-            logged = tracking.log_model(model, spec.family, X_test.head(100), predictions[:100])
-            tracking.log_plots(model, X_test, y_test, spec.kind, predictions)
-            tracking.log_reference(X.iloc[train_rows], predictions, spec.seed)
-            tracking.log_impute(X.iloc[train_rows])
+            logged = outputs.log_model(model, spec.family, X_test.head(100), predictions[:100])
+            outputs.log_plots(model, X_test, y_test, spec.kind, predictions)
+            outputs.log_reference(X.iloc[train_rows], predictions, spec.seed)
+            outputs.log_impute(X.iloc[train_rows])
             bar.update()
             bar.set_postfix_str("gate and register")
             rejected = gate.check(metrics) if gate else None
             mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
-            platform.audit.record("model", spec.name, "trained", run_id=run.info.run_id, metrics=metrics,
+            training.audit.record("model", spec.name, "trained", run_id=run.info.run_id, metrics=metrics,
                                   refused=rejected)
             version = None
             if rejected is None and register:
-                version = platform.models.register(spec.name, logged.model_uri, run.info.run_id, spec.features,
+                version = training.models.register(spec.name, logged.model_uri, run.info.run_id, spec.features,
                                                    fingerprint)
             seconds["tracking"] = time.perf_counter() - started
             bar.update()
@@ -183,15 +181,6 @@ def _positions(rows: np.ndarray) -> slice | np.ndarray:
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
         return slice(int(rows[0]), int(rows[-1]) + 1)
     return rows
-
-
-def model_inputs(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Feature columns as estimators take them: floats (as stored), others as float64; NaN when missing."""
-    X = frame[columns]
-    strings = [c for c in columns if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))]
-    if strings:
-        raise TrainingError(f"Feature(s) {strings} are not numeric; encode them in a feature view (e.g. one-hot) first.")
-    return X.astype({c: "float64" for c in columns if X[c].dtype.kind != "f"})
 
 
 def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None) -> Any:
@@ -236,7 +225,7 @@ def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, clien
     return local
 
 
-def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Any, extra: dict | None,
+def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Settings, extra: dict | None,
                 views: list[str]) -> None:
     import mlflow
 
@@ -256,30 +245,6 @@ def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, sett
         path = Path(folder) / "entity_df.parquet"
         entity_df.to_parquet(path)
         mlflow.log_artifact(str(path), "mlplat")
-
-def load_spec(settings: Any, run_id: str) -> tuple[TrainSpec, pd.DataFrame]:
-    """The recorded inputs of a run: its TrainSpec and its entity rows."""
-    import mlflow
-
-    with tracking.session(settings):
-        try:
-            spec = TrainSpec(**mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPEC_ARTIFACT}"))
-            with tempfile.TemporaryDirectory() as folder:
-                path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{ENTITIES_ARTIFACT}", dst_path=folder)
-                entity_df = pd.read_parquet(path)
-        except Exception as exc:
-            raise TrainingError(f"Run {run_id} has no mlplat training record ({exc}); was it made by p.train?") from None
-    return spec, entity_df
-
-
-def load_model(settings: Any, name: str, version: str, family: str) -> Any:
-    """A registered version as its native estimator (with predict_proba), not the pyfunc wrapper."""
-    import mlflow
-
-    flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm}.get(family, mlflow.sklearn)
-    with tracking.session(settings):
-        return flavour.load_model(f"models:/{name}/{version}")
-
 
 @dataclass
 class Reproduction:
@@ -305,13 +270,13 @@ class Reproduction:
                 f"<table><tr><th>metric</th><th>original</th><th>reproduced</th></tr>{rows}</table></div>")
 
 
-def reproduce(platform: Any, run_id: str, client: Any = None) -> Reproduction:
+def reproduce(training: Training, run_id: str, client: Any = None) -> Reproduction:
     """Retrain from a run's recorded inputs (pinned feature versions, rows, estimator, seed, split)."""
-    spec, entity_df = load_spec(platform.settings, run_id)
-    with tracking.session(platform.settings) as mlflow_client:
+    spec, entity_df = load_spec(training.settings, run_id)
+    with tracking.session(training.settings) as mlflow_client:
         original = mlflow_client.get_run(run_id)
-    requests = resolve_refs(spec.features, platform.features.get_view, set(entity_df.columns))
-    result = _run(platform, spec, entity_df, [c for r in requests for c in r.columns], None, client,
+    requests = resolve_refs(spec.features, training.features.get_view, set(entity_df.columns))
+    result = _run(training, spec, entity_df, [c for r in requests for c in r.columns], None, client,
                   register=False, extra_tags={"mlplat.reproduces": run_id})
     same = result.training_set_fingerprint == original.data.tags.get("mlplat.training_set_fingerprint")
     return Reproduction(run_id, result.run_id, dict(original.data.metrics), result.metrics, same)

@@ -18,9 +18,11 @@ import pandas as pd
 
 from mlplat.errors import InvalidArgument
 from mlplat.progress import ProgressBar, progress_bar
-from mlplat.training import estimators, tracking
-from mlplat.training.evaluate import LOWER_IS_BETTER, Gate, Split, check_target, metric_names, score, split_rows
-from mlplat.training.run import TrainResult, TrainSpec, _run, check_inputs, model_inputs
+from mlplat.registry import tracking
+from mlplat.registry.artifacts import TrainSpec, model_inputs
+from mlplat.registry.evaluate import LOWER_IS_BETTER, Gate, Split, check_target, metric_names, score, split_rows
+from mlplat.training import estimators
+from mlplat.training.run import Training, TrainResult, _run, check_inputs
 
 
 @dataclass
@@ -77,7 +79,7 @@ def trial(path: str, params: dict[str, Any], kind: str, data: tuple) -> dict[str
     return score(model, X_val, y_val, kind)
 
 
-def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list[str], entity_df: pd.DataFrame,
+def tune(training: Training, estimator: Any, space: dict[str, Any], *, features: list[str], entity_df: pd.DataFrame,
          target: str, name: str, search: str = "grid", n_trials: int = 10, metric: str | None = None,
          params: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
          split: dict[str, Any] | None = None, timestamp_field: str = "event_timestamp", seed: int = 0,
@@ -93,10 +95,10 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
         raise InvalidArgument(f"metric {metric!r} is not computed for a {base.kind}; use one of {metric_names(base.kind)}.")
     gate = Gate.parse(validation, base.kind)
     split_ = Split.parse(split)
-    requests = check_inputs(platform, features, entity_df, target, name)
+    requests = check_inputs(training.features, features, entity_df, target, name)
     pinned = [f"{r.view.name}@{r.view.version}:{f}" for r in requests for f in r.features]
     columns = [c for r in requests for c in r.columns]
-    frame = platform.features.get_training_set(entity_df, pinned, timestamp_field=timestamp_field, client=client)
+    frame = training.features.get_training_set(entity_df, pinned, timestamp_field=timestamp_field, client=client)
     train_rows, _ = split_rows(frame, split_, timestamp_field, seed)
     fitting = frame.iloc[train_rows]
     fit_rows, val_rows = split_rows(fitting, split_, timestamp_field, seed)
@@ -122,8 +124,8 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
             scores = client.gather(futures)
 
     best = better(range(len(sets)), key=lambda i: scores[i][metric])
-    with tracking.session(platform.settings) as mlflow_client:
-        experiment = tracking.experiment_id(mlflow_client, platform.settings, name)
+    with tracking.session(training.settings) as mlflow_client:
+        experiment = tracking.experiment_id(mlflow_client, training.settings, name)
         with mlflow.start_run(experiment_id=experiment, run_name=f"{name}-tune") as parent:
             mlflow.log_params({"search": search, "trials": len(sets), "metric": metric})
             for trial_params, trial_scores in zip(sets, scores):
@@ -131,11 +133,11 @@ def tune(platform: Any, estimator: Any, space: dict[str, Any], *, features: list
                     mlflow.log_params(trial_params)
                     mlflow.log_metrics({f"val_{k}": v for k, v in trial_scores.items() if np.isfinite(v)})
             mlflow.log_params({f"best.{k}": v for k, v in sets[best].items()})
-            platform.audit.record("model", name, "tuned", run_id=parent.info.run_id, search=search, trials=len(sets),
+            training.audit.record("model", name, "tuned", run_id=parent.info.run_id, search=search, trials=len(sets),
                                   metric=metric, best=sets[best], score=scores[best][metric])
             spec = TrainSpec(specs[best].path, specs[best].params, base.kind, base.family, pinned, target,
                              timestamp_field, vars(split_), seed, vars(gate) if gate else None, name)
-            result = _run(platform, spec, entity_df, columns, gate, client, register, parent_run_id=parent.info.run_id,
+            result = _run(training, spec, entity_df, columns, gate, client, register, parent_run_id=parent.info.run_id,
                           progress=progress)
     trials = pd.DataFrame([{**s, **sc} for s, sc in zip(sets, scores)])
     return TuneResult(sets[best], metric, trials, result, parent.info.run_id)

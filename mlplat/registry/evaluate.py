@@ -1,4 +1,4 @@
-"""Splitting a training set, scoring a model, and the validation gate.
+"""Splitting a training set, scoring a model (metrics and plots), and the validation gate.
 
 The default split is by time: the model trains on earlier rows and is tested on
 later ones, as it will be used. Rows sharing the boundary timestamp all go to
@@ -143,3 +143,38 @@ def score(model: Any, X: pd.DataFrame, y: pd.Series, kind: str, predictions: np.
         "f1": float(m.f1_score(y, predicted, average="binary" if binary else "macro", pos_label=model.classes_[-1])),
         "log_loss": float(m.log_loss(y, output, labels=model.classes_)),
     }
+
+
+def figures(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, predictions: np.ndarray) -> dict[str, Any]:
+    """ROC and precision-recall curves (classifiers) or residuals (regressors), and feature importance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = {}
+    if kind == "classifier" and len(getattr(model, "classes_", [])) == 2:
+        from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+        figure, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
+        scores = predictions[:, 1]
+        RocCurveDisplay.from_predictions(y_test, scores, ax=roc, pos_label=model.classes_[1])
+        PrecisionRecallDisplay.from_predictions(y_test, scores, ax=pr, pos_label=model.classes_[1])
+        found["roc_pr"] = figure
+    elif kind == "regressor":
+        figure, ax = plt.subplots(figsize=(5, 4))
+        ax.scatter(predictions, np.asarray(y_test) - predictions, s=4, alpha=0.5)
+        ax.axhline(0, color="grey", lw=1)
+        ax.set(xlabel="predicted", ylabel="residual", title="Residuals on the test rows")
+        found["residuals"] = figure
+    importance = getattr(model, "feature_importances_", None)
+    if importance is None and hasattr(model, "coef_"):
+        importance = np.abs(np.asarray(model.coef_)).reshape(-1, len(X_test.columns)).mean(axis=0)
+    if importance is not None:
+        order = np.argsort(importance)[-20:]
+        figure, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1))
+        ax.barh(np.asarray(X_test.columns)[order], np.asarray(importance)[order])
+        ax.set(title="Feature importance")
+        figure.tight_layout()
+        found["feature_importance"] = figure
+    return found

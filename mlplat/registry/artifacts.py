@@ -1,0 +1,84 @@
+"""What a training run records beside its model, and how a registered version is read back.
+
+A run (see :mod:`mlplat.training.run`) writes these artifacts; the registry (promotion on a
+shared holdout, batch scoring, drift references) and serving (export, imputation) read them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from mlplat.config import Settings
+from mlplat.errors import TrainingError
+from mlplat.registry.tracking import session
+
+SPEC_ARTIFACT = "mlplat/train_spec.json"
+ENTITIES_ARTIFACT = "mlplat/entity_df.parquet"
+REFERENCE_ARTIFACT = "mlplat/reference.json"
+IMPUTE_ARTIFACT = "mlplat/impute.json"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Every input of a run except the data itself, as recorded next to it."""
+
+    estimator: str
+    params: dict[str, Any]
+    kind: str
+    family: str
+    features: list[str]  # pinned: view@version:feature
+    target: str
+    timestamp_field: str
+    split: dict[str, Any]
+    seed: int
+    validation: dict[str, Any] | None
+    name: str
+
+
+def load_spec(settings: Settings, run_id: str) -> tuple[TrainSpec, pd.DataFrame]:
+    """The recorded inputs of a run: its TrainSpec and its entity rows."""
+    import mlflow
+
+    with session(settings):
+        try:
+            spec = TrainSpec(**mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPEC_ARTIFACT}"))
+            with tempfile.TemporaryDirectory() as folder:
+                path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{ENTITIES_ARTIFACT}", dst_path=folder)
+                entity_df = pd.read_parquet(path)
+        except Exception as exc:
+            raise TrainingError(f"Run {run_id} has no mlplat training record ({exc}); was it made by p.train?") from None
+    return spec, entity_df
+
+
+def load_model(settings: Settings, name: str, version: str, family: str) -> Any:
+    """A registered version as its native estimator (with predict_proba), not the pyfunc wrapper."""
+    import mlflow
+
+    flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm}.get(family, mlflow.sklearn)
+    with session(settings):
+        return flavour.load_model(f"models:/{name}/{version}")
+
+
+def load_impute(settings: Settings, run_id: str) -> list[float] | None:
+    """The training medians a run recorded (NaN where it has none), or None for runs made before they were."""
+    import mlflow
+
+    with session(settings):
+        try:
+            found = mlflow.artifacts.load_dict(f"runs:/{run_id}/{IMPUTE_ARTIFACT}")
+        except Exception:  # MLflow raises several kinds for a missing artifact
+            return None
+    return [float("nan") if v is None else v for v in found["values"]]
+
+
+def model_inputs(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Feature columns as estimators take them: floats (as stored), others as float64; NaN when missing."""
+    X = frame[columns]
+    strings = [c for c in columns if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))]
+    if strings:
+        raise TrainingError(f"Feature(s) {strings} are not numeric; encode them in a feature view (e.g. one-hot) first.")
+    return X.astype({c: "float64" for c in columns if X[c].dtype.kind != "f"})
