@@ -274,10 +274,10 @@ def scheduler(interval: float, max_concurrent: int, heartbeat: str | None, lease
     """Run scheduled notebook jobs as their slots come due (`mlplat up` starts this)."""
     from pathlib import Path
 
-    from mlplat.jobs.schedules import Scheduler
+    from mlplat.jobs.scheduler import Scheduler
 
-    Scheduler(_platform(), max_concurrent, lease, reclaims).serve(interval,
-                                                                  heartbeat=Path(heartbeat) if heartbeat else None)
+    Scheduler(_platform().jobs, max_concurrent, lease, reclaims).serve(interval,
+                                                                       heartbeat=Path(heartbeat) if heartbeat else None)
 
 
 @main.group()

@@ -107,15 +107,16 @@ class Platform:
     def lineage(self, model: str | None = None, version: str | int | None = None, feature_view: str | None = None,
                 endpoint: str | None = None):
         """Where a model version, or what a Triton endpoint serves, came from; or which model versions use a view."""
-        from mlplat import lineage
+        from mlplat.lineage import Tracer
 
+        tracer = Tracer(self.settings, self.features, self.models, self.audit, self._deployment)
         if endpoint is not None:
-            return lineage.of_endpoint(self, endpoint)
+            return tracer.of_endpoint(endpoint)
         if feature_view is not None:
-            return lineage.of_feature_view(self, feature_view)
+            return tracer.of_feature_view(feature_view)
         if model is None:
             raise InvalidArgument("Pass model= (and version=), endpoint= or feature_view=.")
-        return lineage.of_model(self, model, version)
+        return tracer.of_model(model, version)
 
     def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
         """Put a registered version (default: the champion) live on Triton; returns a Deployment.
@@ -158,7 +159,7 @@ class Platform:
         """Notebook jobs (:class:`mlplat.jobs.runs.Jobs`): run, history, rerun."""
         from mlplat.jobs.runs import Jobs
 
-        return Jobs(self)
+        return Jobs(self.settings, self.engine, self.audit)
 
     @cached_property
     def experiments(self):
@@ -179,7 +180,21 @@ class Platform:
         """Drift, latency, errors and feature freshness of deployed models (:class:`mlplat.monitoring.monitor.Monitor`)."""
         from mlplat.monitoring.monitor import Monitor
 
-        return Monitor(self)
+        return Monitor(self.settings, self.engine, self.audit, self.features.online.client, self.models, self.jobs,
+                       self._deployed_version, self._serving_metrics_url)
+
+    def _deployment(self, name: str) -> dict[str, Any]:
+        from mlplat.serving.deploy import serving_info
+
+        return serving_info(self, name)
+
+    def _deployed_version(self, name: str) -> str:
+        return str(self._deployment(name)["default"])
+
+    def _serving_metrics_url(self) -> str | None:
+        from mlplat.serving.triton import TritonService
+
+        return TritonService(self.settings).metrics_url()
 
     def alerts(self, status: str | None = None, model: str | None = None):
         """Alerts raised by monitoring checks, newest first (``status`` "firing" or "resolved")."""

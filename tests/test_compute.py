@@ -15,7 +15,7 @@ from mlplat.features import Entity, Field
 from mlplat.features.compute import BatchFeatureView
 from mlplat.features.definitions import FeatureView, diff_views
 from mlplat.features.quality import QuarantineWarning
-from mlplat.jobs.schedules import Scheduler
+from mlplat.jobs.scheduler import Scheduler
 
 FIRST = pd.Timestamp("2024-03-01", tz="UTC")
 US = pd.Timedelta(1, "us")
@@ -382,7 +382,7 @@ def test_a_scheduled_view_is_computed_by_the_scheduler(p, driver, tmp_path):
     [scheduled] = [s for s in p.jobs.schedules() if s.enabled]
     assert (scheduled.cron, scheduled.parameters) == ("0 2 * * *", {"view": "driver_daily", "materialize": True})
     assert Path(scheduled.notebook).name == "feature_compute.ipynb"
-    [job] = Scheduler(p).tick(datetime.now(UTC) + timedelta(days=1))  # its next 02:00 has come
+    [job] = Scheduler(p.jobs).tick(datetime.now(UTC) + timedelta(days=1))  # its next 02:00 has come
     assert p.jobs.history()[0].id == job and p.jobs.history()[0].status == "succeeded"
     yesterday = frame[frame["pickup_at"].dt.floor("D") == today - pd.Timedelta(days=1)]
     pd.testing.assert_frame_equal(stored(p, "driver_daily"), expected_daily(yesterday))

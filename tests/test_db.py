@@ -35,7 +35,8 @@ def tiny_notebook(path):
 
 
 def test_a_database_made_before_migrations_is_upgraded_keeping_its_rows(tmp_path, redis_url):
-    from mlplat.jobs.schedules import Scheduler, slots_of
+    from mlplat.jobs.scheduler import Scheduler
+    from mlplat.jobs.schedules import slots_of
 
     home, source = tmp_path / "h", tiny_notebook(tmp_path / "old.ipynb")
     home.mkdir()
@@ -58,13 +59,13 @@ def test_a_database_made_before_migrations_is_upgraded_keeping_its_rows(tmp_path
     (listed,) = p.jobs.schedules()
     assert (listed.cron, listed.parameters, listed.last_status, listed.broken) == ("0 3 * * *", {"x": 2}, "running",
                                                                                    None)
-    assert [(s["status"], s["claims"], s["lease_until"]) for s in slots_of(p, 1)] == [("succeeded", 1, None),
+    assert [(s["status"], s["claims"], s["lease_until"]) for s in slots_of(p.engine, 1)] == [("succeeded", 1, None),
                                                                                       ("running", 1, None)]
     assert schema_differences(p.engine) == []
 
     # the slot left running has no lease: the next scheduler takes it as its dead scheduler's and runs it
-    Scheduler(p).tick(slots_of(p, 1)[-1]["slot"])
-    assert [(s["status"], s["claims"]) for s in slots_of(p, 1)] == [("succeeded", 1), ("succeeded", 2)]
+    Scheduler(p.jobs).tick(slots_of(p.engine, 1)[-1]["slot"])
+    assert [(s["status"], s["claims"]) for s in slots_of(p.engine, 1)] == [("succeeded", 1), ("succeeded", 2)]
     assert len(p.jobs.history()) == 2
     p.close()
 

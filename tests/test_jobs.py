@@ -86,7 +86,8 @@ def test_the_scheduler_runs_each_slot_once_across_restarts(p, tmp_path):
 
     import sqlalchemy as sa
 
-    from mlplat.jobs.schedules import Scheduler, schedules_table, slots_of
+    from mlplat.jobs.scheduler import Scheduler
+    from mlplat.jobs.schedules import schedules_table, slots_of
 
     source = notebook(tmp_path / "tick.ipynb", "print(x)")
     schedule_id = p.jobs.schedule(source, "*/10 * * * *", parameters={"x": 3})
@@ -100,12 +101,12 @@ def test_the_scheduler_runs_each_slot_once_across_restarts(p, tmp_path):
         expected.append(mark)
         mark += timedelta(minutes=10)
 
-    assert len(Scheduler(p).tick(later)) == len(expected)  # a scheduler that was down catches up
-    assert Scheduler(p).tick(later) == []  # and a restarted one runs none of them again
-    slots = slots_of(p, schedule_id)
+    assert len(Scheduler(p.jobs).tick(later)) == len(expected)  # a scheduler that was down catches up
+    assert Scheduler(p.jobs).tick(later) == []  # and a restarted one runs none of them again
+    slots = slots_of(p.engine, schedule_id)
     assert [s["slot"] for s in slots] == expected
     assert {s["status"] for s in slots} == {"succeeded"} and len({s["job_id"] for s in slots}) == len(expected)
-    assert len(Scheduler(p).tick(later + timedelta(minutes=10))) == 1  # the next slot, once
+    assert len(Scheduler(p.jobs).tick(later + timedelta(minutes=10))) == 1  # the next slot, once
     assert len(p.jobs.history(source)) == len(expected) + 1
 
 
@@ -209,7 +210,7 @@ def test_a_job_runs_on_a_dask_worker(p, tmp_path):
 def test_schedules_are_listed_paused_and_resumed_without_a_backlog(p, tmp_path):
     from datetime import UTC, datetime, timedelta
 
-    from mlplat.jobs.schedules import Scheduler
+    from mlplat.jobs.scheduler import Scheduler
 
     source = notebook(tmp_path / "tick.ipynb", "print(x)")
     schedule_id = p.jobs.schedule(source, "0 * * * *", parameters={"x": 3})
@@ -220,10 +221,10 @@ def test_schedules_are_listed_paused_and_resumed_without_a_backlog(p, tmp_path):
     assert listed.next_run == (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     p.jobs.pause(schedule_id)
     assert p.jobs.schedules()[0].next_run is None
-    assert Scheduler(p).tick(now + timedelta(hours=3)) == []  # paused: nothing runs
+    assert Scheduler(p.jobs).tick(now + timedelta(hours=3)) == []  # paused: nothing runs
     p.jobs.resume(schedule_id)
-    assert Scheduler(p).due(now + timedelta(minutes=1)) == []  # the slots missed while paused are skipped
-    assert len(Scheduler(p).due(now + timedelta(hours=1, minutes=1))) == 1
+    assert Scheduler(p.jobs).due(now + timedelta(minutes=1)) == []  # the slots missed while paused are skipped
+    assert len(Scheduler(p.jobs).due(now + timedelta(hours=1, minutes=1))) == 1
     with pytest.raises(JobError, match="No schedule 99"):
         p.jobs.pause(99)
 
@@ -234,7 +235,8 @@ def in_an_hour(p):
 
 
 def test_a_dying_job_fails_its_slot_alone_and_runs_as_its_schedules_owner(p, tmp_path, redis_url):
-    from mlplat.jobs.schedules import Scheduler, slots_of
+    from mlplat.jobs.scheduler import Scheduler
+    from mlplat.jobs.schedules import slots_of
 
     dies = p.jobs.schedule(notebook(tmp_path / "dies.ipynb", "import os\nos._exit(1)"), "0 * * * *")
     source = notebook(tmp_path / "fine.ipynb", "print(x)")
@@ -242,9 +244,9 @@ def test_a_dying_job_fails_its_slot_alone_and_runs_as_its_schedules_owner(p, tmp
     # the scheduler service runs as its own user, for everyone
     service = mlplat.connect(home=str(p.settings.home), online_store=redis_url, online_prefix="jobs", user="svc",
                              team="ops")
-    ran = Scheduler(service).tick(in_an_hour(p))
+    ran = Scheduler(service.jobs).tick(in_an_hour(p))
     service.close()
-    (died,), (done,) = slots_of(p, dies), slots_of(p, fine)
+    (died,), (done,) = slots_of(p.engine, dies), slots_of(p.engine, fine)
     assert (died["status"], done["status"]) == ("failed", "succeeded") and len(ran) == 2
     assert "failed after 1 attempt(s): the kernel died while running cell 2" in died["error"]
     (run,) = p.jobs.history(source)
@@ -262,7 +264,8 @@ def test_a_schedule_broken_later_is_listed_skipped_and_can_be_fixed_or_unschedul
 
     from mlplat.cli import main
     from mlplat.errors import ScheduleNotFound
-    from mlplat.jobs.schedules import Scheduler, schedules_table, slots_of
+    from mlplat.jobs.scheduler import Scheduler
+    from mlplat.jobs.schedules import schedules_table, slots_of
 
     good = p.jobs.schedule(notebook(tmp_path / "good.ipynb", "print(x)"), "0 * * * *")
     february = p.jobs.schedule(notebook(tmp_path / "feb.ipynb", "print(x)"), "0 * * * *")
@@ -281,9 +284,9 @@ def test_a_schedule_broken_later_is_listed_skipped_and_can_be_fixed_or_unschedul
     with pytest.raises(JobError, match="Schedule 2 cannot run: '0 0 30 2 \\*' never fires"):
         p.jobs.cronjob(february)  # nor as a Kubernetes CronJob
 
-    Scheduler(p).tick(due)  # the good one runs; the others fail alone
-    assert [s["status"] for s in slots_of(p, good)] == ["succeeded"] and slots_of(p, february) == []
-    (lost,) = slots_of(p, gone)
+    Scheduler(p.jobs).tick(due)  # the good one runs; the others fail alone
+    assert [s["status"] for s in slots_of(p.engine, good)] == ["succeeded"] and slots_of(p.engine, february) == []
+    (lost,) = slots_of(p.engine, gone)
     assert lost["status"] == "failed" and "No notebook at" in lost["error"]
     listed = {s.id: s for s in p.jobs.schedules()}
     assert "No notebook at" in listed[gone].broken and listed[gone].last_error == lost["error"]
@@ -292,7 +295,7 @@ def test_a_schedule_broken_later_is_listed_skipped_and_can_be_fixed_or_unschedul
     monkeypatch.setenv("MLPLAT_ONLINE_STORE", p.settings.online_store)
     shown = CliRunner().invoke(main, ["jobs", "schedules"]).output
     assert "      broken: '0 0 30 2 *' never fires" in shown and "      broken: No notebook at" in shown
-    assert len(Scheduler(p).tick(due + timedelta(hours=1))) == 1  # broken ones stay skipped
+    assert len(Scheduler(p.jobs).tick(due + timedelta(hours=1))) == 1  # broken ones stay skipped
 
     notebook(tmp_path / "gone.ipynb", "print(x)")  # fixed: resuming checks it again and runs it from then on
     p.jobs.resume(gone)
@@ -307,7 +310,8 @@ def test_a_schedule_broken_later_is_listed_skipped_and_can_be_fixed_or_unschedul
 def test_a_slot_whose_scheduler_died_too_often_fails_saying_so(p, tmp_path):
     from datetime import UTC, datetime
 
-    from mlplat.jobs.schedules import Scheduler, slots_of, slots_table
+    from mlplat.jobs.scheduler import Scheduler
+    from mlplat.jobs.schedules import slots_of, slots_table
 
     schedule_id = p.jobs.schedule(notebook(tmp_path / "tick.ipynb", "print(x)"), "0 * * * *")
     now = datetime.now(UTC)
@@ -315,8 +319,8 @@ def test_a_slot_whose_scheduler_died_too_often_fails_saying_so(p, tmp_path):
         conn.execute(slots_table.insert().values(schedule_id=schedule_id, slot=now.replace(minute=0, second=0),
                                                  status="running", claimed_at=now - timedelta(seconds=5),
                                                  lease_until=now - timedelta(seconds=1), claims=3))
-    assert Scheduler(p, reclaims=2).tick(now) == []
-    (slot,) = slots_of(p, schedule_id)
+    assert Scheduler(p.jobs, reclaims=2).tick(now) == []
+    (slot,) = slots_of(p.engine, schedule_id)
     assert (slot["status"], slot["error"]) == ("failed", "the scheduler running it died 3 times")
 
 
@@ -349,7 +353,7 @@ def test_a_job_whose_scheduler_is_killed_is_run_again_by_the_next_scheduler(kern
         conn.execute(sa.update(schedules_table).where(schedules_table.c.id == never).values(cron="0 0 30 2 *"))
 
     def slot():
-        return slots_of(p, schedule_id)[0]
+        return slots_of(p.engine, schedule_id)[0]
 
     with open(tmp_path / "scheduler.log", "ab") as log:
         first = start_scheduler(log)
@@ -376,7 +380,7 @@ def test_a_job_whose_scheduler_is_killed_is_run_again_by_the_next_scheduler(kern
     (run,) = p.jobs.history(source)  # the killed attempt left no run; the second one ran to the end
     assert (run.id, run.status, outputs(run.output)[-1]) == (slot()["job_id"], "succeeded", "done\n")
     assert len(set(kernels.read_text().split())) == 2
-    assert "never fires" in {s.id: s.broken for s in p.jobs.schedules()}[never] and slots_of(p, never) == []
+    assert "never fires" in {s.id: s.broken for s in p.jobs.schedules()}[never] and slots_of(p.engine, never) == []
 
 
 K8S = {"image": "registry.example/mlplat:1.0", "namespace": "ml", "volume": "team-projects", "gpu": 1,
@@ -434,7 +438,7 @@ def build_cronjob(p, schedule_id, project):
     from mlplat.jobs.schedules import schedule_of
 
     cluster_settings = replace(p.settings, registry=SERVERS["registry"])
-    return manifest(cronjob(cluster_settings, schedule_of(p, schedule_id), project))
+    return manifest(cronjob(cluster_settings, schedule_of(p.engine, schedule_id), project))
 
 
 def test_a_parameter_line_papermill_cannot_read_is_named(p, tmp_path):

@@ -399,7 +399,7 @@ def test_the_dashboard_queries_metrics_that_exist(deployed):
 def test_the_check_runs_as_a_scheduled_notebook_job(deployed, monkeypatch):
     import nbformat
 
-    from mlplat.jobs.schedules import Scheduler
+    from mlplat.jobs.scheduler import Scheduler
 
     p, X = deployed
     for key in ("home", "online_store", "online_prefix"):  # the job's kernel connects with these
@@ -407,7 +407,7 @@ def test_the_check_runs_as_a_scheduled_notebook_job(deployed, monkeypatch):
     schedule = p.monitor.schedule("trips", cron="*/10 * * * *")
     [listed] = [s for s in p.jobs.schedules() if s.id == schedule]
     assert listed.parameters == {"model": "trips"}
-    [job_id] = Scheduler(p).tick(listed.next_run)  # its first slot, alone (the next is 10 minutes on)
+    [job_id] = Scheduler(p.jobs).tick(listed.next_run)  # its first slot, alone (the next is 10 minutes on)
     [run] = [r for r in p.jobs.history() if r.id == job_id]
     assert run.status == "succeeded"
     printed = "".join(o.get("text", "") for c in nbformat.read(run.output, as_version=4).cells

@@ -12,12 +12,10 @@ partial output notebook.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -30,8 +28,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlplat import db
-from mlplat.errors import JobError, JobFailed
+from mlplat.audit import Audit
+from mlplat.config import Settings
+from mlplat.cron import check_cron
+from mlplat.errors import InvalidArgument, JobError, JobFailed
 from mlplat.features.registry import metadata
+from mlplat.jobs import schedules as schedule_store
+from mlplat.jobs import templates
+from mlplat.jobs.notebooks import check_notebook
 from mlplat.registry import tracking
 from mlplat.times import as_utc
 from mlplat.training.fingerprint import environment
@@ -85,13 +89,17 @@ class JobRun:
 
 
 class Jobs:
-    """Run notebooks as jobs, see their history, rerun them."""
+    """Run notebooks as jobs, see their history, rerun them, schedule them.
 
-    def __init__(self, platform: Any):
-        self.platform = platform
-        self.engine = platform.engine
-        self.audit = platform.audit
-        self.root = platform.settings.home / "jobs"
+    Runs and schedules are recorded in the metadata database behind ``engine`` and in the ``audit``
+    trail; ``settings`` give the tracking store, where runs keep their files, and the cell timeout.
+    """
+
+    def __init__(self, settings: Settings, engine: sa.Engine, audit: Audit):
+        self.settings = settings
+        self.engine = engine
+        self.audit = audit
+        self.root = settings.home / "jobs"
         db.upgrade(self.engine)  # the job tables are Alembic's (mlplat/migrations)
 
     def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
@@ -110,7 +118,7 @@ class Jobs:
         """
         source = Path(notebook).resolve()
         parameters = dict(parameters or {})
-        kernel = self._check(source, parameters, kernel)
+        kernel = check_notebook(source, parameters, kernel)
         attempts = Attempts(retries, backoff, self._timeout(timeout))
         run_id = uuid.uuid4().hex
         folder = self.root / run_id
@@ -131,43 +139,54 @@ class Jobs:
     def schedule(self, notebook: str | Path, cron: str, parameters: dict[str, Any] | None = None,
                  kernel: str | None = None) -> int:
         """Run ``notebook`` on a cron schedule (``mlplat scheduler``, started by ``mlplat up``, runs it)."""
-        from mlplat.jobs.schedules import schedule
+        return schedule_store.schedule(self.engine, self.audit, notebook, cron, parameters, kernel)
 
-        return schedule(self.platform, notebook, cron, parameters, kernel)
+    def schedule_template(self, template: str, cron: str, parameters: dict[str, Any], *,
+                          key: str | None = None) -> int:
+        """Run the notebook template ``templates/<template>`` with ``parameters`` on ``cron``; return the
+        schedule's id (see :class:`mlplat.scheduling.TemplateScheduler`).
 
-    def schedules(self) -> list[Any]:
+        With ``key`` (the name of one of ``parameters``) the template keeps one live schedule per value of
+        that parameter: the enabled one with the same cron and parameters is returned; one with others is
+        paused and a new one made.
+        """
+        if key is not None and key not in parameters:
+            raise InvalidArgument(f"key={key!r} must name one of the parameters {sorted(parameters)}.")
+        notebook = templates.template(template)
+        check_cron(cron)  # before an old schedule is paused for it
+        if key is not None:
+            for existing in self.schedules():
+                if existing.enabled and Path(existing.notebook) == notebook and \
+                        existing.parameters.get(key) == parameters[key]:
+                    if existing.cron == cron and existing.parameters == parameters:
+                        return existing.id
+                    self.pause(existing.id)
+        return self.schedule(notebook, cron, parameters)
+
+    def schedules(self) -> list[schedule_store.Schedule]:
         """Every schedule (:class:`mlplat.jobs.schedules.Schedule`) with its next run and last status."""
-        from mlplat.jobs.schedules import schedules
-
-        return schedules(self.platform)
+        return schedule_store.schedules(self.engine)
 
     def pause(self, schedule_id: int) -> None:
         """Stop a schedule from running until :meth:`resume`."""
-        from mlplat.jobs.schedules import set_enabled
-
-        set_enabled(self.platform, schedule_id, False)
+        schedule_store.set_enabled(self.engine, self.audit, schedule_id, False)
 
     def resume(self, schedule_id: int) -> None:
         """Run a paused (or broken, once fixed: it is checked again) schedule again."""
-        from mlplat.jobs.schedules import set_enabled
-
-        set_enabled(self.platform, schedule_id, True)
+        schedule_store.set_enabled(self.engine, self.audit, schedule_id, True)
 
     def unschedule(self, schedule_id: int) -> None:
         """Delete a schedule for good (its past runs stay in :meth:`history`)."""
-        from mlplat.jobs.schedules import unschedule
-
-        unschedule(self.platform, schedule_id)
+        schedule_store.unschedule(self.engine, self.audit, schedule_id)
 
     def cronjob(self, schedule_id: int, project: str | Path = ".", retries: int = 0) -> dict[str, Any]:
         """The schedule as a Kubernetes CronJob manifest; ``project`` is the folder ``kubernetes.volume`` holds."""
         from mlplat.jobs.kubernetes import cronjob, manifest
-        from mlplat.jobs.schedules import schedule_of
 
-        found = schedule_of(self.platform, schedule_id)
+        found = schedule_store.schedule_of(self.engine, schedule_id)
         if found.broken:
             raise JobError(f"Schedule {schedule_id} cannot run: {found.broken} Fix it and resume it first.")
-        return manifest(cronjob(self.platform.settings, found, project, retries))
+        return manifest(cronjob(self.settings, found, project, retries))
 
     def history(self, notebook: str | Path | None = None, limit: int | None = None) -> list[JobRun]:
         """Runs, newest first (of one notebook, when given; the ``limit`` newest, when given)."""
@@ -178,42 +197,10 @@ class Jobs:
             return [_job(row._asdict()) for row in conn.execute(query)]
 
     # -- internals ---------------------------------------------------------------
-    def _check(self, source: Path, parameters: dict[str, Any], kernel: str | None) -> str:
-        import nbformat
-        import papermill
-        from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
-
-        if source.suffix != ".ipynb" or not source.is_file():
-            raise JobError(f"No notebook at {source}; give the path of an .ipynb file.")
-        notebook = nbformat.read(source, as_version=4)
-        kernel = kernel or notebook.metadata.get("kernelspec", {}).get("name") or NATIVE_KERNEL_NAME
-        if kernel == "python":  # what Jupyter's kernel manager (and so papermill) runs for "python"
-            kernel = NATIVE_KERNEL_NAME
-        kernels = KernelSpecManager().find_kernel_specs()
-        if kernel not in kernels:
-            raise JobError(f"No Jupyter kernel {kernel!r}; installed kernels: {', '.join(sorted(kernels))}.")
-        # papermill infers parameters by the notebook's kernel language; say which when the notebook does not
-        notebook.metadata.setdefault("kernelspec", {"name": kernel, "display_name": kernel, "language": "python"})
-        with tempfile.TemporaryDirectory() as folder:
-            nbformat.write(notebook, Path(folder) / source.name)
-            declared = {p["name"] for p in papermill.inspect_notebook(str(Path(folder) / source.name)).values()}
-        unknown = sorted(set(parameters) - declared)
-        unread = sorted(set(unknown) & _assigned_parameters(notebook))
-        if unread:  # assigned in the cell, yet papermill's parser skipped the line
-            raise JobError(f"papermill cannot read the line assigning {unread[0]!r} in {source.name}'s parameters "
-                           f"cell (an '=' inside its comment?); write it as `{unread[0]} = value  # comment`.")
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], declared, n=1)
-            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-            declares = sorted(declared) if declared else "nothing (tag a cell 'parameters')"
-            raise JobError(f"{source.name} declares no parameter {unknown[0]!r}{did_you_mean}; "
-                           f"its parameters cell declares {declares}.")
-        return kernel
-
     def _timeout(self, seconds: float | None) -> float | None:
         """``seconds`` checked, or the ``job_timeout`` setting; None for no limit."""
         if seconds is None:
-            return self.platform.settings.job_timeout.total_seconds() or None
+            return self.settings.job_timeout.total_seconds() or None
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
             raise JobError(f"timeout={seconds!r}: give the seconds a cell may run, a positive number "
                            "(or leave it out for the job_timeout setting).")
@@ -221,7 +208,7 @@ class Jobs:
 
     def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
                  attempts: Attempts, rerun_of: str | None, client: Any, owner: tuple[str, str] | None) -> JobRun:
-        settings = self.platform.settings
+        settings = self.settings
         owner = owner or (settings.user, settings.team)
         # An explicit client, not MLflow's process-wide fluent state: the scheduler runs jobs in threads.
         tracker = tracking.client(settings)

@@ -5,6 +5,10 @@ feature freshness against per-model thresholds; breaches become alerts.
 >>> p.monitor.check("churn")           # drift, p99, error rate, stale features -> alerts
 >>> p.monitor.drift("churn", window="1h", windows=24)   # PSI per column, hour by hour, as a plot
 >>> p.monitor.schedule("churn", cron="*/15 * * * *")   # the check as a scheduled notebook job
+
+Monitoring sits below the model registry, serving and jobs: what it needs of them (a version's
+features and drift, the deployed version, Triton's metrics endpoint, a scheduler of notebook
+templates) is handed to :class:`Monitor` when the platform builds it.
 """
 
 from __future__ import annotations
@@ -13,22 +17,26 @@ import base64
 import dataclasses
 import io
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from html import escape
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from redis import Redis
 
+from mlplat.audit import Audit
+from mlplat.config import Settings
 from mlplat.durations import parse_duration
 from mlplat.errors import InvalidArgument
 from mlplat.features.registry import metadata
-from mlplat.jobs.templates import template
 from mlplat.monitoring import metrics
 from mlplat.monitoring.alerts import AlertList, Alerts, Finding
 from mlplat.monitoring.drift import DriftReport
 from mlplat.monitoring.predlog import Flusher, PredictionStore, in_window, metrics_key, unflushed
+from mlplat.scheduling import TemplateScheduler
 from mlplat.times import timestamp
 
 thresholds_table = sa.Table(
@@ -146,16 +154,46 @@ class DriftTimeline:
                 f"{latest._repr_html_() if latest is not None else '<p>too few rows in every window</p>'}</div>")
 
 
-class Monitor:
-    """Thresholds, checks, drift timelines, dashboards and alerts of deployed models."""
+class TrainedVersion(Protocol):
+    """A registered model version, as monitoring reads it."""
 
-    def __init__(self, platform: Any):
-        self.platform = platform
-        self.engine = platform.engine
-        self.redis = platform.features.online.client
-        self.prefix = platform.settings.online_prefix
-        self.store = PredictionStore(platform.settings.offline_store)
-        self.alerts = Alerts(self.engine, platform.settings.alert_webhook)
+    @property
+    def features(self) -> list[str]: ...  # pinned: view@version:feature
+
+
+class ModelVersions(Protocol):
+    """What monitoring asks the model registry (:class:`mlplat.registry.models.ModelRegistry` is one)."""
+
+    def get(self, name: str, version: str | int | None = None, alias: str | None = None) -> TrainedVersion: ...
+
+    def drift(self, name: str, current: pd.DataFrame, version: str | int | None = None, alias: str | None = None,
+              psi_threshold: float = 0.2, p_threshold: float = 0.01, ks_threshold: float = 0.1) -> DriftReport: ...
+
+
+class Monitor:
+    """Thresholds, checks, drift timelines, dashboards and alerts of deployed models.
+
+    Thresholds, alerts and the ``audit`` trail live in the metadata database behind ``engine``; the
+    prediction log and the scores the exporter publishes in ``redis`` (under the settings' online prefix)
+    and the offline store. ``models`` gives each version's features and drift, ``deployed_version``
+    the version a deployed model serves by default, ``serving_metrics_url`` Triton's own Prometheus
+    endpoint (None while it is down), and ``scheduler`` runs checks as notebook jobs.
+    """
+
+    def __init__(self, settings: Settings, engine: sa.Engine, audit: Audit, redis: Redis,
+                 models: ModelVersions, scheduler: TemplateScheduler, deployed_version: Callable[[str], str],
+                 serving_metrics_url: Callable[[], str | None]):
+        self.settings = settings
+        self.engine = engine
+        self.audit = audit
+        self.redis = redis
+        self.models = models
+        self.scheduler = scheduler
+        self.deployed_version = deployed_version
+        self.serving_metrics_url = serving_metrics_url
+        self.prefix = settings.online_prefix
+        self.store = PredictionStore(settings.offline_store)
+        self.alerts = Alerts(self.engine, settings.alert_webhook)
         metadata.create_all(self.engine, tables=[thresholds_table])
 
     def thresholds(self, model: str) -> Thresholds:
@@ -192,7 +230,7 @@ class Monitor:
         with self.engine.begin() as conn:
             conn.execute(thresholds_table.delete().where(thresholds_table.c.model == model))
             conn.execute(thresholds_table.insert().values(model=model, settings=json.dumps(settings)))
-            self.platform.audit.write(conn, "monitor", model, "thresholds_set", **changes)
+            self.audit.write(conn, "monitor", model, "thresholds_set", **changes)
         return merged
 
     def predictions(self, model: str, start: datetime | str | None = None, end: datetime | str | None = None
@@ -210,7 +248,7 @@ class Monitor:
 
     def flusher(self, batch: int = 5000) -> Flusher:
         """A flusher of this platform's prediction log (``mlplat monitor serve`` runs one in the background)."""
-        return Flusher(self.redis, self.prefix, self.platform.settings.offline_store, batch)
+        return Flusher(self.redis, self.prefix, self.settings.offline_store, batch)
 
     def flush(self) -> int:
         """Move every logged prediction from the stream to Parquet now; return the requests moved."""
@@ -220,7 +258,7 @@ class Monitor:
               end: datetime | None = None, version: str | None = None) -> DriftTimeline:
         """PSI and KS of the logged rows against training, over ``windows`` consecutive windows ending at ``end``."""
         limits = self.thresholds(model)
-        version = version or self._deployed_version(model)
+        version = version or self.deployed_version(model)
         size = parse_duration(window, "window", seconds=True) if window is not None else \
             timedelta(seconds=limits.window_s)
         end = timestamp(end or datetime.now(UTC), "end")
@@ -235,7 +273,7 @@ class Monitor:
         for start in (end - size * (windows - i) for i in range(windows)):
             part = in_window(rows, start, start + size) if len(rows) else rows
             counts[start] = len(part)
-            reports[start] = self.platform.models.drift(
+            reports[start] = self.models.drift(
                 model, part.drop(columns=list(LOG_COLUMNS)), version=version, psi_threshold=limits.psi,
                 p_threshold=limits.p_value, ks_threshold=limits.ks) if len(part) >= limits.min_rows else None
         return DriftTimeline(model, version, reports, counts, limits.psi)
@@ -243,7 +281,7 @@ class Monitor:
     def check(self, model: str, version: str | None = None, now: datetime | None = None) -> Check:
         """Check the latest window against the thresholds, publish the scores as metrics, raise alerts."""
         limits = self.thresholds(model)
-        version = version or self._deployed_version(model)
+        version = version or self.deployed_version(model)
         end = timestamp(now or datetime.now(UTC), "now")
         start = end - timedelta(seconds=limits.window_s)
         rows = self.predictions(model, start, end)
@@ -279,28 +317,22 @@ class Monitor:
         """A Grafana dashboard (JSON model) of one model: traffic, latency, errors, drift, features, Triton."""
         from mlplat.monitoring.dashboard import dashboard
 
-        views = sorted(self._feature_views(model, self._deployed_version(model)))
+        views = sorted(self._feature_views(model, self.deployed_version(model)))
         return dashboard(model, views, self.thresholds(model))
 
     def scrape_config(self) -> str:
         """A ``prometheus.yml`` scraping the platform's exporter and Triton's own metrics endpoint."""
         from mlplat.services import MonitorService
-        from mlplat.serving.triton import TritonService
 
-        targets = {"mlplat": MonitorService(self.platform.settings).ensure().url.split("//")[1].split("/")[0]}
-        triton = TritonService(self.platform.settings).metrics_url()
+        targets = {"mlplat": MonitorService(self.settings).ensure().url.split("//")[1].split("/")[0]}
+        triton = self.serving_metrics_url()
         if triton:
             targets["triton"] = triton.split("//")[1].split("/")[0]
         return metrics.scrape_config(targets)
 
     def schedule(self, model: str, cron: str = "*/15 * * * *") -> int:
         """Run :meth:`check` on a schedule, as a notebook job (its report is the executed notebook)."""
-        return self.platform.jobs.schedule(template(CHECK_NOTEBOOK), cron, {"model": model})
-
-    def _deployed_version(self, model: str) -> str:
-        from mlplat.serving.deploy import serving_info
-
-        return str(serving_info(self.platform, model)["default"])
+        return self.scheduler.schedule_template(CHECK_NOTEBOOK, cron, {"model": model})
 
     def _error_rate(self, model: str, version: str) -> float | None:
         """Failed share of the requests counted since the previous check (None when there were none)."""
@@ -312,7 +344,7 @@ class Monitor:
         return failed / (served + failed) if served + failed > 0 else None
 
     def _feature_views(self, model: str, version: str) -> set[str]:
-        return {ref.split(":")[0].split("@")[0] for ref in self.platform.models.get(model, version).features}
+        return {ref.split(":")[0].split("@")[0] for ref in self.models.get(model, version).features}
 
     def _feature_ages(self, model: str, version: str, now: pd.Timestamp) -> dict[str, float]:
         """Seconds since the newest event served online (materialised, pushed or streamed), per view of the version."""
