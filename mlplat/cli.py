@@ -1,18 +1,43 @@
-"""The ``mlplat`` command: services and the feature registry from a shell."""
+"""The ``mlplat`` command: services and the feature registry from a shell.
+
+Other packages add commands through the ``mlplat.commands`` entry-point group (the hub package
+adds ``mlplat hub``); each is imported only when it is run or help lists it, so the library
+never imports them.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlplat.errors import MlplatError
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+COMMANDS = "mlplat.commands"  # entry-point group: name = "package.module:click_command"
+
 
 class _Group(click.Group):
-    """Show MlplatError as one line with its fix, not a traceback."""
+    """Show MlplatError as one line with its fix, not a traceback; add the commands installed under the
+    ``mlplat.commands`` entry-point group, each imported when it is asked for."""
+
+    def _plugins(self) -> dict[str, EntryPoint]:
+        from importlib.metadata import entry_points  # 20 ms: only when a command is not the library's own
+
+        return {point.name: point for point in entry_points(group=COMMANDS) if point.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._plugins()])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)  # the library's own first: they need no look-up
+        if command is None and name in (plugins := self._plugins()):
+            command = plugins[name].load()
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -389,23 +414,6 @@ def install_kernels(prefix: str | None) -> None:
 
     for path in install(prefix):
         click.echo(f"installed {path}")
-
-
-@main.command()
-@click.option("--ip", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=int, help="Port to listen on (default: a free one).")
-@click.option("--stop", is_flag=True, help="Stop the hub, its workspace servers and its services.")
-def hub(ip: str, port: int | None, stop: bool) -> None:
-    """Start JupyterHub with CPU/GPU workspaces on this machine (or show the running one); MLPLAT_HUB_* configure it."""
-    from mlplat_hub.app import start_hub, stop_hub
-
-    if stop:
-        click.echo("hub stopped" if stop_hub(_settings()) else "no hub was running")
-        return
-    running = start_hub(_settings(), ip, port)
-    click.echo(f"hub      running  pid {running.pid}  {running.url}")
-    names = ", ".join(running.users) if running.users else "any user name"
-    click.echo(f"login    {names}, password {running.password}")
 
 
 @main.group()

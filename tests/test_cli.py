@@ -1,7 +1,10 @@
 """The `mlplat` command, as a user types it."""
 
 import json
+import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -120,3 +123,49 @@ def test_jobs_from_the_shell(cli, tmp_path):
     assert cli("jobs", "schedules").output == ""
     gone = cli("jobs", "unschedule", "1")
     assert gone.exit_code == 1 and gone.output.startswith("Error: No schedule 1;")
+
+
+def install_commands(folder: Path, monkeypatch, commands: dict[str, str]) -> None:
+    """Install ``commands`` (name: "module:command") in the ``mlplat.commands`` entry-point group, as pip does
+    for a package that declares them."""
+    info = folder / "mlplat_commands_test-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlplat-commands-test\nVersion: 0\n")
+    (info / "entry_points.txt").write_text("[mlplat.commands]\n" + "".join(f"{name} = {target}\n"
+                                                                           for name, target in commands.items()))
+    monkeypatch.syspath_prepend(str(folder))
+
+
+HELLO = """
+import click
+from mlplat.errors import InvalidArgument
+
+@click.command()
+@click.option("--fail", is_flag=True)
+def hello(fail):
+    \"\"\"Say hello from another package.\"\"\"
+    if fail:
+        raise InvalidArgument("hello was told to fail; leave out --fail.")
+    click.echo("hello from a plug-in")
+"""
+
+
+def test_other_packages_add_commands_through_entry_points_loaded_when_asked_for(tmp_path, monkeypatch):
+    (tmp_path / "hello_command.py").write_text(HELLO)
+    install_commands(tmp_path, monkeypatch, {"hello": "hello_command:hello"})
+    runner = CliRunner()
+    assert runner.invoke(main, ["down", "--help"]).exit_code == 0
+    assert "hello_command" not in sys.modules  # the library's own commands load no other package
+    listed = runner.invoke(main, ["--help"]).output
+    assert "hello            Say hello from another package." in listed
+    assert runner.invoke(main, ["hello"]).output == "hello from a plug-in\n"
+    failed = runner.invoke(main, ["hello", "--fail"])
+    assert (failed.exit_code, failed.output) == (1, "Error: hello was told to fail; leave out --fail.\n")
+    sys.modules.pop("hello_command")
+
+
+def test_the_hub_package_declares_mlplat_hub(tmp_path, monkeypatch):
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    install_commands(tmp_path, monkeypatch, project["entry-points"]["mlplat.commands"])
+    shown = CliRunner().invoke(main, ["hub", "--help"])
+    assert shown.exit_code == 0 and "Start JupyterHub with CPU/GPU workspaces" in shown.output
