@@ -1,6 +1,7 @@
 """Notebook jobs on a real Jupyter kernel (papermill): provenance, failures, retries, reruns, bad input."""
 
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -8,12 +9,13 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import nbformat
 import pytest
 
 import mlplat
-from mlplat.errors import ConfigError, DefinitionError, JobError, JobFailed
+from mlplat.errors import ConfigError, DefinitionError, InvalidArgument, JobError, JobFailed
 from mlplat.registry import tracking
 
 
@@ -79,6 +81,28 @@ def test_bad_jobs_are_refused_before_anything_runs(p, tmp_path):
     with pytest.raises(JobError, match="No job run"):
         p.jobs.rerun("nope")
     assert p.jobs.history() == []
+
+
+def test_a_template_keeps_one_live_schedule_per_key_and_a_new_cron_replaces_it(p):
+    from mlplat.jobs.runs import Jobs
+    from mlplat.scheduling import TemplateScheduler
+
+    assert inspect.signature(Jobs.schedule_template) == inspect.signature(TemplateScheduler.schedule_template)
+    check = "monitor_check.ipynb"
+    churn = p.jobs.schedule_template(check, "0 * * * *", {"model": "churn"}, key="model")
+    assert p.jobs.schedule_template(check, "0 * * * *", {"model": "churn"}, key="model") == churn  # asked again
+    fraud = p.jobs.schedule_template(check, "0 * * * *", {"model": "fraud"}, key="model")  # another key: its own
+    with pytest.raises(JobError, match="'hourly' is not a cron expression"):  # refused before churn's is paused
+        p.jobs.schedule_template(check, "hourly", {"model": "churn"}, key="model")
+    with pytest.raises(InvalidArgument, match="key='view' must name one of the parameters \\['model'\\]"):
+        p.jobs.schedule_template(check, "30 * * * *", {"model": "churn"}, key="view")
+    moved = p.jobs.schedule_template(check, "30 * * * *", {"model": "churn"}, key="model")
+    again = p.jobs.schedule_template(check, "30 * * * *", {"model": "churn"})  # no key: a schedule more
+    listed = {s.id: (s.enabled, s.cron, Path(s.notebook).name, s.parameters) for s in p.jobs.schedules()}
+    assert listed == {churn: (False, "0 * * * *", check, {"model": "churn"}),
+                      fraud: (True, "0 * * * *", check, {"model": "fraud"}),
+                      moved: (True, "30 * * * *", check, {"model": "churn"}),
+                      again: (True, "30 * * * *", check, {"model": "churn"})}
 
 
 def test_the_scheduler_runs_each_slot_once_across_restarts(p, tmp_path):
