@@ -29,10 +29,13 @@ class Platform:
 
     @cached_property
     def engine(self):
-        """The SQLAlchemy engine of the metadata database (feature registry, audit)."""
-        from mlplat.features.registry import create_registry_engine
+        """The SQLAlchemy engine of the metadata database (:mod:`mlplat.db`), its schema checked once.
 
-        return create_registry_engine(self.settings.registry)
+        A new empty database gets the newest schema; an older or newer one is refused with the command that fixes it.
+        """
+        from mlplat import db
+
+        return db.open_database(self.settings.registry)
 
     @cached_property
     def audit(self):

@@ -57,6 +57,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import sqlalchemy as sa
 
+from mlplat.db import metadata
 from mlplat.errors import (
     DefinitionError,
     InvalidArgument,
@@ -70,7 +71,6 @@ from mlplat.features import udf
 from mlplat.features.definitions import FeatureView, _check_name, _plain
 from mlplat.features.materialize import MaterializeResult
 from mlplat.features.offline import OfflineStore, day_of
-from mlplat.features.registry import metadata
 from mlplat.features.schema import TIMESTAMP, conform, to_table
 from mlplat.jobs.templates import template
 from mlplat.progress import ProgressBar, progress_bar
@@ -286,7 +286,6 @@ class PartitionLog:
 
     def __init__(self, engine: sa.Engine):
         self.engine = engine
-        metadata.create_all(engine, tables=[partitions_table])
 
     def _key(self, view: FeatureView) -> tuple[Any, ...]:
         return partitions_table.c.view == view.name, partitions_table.c.version == view.version

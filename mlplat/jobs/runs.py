@@ -29,9 +29,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlplat import db
+from mlplat.db import metadata
 from mlplat.errors import JobError, JobFailed
-from mlplat.features.registry import metadata
 from mlplat.times import as_utc
 from mlplat.training import tracking
 from mlplat.training.fingerprint import environment
@@ -92,7 +91,6 @@ class Jobs:
         self.engine = platform.engine
         self.audit = platform.audit
         self.root = platform.settings.home / "jobs"
-        db.upgrade(self.engine)  # the job tables are Alembic's (mlplat/migrations)
 
     def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
             retries: int = 0, backoff: float = 1.0, client: Any = None, *, timeout: float | None = None,

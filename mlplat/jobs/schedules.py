@@ -31,10 +31,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlplat import db
 from mlplat.cron import check_cron, next_run
+from mlplat.db import metadata
 from mlplat.errors import JobError, JobFailed, ScheduleNotFound
-from mlplat.features.registry import metadata
 from mlplat.times import as_utc
 
 log = logging.getLogger(__name__)
@@ -190,7 +189,6 @@ class Scheduler:
         self.lease = lease
         self.reclaims = reclaims
         self.heartbeat: Path | None = None  # touched on every look and lease renewal (see serve)
-        db.upgrade(self.engine)
 
     def due(self, now: datetime) -> list[tuple[dict[str, Any], datetime]]:
         """Every (schedule, slot) that is due by ``now`` and not claimed yet, oldest first.

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from mlplat.db import metadata
 from mlplat.durations import parse_duration
 from mlplat.errors import InvalidArgument
-from mlplat.features.registry import metadata
 from mlplat.jobs.templates import template
 from mlplat.monitoring import metrics
 from mlplat.monitoring.alerts import AlertList, Alerts, Finding
@@ -156,7 +156,6 @@ class Monitor:
         self.prefix = platform.settings.online_prefix
         self.store = PredictionStore(platform.settings.offline_store)
         self.alerts = Alerts(self.engine, platform.settings.alert_webhook)
-        metadata.create_all(self.engine, tables=[thresholds_table])
 
     def thresholds(self, model: str) -> Thresholds:
         """A model's thresholds (defaults where none were set)."""
