@@ -172,9 +172,12 @@ class Platform:
     @cached_property
     def streams(self):
         """Stream feature views (:class:`mlplat.streaming.streams.Streams`): send, process, dead letters, backfill."""
+        from mlplat.streaming.log import EventLog
         from mlplat.streaming.streams import Streams
 
-        return Streams(self)
+        features = self.features
+        return Streams(features.registry, features.offline, self.online, EventLog(features.offline),
+                       self.settings.max_clock_skew)
 
     @cached_property
     def monitor(self):
