@@ -455,7 +455,7 @@ def monitor_serve(port: int, batch: int, heartbeat: str | None) -> None:
     p = _platform()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server, _ = start_http_server(port, "127.0.0.1", registry(p.features.online.client, p.settings.online_prefix))
+    server, _ = start_http_server(port, "127.0.0.1", registry(p.online.client, p.settings.online_prefix))
     try:
         p.monitor.flusher(batch).serve(stop, Path(heartbeat) if heartbeat else None)
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from mlplat.db import metadata
 from mlplat.errors import JobError, JobFailed
+from mlplat.jobs import templates
 from mlplat.times import as_utc
 from mlplat.training import tracking
 from mlplat.training.fingerprint import environment
@@ -132,6 +133,25 @@ class Jobs:
         from mlplat.jobs.schedules import schedule
 
         return schedule(self.platform, notebook, cron, parameters, kernel)
+
+    def schedule_template(self, template: str, cron: str, parameters: dict[str, Any], *,
+                          key: str | None = None) -> int:
+        """Run notebook template ``template`` with ``parameters`` on ``cron``; return the schedule's id
+        (:class:`mlplat.scheduling.TemplateScheduler`).
+
+        With ``key`` (the name of one of ``parameters``), the template keeps one live schedule per value of
+        that parameter: asking again with the same cron and parameters returns it; with others, it is
+        paused and a new one made.
+        """
+        notebook = templates.template(template)
+        if key is not None:
+            for existing in self.schedules():
+                if existing.enabled and Path(existing.notebook) == notebook and \
+                        existing.parameters.get(key) == parameters[key]:
+                    if existing.cron == cron and existing.parameters == parameters:
+                        return existing.id
+                    self.pause(existing.id)
+        return self.schedule(notebook, cron, parameters)
 
     def schedules(self) -> list[Any]:
         """Every schedule (:class:`mlplat.jobs.schedules.Schedule`) with its next run and last status."""
