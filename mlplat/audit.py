@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlplat.features.registry import metadata
+from mlplat.db import metadata
 from mlplat.times import as_utc, timestamp
 
 audit_table = sa.Table(
@@ -97,7 +97,6 @@ class Audit:
         self.engine = engine
         self.user = user
         self.team = team
-        metadata.create_all(engine, tables=[audit_table])
 
     def record(self, kind: str, obj: str, action: str, version: str | int | None = None, reason: str = "",
                **detail: Any) -> None:

@@ -105,6 +105,31 @@ def status() -> None:
     sys.exit(0 if all(h.healthy for h in found) else 1)
 
 
+@main.group("db")
+def db_group() -> None:
+    """The metadata database: its schema revision, and upgrades after installing a newer mlplat."""
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the metadata database to this mlplat's schema, keeping its rows (back it up first)."""
+    from mlplat import db
+
+    before = db.upgrade(db.create_engine(_settings().registry))
+    click.echo(f"at {db.HEAD} already" if before == db.HEAD else f"upgraded from {before or 'before migrations'} "
+               f"to {db.HEAD}")
+
+
+@db_group.command("current")
+def db_current() -> None:
+    """Show the metadata database's schema revision and whether it is current; exit 1 if it must change."""
+    from mlplat import db
+
+    found = db.state(db.create_engine(_settings().registry))
+    click.echo(str(found))
+    sys.exit(0 if found.status in ("current", "empty") else 1)
+
+
 @main.group()
 def features() -> None:
     """Feature definitions, the registry and materialisation."""
@@ -438,7 +463,7 @@ def monitor_serve(port: int, batch: int, heartbeat: str | None) -> None:
     p = _platform()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server, _ = start_http_server(port, "127.0.0.1", registry(p.features.online.client, p.settings.online_prefix))
+    server, _ = start_http_server(port, "127.0.0.1", registry(p.online.client, p.settings.online_prefix))
     try:
         p.monitor.flusher(batch).serve(stop, Path(heartbeat) if heartbeat else None)
     except KeyboardInterrupt:

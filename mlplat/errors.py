@@ -60,6 +60,14 @@ class RegistryError(MlplatError):
     """The feature registry refused an operation."""
 
 
+class SchemaOutdated(MlplatError):
+    """The metadata database's schema is older than this mlplat's: back it up, then run ``mlplat db upgrade``."""
+
+
+class SchemaTooNew(MlplatError):
+    """The metadata database's schema is newer than this mlplat knows: upgrade mlplat."""
+
+
 class FeatureViewNotFound(RegistryError):
     """A feature view name is not registered."""
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property, partial
 from typing import Any
 
 from mlplat.config import Settings, load_settings
 from mlplat.errors import InvalidArgument
+from mlplat.scheduling import TemplateScheduler
 
 
 class Platform:
@@ -29,10 +31,13 @@ class Platform:
 
     @cached_property
     def engine(self):
-        """The SQLAlchemy engine of the metadata database (feature registry, audit)."""
-        from mlplat.features.registry import create_registry_engine
+        """The SQLAlchemy engine of the metadata database (:mod:`mlplat.db`), its schema checked once.
 
-        return create_registry_engine(self.settings.registry)
+        A new empty database gets the newest schema; an older or newer one is refused with the command that fixes it.
+        """
+        from mlplat import db
+
+        return db.open_database(self.settings.registry)
 
     @cached_property
     def audit(self):
@@ -42,20 +47,25 @@ class Platform:
         return Audit(self.engine, self.settings.user, self.settings.team)
 
     @cached_property
-    def features(self):
-        """The feature store (:class:`mlplat.features.store.FeatureStore`)."""
+    def online(self):
+        """The online store (:class:`mlplat.features.online.RedisOnlineStore`); ``p.online.client`` is its Redis."""
         from mlplat.config import EMBEDDED
-        from mlplat.features.offline import OfflineStore
         from mlplat.features.online import RedisOnlineStore
-        from mlplat.features.registry import Registry
-        from mlplat.features.store import FeatureStore
         from mlplat.services import online_store_url
 
         # The embedded Redis is found again (started again if it died) whenever a connection is remade.
         locate = partial(online_store_url, self.settings) if self.settings.online_store == EMBEDDED else None
-        online = RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix, locate)
-        return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), online,
-                            platform=self, max_clock_skew=self.settings.max_clock_skew)
+        return RedisOnlineStore(online_store_url(self.settings), self.settings.online_prefix, locate)
+
+    @cached_property
+    def features(self):
+        """The feature store (:class:`mlplat.features.store.FeatureStore`)."""
+        from mlplat.features.offline import OfflineStore
+        from mlplat.features.registry import Registry
+        from mlplat.features.store import FeatureStore
+
+        return FeatureStore(Registry(self.engine, self.audit), OfflineStore(self.settings.offline_store), self.online,
+                            scheduler=_OnFirstUse(lambda: self.jobs), max_clock_skew=self.settings.max_clock_skew)
 
     @cached_property
     def models(self):
@@ -171,17 +181,20 @@ class Platform:
     @cached_property
     def streams(self):
         """Stream feature views (:class:`mlplat.streaming.streams.Streams`): send, process, dead letters, backfill."""
+        from mlplat.streaming.log import EventLog
         from mlplat.streaming.streams import Streams
 
-        return Streams(self)
+        features = self.features
+        return Streams(features.registry, features.offline, self.online, EventLog(features.offline),
+                       self.settings.max_clock_skew)
 
     @cached_property
     def monitor(self):
         """Drift, latency, errors and feature freshness of deployed models (:class:`mlplat.monitoring.monitor.Monitor`)."""
         from mlplat.monitoring.monitor import Monitor
 
-        return Monitor(self.settings, self.engine, self.audit, self.features.online.client, self.models, self.jobs,
-                       self._deployed_version, self._serving_metrics_url)
+        return Monitor(self.settings, self.engine, self.audit, self.online.client, self.models,
+                       _OnFirstUse(lambda: self.jobs), self._deployed_version, self._serving_metrics_url)
 
     def _deployment(self, name: str) -> dict[str, Any]:
         from mlplat.serving.deploy import serving_info
@@ -220,9 +233,9 @@ class Platform:
 
     def close(self) -> None:
         """Close connections; embedded services keep running for other sessions (`mlplat down` stops them)."""
-        if "features" in self.__dict__:
-            self.features.online.close()
-            del self.__dict__["features"]
+        self.__dict__.pop("features", None)
+        if "online" in self.__dict__:
+            self.__dict__.pop("online").close()
         if "engine" in self.__dict__:
             self.engine.dispose()
             del self.__dict__["engine"]
@@ -243,3 +256,15 @@ class Platform:
 
     def __repr__(self) -> str:
         return f"<mlplat.Platform home={str(self.settings.home)!r} online={self.settings.online_store!r}>"
+
+
+class _OnFirstUse:
+    """A TemplateScheduler made when first asked to schedule: building ``p.jobs`` (its tables, MLflow's
+    helpers) is not worth it for the many sessions that use features without scheduling anything."""
+
+    def __init__(self, make: Callable[[], TemplateScheduler]):
+        self._make = make
+
+    def schedule_template(self, template: str, cron: str, parameters: dict[str, Any], *,
+                          key: str | None = None) -> int:
+        return self._make().schedule_template(template, cron, parameters, key=key)

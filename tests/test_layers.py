@@ -17,7 +17,7 @@ ADAPTERS = ["mlplat_hub", "mlplat_magics", "mlplat_lab", "IPython", "tornado", "
 
 @pytest.fixture(scope="module")
 def graph():
-    return grimp.build_graph("mlplat", include_external_packages=True)
+    return grimp.build_graph("mlplat", include_external_packages=True, cache_dir=None)  # a stale cache misleads
 
 
 def modules_of(graph, package: str) -> set[str]:

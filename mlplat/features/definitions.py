@@ -23,6 +23,7 @@ from mlplat.errors import DefinitionError
 DTYPES = ("float32", "float64", "int32", "int64", "bool", "string")
 _NUMERIC = ("float32", "float64", "int32", "int64")
 RULES = ("not_null", "min", "max", "allowed")  # a Field's data-quality expectations
+_CONDITIONS = {"not_null": "not null", "min": ">= {!r}", "max": "<= {!r}", "allowed": "in {!r}"}
 VIOLATION_POLICIES = ("reject", "quarantine")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # whole names only: use fullmatch (``$`` would allow a newline)
 MAX_NAME = 64  # names become folder names, Redis keys and SQL values: keep them short
@@ -135,9 +136,18 @@ class Field:
         declared = {rule: getattr(self, rule) for rule in RULES}
         return {rule: value for rule, value in declared.items() if value is not None and value is not False}
 
+    def conditions(self) -> list[str]:
+        """What the expectations ask of a value, in words: ``[">= 0", "not null"]``."""
+        return [condition(rule, value) for rule, value in self.rules().items()]
+
     def to_dict(self) -> dict[str, Any]:
         """Name, dtype, description and the expectations it declares (no defaults)."""
         return {"name": self.name, "dtype": self.dtype, "description": self.description, **self.rules()}
+
+
+def condition(rule: str, value: Any) -> str:
+    """An expectation in words: ``condition("min", 0)`` is ``">= 0"``."""
+    return _CONDITIONS[rule].format(value)
 
 
 def _check_expectations(field: Field) -> None:
@@ -244,10 +254,7 @@ class FeatureView:
     def _repr_html_(self) -> str:
         from html import escape
 
-        from mlplat.features.quality import expectations
-
-        expects = {f.name: ", ".join(e.condition for e in expectations(self) if e.feature == f.name)
-                   for f in self.schema}
+        expects = {f.name: ", ".join(f.conditions()) for f in self.schema}
         rows = "".join(f"<tr><td>{escape(f.name)}</td><td>{f.dtype}</td><td>{escape(f.description)}</td>"
                        f"<td>{escape(expects[f.name])}</td></tr>" for f in self.schema)
         facts = {"entities": ", ".join(f"{e.name} ({', '.join(e.join_keys)})" for e in self.entities),
@@ -298,7 +305,7 @@ class FeatureView:
 
 
 VIEW_KINDS = {  # kind -> "module:Class" of the FeatureView subclasses, imported when a registered one is loaded
-    "batch": "mlplat.features.compute:BatchFeatureView",
+    "batch": "mlplat.features.compute.view:BatchFeatureView",
     "on_demand": "mlplat.features.on_demand:OnDemandFeatureView",
     "stream": "mlplat.streaming.definitions:StreamFeatureView",
 }

@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mlplat.errors import DataQualityError
-from mlplat.features.definitions import FeatureView
+from mlplat.features.definitions import FeatureView, condition
 from mlplat.features.offline import OfflineStore
 from mlplat.features.schema import TIMESTAMP, conform
 
@@ -43,7 +43,6 @@ _BREAKS: dict[str, Callable[[pa.ChunkedArray, Any], pa.ChunkedArray]] = {
     "allowed": lambda column, values: pc.and_(pc.is_valid(column),
                                               pc.invert(pc.is_in(column, value_set=pa.array(values, column.type)))),
 }
-_CONDITIONS = {"not_null": "not null", "min": ">= {!r}", "max": "<= {!r}", "allowed": "in {!r}"}
 
 
 class QuarantineWarning(UserWarning):
@@ -61,7 +60,7 @@ class Expectation:
     @property
     def condition(self) -> str:
         """``>= 0``, ``not null``, ``in ['paris', 'rome']``."""
-        return _CONDITIONS[self.rule].format(self.value)
+        return condition(self.rule, self.value)
 
     def __str__(self) -> str:
         return f"{self.feature} {self.condition}"

@@ -1,4 +1,4 @@
-"""The feature registry: entities and versioned feature views in a SQL database.
+"""The feature registry: entities and versioned feature views in the metadata database (:mod:`mlplat.db`).
 
 SQLite by default, PostgreSQL by URL (any SQLAlchemy URL works). Every change
 is recorded with who made it and when in the platform's audit trail
@@ -15,19 +15,18 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
-from mlplat.errors import BrokenDefinition, DefinitionError, FeatureViewNotFound, RegistryError, one_line
+from mlplat.db import metadata
+from mlplat.errors import BrokenDefinition, DefinitionError, FeatureViewNotFound, one_line
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership, valid_name
 from mlplat.features.on_demand import OnDemandFeatureView, pin_sources
 
 if TYPE_CHECKING:
     from mlplat.audit import Audit, AuditTrail
 
-metadata = sa.MetaData()
 entities_table = sa.Table(
     "entities", metadata,
     sa.Column("name", sa.String(200), primary_key=True),
@@ -148,18 +147,6 @@ def _entity(row: Any) -> Entity | None:
         return Entity(**json.loads(row.spec))
     except Exception:  # stored by hand or another version: only views that use it are refused (see apply)
         return None
-
-
-def create_registry_engine(url: str) -> sa.Engine:
-    """A SQLAlchemy engine for ``url``, creating the SQLite file's folder if needed."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        engine = sa.create_engine(url)
-        metadata.create_all(engine, tables=[entities_table, views_table, watermarks_table])  # the others: their owners
-    except (sa.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
-        raise RegistryError(f"Cannot open the registry database {url!r}: {exc}. Check the registry setting.") from None
-    return engine
 
 
 APPLY_ACTIONS = ("created", "updated", "new_version")

@@ -1,7 +1,8 @@
 """``p.features``: the feature store a user talks to.
 
-A thin handle that wires the registry, the offline store and the online store
-together; each operation lives in its own module.
+A thin handle over what it is given: the registry, the offline store, the online store,
+the allowed clock skew, and a :class:`~mlplat.scheduling.TemplateScheduler` for scheduled
+computes (:class:`mlplat.platform.Platform` wires them). Each operation lives in its own module.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,6 @@ import pyarrow.compute as pc
 
 from mlplat.errors import DefinitionError, FeatureNotFound, FutureEventError, InvalidArgument, MissingColumnError
 from mlplat.features import keys, retrieval
-from mlplat.features.compute import ComputeResult
 from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
 from mlplat.features.offline import IngestResult, OfflineStore
@@ -32,7 +33,12 @@ from mlplat.features.registry import ApplyResult, Registry
 from mlplat.features.schema import conform
 from mlplat.features.stats import Freshness, ViewStats, freshness, view_stats
 from mlplat.progress import ProgressBar, progress_bar
+from mlplat.scheduling import TemplateScheduler
 from mlplat.times import nanoseconds
+
+if TYPE_CHECKING:
+    from mlplat.features.compute.log import PartitionLog
+    from mlplat.features.compute.runner import ComputeResult
 
 
 class OnlineFeatures:
@@ -61,12 +67,12 @@ class OnlineFeatures:
 class FeatureStore:
     """Define, ingest, join, materialise and serve features."""
 
-    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, platform: Any = None,
-                 max_clock_skew: timedelta = timedelta(minutes=5)):
+    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, *,
+                 scheduler: TemplateScheduler | None = None, max_clock_skew: timedelta = timedelta(minutes=5)):
         self.registry = registry
         self.offline = offline
         self.online = online
-        self.platform = platform  # for what runs as notebook jobs (schedule_compute); None outside a Platform
+        self.scheduler = scheduler  # runs scheduled computes as notebook jobs; None: they cannot be scheduled
         self.max_clock_skew = max_clock_skew  # ingest and push refuse rows dated later than now + this
         self.audit = registry.audit  # ingest, materialise and push are recorded where apply is
         self._plans: dict[tuple[str, ...], tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]] = {}
@@ -86,7 +92,7 @@ class FeatureStore:
         objects = list(objects)
         results = self.registry.apply(objects)
         self._plans.clear()
-        for scheduled in (o for o in objects if getattr(o, "schedule", None) and self.platform is not None):
+        for scheduled in (o for o in objects if getattr(o, "schedule", None) and self.scheduler is not None):
             self.schedule_compute(scheduled.name)
         return results
 
@@ -214,14 +220,15 @@ class FeatureStore:
 
         >>> p.features.compute("driver_daily", "2024-01-01", "2024-02-01", client=cluster.client)
         """
-        from mlplat.features import compute
+        from mlplat.features.compute.runner import run
 
         definition = self.registry.get_view(getattr(view, "name", view))
         if not isinstance(view, str) and diff_views(definition, keep_ownership(view, definition)):
             raise InvalidArgument(f"{view.name!r} differs from its registered definition (v{definition.version}); "
                                   "apply it first: p.features.apply([view]).")
         bounds = [None if t is None else nanoseconds(t, n) for t, n in ((start, "start"), (end, "end"))]
-        result = compute.run(self, definition, *bounds, client=client, force=force, progress=progress, sources=sources)
+        result = run(definition, *bounds, log=self.partition_log, offline_url=self.offline.url, audit=self.audit,
+                     client=client, force=force, progress=progress, sources=sources)
         if materialize:
             done = self.materialize(views=[definition.name], progress=False)[0]
             result = dataclasses.replace(result, materialized=done)
@@ -229,9 +236,14 @@ class FeatureStore:
 
     def partitions(self, view: str, version: int | None = None) -> pd.DataFrame:
         """Each computed partition of a batch view (default: its latest version): status, rows, error, times."""
-        from mlplat.features.compute import PartitionLog
+        return self.partition_log.frame(self.registry.get_view(view, version))
 
-        return PartitionLog(self.registry.engine).frame(self.registry.get_view(view, version))
+    @cached_property
+    def partition_log(self) -> PartitionLog:
+        """Each computed partition's status (:class:`~mlplat.features.compute.log.PartitionLog`)."""
+        from mlplat.features.compute.log import PartitionLog
+
+        return PartitionLog(self.registry.engine)
 
     def schedule_compute(self, view: str | FeatureView, cron: str | None = None, materialize: bool = False) -> int:
         """Compute a batch view on ``cron`` (default: its ``schedule``) as a notebook job; return the schedule id.
@@ -239,12 +251,12 @@ class FeatureStore:
         Each run (``templates/feature_compute.ipynb``) computes the partitions due: those up to the current
         one that have not succeeded yet. ``p.jobs.schedules()`` lists it, ``p.jobs.pause(id)`` stops it.
         """
-        from mlplat.features.compute import schedule
+        from mlplat.features.compute.schedule import schedule
 
-        if self.platform is None:
+        if self.scheduler is None:
             raise InvalidArgument("schedule_compute needs the platform's jobs; use p.features from mlplat.connect().")
         definition = self.registry.get_view(getattr(view, "name", view))
-        return schedule(self.platform.jobs, definition, cron, materialize)
+        return schedule(self.scheduler, definition, cron, materialize)
 
     # -- online -----------------------------------------------------------------
     def materialize(self, start: datetime | None = None, end: datetime | None = None,

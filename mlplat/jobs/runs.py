@@ -27,12 +27,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlplat import db
 from mlplat.audit import Audit
 from mlplat.config import Settings
 from mlplat.cron import check_cron
+from mlplat.db import metadata
 from mlplat.errors import InvalidArgument, JobError, JobFailed
-from mlplat.features.registry import metadata
 from mlplat.jobs import schedules as schedule_store
 from mlplat.jobs import templates
 from mlplat.jobs.notebooks import check_notebook
@@ -100,7 +99,6 @@ class Jobs:
         self.engine = engine
         self.audit = audit
         self.root = settings.home / "jobs"
-        db.upgrade(self.engine)  # the job tables are Alembic's (mlplat/migrations)
 
     def run(self, notebook: str | Path, parameters: dict[str, Any] | None = None, kernel: str | None = None,
             retries: int = 0, backoff: float = 1.0, client: Any = None, *, timeout: float | None = None,

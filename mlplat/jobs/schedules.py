@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from mlplat.audit import Audit
 from mlplat.cron import check_cron, next_run
+from mlplat.db import metadata
 from mlplat.errors import JobError, ScheduleNotFound
-from mlplat.features.registry import metadata
 from mlplat.jobs.notebooks import check_notebook
 from mlplat.times import as_utc
 

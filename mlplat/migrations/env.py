@@ -1,4 +1,4 @@
-"""Alembic's entry point: migrate the connection :func:`mlplat.db.upgrade` opened (and locked)."""
+"""Alembic's entry point: migrate the connection :mod:`mlplat.db` opened (and locked)."""
 
 from alembic import context
 

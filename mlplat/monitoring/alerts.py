@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlplat.features.registry import metadata
+from mlplat.db import metadata
 from mlplat.times import as_utc
 
 alerts_table = sa.Table(
@@ -99,7 +99,6 @@ class Alerts:
 
     def __init__(self, engine: sa.Engine, webhook: str = ""):
         self.engine, self.webhook = engine, webhook
-        metadata.create_all(engine, tables=[alerts_table])
 
     def observe(self, findings: Iterable[Finding]) -> AlertList:
         """Apply a check's findings; return the alerts that fired now (and were sent to the webhook)."""

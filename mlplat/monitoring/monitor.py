@@ -29,9 +29,9 @@ from redis import Redis
 
 from mlplat.audit import Audit
 from mlplat.config import Settings
+from mlplat.db import metadata
 from mlplat.durations import parse_duration
 from mlplat.errors import InvalidArgument
-from mlplat.features.registry import metadata
 from mlplat.monitoring import metrics
 from mlplat.monitoring.alerts import AlertList, Alerts, Finding
 from mlplat.monitoring.drift import DriftReport
@@ -194,7 +194,6 @@ class Monitor:
         self.prefix = settings.online_prefix
         self.store = PredictionStore(settings.offline_store)
         self.alerts = Alerts(self.engine, settings.alert_webhook)
-        metadata.create_all(self.engine, tables=[thresholds_table])
 
     def thresholds(self, model: str) -> Thresholds:
         """A model's thresholds (defaults where none were set)."""

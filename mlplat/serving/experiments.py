@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from mlplat.db import metadata
 from mlplat.errors import InvalidArgument, ServingError
-from mlplat.features.registry import metadata
 
 experiments_table = sa.Table(
     "serving_experiments", metadata,  # not "experiments": MLflow's table, when both share a PostgreSQL database
@@ -104,7 +104,6 @@ class Experiments:
         self.platform = platform
         self.engine = platform.engine
         self.audit = platform.audit
-        metadata.create_all(self.engine, tables=[experiments_table, events_table])
 
     def start(self, name: str, model: str, challenger: str | int | None = None, *, traffic: float = 10.0,
               mode: str = "ab") -> dict[str, Any]:

@@ -20,6 +20,7 @@ import redis
 
 from mlplat.streaming.definitions import StreamFeatureView
 from mlplat.streaming.log import text_column
+from mlplat.streaming.scripts import distinct_counts, script
 from mlplat.streaming.windows import Cells, Plan
 
 _PIPELINE = 10_000  # commands per round trip
@@ -125,8 +126,6 @@ class _Cells:
 def _distinct(view: StreamFeatureView, plan: Plan, cells: _Cells, rows: np.ndarray, events: pa.Table,
               client: redis.Redis, prefix: str) -> dict:
     """PFCOUNT over each row's window, from one HyperLogLog per cell (scratch keys, removed after)."""
-    from mlplat.streaming.consumer import _script, distinct_counts
-
     base = f"{prefix}:stream:backfill:{uuid.uuid4().hex[:12]}"
     out: dict = {}
     made: list[str] = []
@@ -141,11 +140,11 @@ def _distinct(view: StreamFeatureView, plan: Plan, cells: _Cells, rows: np.ndarr
                 keys.append(f"{base}:{column}:{cell}")
                 args += [len(values), *values]
                 if len(args) > 50_000:
-                    _script(client, "pfadd_many")(keys=keys, args=args)
+                    script(client, "pfadd_many")(keys=keys, args=args)
                     made += keys
                     keys, args = [], [3_600_000]
             if keys:
-                _script(client, "pfadd_many")(keys=keys, args=args)
+                script(client, "pfadd_many")(keys=keys, args=args)
                 made += keys
             for spec in plan.windows:
                 lo, _ = spec.bounds(cells.bucket[rows])

@@ -48,11 +48,12 @@ import redis
 
 from mlplat.errors import StreamError, one_line
 from mlplat.features.online import RecordCodec, RedisOnlineStore, record_newest
-from mlplat.features.registry import BrokenView
+from mlplat.features.registry import BrokenView, Registry
 from mlplat.services import beat
-from mlplat.streaming.definitions import StreamFeatureView, duration_ns
+from mlplat.streaming.definitions import StreamFeatureView, duration_ns, stream_view
 from mlplat.streaming.events import DeadLetter, Entry, Events, _as_dict, decode
 from mlplat.streaming.log import EventLog
+from mlplat.streaming.scripts import distinct_counts, script
 from mlplat.streaming.sources import KafkaSource, RedisStreamSource, Source
 from mlplat.streaming.state import Ring
 from mlplat.streaming.windows import NEVER, Plan
@@ -175,7 +176,7 @@ class ViewConsumer:
             for letter in dead:
                 pipe.xadd(self.dead_stream, _dead_fields(letter), maxlen=DEAD_LETTERS_KEPT, approximate=True)
             if stripes:
-                _script(self.client, "incr_many")(keys=stripes, client=pipe)
+                script(self.client, "incr_many")(keys=stripes, client=pipe)
             self.source.ack(pipe, ids)
             pipe.execute()
         n_late = int(late.sum())
@@ -235,7 +236,7 @@ class ViewConsumer:
                       ref: np.ndarray, hll: dict) -> None:
         rows = touched.tolist()
         if rows:
-            _script(self.client, "set_many")(keys=[f"{self.base}:s:{entities[c]}" for c in rows],
+            script(self.client, "set_many")(keys=[f"{self.base}:s:{entities[c]}" for c in rows],
                                              args=[self.state_ttl_ms, *ring.pack(touched)], client=pipe)
             prefix = self.online.key_prefix(self.view)
             now_ms = time.time_ns() // 1_000_000
@@ -243,84 +244,17 @@ class ViewConsumer:
             for record, end in zip(records, self.plan.bucket_end(ref[touched]).tolist()):
                 expire = 0 if self.ttl_ns is None else (end + self.ttl_ns) // 1_000_000
                 args += [record, expire if expire == 0 or expire > now_ms else -1]  # -1: past its ttl, delete
-            _script(self.client, "set_records")(keys=[prefix + entities[c] for c in rows], args=args, client=pipe)
+            script(self.client, "set_records")(keys=[prefix + entities[c] for c in rows], args=args, client=pipe)
         for column, groups in hll.items():
             keys, args = [], [self.state_ttl_ms]
             for (code, b), values in groups.items():
                 keys.append(self._hll_key(column, entities[code], b))
                 args += [len(values), *values]
             if keys:
-                _script(self.client, "pfadd_many")(keys=keys, args=args, client=pipe)
+                script(self.client, "pfadd_many")(keys=keys, args=args, client=pipe)
 
 
 STRIPES = 256  # version keys a view's entities are hashed to; a batch WATCHes only those of its entities
-_LUA = {
-    # state blobs: SET key blob PX ttl
-    "set_many": """
-        for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1]) end
-        return #KEYS""",
-    # online records: SET key record [PXAT at]; at 0: no expiry, -1: already expired, delete
-    "set_records": """
-        for i = 1, #KEYS do
-            local at = ARGV[2 * i]
-            if at == '0' then redis.call('SET', KEYS[i], ARGV[2 * i - 1])
-            elseif at == '-1' then redis.call('DEL', KEYS[i])
-            else redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'PXAT', at) end
-        end
-        return #KEYS""",
-    "incr_many": """
-        for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
-        return #KEYS""",
-    # HyperLogLogs: ARGV = ttl, then per key: n, n values
-    "pfadd_many": """
-        local at = 2
-        for i = 1, #KEYS do
-            local n = tonumber(ARGV[at])
-            for j = at + 1, at + n, 4000 do redis.call('PFADD', KEYS[i], unpack(ARGV, j, math.min(j + 3999, at + n))) end
-            redis.call('PEXPIRE', KEYS[i], ARGV[1])
-            at = at + n + 1
-        end
-        return #KEYS""",
-    # distinct counts: ARGV = scratch key, then per window: n keys, keys, m values, values -> PFCOUNT of the union
-    "pfcount_windows": """
-        local scratch, out, at = ARGV[1], {}, 2
-        while at <= #ARGV do
-            local n = tonumber(ARGV[at])
-            redis.call('DEL', scratch)
-            redis.call('PFMERGE', scratch, unpack(ARGV, at + 1, at + n))
-            at = at + n + 1
-            local m = tonumber(ARGV[at])
-            for j = at + 1, at + m, 4000 do redis.call('PFADD', scratch, unpack(ARGV, j, math.min(j + 3999, at + m))) end
-            at = at + m + 1
-            out[#out + 1] = redis.call('PFCOUNT', scratch)
-        end
-        redis.call('DEL', scratch)
-        return out""",
-}
-
-
-def _script(client: redis.Redis, name: str) -> Any:
-    scripts = client.__dict__.setdefault("_mlplat_scripts", {})
-    if name not in scripts:
-        scripts[name] = client.register_script(_LUA[name])
-    return scripts[name]
-
-
-def distinct_counts(client: redis.Redis, scratch: str, windows: list[tuple[list[str], list[str]]]) -> np.ndarray:
-    """For each (HyperLogLog keys, extra values): the estimated distinct count of their union, in Redis.
-
-    The stream and the backfill both count this way, so they agree exactly.
-    """
-    counts: list[int] = []
-    args: list = [scratch]
-    for keys, values in windows:
-        args += [len(keys), *keys, len(values), *values]
-        if len(args) > 50_000:
-            counts += _script(client, "pfcount_windows")(args=args)
-            args = [scratch]
-    if len(args) > 1:
-        counts += _script(client, "pfcount_windows")(args=args)
-    return np.array(counts, np.int64)
 
 
 def _unapplied(fresh: list[Entry], entries: list[Entry], events: Events, dead: list[DeadLetter],
@@ -422,33 +356,31 @@ class Consumer:
     per distinct error.
     """
 
-    def __init__(self, platform: Any, views: list[str] | None = None, batch: int = 20_000, name: str | None = None,
-                 claim_idle: float = 60.0, refresh: float = 5.0):
+    def __init__(self, registry: Registry, online: RedisOnlineStore, events_log: EventLog, *,
+                 max_clock_skew: timedelta = timedelta(minutes=5), views: list[str] | None = None, batch: int = 20_000,
+                 name: str | None = None, claim_idle: float = 60.0, refresh: float = 5.0):
         if batch < 1:
             raise StreamError(f"batch={batch}: read at least one entry at a time.")
-        self.platform, self.names, self.batch = platform, list(views) if views else None, batch
+        self.registry, self.online, self.log = registry, online, events_log
+        self.max_clock_skew = max_clock_skew  # events dated later than now + this are dead-lettered as "future"
+        self.names, self.batch = list(views) if views else None, batch
         self.name = name or socket.gethostname()
         self.claim_idle, self.refresh_every = claim_idle, refresh
         self.workers: dict[str, ViewConsumer] = {}
         self.failures: dict[str, ViewFailure] = {}
         self._next_refresh = 0.0
-        self._log: EventLog | None = None
 
     def refresh(self) -> None:
         """Start consuming new stream views (and new versions); stop on views that are gone or cannot be read."""
-        from mlplat.streaming.streams import stream_view
-
-        store = self.platform.features
-        views = store.list_views()
+        views = self.registry.list_views()
         if self.names is not None:  # an unknown name or a batch view fails here
             listed = {v.name: v for v in views}
-            views = [listed[n] if isinstance(listed.get(n), BrokenView) else stream_view(store, n) for n in self.names]
+            views = [listed[n] if isinstance(listed.get(n), BrokenView) else stream_view(self.registry, n)
+                     for n in self.names]
         running = {w.view.name for w in self.workers.values()}
         for broken in (v for v in views if isinstance(v, BrokenView)):
             if self.names is not None or broken.name in running:  # ours: say so; its entries wait for a fix
                 self._failed(broken.name, broken.refusal())
-        if self._log is None:
-            self._log = EventLog(self.platform.settings.offline_store)
         wanted = {f"{v.name}:v{v.version}": v for v in views if isinstance(v, StreamFeatureView)}
         for key in set(self.workers) - set(wanted):
             self.workers.pop(key).source.close()
@@ -461,15 +393,14 @@ class Consumer:
 
     def _worker(self, view: StreamFeatureView, old: ViewConsumer | None) -> ViewConsumer:
         """The consumer of ``view``: ``old`` (of the same view version) while its definition is unchanged."""
-        store, prefix = self.platform.features, self.platform.settings.online_prefix
-        skew = self.platform.settings.max_clock_skew
+        prefix, skew = self.online.prefix, self.max_clock_skew
         if old is not None and old.view == view:
             return old
         if old is not None and old.view.stream == view.stream:  # changed in place: watermark, ttl, ...
             return ViewConsumer(old.client, old.online, old.log, view, old.source, prefix, skew)
         if old is not None:  # another stream: read it from the start
             old.source.close()
-        client = store.online.client
+        client = self.online.client
         if view.kafka:
             servers, topic, settings = view.kafka
             source = KafkaSource(client, f"{state_base(view, prefix)}:kafka", topic, group_name(view),
@@ -477,7 +408,7 @@ class Consumer:
         else:
             source = RedisStreamSource(client, view.stream_key(prefix), group_name(view), self.name, self.claim_idle)
             _drop_old_groups(client, view, prefix)
-        return ViewConsumer(client, store.online, self._log, view, source, prefix, skew)
+        return ViewConsumer(client, self.online, self.log, view, source, prefix, skew)
 
     def run_once(self, block_ms: int | None = None) -> list[BatchResult]:
         """One batch from each view that has entries; wait up to ``block_ms`` when none has any."""
@@ -538,9 +469,9 @@ class Consumer:
 
     def _publish(self, view: str, record: dict[str, Any] | None) -> None:
         """Show (or, with None, clear) this consumer's failure of ``view`` to ``p.streams.errors()``."""
-        key, field = errors_key(self.platform.settings.online_prefix), f"{view}\x1f{self.name}"
+        key, field = errors_key(self.online.prefix), f"{view}\x1f{self.name}"
         try:
-            client = self.platform.features.online.client
+            client = self.online.client
             if record is None:
                 client.hdel(key, field)
             else:

@@ -20,11 +20,14 @@ import dataclasses
 import difflib
 import math
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlplat import durations
-from mlplat.errors import DefinitionError
+from mlplat.errors import DefinitionError, StreamError
 from mlplat.features.definitions import FeatureView, Field, _check_name
+
+if TYPE_CHECKING:
+    from mlplat.features.registry import Registry
 
 FUNCTIONS = {  # function -> dtype of the feature it makes
     "count": "int64", "sum": "float64", "mean": "float64", "min": "float64", "max": "float64", "last": "float64",
@@ -244,3 +247,12 @@ class StreamFeatureView(FeatureView):
         data["slide"] = None if data.get("slide") is None else timedelta(seconds=data["slide"])
         data["watermark"] = timedelta(seconds=data.get("watermark") or 0)
         return super().from_dict(data)
+
+
+def stream_view(registry: Registry, name: str | StreamFeatureView) -> StreamFeatureView:
+    """The registered stream view called ``name``; a StreamError when it is a batch view."""
+    view = registry.get_view(name.name if isinstance(name, StreamFeatureView) else name)
+    if not isinstance(view, StreamFeatureView):
+        raise StreamError(f"{view.name!r} is a batch feature view, not a stream view; define it as "
+                          "StreamFeatureView(..., aggregations=[...]) to feed it from a stream.")
+    return view

@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mlplat.features.offline import OfflineStore
 from mlplat.features.schema import TIMESTAMP
 from mlplat.streaming.definitions import StreamFeatureView
 from mlplat.streaming.events import Events
@@ -48,10 +49,7 @@ def log_schema(view: StreamFeatureView) -> pa.Schema:
 class EventLog:
     """Appends batches of accepted events and reads them back."""
 
-    def __init__(self, offline_url: str):
-        from mlplat.features.offline import OfflineStore
-
-        offline = OfflineStore(offline_url)
+    def __init__(self, offline: OfflineStore):
         self.fs, self.root = offline.fs, f"{offline.root}/_events"
 
     def folder(self, view: StreamFeatureView) -> str:

@@ -5,6 +5,10 @@
 >>> p.features.get_online_features(["driver_trips:fare_sum_1h"], {"driver_id": [7]}).to_dict()
 >>> p.streams.dead_letters("driver_trips")
 >>> p.streams.backfill("driver_trips", start="2024-06-01", end="2024-07-01")   # rows for get_training_set
+
+:class:`Streams` is given what it uses (:class:`mlplat.platform.Platform` wires them): the feature
+registry (the views), the offline store (backfilled rows), the online store (whose Redis holds
+the streams, and whose prefix names their keys), the event log and the allowed clock skew.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,11 @@ import pyarrow as pa
 import redis
 
 from mlplat.errors import InvalidArgument, StreamError
+from mlplat.features.offline import OfflineStore
+from mlplat.features.online import RedisOnlineStore
+from mlplat.features.registry import Registry
+from mlplat.features.schema import conform
+from mlplat.streaming.backfill import compute
 from mlplat.streaming.consumer import (
     ERRORS_KEPT_S,
     BatchResult,
@@ -29,39 +38,30 @@ from mlplat.streaming.consumer import (
     errors_key,
     group_name,
 )
-from mlplat.streaming.definitions import StreamFeatureView
+from mlplat.streaming.definitions import StreamFeatureView, stream_view
 from mlplat.streaming.log import EventLog
+from mlplat.streaming.windows import Plan
 from mlplat.times import nanoseconds
 
 SEND_MAXLEN = 1_000_000  # entries a stream keeps when the consumer falls behind (approximately)
 
 
-def stream_view(store: Any, name: str | StreamFeatureView) -> StreamFeatureView:
-    """The registered stream view called ``name``; a StreamError when it is a batch view."""
-    view = store.get_view(name.name if isinstance(name, StreamFeatureView) else name)
-    if not isinstance(view, StreamFeatureView):
-        raise StreamError(f"{view.name!r} is a batch feature view, not a stream view; define it as "
-                          "StreamFeatureView(..., aggregations=[...]) to feed it from a stream.")
-    return view
-
-
 class Streams:
     """Stream feature views of one platform."""
 
-    def __init__(self, platform: Any):
-        self.platform = platform
-        self.prefix = platform.settings.online_prefix
+    def __init__(self, registry: Registry, offline: OfflineStore, online: RedisOnlineStore, events_log: EventLog,
+                 max_clock_skew: timedelta = timedelta(minutes=5)):
+        self.registry, self.offline, self.online, self.log = registry, offline, online, events_log
+        self.max_clock_skew = max_clock_skew  # events dated later than now + this are dead-lettered as "future"
+        self.prefix = online.prefix
 
     @property
-    def client(self):
-        return self.platform.features.online.client
-
-    @property
-    def log(self) -> EventLog:
-        return EventLog(self.platform.settings.offline_store)
+    def client(self) -> redis.Redis:
+        """The Redis holding the streams: the online store's."""
+        return self.online.client
 
     def view(self, name: str) -> StreamFeatureView:
-        return stream_view(self.platform.features, name)
+        return stream_view(self.registry, name)
 
     def stream_key(self, view: str) -> str:
         """The Redis stream that producers ``XADD`` the view's events to."""
@@ -95,7 +95,8 @@ class Streams:
     def consumer(self, views: Sequence[str] | None = None, batch: int = 20_000, name: str | None = None,
                  claim_idle: float = 60.0) -> Consumer:
         """A consumer of the stream views (default all), as ``mlplat stream`` runs; ``.serve(stop)`` loops."""
-        return Consumer(self.platform, list(views) if views else None, batch, name, claim_idle)
+        return Consumer(self.registry, self.online, self.log, max_clock_skew=self.max_clock_skew,
+                        views=list(views) if views else None, batch=batch, name=name, claim_idle=claim_idle)
 
     def process(self, views: Sequence[str] | None = None, batch: int = 20_000, name: str | None = None) -> list[BatchResult]:
         """Apply every event waiting in the views' Redis streams, here and now; return what each batch did.
@@ -136,9 +137,6 @@ class Streams:
         the value the stream put online. Writing the same range twice stores its rows twice
         (readers see equal values).
         """
-        from mlplat.streaming.backfill import compute
-        from mlplat.streaming.windows import Plan
-
         definition = self.view(view)
         start_ns, end_ns = _optional_ns(start, "start"), _optional_ns(end, "end")
         if start_ns is not None and end_ns is not None and start_ns >= end_ns:
@@ -148,11 +146,8 @@ class Streams:
         events = self.log.read(definition, since, end_ns)
         rows = compute(definition, events, self.client, self.prefix, start_ns, end_ns)
         if write and len(rows):
-            store = self.platform.features
-            from mlplat.features.schema import conform
-
-            store.offline.write(definition, conform(definition, _arrow(definition, rows)))
-            store.audit.record("feature_view", definition.name, "backfilled", definition.version, rows=len(rows),
+            self.offline.write(definition, conform(definition, _arrow(definition, rows)))
+            self.registry.audit.record("feature_view", definition.name, "backfilled", definition.version, rows=len(rows),
                                start=start, end=end)
         return rows
 
