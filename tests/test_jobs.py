@@ -247,8 +247,8 @@ def test_schedules_are_listed_paused_and_resumed_without_a_backlog(p, tmp_path):
     assert p.jobs.schedules()[0].next_run is None
     assert Scheduler(p.jobs).tick(now + timedelta(hours=3)) == []  # paused: nothing runs
     p.jobs.resume(schedule_id)
-    assert Scheduler(p.jobs).due(now + timedelta(minutes=1)) == []  # the slots missed while paused are skipped
-    assert len(Scheduler(p.jobs).due(now + timedelta(hours=1, minutes=1))) == 1
+    assert Scheduler(p.jobs).due(listed.next_run - timedelta(seconds=1)) == []  # the slots missed while paused are skipped
+    assert len(Scheduler(p.jobs).due(listed.next_run + timedelta(minutes=1))) == 1
     with pytest.raises(JobError, match="No schedule 99"):
         p.jobs.pause(99)
 
