@@ -66,16 +66,13 @@ class Lineage:
 def of_endpoint(platform: Any, name: str) -> Lineage:
     """What the Triton endpoint ``name`` serves, back to its sources (read from the model repository: Triton need
     not run; the gRPC address is shown when it does)."""
-    from mlplat.serving.deploy import serving_info
-    from mlplat.serving.triton import TritonService
-
-    info = serving_info(platform, name)
+    info = platform.serving_target.serving_info(name)
     loaded = sorted(info["versions"], key=int)
-    running = TritonService(platform.settings).status()
+    running = platform.serving_target.where()
     deployed = platform.audit.entries("deployment", name, action="deployed", limit=1)
     versions = [of_model(platform, name, v).root for v in sorted(loaded, key=lambda v: v != info["default"])]
     return Lineage(Node("endpoint", name, {
-        "grpc": running.url if running else "Triton not running", "default": f"v{info['default']}",
+        "grpc": running.grpc if running else "Triton not running", "default": f"v{info['default']}",
         "loaded": ", ".join(f"v{v}" for v in loaded),
         "deployed": f"{deployed[0].at:%Y-%m-%d %H:%M} by {deployed[0].who}" if deployed else None}, versions))
 

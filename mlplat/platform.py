@@ -47,9 +47,9 @@ class Platform:
         from mlplat.config import EMBEDDED
         from mlplat.features.offline import OfflineStore
         from mlplat.features.online import RedisOnlineStore
+        from mlplat.features.redis_service import online_store_url
         from mlplat.features.registry import Registry
         from mlplat.features.store import FeatureStore
-        from mlplat.services import online_store_url
 
         # The embedded Redis is found again (started again if it died) whenever a connection is remade.
         locate = partial(online_store_url, self.settings) if self.settings.online_store == EMBEDDED else None
@@ -120,33 +120,52 @@ class Platform:
         ``tolerance`` (see :func:`mlplat.serving.deploy.deploy`).
         """
         from mlplat.options import check_options
-        from mlplat.serving.deploy import deploy
 
-        deployment = deploy(self, name, version, alias, **check_options(deploy, options, "deploy", given=4))
+        deploy = self._deployer.deploy
+        deployment = deploy(name, version, alias, **check_options(deploy, options, "deploy", given=3))
         if "serving" in self.__dict__:
             self.serving.forget(name)
         return deployment
 
     def undeploy(self, name: str) -> None:
         """Take a model off Triton."""
-        from mlplat.serving.deploy import undeploy
-
-        undeploy(self, name)
+        self._deployer.undeploy(name)
         if "serving" in self.__dict__:
             self.serving.forget(name)
 
     def deployments(self):
         """What is live on Triton."""
-        from mlplat.serving.deploy import deployments
+        return self._deployer.deployments()
 
-        return deployments(self)
+    @cached_property
+    def serving_target(self):
+        """Where models are served (:class:`mlplat.serving.target.ServingTarget`): the embedded Triton, or the
+        one ``triton_url`` names."""
+        from mlplat.serving.external import ExternalTriton
+        from mlplat.serving.triton import EmbeddedTriton
+
+        targets = {"embedded": EmbeddedTriton, "grpc": ExternalTriton}
+        return targets[self.settings.triton_url.partition(":")[0]](self.settings)
+
+    @cached_property
+    def _deployer(self):
+        from mlplat.serving.deploy import Deployer
+
+        return Deployer(self.serving_target, self.models, self.features, self.audit, self.settings)
 
     @cached_property
     def serving(self):
         """The gRPC client of this platform's Triton (:class:`mlplat.serving.client.Client`)."""
+        from mlplat.monitoring.predlog import PredictionLogger
         from mlplat.serving.client import Client
 
-        return Client(self)
+        settings = self.settings
+
+        def prediction_log() -> PredictionLogger:
+            return PredictionLogger(self.features.online.client, settings.online_prefix,
+                                    settings.prediction_sample_rate)
+
+        return Client(self.serving_target, self.features, prediction_log)
 
     @cached_property
     def jobs(self):
@@ -160,7 +179,7 @@ class Platform:
         """A/B tests, canaries and shadow tests (:class:`mlplat.serving.experiments.Experiments`)."""
         from mlplat.serving.experiments import Experiments
 
-        return Experiments(self)
+        return Experiments(self.engine, self.audit, self.models, self.serving, self.deploy, self.settings.user)
 
     @cached_property
     def streams(self):
@@ -207,6 +226,7 @@ class Platform:
             self.engine.dispose()
             del self.__dict__["engine"]
         self.__dict__.pop("models", None)
+        self.__dict__.pop("_deployer", None)
         self.__dict__.pop("audit", None)
         self.__dict__.pop("experiments", None)
         self.__dict__.pop("jobs", None)

@@ -284,13 +284,12 @@ class Monitor:
 
     def scrape_config(self) -> str:
         """A ``prometheus.yml`` scraping the platform's exporter and Triton's own metrics endpoint."""
-        from mlplat.services import MonitorService
-        from mlplat.serving.triton import TritonService
+        from mlplat.monitoring.monitor_service import MonitorService
 
         targets = {"mlplat": MonitorService(self.platform.settings).ensure().url.split("//")[1].split("/")[0]}
-        triton = TritonService(self.platform.settings).metrics_url()
-        if triton:
-            targets["triton"] = triton.split("//")[1].split("/")[0]
+        triton = self.platform.serving_target.where()
+        if triton and triton.metrics:
+            targets["triton"] = triton.metrics.split("//")[1].split("/")[0]
         return metrics.scrape_config(targets)
 
     def schedule(self, model: str, cron: str = "*/15 * * * *") -> int:
@@ -298,9 +297,7 @@ class Monitor:
         return self.platform.jobs.schedule(template(CHECK_NOTEBOOK), cron, {"model": model})
 
     def _deployed_version(self, model: str) -> str:
-        from mlplat.serving.deploy import serving_info
-
-        return str(serving_info(self.platform, model)["default"])
+        return str(self.platform.serving_target.serving_info(model)["default"])
 
     def _error_rate(self, model: str, version: str) -> float | None:
         """Failed share of the requests counted since the previous check (None when there were none)."""
