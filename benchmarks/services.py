@@ -37,7 +37,9 @@ import numpy as np
 from mlplat import services
 from mlplat.config import load_settings
 from mlplat.features.online import newest_events_key
+from mlplat.features.redis_service import RedisService
 from mlplat.monitoring.metrics import drift_index, drift_key, exposition
+from mlplat.monitoring.monitor_service import MonitorService
 from mlplat.monitoring.predlog import metrics_index, metrics_key
 
 HERE = Path(__file__).resolve().parent
@@ -100,7 +102,7 @@ def timed_up(settings) -> tuple[float, float]:
         seconds.append(time.perf_counter() - started)
         if up.returncode:
             sys.exit(f"mlplat up failed:\n{up.stdout}{up.stderr}")
-        scrape = http_p50(services.MonitorService(settings).status().url, 20)
+        scrape = http_p50(MonitorService(settings).status().url, 20)
         for service in services.embedded_services(settings):
             if service.name != "redis":
                 service.stop()
@@ -109,7 +111,7 @@ def timed_up(settings) -> tuple[float, float]:
 
 def redis_restart(settings) -> float:
     """Seconds to stop Redis and start it again: loading its append-only file."""
-    service = services.RedisService(settings)
+    service = RedisService(settings)
     service.stop()
     started = time.perf_counter()
     service.ensure()
@@ -124,7 +126,7 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=50, help="in-process scrapes per key count")
     args = parser.parse_args()
     print(machine_line())
-    server = subprocess.run([services.RedisService(load_settings()).binary(), "--version"], capture_output=True,
+    server = subprocess.run([RedisService(load_settings()).binary(), "--version"], capture_output=True,
                             text=True).stdout.split()
     print(versions_line(HERE.parent, metadata.version("mlplat"), {
         "redis-py": metadata.version("redis"), "prometheus_client": metadata.version("prometheus_client"),
@@ -134,7 +136,7 @@ def main() -> None:
                  for _ in args.keys]
         for settings in homes:
             stack.callback(services.down, settings)
-        clients = [redis.Redis.from_url(services.RedisService(settings).ensure().url) for settings in homes]
+        clients = [redis.Redis.from_url(RedisService(settings).ensure().url) for settings in homes]
         for client, keys in zip(clients, args.keys):
             fill(client, keys)
         # The homes take turns scrape by scrape, so a change in the machine's load hits every key count alike.

@@ -102,6 +102,10 @@ def status() -> None:
         click.echo(f"{health.name:8} {health.summary}{where}")
     if settings.online_store != "embedded":
         click.echo(f"online   external  {settings.online_store}")
+    if settings.triton_url != "embedded":
+        from mlplat.status import external_triton
+
+        click.echo(f"triton   external  {external_triton(settings)}")
     sys.exit(0 if all(h.healthy for h in found) else 1)
 
 

@@ -31,7 +31,11 @@ _SCHEMES = {
     "offline_store": ("file://", "s3://", "/"),
     "tracking": ("sqlite:///", "postgresql://", "postgresql+", "http://", "https://"),
     "artifacts": ("file://", "s3://", "/"),
+    "triton_url": (EMBEDDED, "grpc://"),
 }
+# Optional settings (empty: unset) and the URL schemes they accept.
+_OPTIONAL_SCHEMES = {"triton_http_url": ("http://", "https://"), "triton_metrics_url": ("http://", "https://"),
+                     "triton_repository": ("/",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,10 @@ class Settings:
     online_prefix: str = "mlp"  # namespace of every online key in Redis
     kubernetes: dict | None = None  # a `kubernetes:` section makes p.compute() a KubeCluster (see training.cluster)
     triton_env: str = ""  # the venv holding nvidia-pytriton's tritonserver (default: .venv-triton beside ours)
+    triton_url: str = EMBEDDED  # "embedded" (the platform runs Triton) or grpc://host:port of a Triton it was given
+    triton_http_url: str = ""  # that Triton's HTTP endpoint (http://host:port), shown with deployments
+    triton_metrics_url: str = ""  # its Prometheus endpoint (http://host:port/metrics), scraped beside mlplat's
+    triton_repository: str = ""  # a model repository that Triton serves too; empty: models are sent over gRPC
     prediction_sample_rate: float = 1.0  # share of requests whose rows go to the prediction log
     alert_webhook: str = ""  # URL that new alerts are POSTed to (Slack-compatible JSON)
     max_clock_skew: timedelta = timedelta(minutes=5)  # events dated later than now + this are refused as "future"
@@ -93,6 +101,7 @@ def load_settings(**overrides: Any) -> Settings:
     merged.setdefault("tracking", f"sqlite:///{home / 'mlflow.db'}")
     merged.setdefault("artifacts", (home / "mlartifacts").as_uri())
     merged.setdefault("triton_env", str(Path(sys.prefix).parent / ".venv-triton"))
+    merged.setdefault("triton_url", EMBEDDED)
     merged.setdefault("user", _current_user())
     if "prediction_sample_rate" in merged:
         merged["prediction_sample_rate"] = _rate(merged["prediction_sample_rate"])
@@ -107,7 +116,20 @@ def load_settings(**overrides: Any) -> Settings:
                 f"{', '.join(schemes)} (set it in mlplat.yaml or MLPLAT_{key.upper()})."
             )
         merged[key] = value
+    _check_triton(merged)
     return Settings(**merged)
+
+
+def _check_triton(merged: dict[str, Any]) -> None:
+    """The optional Triton settings are URLs (or a folder) of an external Triton, and only of one."""
+    for key, schemes in _OPTIONAL_SCHEMES.items():
+        value = str(merged.get(key) or "")
+        if value and not value.startswith(schemes):
+            raise ConfigError(f"{key}={value!r} must start with {', '.join(schemes)} "
+                              f"(set it in mlplat.yaml or MLPLAT_{key.upper()}).")
+        if value and merged["triton_url"] == EMBEDDED:
+            raise ConfigError(f"{key} describes an external Triton, but triton_url is {EMBEDDED!r}: set triton_url "
+                              "to its gRPC URL (grpc://host:8001), or remove the setting.")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

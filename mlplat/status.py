@@ -47,7 +47,14 @@ def status(settings: Any) -> Status:
     online = f"embedded at {redis.url}" if settings.online_store == "embedded" and redis else settings.online_store
     endpoints = {"home": str(settings.home), "online store": online, "registry": settings.registry, "offline store": str(settings.offline_store),
                  "tracking": settings.tracking, "user": settings.user}
+    if settings.triton_url != "embedded":  # a Triton the platform does not start or stop
+        endpoints["triton"] = f"external {external_triton(settings)}"
     return Status({name: _where(health) for name, health in found.items()}, endpoints, _versions())
+
+
+def external_triton(settings: Any) -> str:
+    """Where the external Triton listens, as ``mlplat status`` shows it."""
+    return "  ".join(filter(None, [settings.triton_url, settings.triton_http_url, settings.triton_metrics_url]))
 
 
 def _where(health: Any) -> str | None:

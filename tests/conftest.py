@@ -16,7 +16,8 @@ import pytest
 import mlplat
 from mlplat.config import load_settings
 from mlplat.features import Entity, FeatureView, Field
-from mlplat.services import RedisService, free_port
+from mlplat.features.redis_service import RedisService
+from mlplat.services import free_port
 
 
 @pytest.fixture(autouse=True)

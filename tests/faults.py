@@ -8,6 +8,7 @@ import socket
 import time
 
 from mlplat import services
+from mlplat.features.redis_service import RedisService
 
 
 def wait_for(condition, timeout: float = 30.0, what: str = "the condition") -> float:
@@ -21,7 +22,7 @@ def wait_for(condition, timeout: float = 30.0, what: str = "the condition") -> f
 
 def take_the_port_of_redis(settings, squatter: socket.socket) -> services.ServiceState:
     """SIGKILL the embedded Redis and listen on its port with ``squatter``: it has to move. Return its old state."""
-    service = services.RedisService(settings)
+    service = RedisService(settings)
     with service._lock():  # no client restarts it before the port is taken
         killed = service.status()
         os.kill(killed.pid, signal.SIGKILL)

@@ -254,7 +254,7 @@ def test_feature_age_is_the_age_of_the_newest_event_served_online(platform, driv
 def test_the_exporter_serves_metrics_over_http(platform, logger):
     log_requests(logger, 10)
     logger.flush()
-    from mlplat.services import MonitorService
+    from mlplat.monitoring.monitor_service import MonitorService
 
     service = MonitorService(platform.settings)
     try:
@@ -391,7 +391,7 @@ def test_the_dashboard_queries_metrics_that_exist(deployed):
                 assert metric in exposed, f"{panel['title']}: {metric} is not exposed"
     config = p.monitor.scrape_config()
     assert "job_name: triton" in config and "job_name: mlplat" in config
-    from mlplat.services import MonitorService
+    from mlplat.monitoring.monitor_service import MonitorService
 
     MonitorService(p.settings).stop()
 

@@ -25,8 +25,8 @@ from mlplat.features import Entity, FeatureView, Field
 from mlplat.features.compute import BatchFeatureView
 from mlplat.features.on_demand import OnDemandFeatureView
 from mlplat.features.registry import BrokenView, BrokenViewWarning
-from mlplat.services import StreamService
 from mlplat.streaming import Aggregation, StreamFeatureView
+from mlplat.streaming.stream_service import StreamService
 from mlplat_lab.jsonable import jsonable
 
 NOW = pd.Timestamp.now(tz="UTC").floor("h")

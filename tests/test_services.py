@@ -20,9 +20,11 @@ from mlplat.cli import main as cli
 from mlplat.config import load_settings
 from mlplat.errors import ServiceBinaryNotFound, ServiceError
 from mlplat.features import Entity
+from mlplat.features.redis_service import RedisService
+from mlplat.monitoring.monitor_service import MonitorService
 from mlplat.monitoring.predlog import PredictionLogger, stream_key
-from mlplat.services import MonitorService, RedisService, StreamService
 from mlplat.streaming import Aggregation, StreamFeatureView
+from mlplat.streaming.stream_service import StreamService
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def test_up_starts_redis_on_loopback_and_records_it(settings):
     (state,) = services.up(settings, only=("redis",))
     assert state.url.startswith("redis://127.0.0.1:")
     assert redis.Redis.from_url(state.url).ping()
-    assert services.RedisService(settings).status() == state
+    assert RedisService(settings).status() == state
     assert (settings.home / "run" / "redis.json").is_file()
 
 
@@ -62,14 +64,22 @@ def test_down_when_nothing_runs_and_stale_state_files(settings):
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     (settings.run_dir / "redis.json").write_text(
         '{"name": "redis", "pid": 999999, "port": 1, "url": "redis://127.0.0.1:1/0", "started_at": 0}')
-    assert services.RedisService(settings).status() is None
+    assert RedisService(settings).status() is None
     (state,) = services.up(settings, only=("redis",))
     assert state.pid != 999999
 
 
+def test_each_service_says_when_a_configuration_wants_it(tmp_path):
+    here = [s.name for s in services.embedded_services(load_settings(home=str(tmp_path)))]
+    assert here[0] == "redis" and {"mlflow", "scheduler", "monitor", "stream"} <= set(here)  # Redis first
+    elsewhere = load_settings(home=str(tmp_path), online_store="redis://10.0.0.1:6379/0", tracking="http://mlflow:5000",
+                              triton_url="grpc://triton:8001")
+    assert [s.name for s in services.embedded_services(elsewhere)] == ["scheduler", "monitor", "stream"]
+
+
 def test_connect_starts_what_it_needs(settings):
     p = mlplat.connect(home=str(settings.home))
-    assert services.RedisService(settings).status() is not None
+    assert RedisService(settings).status() is not None
     p.close()
 
 

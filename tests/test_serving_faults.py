@@ -21,7 +21,7 @@ import mlplat
 from mlplat import services
 from mlplat.cli import main as cli
 from mlplat.demo import driver, driver_stats, make_dataset
-from mlplat.services import RedisService
+from mlplat.features.redis_service import RedisService
 from mlplat.serving.triton import TritonService, triton_installed
 
 NAME = "faulty"

@@ -356,7 +356,8 @@ def test_backfill_of_a_range_keeps_its_rows_and_looks_back_a_window(platform, dr
 
 def test_the_stream_command_starts_and_stops_as_an_embedded_service(platform, driver, tmp_path):
     from mlplat.config import load_settings
-    from mlplat.services import StreamService, embedded_services
+    from mlplat.services import embedded_services
+    from mlplat.streaming.stream_service import StreamService
 
     settings = load_settings(home=str(platform.settings.home), online_store=platform.settings.online_store,
                              online_prefix=platform.settings.online_prefix)

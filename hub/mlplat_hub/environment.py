@@ -16,7 +16,8 @@ from mlplat.config import Settings
 from mlplat_hub.profiles import DEFAULT_PROFILE, profile_from_options
 
 # Settings every workspace shares with the hub, as the MLPLAT_* variables load_settings() reads.
-SHARED_SETTINGS = ("registry", "tracking", "online_store", "offline_store", "artifacts", "online_prefix")
+SHARED_SETTINGS = ("registry", "tracking", "online_store", "offline_store", "artifacts", "online_prefix",
+                   "triton_url", "triton_http_url", "triton_metrics_url", "triton_repository")
 
 
 def teams(spawner: Any) -> list[str]:

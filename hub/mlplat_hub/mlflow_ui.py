@@ -24,7 +24,8 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import httpclient, web
 
 from mlplat.config import Settings, load_settings
-from mlplat.services import MlflowService, ServiceState, free_port
+from mlplat.services import ServiceState, free_port
+from mlplat.training.mlflow_service import MlflowService
 
 log = logging.getLogger("mlplat_hub.mlflow_ui")
 # Headers about one connection, not the message; the proxy sets its own.

@@ -321,7 +321,7 @@ class Monitor:
 
     def scrape_config(self) -> str:
         """A ``prometheus.yml`` scraping the platform's exporter and Triton's own metrics endpoint."""
-        from mlplat.services import MonitorService
+        from mlplat.monitoring.monitor_service import MonitorService
 
         targets = {"mlplat": MonitorService(self.settings).ensure().url.split("//")[1].split("/")[0]}
         triton = self.serving_metrics_url()

@@ -1,4 +1,5 @@
-"""Serving: ONNX export, Triton model repositories, the local Triton server, gRPC inference."""
+"""Serving: ONNX export, Triton model repositories, serving targets (the embedded Triton or one given by URL),
+gRPC inference, experiments."""
 
 from mlplat.serving.client import Client, Prediction
 

@@ -1,9 +1,10 @@
 """``mlplat.serving.Client``: entity ids in, predictions out, over Triton's gRPC API.
 
-Features are looked up online (one MGET) and sent as one FP32 tensor. The
-gRPC channel is kept open between calls. If Triton has died, or hangs (a request
-past its deadline and no answer to a health check within a second), the client
-restarts it (which reloads the deployed models) and retries the request once.
+Features are looked up online (one MGET) and sent as one FP32 tensor to the serving target's
+Triton (:mod:`mlplat.serving.target`). The gRPC channel is kept open between calls. If Triton
+has died, or hangs (a request past its deadline and no answer to a health check within a second),
+the client has the target bring it back (the embedded one is restarted with the deployed models)
+and retries the request once.
 Every request is counted, failed ones by error class, and (at
 ``prediction_sample_rate``) logged, off the request path (:mod:`mlplat.monitoring.predlog`).
 """
@@ -12,18 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlplat.errors import ServingError
-from mlplat.services import ServiceState
 from mlplat.serving import missing
-from mlplat.serving.deploy import serving_info
 from mlplat.serving.onnx_export import INPUT
-from mlplat.serving.triton import TritonService
+from mlplat.serving.target import ServingTarget
+
+if TYPE_CHECKING:
+    from mlplat.features.store import FeatureStore
+    from mlplat.monitoring.predlog import PredictionLogger
 
 INFER_TIMEOUT = 10.0  # seconds a request may take before Triton is suspected of hanging
 
@@ -50,12 +54,17 @@ class Prediction:
 
 
 class Client:
-    """Predict with models deployed on the platform's Triton."""
+    """Predict with models deployed on a serving target, with features from the feature store.
 
-    def __init__(self, platform: Any):
-        self.platform = platform
+    ``prediction_log`` makes the :class:`~mlplat.monitoring.predlog.PredictionLogger` that counts and logs
+    the requests, on first use.
+    """
+
+    def __init__(self, target: ServingTarget, features: FeatureStore, prediction_log: Callable[[], PredictionLogger]):
+        self.target = target
+        self.features = features
+        self._prediction_log = prediction_log
         self._grpc: Any = None
-        self._server: ServiceState | None = None  # the Triton that _grpc talks to
         self._info: dict[str, dict[str, Any]] = {}
 
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
@@ -81,7 +90,7 @@ class Client:
                  arm: str = "") -> Prediction:
         """The prediction itself: :meth:`predict` without the counting of failures."""
         started = time.perf_counter()
-        deployed = self._info.get(name) or self._info.setdefault(name, serving_info(self.platform, name))
+        deployed = self._info.get(name) or self._info.setdefault(name, self.target.serving_info(name))
         version = str(version or deployed["default"])
         if version not in deployed["versions"]:
             raise ServingError(f"{name} v{version} is not loaded on Triton; loaded: {sorted(deployed['versions'])}.")
@@ -115,25 +124,21 @@ class Client:
         return features, gaps, self._infer(name, info, features)
 
     @cached_property
-    def log(self) -> Any:
+    def log(self) -> PredictionLogger:
         """The :class:`~mlplat.monitoring.predlog.PredictionLogger` of this client."""
-        from mlplat.monitoring.predlog import PredictionLogger
-
-        settings = self.platform.settings
-        return PredictionLogger(self.platform.features.online.client, settings.online_prefix,
-                                settings.prediction_sample_rate)
+        return self._prediction_log()
 
     def _columns(self, info: dict[str, Any]) -> list[str]:
         """The feature columns a version takes, as named in training (and in its drift reference)."""
         if "columns" not in info:  # deployed before mlplat recorded them
             from mlplat.features.refs import resolve
 
-            info["columns"] = [c for r in resolve(info["features"], self.platform.features.get_view, set())
+            info["columns"] = [c for r in resolve(info["features"], self.features.get_view, set())
                                for c in r.columns]
         return info["columns"]
 
     def _online(self, refs: list[str], entity_rows: Any) -> np.ndarray:
-        online = self.platform.features.get_online_features(refs, entity_rows).to_dict()
+        online = self.features.get_online_features(refs, entity_rows).to_dict()
         keys = entity_rows if isinstance(entity_rows, dict) else (entity_rows[0] if entity_rows else {})
         return np.array([v for k, v in online.items() if k not in keys], dtype=np.float32).T
 
@@ -152,16 +157,15 @@ class Client:
                 if attempt == 2 or not self._recovered(str(exc.status())):
                     raise ServingError(f"Triton could not serve {name}: {exc.message()}") from None
 
-    def _client(self, patience: float | None = None) -> Any:
+    def _client(self) -> Any:
         if self._grpc is None:
             import tritonclient.grpc as grpcclient
 
-            self._server = TritonService(self.platform.settings).ensure(patience)
-            self._grpc = grpcclient.InferenceServerClient(self._server.url)
+            self._grpc = grpcclient.InferenceServerClient(self.target.ensure().grpc)
         return self._grpc
 
     def _recovered(self, status: str) -> bool:
-        """After a failed request: if Triton is gone or hangs, restart it (with its models); True to retry.
+        """After a failed request: if Triton is gone or hangs, have the target bring it back; True to retry.
 
         A server past a request's deadline that still answers a health check within a second is
         only slow: it is kept, and the request is not retried.
@@ -169,11 +173,9 @@ class Client:
         gone, late = "UNAVAILABLE" in status, "DEADLINE_EXCEEDED" in status
         if not gone and not late:
             return False
-        before = self._server
         self._grpc.close()
         self._grpc = None
-        self._client(patience=None if gone else 1.0)
-        return gone or before is None or self._server.pid != before.pid
+        return self.target.recover(late=not gone)
 
     def forget(self, name: str) -> None:
         """Drop what is cached about ``name`` (after a (re)deployment)."""

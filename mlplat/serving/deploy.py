@@ -1,9 +1,9 @@
-"""Deploy registered models to Triton and call them over gRPC.
+"""Deploy registered models to a serving target (:mod:`mlplat.serving.target`) and call them over gRPC.
 
-``deploy`` exports the version to ONNX, checks the export against the native
+``Deployer.deploy`` exports the version to ONNX, checks the export against the native
 model on rows from the model's own training data, writes a standard Triton
 model repository entry (``<name>/config.pbtxt`` and ``<name>/<version>/model.onnx``,
-Triton versions = registry versions) and loads it with explicit model control.
+Triton versions = registry versions) and has the target's Triton load it with explicit model control.
 """
 
 from __future__ import annotations
@@ -12,15 +12,20 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mlplat.config import Settings
 from mlplat.errors import ServingError
 from mlplat.registry.names import check_model_name
-from mlplat.services import ServiceState
 from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
 from mlplat.serving.missing import check_policy
 from mlplat.serving.onnx_export import INPUT, OnnxModel, check_parity, export
-from mlplat.serving.triton import TritonService
+from mlplat.serving.target import BY_ID, SERVING_INFO, ServingTarget
+
+if TYPE_CHECKING:
+    from mlplat.audit import Audit
+    from mlplat.features.store import FeatureStore
+    from mlplat.registry.models import ModelRegistry
 
 CONFIG = """name: "{name}"
 backend: "onnxruntime"
@@ -31,7 +36,17 @@ dynamic_batching {{ }}
 instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 version_policy: {{ specific: {{ versions: [ {versions} ] }} }}
 """
-SERVING_INFO = "mlplat.json"  # what predict needs: the pinned features, in column order
+BY_ID_CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [ {inputs} ]
+output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }},
+         {{ name: "{missing_output}" data_type: TYPE_BOOL dims: [ {n_features} ] }} ]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+parameters: {{ key: "features" value: {{ string_value: "{features}" }} }}
+parameters: {{ key: "missing" value: {{ string_value: "{missing}" }} }}
+"""
+MISSING_OUTPUT = "missing_features"  # per row, a flag per feature (in the order of the "features" parameter)
 BY_ID_MODEL = Path(__file__).parent / "backend" / "by_id.py"
 
 
@@ -58,216 +73,155 @@ def config_text(name: str, versions: str, onnx: OnnxModel, width: int, max_batch
                          width=width, max_batch_size=max_batch_size, instances=instances)
 
 
-def deploy(platform: Any, name: str, version: str | int | None = None, alias: str = "champion",
-           max_batch_size: int = 1024, instances: int = 1, tolerance: float = 1e-4, keep: tuple[str, ...] = (),
-           default: bool = True, missing: str = DEFAULT_POLICY) -> Deployment:
-    """Export, check and load a registered version (default: the champion) on Triton.
+class Deployer:
+    """``p.deploy``, ``p.undeploy`` and ``p.deployments``: registered versions put live on a serving target.
 
-    ``missing`` is what serving does with rows that lack feature values: ``"flag"`` them (default),
-    refuse them (``"error"``) or ``"impute"`` the training rows' medians (see :mod:`mlplat.serving.missing`).
-
-    ``keep`` names versions already deployed that stay loaded beside it (an A/B
-    test serves two); ``default=False`` loads it without making it the version
-    that ``predict`` uses when none is asked for; the default also gets a ``<name>_by_id`` model that reads its
-    features from Redis inside Triton, unless it takes on-demand features. Dynamic batching merges
-    concurrent requests (no added delay) up to ``max_batch_size`` rows;
-    ``instances`` model copies run in parallel (one per core is a good start).
+    It reads versions from the model registry, their training rows and online layout from the feature
+    store, writes into the target's model repository and records each change in the audit trail.
     """
-    from mlplat.features.on_demand import is_on_demand
-    from mlplat.features.refs import resolve
-    from mlplat.registry.artifacts import load_impute, load_model, load_spec, model_inputs
 
-    check_policy(missing)
-    found = platform.models.get(name, version, alias if version is None else None)
-    spec, entity_df = load_spec(platform.settings, found.run_id)
-    impute = load_impute(platform.settings, found.run_id) if missing == "impute" else None
-    if missing == "impute" and impute is None:
-        raise ServingError(f"{name} v{found.version} was trained before mlplat recorded imputation values; "
-                           "retrain it to deploy with missing='impute', or use 'flag' or 'error'.")
-    model = load_model(platform.settings, name, found.version, spec.family)
-    requests = resolve(spec.features, platform.features.get_view, set(entity_df.columns))
-    columns = [c for r in requests for c in r.columns]
-    onnx = export(model, spec.family, spec.kind, len(columns))
-    sample = platform.features.get_training_set(entity_df.head(256), spec.features,
+    def __init__(self, target: ServingTarget, registry: ModelRegistry, features: FeatureStore, audit: Audit,
+                 settings: Settings):
+        self.target = target
+        self.registry = registry
+        self.features = features
+        self.audit = audit
+        self.settings = settings
+
+    def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", max_batch_size: int = 1024,
+               instances: int = 1, tolerance: float = 1e-4, keep: tuple[str, ...] = (), default: bool = True,
+               missing: str = DEFAULT_POLICY) -> Deployment:
+        """Export, check and load a registered version (default: the champion) on Triton.
+
+        ``missing`` is what serving does with rows that lack feature values: ``"flag"`` them (default),
+        refuse them (``"error"``) or ``"impute"`` the training rows' medians (see :mod:`mlplat.serving.missing`).
+
+        ``keep`` names versions already deployed that stay loaded beside it (an A/B
+        test serves two); ``default=False`` loads it without making it the version
+        that ``predict`` uses when none is asked for; the default also gets a ``<name>_by_id`` model that reads
+        its features from Redis inside Triton, unless it takes on-demand features. Dynamic batching merges
+        concurrent requests (no added delay) up to ``max_batch_size`` rows;
+        ``instances`` model copies run in parallel (one per core is a good start).
+        """
+        from mlplat.features.on_demand import is_on_demand
+        from mlplat.features.refs import resolve
+        from mlplat.registry.artifacts import load_impute, load_model, load_spec, model_inputs
+
+        check_policy(missing)
+        found = self.registry.get(name, version, alias if version is None else None)
+        spec, entity_df = load_spec(self.settings, found.run_id)
+        impute = load_impute(self.settings, found.run_id) if missing == "impute" else None
+        if missing == "impute" and impute is None:
+            raise ServingError(f"{name} v{found.version} was trained before mlplat recorded imputation values; "
+                               "retrain it to deploy with missing='impute', or use 'flag' or 'error'.")
+        model = load_model(self.settings, name, found.version, spec.family)
+        requests = resolve(spec.features, self.features.get_view, set(entity_df.columns))
+        columns = [c for r in requests for c in r.columns]
+        onnx = export(model, spec.family, spec.kind, len(columns))
+        sample = self.features.get_training_set(entity_df.head(256), spec.features,
                                                 timestamp_field=spec.timestamp_field)
-    check_parity(onnx, model, spec.kind, model_inputs(sample, columns), tolerance)
-    width = len(model.classes_) if spec.kind == "classifier" else 1
-    folder = TritonService(platform.settings).models / name
-    info = json.loads((folder / SERVING_INFO).read_text()) if (folder / SERVING_INFO).is_file() else {"versions": {}}
-    kept = {v: info["versions"][v] for v in keep if v in info["versions"]}
-    for v, other in kept.items():
-        if other["features"] != spec.features:
-            raise ServingError(f"{name} v{v} takes {other['features']} but v{found.version} takes {spec.features}; "
-                               "versions served side by side must take the same features.")
-    if set(keep) - set(kept):
-        raise ServingError(f"Cannot keep {sorted(set(keep) - set(kept))} of {name}: deploy them first.")
-    versions = {**kept, found.version: {"features": spec.features, "columns": columns, "kind": spec.kind,
-                                        "output": onnx.output, "missing": missing, "impute": impute}}
-    (folder / found.version).mkdir(parents=True, exist_ok=True)
-    (folder / found.version / "model.onnx").write_bytes(onnx.data)
-    loaded = " ".join(sorted(versions, key=int))
-    (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
-    default_version = found.version if default or not kept else info["default"]
-    (folder / SERVING_INFO).write_text(json.dumps({"default": default_version, "versions": versions}))
-    # On-demand features need request data and their function, which Redis alone cannot give the by-id model:
-    # such a model is served through Client.predict (rows carry the request columns), with no stale by-id model left.
-    by_id = default and not any(is_on_demand(r.view) for r in requests)
-    stale = default and not by_id and (folder.parent / f"{name}{BY_ID}").exists()
-    if by_id:
-        _write_by_id(platform, name, {**versions[found.version], "version": found.version}, requests, width,
-                     max_batch_size)
-    elif stale:
-        shutil.rmtree(folder.parent / f"{name}{BY_ID}")
-    state = TritonService(platform.settings).ensure()
-    with _client(state.url) as client:
-        _call(client.load_model, name)
+        check_parity(onnx, model, spec.kind, model_inputs(sample, columns), tolerance)
+        width = len(model.classes_) if spec.kind == "classifier" else 1
+        folder = self.target.models / name
+        info = json.loads((folder / SERVING_INFO).read_text()) if (folder / SERVING_INFO).is_file() else {"versions": {}}
+        kept = {v: info["versions"][v] for v in keep if v in info["versions"]}
+        for v, other in kept.items():
+            if other["features"] != spec.features:
+                raise ServingError(f"{name} v{v} takes {other['features']} but v{found.version} takes "
+                                   f"{spec.features}; versions served side by side must take the same features.")
+        if set(keep) - set(kept):
+            raise ServingError(f"Cannot keep {sorted(set(keep) - set(kept))} of {name}: deploy them first.")
+        versions = {**kept, found.version: {"features": spec.features, "columns": columns, "kind": spec.kind,
+                                            "output": onnx.output, "missing": missing, "impute": impute}}
+        (folder / found.version).mkdir(parents=True, exist_ok=True)
+        (folder / found.version / "model.onnx").write_bytes(onnx.data)
+        loaded = " ".join(sorted(versions, key=int))
+        (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
+        default_version = found.version if default or not kept else info["default"]
+        (folder / SERVING_INFO).write_text(json.dumps({"default": default_version, "versions": versions}))
+        # On-demand features need request data and their function, which Redis alone cannot give the by-id model:
+        # such a model is served through Client.predict (rows carry the request columns), with no stale by-id
+        # model left.
+        by_id = default and not any(is_on_demand(r.view) for r in requests)
+        stale = default and not by_id and (folder.parent / f"{name}{BY_ID}").exists()
         if by_id:
-            _call(client.load_model, f"{name}{BY_ID}")
+            self._write_by_id(name, {**versions[found.version], "version": found.version}, requests, width,
+                              max_batch_size)
         elif stale:
-            _call(client.unload_model, f"{name}{BY_ID}")
-        status = "READY" if client.is_model_ready(name, found.version) else "UNAVAILABLE"
-    platform.audit.record("deployment", name, "deployed", found.version, endpoint=state.url, status=status,
+            shutil.rmtree(folder.parent / f"{name}{BY_ID}")
+        with self.target.session() as triton:
+            triton.load(name)
+            if by_id:
+                triton.load(f"{name}{BY_ID}")
+            elif stale:
+                triton.unload(f"{name}{BY_ID}")
+            status = "READY" if triton.ready(name, found.version) else "UNAVAILABLE"
+        where = triton.endpoints
+        self.audit.record("deployment", name, "deployed", found.version, endpoint=where.grpc, status=status,
                           serving=sorted(versions, key=int), default=default_version, missing=missing)
-    return Deployment(name, found.version, state.url, name, status, spec.features, _http(state))
+        return Deployment(name, found.version, where.grpc, name, status, spec.features, where.http)
 
+    def _write_by_id(self, name: str, info: dict[str, Any], requests: list, width: int, max_batch_size: int) -> None:
+        """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
 
-BY_ID = "_by_id"
-BY_ID_CONFIG = """name: "{name}"
-backend: "python"
-max_batch_size: {max_batch_size}
-input [ {inputs} ]
-output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }},
-         {{ name: "{missing_output}" data_type: TYPE_BOOL dims: [ {n_features} ] }} ]
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-parameters: {{ key: "features" value: {{ string_value: "{features}" }} }}
-parameters: {{ key: "missing" value: {{ string_value: "{missing}" }} }}
-"""
-MISSING_OUTPUT = "missing_features"  # per row, a flag per feature (in the order of the "features" parameter)
+        Its ``lookup.json`` says where the features live and how they are packed, each key's kind, and the
+        version's missing-feature policy with its imputation values (see :mod:`mlplat.serving.missing`).
+        """
+        from mlplat.features.online import RecordCodec
+        from mlplat.monitoring.predlog import metrics_index, metrics_key
 
+        online = self.features.online
+        views, keys, kinds, column = [], [], {}, 0
+        for request in requests:
+            codec = RecordCodec(request.view)
+            slots = [[*codec.slot[f], codec.position[f]] for f in request.features]
+            views.append({"prefix": online.key_prefix(request.view), "dtype": codec.dtype.descr,
+                          "join_keys": request.view.join_keys, "features": slots,
+                          "columns": list(range(column, column + len(slots)))})
+            column += len(slots)
+            keys += [k for k in request.view.join_keys if k not in keys]
+            kinds.update({k: v for k, v in self.features.offline.key_kinds(request.view).items() if k not in kinds})
+        prefix, version = self.settings.online_prefix, info["version"]
+        # The embedded Redis's state file says where it listens now, should a restart move it.
+        located = self.settings.run_dir / "redis.json" if online.locate else None
+        lookup = {"redis": online.url, "redis_state": located and str(located), "model": name,
+                  "version": version, "output": info["output"], "keys": keys,
+                  "key_kinds": {k: kinds.get(k) for k in keys}, "views": views, "n_features": column,
+                  "features": info["features"], "missing": info["missing"], "impute": info["impute"],
+                  "missing_output": MISSING_OUTPUT, "metrics_key": metrics_key(prefix, name, version),
+                  "metrics_index": metrics_index(prefix)}
+        folder = self.target.models / f"{name}{BY_ID}"
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(BY_ID_MODEL, folder / "1" / "model.py")
+        (folder / "1" / "lookup.json").write_text(json.dumps(lookup))
+        inputs = ", ".join(f'{{ name: "{k}" data_type: TYPE_STRING dims: [ 1 ] }}' for k in keys)
+        (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(
+            name=f"{name}{BY_ID}", max_batch_size=max_batch_size, inputs=inputs, output=info["output"], width=width,
+            missing_output=MISSING_OUTPUT, n_features=column, features=",".join(info["features"]),
+            missing=info["missing"]))
 
-def _write_by_id(platform: Any, name: str, info: dict[str, Any], requests: list, width: int,
-                 max_batch_size: int) -> None:
-    """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
+    def undeploy(self, name: str) -> None:
+        """Unload a model from Triton and remove it from the model repository."""
+        folder = self.target.models / check_model_name(name)
+        if not folder.exists():
+            raise ServingError(f"{name!r} is not deployed; deployed: {', '.join(self.target.deployed()) or 'none'}.")
+        with self.target.session() as triton:
+            triton.unload(name)
+            if (folder.parent / f"{name}{BY_ID}").exists():
+                triton.unload(f"{name}{BY_ID}")
+        shutil.rmtree(folder)
+        shutil.rmtree(folder.parent / f"{name}{BY_ID}", ignore_errors=True)
+        self.audit.record("deployment", name, "undeployed")
 
-    Its ``lookup.json`` says where the features live and how they are packed, each key's kind, and the
-    version's missing-feature policy with its imputation values (see :mod:`mlplat.serving.missing`).
-    """
-    from mlplat.features.online import RecordCodec
-    from mlplat.monitoring.predlog import metrics_index, metrics_key
-
-    views, keys, kinds, column = [], [], {}, 0
-    for request in requests:
-        codec = RecordCodec(request.view)
-        slots = [[*codec.slot[f], codec.position[f]] for f in request.features]
-        views.append({"prefix": platform.features.online.key_prefix(request.view), "dtype": codec.dtype.descr,
-                      "join_keys": request.view.join_keys, "features": slots,
-                      "columns": list(range(column, column + len(slots)))})
-        column += len(slots)
-        keys += [k for k in request.view.join_keys if k not in keys]
-        kinds.update({k: v for k, v in platform.features.offline.key_kinds(request.view).items() if k not in kinds})
-    prefix, version = platform.settings.online_prefix, info["version"]
-    # The embedded Redis's state file says where it listens now, should a restart move it.
-    located = platform.settings.run_dir / "redis.json" if platform.features.online.locate else None
-    lookup = {"redis": platform.features.online.url, "redis_state": located and str(located), "model": name,
-              "version": version, "output": info["output"], "keys": keys, "key_kinds": {k: kinds.get(k) for k in keys},
-              "views": views, "n_features": column, "features": info["features"], "missing": info["missing"],
-              "impute": info["impute"], "missing_output": MISSING_OUTPUT, "metrics_key": metrics_key(prefix, name, version),
-              "metrics_index": metrics_index(prefix)}
-    folder = TritonService(platform.settings).models / f"{name}{BY_ID}"
-    (folder / "1").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BY_ID_MODEL, folder / "1" / "model.py")
-    (folder / "1" / "lookup.json").write_text(json.dumps(lookup))
-    inputs = ", ".join(f'{{ name: "{k}" data_type: TYPE_STRING dims: [ 1 ] }}' for k in keys)
-    (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(
-        name=f"{name}{BY_ID}", max_batch_size=max_batch_size, inputs=inputs, output=info["output"], width=width,
-        missing_output=MISSING_OUTPUT, n_features=column, features=",".join(info["features"]),
-        missing=info["missing"]))
-
-
-def undeploy(platform: Any, name: str) -> None:
-    """Unload a model from Triton and remove it from the model repository."""
-    folder = TritonService(platform.settings).models / check_model_name(name)
-    if not folder.exists():
-        raise ServingError(f"{name!r} is not deployed; deployed: {', '.join(_deployed(platform)) or 'none'}.")
-    state = TritonService(platform.settings).ensure()
-    with _client(state.url) as client:
-        _call(client.unload_model, name)
-        if (folder.parent / f"{name}{BY_ID}").exists():
-            _call(client.unload_model, f"{name}{BY_ID}")
-    shutil.rmtree(folder)
-    shutil.rmtree(folder.parent / f"{name}{BY_ID}", ignore_errors=True)
-    platform.audit.record("deployment", name, "undeployed")
-
-
-def deployments(platform: Any) -> list[Deployment]:
-    """What is deployed, with Triton's view of each model's state."""
-    state = TritonService(platform.settings).ensure()
-    found = []
-    with _client(state.url) as client:
-        for name in _deployed(platform):
-            info = serving_info(platform, name)
-            for version, details in sorted(info["versions"].items(), key=lambda item: int(item[0])):
-                ready = client.is_model_ready(name, version)
-                found.append(Deployment(name, version, state.url, name, "READY" if ready else "UNAVAILABLE",
-                                        details["features"], _http(state)))
-    return found
-
-
-def load_deployed(models: Path, url: str) -> dict[str, str]:
-    """Load every model deployed in the repository ``models`` into the Triton at ``url`` (which starts empty
-    in explicit mode); return those that failed and why. One that fails does not keep the others from loading."""
-    failed = {}
-    with _client(url) as client:
-        for name in _deployed_in(models):
-            for model in (name, f"{name}{BY_ID}"):  # the model first: its _by_id model calls it
-                if model == name or (models / model).exists():
-                    try:
-                        _call(client.load_model, model)
-                    except ServingError as exc:
-                        failed[model] = str(exc)
-                        break
-    return failed
-
-
-def serving_info(platform: Any, name: str) -> dict[str, Any]:
-    """What predict needs to know about a deployed model; ServingError if it is not deployed."""
-    path = TritonService(platform.settings).models / check_model_name(name) / SERVING_INFO
-    if not path.is_file():
-        raise ServingError(f"{name!r} is not deployed; deploy it first with p.deploy({name!r}).")
-    return json.loads(path.read_text())
-
-
-def _deployed(platform: Any) -> list[str]:
-    return _deployed_in(TritonService(platform.settings).models)
-
-
-def _deployed_in(models: Path) -> list[str]:
-    return sorted(p.name for p in models.iterdir() if (p / SERVING_INFO).is_file()) if models.exists() else []
-
-
-def _http(state: ServiceState) -> str:
-    return f"127.0.0.1:{state.ports['http']}" if "http" in state.ports else ""
-
-
-class _client:
-    """A gRPC client to Triton, closed after use."""
-
-    def __init__(self, url: str):
-        import tritonclient.grpc as grpcclient
-
-        self.client = grpcclient.InferenceServerClient(url)
-
-    def __enter__(self):
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-
-
-def _call(method, *args, **kwargs):
-    from tritonclient.utils import InferenceServerException
-
-    try:
-        return method(*args, **kwargs)
-    except InferenceServerException as exc:
-        raise ServingError(f"Triton refused {method.__name__}: {exc.message()}") from None
+    def deployments(self) -> list[Deployment]:
+        """What is deployed, with Triton's view of each model's state."""
+        found = []
+        with self.target.session() as triton:
+            where = triton.endpoints
+            for name in self.target.deployed():
+                info = self.target.serving_info(name)
+                for version, details in sorted(info["versions"].items(), key=lambda item: int(item[0])):
+                    ready = triton.ready(name, version)
+                    found.append(Deployment(name, version, where.grpc, name, "READY" if ready else "UNAVAILABLE",
+                                            details["features"], where.http))
+        return found

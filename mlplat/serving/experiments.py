@@ -15,16 +15,23 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
 
 from mlplat.db import metadata
 from mlplat.errors import InvalidArgument, ServingError
+
+if TYPE_CHECKING:
+    from mlplat.audit import Audit
+    from mlplat.registry.models import ModelRegistry
+    from mlplat.serving.client import Client
+    from mlplat.serving.deploy import Deployment
 
 experiments_table = sa.Table(
     "serving_experiments", metadata,  # not "experiments": MLflow's table, when both share a PostgreSQL database
@@ -98,12 +105,20 @@ class Summary:
 
 
 class Experiments:
-    """``p.experiments``: start, serve, log outcomes, summarise and conclude experiments."""
+    """``p.experiments``: start, serve, log outcomes, summarise and conclude experiments.
 
-    def __init__(self, platform: Any):
-        self.platform = platform
-        self.engine = platform.engine
-        self.audit = platform.audit
+    Arms are deployed with ``deploy`` (the platform's, which also refreshes ``serving``), served by
+    ``serving``; versions and promotions come from the model registry; ``user`` is recorded as who started one.
+    """
+
+    def __init__(self, engine: sa.Engine, audit: Audit, registry: ModelRegistry, serving: Client,
+                 deploy: Callable[..., Deployment], user: str):
+        self.engine = engine
+        self.audit = audit
+        self.registry = registry
+        self.serving = serving
+        self._deploy = deploy
+        self.user = user
 
     def start(self, name: str, model: str, challenger: str | int | None = None, *, traffic: float = 10.0,
               mode: str = "ab") -> dict[str, Any]:
@@ -114,15 +129,15 @@ class Experiments:
             raise InvalidArgument(f"traffic={traffic} must be a percentage between 0 and 100.")
         if self._find(name, missing_ok=True) is not None:
             raise InvalidArgument(f"An experiment named {name!r} exists already; pick another name.")
-        champion = self.platform.models.get(model)
-        candidate = self.platform.models.get(model, challenger, alias="challenger" if challenger is None else None)
+        champion = self.registry.get(model)
+        candidate = self.registry.get(model, challenger, alias="challenger" if challenger is None else None)
         if candidate.version == champion.version:
             raise InvalidArgument(f"v{candidate.version} is the champion already; test another version against it.")
-        self.platform.deploy(model, champion.version)
-        self.platform.deploy(model, candidate.version, keep=(champion.version,), default=False)
+        self._deploy(model, champion.version)
+        self._deploy(model, candidate.version, keep=(champion.version,), default=False)
         row = {"name": name, "model": model, "champion": champion.version, "challenger": candidate.version,
                "mode": mode, "traffic": 100.0 if mode == "shadow" else float(traffic), "salt": uuid.uuid4().hex,
-               "status": "running", "created_at": datetime.now(UTC), "created_by": self.platform.settings.user}
+               "status": "running", "created_at": datetime.now(UTC), "created_by": self.user}
         with self.engine.begin() as conn:
             conn.execute(experiments_table.insert().values(**row))
             self.audit.write(conn, "experiment", name, "started", model=model, champion=champion.version,
@@ -135,10 +150,10 @@ class Experiments:
         if experiment["status"] != "running":
             raise ServingError(f"Experiment {name!r} has concluded; predict with the model directly.")
         arm = "champion" if experiment["mode"] == "shadow" else assign(experiment["salt"], unit, experiment["traffic"])
-        served = self.platform.serving.predict(experiment["model"], entity_rows, version=experiment[arm], arm=arm)
+        served = self.serving.predict(experiment["model"], entity_rows, version=experiment[arm], arm=arm)
         events = [self._event(name, unit, "served", arm, served.version, _score(served.outputs))]
         if experiment["mode"] == "shadow":
-            shadow = self.platform.serving.predict(experiment["model"], entity_rows, version=experiment["challenger"],
+            shadow = self.serving.predict(experiment["model"], entity_rows, version=experiment["challenger"],
                                                    arm="shadow")
             events.append(self._event(name, unit, "shadow", "challenger", shadow.version, _score(shadow.outputs)))
         with self.engine.begin() as conn:
@@ -177,10 +192,10 @@ class Experiments:
         model = experiment["model"]
         if won:
             why = f"won experiment {name}: {result.difference:+.4f}, p={result.p_value:.4f}. {reason}".strip()
-            self.platform.models.promote(model, experiment["challenger"], force=True, reason=why)
-            self.platform.deploy(model, experiment["challenger"])
+            self.registry.promote(model, experiment["challenger"], force=True, reason=why)
+            self._deploy(model, experiment["challenger"])
         else:
-            self.platform.deploy(model, experiment["champion"])
+            self._deploy(model, experiment["champion"])
         outcome = {"winner": "challenger" if won else "champion", "p_value": result.p_value,
                    "difference": result.difference}
         with self.engine.begin() as conn:

@@ -8,6 +8,7 @@ beside the python backend, and mlplat's ``onnxruntime`` python-based backend
 
 Its gRPC, HTTP and metrics ports are kept across restarts, and whoever starts it
 (``mlplat up``, a deploy, a client whose server died or hung) loads every deployed model.
+:class:`EmbeddedTriton` is the serving target over it (:mod:`mlplat.serving.target`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import subprocess
 from functools import cached_property
 from pathlib import Path
 
-from mlplat.config import Settings
+from mlplat.config import EMBEDDED, Settings
 from mlplat.errors import ServiceBinaryNotFound
 from mlplat.services import EmbeddedService, ServiceState
+from mlplat.serving.target import Endpoints, ServingTarget, TritonSession, answers, load_deployed
 
 log = logging.getLogger(__name__)
 BACKEND_SHIM = Path(__file__).parent / "backend" / "model.py"
@@ -39,8 +41,13 @@ class TritonService(EmbeddedService):
     """tritonserver with explicit model control on loopback gRPC, HTTP and metrics ports."""
 
     name = "triton"
+    after = ("redis",)  # the _by_id models read their features there
     start_timeout = 60.0
     side_ports = ("http", "metrics")
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        return settings.triton_url == EMBEDDED and triton_installed(settings)
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -80,36 +87,35 @@ class TritonService(EmbeddedService):
         return backends
 
     def command(self, port: int) -> list[str]:
-        self.models.mkdir(parents=True, exist_ok=True)
+        return self.server_command(self.models, port, self.side["http"], self.side["metrics"])
+
+    def server_command(self, models: Path, grpc: int, http: int, metrics: int) -> list[str]:
+        """The argv of a ``tritonserver`` serving the repository ``models`` on these loopback ports, with
+        explicit model control; run it with :meth:`environment`."""
+        models.mkdir(parents=True, exist_ok=True)
         return [
-            str(self.server_dir / "bin" / "tritonserver"), "--model-repository", str(self.models),
+            str(self.server_dir / "bin" / "tritonserver"), "--model-repository", str(models),
             "--backend-directory", str(self._backends()), "--model-control-mode", "explicit",
-            "--grpc-address", "127.0.0.1", "--grpc-port", str(port),
-            "--http-address", "127.0.0.1", "--http-port", str(self.side["http"]),
-            "--metrics-address", "127.0.0.1", "--metrics-port", str(self.side["metrics"]),
+            "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
+            "--http-address", "127.0.0.1", "--http-port", str(http),
+            "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics),
             "--exit-timeout-secs", "5", "--allow-gpu-metrics", "false", "--pinned-memory-pool-byte-size", "0",
             "--log-verbose", "0",
         ]
 
     def _start(self) -> ServiceState:
         """Start the server and load what is deployed (it starts empty in explicit mode), before anyone uses it."""
-        from mlplat.serving.deploy import load_deployed
-
         state = super()._start()
-        failed = load_deployed(self.models, state.url)
+        with TritonSession(Endpoints(state.url)) as triton:
+            failed = load_deployed(triton, self.models)
         if failed:
             log.warning("Triton started without %s: %s", ", ".join(failed), "; ".join(failed.values()))
         return state
 
-    def http_url(self) -> str | None:
-        """Triton's HTTP/REST endpoint (KServe v2 protocol), when it runs."""
-        state = self.status()
-        return f"http://127.0.0.1:{state.ports['http']}" if state and "http" in state.ports else None
-
     def metrics_url(self) -> str | None:
         """Triton's own Prometheus endpoint (queue, compute and request counts per model), when it runs."""
         state = self.status()
-        return f"http://127.0.0.1:{state.ports['metrics']}/metrics" if state and "metrics" in state.ports else None
+        return (_endpoints(state).metrics or None) if state else None
 
     def environment(self) -> dict[str, str]:
         libs = self.server_dir.parent.parent / "nvidia_pytriton.libs"
@@ -122,17 +128,38 @@ class TritonService(EmbeddedService):
         return f"127.0.0.1:{port}"
 
     def healthy(self, state: ServiceState) -> bool:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
+        return answers(state.url)
 
-        try:
-            client = grpcclient.InferenceServerClient(state.url)
-            try:
-                return bool(client.is_server_ready(client_timeout=1))
-            finally:
-                client.close()
-        except InferenceServerException:
-            return False
+
+class EmbeddedTriton(ServingTarget):
+    """The serving target of the Triton the platform runs (:class:`TritonService`): started on first use, on the
+    ports it had before, with every deployed model; restarted when it died or hangs."""
+
+    def __init__(self, settings: Settings):
+        self.service = TritonService(settings)
+        self.models = self.service.models
+        self._state: ServiceState | None = None  # the server last found running
+
+    def ensure(self, patience: float | None = None) -> Endpoints:
+        self._state = self.service.ensure(patience)
+        return _endpoints(self._state)
+
+    def where(self) -> Endpoints | None:
+        state = self.service.status()
+        return _endpoints(state) if state else None
+
+    def recover(self, late: bool) -> bool:
+        """Restart a dead server, or one that neither answered by the deadline nor answers a health check
+        within a second; a server that is only slow is kept, and then the request is not sent again."""
+        before = self._state
+        self.ensure(patience=1.0 if late else None)
+        return not late or before is None or self._state.pid != before.pid
+
+
+def _endpoints(state: ServiceState) -> Endpoints:
+    http, metrics = state.ports.get("http"), state.ports.get("metrics")
+    return Endpoints(state.url, f"127.0.0.1:{http}" if http else "",
+                     f"http://127.0.0.1:{metrics}/metrics" if metrics else "")
 
 
 def _install(source: Path, target: Path) -> None:

@@ -1,0 +1,47 @@
+"""The MLflow tracking UI, which the platform runs over its own SQLite tracking store."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+
+from mlplat.config import Settings
+from mlplat.services import EmbeddedService, ServiceState
+
+
+class MlflowService(EmbeddedService):
+    """The MLflow tracking UI over the platform's own tracking store and artifacts.
+
+    The library reads and writes the store directly; this server is for people
+    (and for clients elsewhere), so ``connect()`` does not need it.
+    """
+
+    name = "mlflow"
+    start_timeout = 60.0
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        return settings.tracking.startswith("sqlite:///")  # a tracking server elsewhere has its own UI
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", self.settings.tracking, "--default-artifact-root", self.settings.artifacts,
+            "--workers", "1",
+        ]
+
+    def url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def _start(self) -> ServiceState:
+        from mlplat.registry.tracking import prepare_store
+
+        prepare_store(self.settings)  # the server would create a new store's tables itself, racing the clients
+        return super()._start()
+
+    def healthy(self, state: ServiceState) -> bool:
+        try:
+            with urllib.request.urlopen(f"{state.url}/health", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
