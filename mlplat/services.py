@@ -11,8 +11,8 @@ with a heartbeat) makes no progress is unhealthy; ``ensure`` kills and restarts 
 This module knows no domain. Each service is a subclass of :class:`EmbeddedService` that lives with
 its domain (Redis with the online store, Triton with serving, ...) and registers itself under the
 entry-point group ``mlplat.services`` (loaded on first use). It says itself whether a configuration
-wants it (:meth:`EmbeddedService.wanted`) and which services it uses (``after``): those start first
-and stop last.
+wants it (:meth:`EmbeddedService.wanted`), which services it uses (``after``: those start first and
+stop last) and where it starts among the rest (``order``).
 """
 
 from __future__ import annotations
@@ -162,6 +162,7 @@ class EmbeddedService(abc.ABC):
 
     name: str
     after: tuple[str, ...] = ()  # services it uses: started before it, stopped after it (when they run here)
+    order = 50  # where it starts among the others, lower first, as far as ``after`` allows
     start_timeout = 15.0
     hung_after = 10.0  # a started server that has not answered for this long is hung: killed and restarted
     stale_after: float | None = None  # services with a heartbeat: unhealthy after this long without progress
@@ -398,13 +399,13 @@ def embedded_services(settings: Settings, only: tuple[str, ...] | None = None) -
 
 
 def _start_order(classes: list[type[EmbeddedService]]) -> list[type[EmbeddedService]]:
-    """``classes`` with each after those it names in ``after``, otherwise in the order given."""
+    """``classes`` with each after those it names in ``after``, otherwise by their ``order`` (then name)."""
     present = {cls.name for cls in classes}
     ordered: list[type[EmbeddedService]] = []
-    pending = list(classes)
+    pending = sorted(classes, key=lambda cls: (cls.order, cls.name))
     while pending:
         placed = {cls.name for cls in ordered}
-        # A cycle (no class ready) is broken in the order given rather than refused.
+        # A cycle (no class ready) is broken by ``order`` rather than refused.
         ready = next((c for c in pending if all(d in placed or d not in present for d in c.after)), pending[0])
         ordered.append(ready)
         pending.remove(ready)

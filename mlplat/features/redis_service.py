@@ -20,6 +20,7 @@ class RedisService(EmbeddedService):
     """
 
     name = "redis"
+    order = 0  # the online store every session opens first
     start_timeout = 60.0  # it answers PING only once its append-only file is loaded: seconds for millions of keys
 
     @classmethod

@@ -14,6 +14,7 @@ class SchedulerService(EmbeddedService):
     """``mlplat scheduler``: runs due slots of scheduled notebook jobs; healthy while it ticks (its heartbeat)."""
 
     name = "scheduler"
+    order = 30
     after = ("redis",)  # its jobs open the platform
     interval = 30.0
     stale_after = 3 * interval

@@ -15,6 +15,7 @@ class MonitorService(EmbeddedService):
     healthy while ``/metrics`` answers and the flusher makes progress (its heartbeat: each batch or idle wait)."""
 
     name = "monitor"
+    order = 40
     after = ("redis",)  # the prediction log and the counters it exports live there
     stale_after = 10.0
 

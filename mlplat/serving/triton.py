@@ -41,6 +41,7 @@ class TritonService(EmbeddedService):
     """tritonserver with explicit model control on loopback gRPC, HTTP and metrics ports."""
 
     name = "triton"
+    order = 20
     after = ("redis",)  # the _by_id models read their features there
     start_timeout = 60.0
     side_ports = ("http", "metrics")

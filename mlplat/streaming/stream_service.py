@@ -12,6 +12,7 @@ class StreamService(EmbeddedService):
     touched after each batch applied or each wait with nothing to do). Idle until a stream view is applied."""
 
     name = "stream"
+    order = 50
     after = ("redis",)  # the streams it reads and the online store it writes
     stale_after = 10.0
     hung_after = 0.0

@@ -17,6 +17,7 @@ class MlflowService(EmbeddedService):
     """
 
     name = "mlflow"
+    order = 10
     start_timeout = 60.0
 
     @classmethod
