@@ -18,15 +18,17 @@ if TYPE_CHECKING:
     from mlplat.platform import Platform
 
 
-def connect(**settings: Any) -> Platform:
+def connect(clock: Any = None, **settings: Any) -> Platform:
     """Open the platform, starting embedded services that are not running yet.
 
     Keyword arguments override every other configuration layer, e.g.
-    ``connect(home="/tmp/mlp")`` or ``connect(online_store="redis://host:6379/0")``.
+    ``connect(home="/tmp/mlp")`` or ``connect(online_store="redis://host:6379/0")``. ``clock`` (anything
+    with a ``time()`` method, see :mod:`mlplat.clock`) replaces the system's, as tests do to move time.
     """
+    from mlplat.clock import SYSTEM_CLOCK
     from mlplat.platform import Platform
 
-    return Platform.open(**settings)
+    return Platform.open(clock or SYSTEM_CLOCK, **settings)
 
 
 def __getattr__(name: str) -> Any:

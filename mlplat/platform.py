@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import cached_property, partial
 from typing import Any
 
+from mlplat.clock import SYSTEM_CLOCK, Clock
 from mlplat.config import Settings, load_settings
 from mlplat.errors import InvalidArgument
 from mlplat.scheduling import TemplateScheduler
@@ -14,18 +15,20 @@ from mlplat.scheduling import TemplateScheduler
 class Platform:
     """A thin handle on one configured platform: ``p.features``, ``p.settings``.
 
-    Each part is built on first use; ``close()`` (or ``with``) releases connections.
+    Each part is built on first use; ``close()`` (or ``with``) releases connections. ``clock`` is what
+    the parts that stamp and window by wall time (the prediction log, monitoring) take as now.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK):
         self.settings = settings
+        self.clock = clock
 
     @classmethod
-    def open(cls, **overrides: Any) -> Platform:
+    def open(cls, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> Platform:
         """Load settings and start the embedded services they ask for."""
         from mlplat import services
 
-        platform = cls(load_settings(**overrides))
+        platform = cls(load_settings(**overrides), clock)
         services.up(platform.settings, only=("redis",))  # the MLflow UI is for people: `mlplat up`
         return platform
 
@@ -178,8 +181,8 @@ class Platform:
         settings = self.settings
 
         def prediction_log() -> PredictionLogger:
-            return PredictionLogger(self.online.client, settings.online_prefix,
-                                    settings.prediction_sample_rate)
+            return PredictionLogger(self.online.client, settings.online_prefix, settings.prediction_sample_rate,
+                                    clock=self.clock)
 
         return Client(self.serving_target, self.features, prediction_log)
 
@@ -213,7 +216,7 @@ class Platform:
         from mlplat.monitoring.monitor import Monitor
 
         return Monitor(self.settings, self.engine, self.audit, self.online.client, self.models,
-                       _OnFirstUse(lambda: self.jobs), self._deployed_version, self._serving_metrics_url)
+                       _OnFirstUse(lambda: self.jobs), self._deployed_version, self._serving_metrics_url, self.clock)
 
     def _deployed_version(self, name: str) -> str:
         return str(self.serving_target.serving_info(name)["default"])

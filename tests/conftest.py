@@ -1,7 +1,12 @@
-"""Shared fixtures: a real redis-server for the session, an isolated platform per test."""
+"""Shared fixtures: a real redis-server for the session, an isolated platform per test, the demo's platforms.
+
+Tests come in tiers, one folder each: ``unit/`` (no service), ``integration/`` (real Redis, MLflow,
+Triton, kernels, PostgreSQL) and ``e2e/`` (a real hub and a browser); each test is marked as its tier.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -11,6 +16,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import platforms
 import pytest
 
 import mlplat
@@ -18,6 +24,16 @@ from mlplat.config import load_settings
 from mlplat.features import Entity, FeatureView, Field
 from mlplat.features.redis_service import RedisService
 from mlplat.services import free_port
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its tier (the folder it is in), so ``pytest -m unit`` runs one tier."""
+    for item in items:
+        tier = next((part for part in item.path.parts if part in TIERS), None)
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +52,13 @@ def redis_url(tmp_path_factory):
     service = RedisService(load_settings(home=str(tmp_path_factory.mktemp("session-redis"))))
     yield service.ensure().url
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_platform(redis_url):
+    """Makes platforms holding the demo's features on the session's Redis: ``demo_platform(home, drivers=100,
+    seed=11)`` (see :func:`platforms.demo_platform`); module fixtures share one, tests make their own."""
+    return functools.partial(platforms.demo_platform, redis_url=redis_url)
 
 
 @pytest.fixture

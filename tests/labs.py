@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ from typing import Any
 import nbformat
 import pytest
 import requests
+from platforms import demo_platform
 
 import mlplat
 from mlplat.config import Settings, load_settings
-from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
 from mlplat.services import free_port
 from mlplat.serving.triton import TritonService, triton_installed
 
@@ -50,18 +49,10 @@ class Lab:
 
 
 def make_platform(folder: Path, redis_url: str) -> tuple[mlplat.Platform, dict[str, str]]:
-    """A platform (its home in ``folder``) with the demo's driver and customer features, materialised; trip
-    labels in ``p.labels``. Also returns its settings, for :func:`platform_variables`."""
-    stats, profiles, labels = make_dataset(drivers=50, customers=20, days=4, trips=600, seed=3)
-    settings = {"home": str(folder / "mlplat-home"), "online_store": redis_url,
-                "online_prefix": f"lab{uuid.uuid4().hex[:8]}"}
-    p = mlplat.connect(**settings)
-    p.features.apply([driver, customer, driver_stats, customer_profile])
-    p.features.ingest("driver_stats", stats)
-    p.features.ingest("customer_profile", profiles)
-    p.features.materialize()
-    p.labels = labels
-    return p, settings
+    """The demo's platform (:func:`platforms.demo_platform`, its home in ``folder``) and its settings, for
+    :func:`platform_variables`."""
+    p = demo_platform(folder / "mlplat-home", redis_url, drivers=50, customers=20, days=4, trips=600, seed=3)
+    return p, {"home": str(p.settings.home), "online_store": redis_url, "online_prefix": p.settings.online_prefix}
 
 
 def platform_variables(settings: dict[str, str]) -> dict[str, str]:

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from redis import Redis
 
 from mlplat.audit import Audit
+from mlplat.clock import SYSTEM_CLOCK, Clock
 from mlplat.config import Settings
 from mlplat.db import metadata
 from mlplat.durations import parse_duration
@@ -177,12 +178,13 @@ class Monitor:
     prediction log and the scores the exporter publishes in ``redis`` (under the settings' online prefix)
     and the offline store. ``models`` gives each version's features and drift, ``deployed_version``
     the version a deployed model serves by default, ``serving_metrics_url`` Triton's own Prometheus
-    endpoint (None while it is down), and ``scheduler`` runs checks as notebook jobs.
+    endpoint (None while it is down), and ``scheduler`` runs checks as notebook jobs. ``clock`` says when
+    now is, for the windows a check or a drift timeline ends at by default.
     """
 
     def __init__(self, settings: Settings, engine: sa.Engine, audit: Audit, redis: Redis,
                  models: ModelVersions, scheduler: TemplateScheduler, deployed_version: Callable[[str], str],
-                 serving_metrics_url: Callable[[], str | None]):
+                 serving_metrics_url: Callable[[], str | None], clock: Clock = SYSTEM_CLOCK):
         self.settings = settings
         self.engine = engine
         self.audit = audit
@@ -191,6 +193,7 @@ class Monitor:
         self.scheduler = scheduler
         self.deployed_version = deployed_version
         self.serving_metrics_url = serving_metrics_url
+        self.clock = clock
         self.prefix = settings.online_prefix
         self.store = PredictionStore(settings.offline_store)
         self.alerts = Alerts(self.engine, settings.alert_webhook)
@@ -260,7 +263,7 @@ class Monitor:
         version = version or self.deployed_version(model)
         size = parse_duration(window, "window", seconds=True) if window is not None else \
             timedelta(seconds=limits.window_s)
-        end = timestamp(end or datetime.now(UTC), "end")
+        end = timestamp(end or self._now(), "end")
         return self._timeline(model, version, self.predictions(model, end - size * windows, end), end, size, windows,
                               limits)
 
@@ -281,7 +284,7 @@ class Monitor:
         """Check the latest window against the thresholds, publish the scores as metrics, raise alerts."""
         limits = self.thresholds(model)
         version = version or self.deployed_version(model)
-        end = timestamp(now or datetime.now(UTC), "now")
+        end = timestamp(now or self._now(), "now")
         start = end - timedelta(seconds=limits.window_s)
         rows = self.predictions(model, start, end)
         timeline = self._timeline(model, version, rows, end, timedelta(seconds=limits.window_s), 1, limits)
@@ -332,6 +335,9 @@ class Monitor:
     def schedule(self, model: str, cron: str = "*/15 * * * *") -> int:
         """Run :meth:`check` on a schedule, as a notebook job (its report is the executed notebook)."""
         return self.scheduler.schedule_template(CHECK_NOTEBOOK, cron, {"model": model})
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.time(), UTC)
 
     def _error_rate(self, model: str, version: str) -> float | None:
         """Failed share of the requests counted since the previous check (None when there were none)."""

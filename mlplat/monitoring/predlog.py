@@ -26,7 +26,6 @@ import logging
 import random
 import socket
 import threading
-import time
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -41,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import redis
 
+from mlplat.clock import SYSTEM_CLOCK, Clock
 from mlplat.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,11 @@ class PredictionLogger:
     """
 
     def __init__(self, client: redis.Redis, prefix: str, sample_rate: float = 1.0, max_len: int = 1_000_000,
-                 buffer: int = 100_000, interval: float = 0.05):
+                 buffer: int = 100_000, interval: float = 0.05, clock: Clock = SYSTEM_CLOCK):
         if not 0 <= sample_rate <= 1:
             raise InvalidArgument(f"sample_rate={sample_rate} must be between 0 and 1.")
         self.client, self.prefix = client, prefix
-        self.sample_rate, self.max_len, self.interval = sample_rate, max_len, interval
+        self.sample_rate, self.max_len, self.interval, self.clock = sample_rate, max_len, interval, clock
         self._requests: deque[tuple] = deque(maxlen=buffer)
         self._counters: dict[tuple[str, str], list[float]] = {}
         self._errors: Counter[tuple[str, str, str]] = Counter()  # (model, version, error class) -> failed calls
@@ -132,7 +132,7 @@ class PredictionLogger:
             return
         if len(self._requests) == self._requests.maxlen:
             self.dropped += 1
-        self._requests.append((model, version, arm, time.time(), latency_ms, columns, features, outputs))
+        self._requests.append((model, version, arm, self.clock.time(), latency_ms, columns, features, outputs))
 
     def error(self, model: str, version: str, error: str = "ServingError") -> None:
         """Count a failed request, by the class of its error."""

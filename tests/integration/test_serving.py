@@ -6,8 +6,6 @@ import signal
 import numpy as np
 import pytest
 
-import mlplat
-from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
 from mlplat.errors import ModelNotFound, OnnxExportError, ServingError
 from mlplat.registry.artifacts import load_model
 from mlplat.serving.triton import TritonService, triton_installed
@@ -24,16 +22,10 @@ def complete_rows(p):
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, redis_url):
-    p = mlplat.connect(home=str(tmp_path_factory.mktemp("serving")), online_store=redis_url, online_prefix="serving")
+def platform(tmp_path_factory, demo_platform):
+    p = demo_platform(tmp_path_factory.mktemp("serving"), drivers=100, customers=50, days=5, trips=2000, seed=11)
     if not triton_installed(p.settings):
         pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
-    stats, profiles, labels = make_dataset(drivers=100, customers=50, days=5, trips=2000, seed=11)
-    p.features.apply([driver, customer, driver_stats, customer_profile])
-    p.features.ingest("driver_stats", stats)
-    p.features.ingest("customer_profile", profiles)
-    p.features.materialize()
-    p.labels = labels
     yield p
     p.close()
     TritonService(p.settings).stop()

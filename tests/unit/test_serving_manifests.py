@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-MANIFESTS = Path(__file__).parent.parent / "serving" / "kubernetes" / "triton.yaml"
+MANIFESTS = Path(__file__).parents[2] / "serving" / "kubernetes" / "triton.yaml"
 
 
 def test_triton_runs_on_gpus_and_is_reachable_over_grpc():

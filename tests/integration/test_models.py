@@ -2,8 +2,6 @@
 
 import pytest
 
-import mlplat
-from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
 
 STRONG = ["driver_stats:rating", "driver_stats:acceptance_rate"]
@@ -11,14 +9,9 @@ WEAK = ["customer_profile:avg_fare"]
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, redis_url):
-    stats, profiles, labels = make_dataset(drivers=150, customers=100, days=10, trips=3000, seed=5)
-    p = mlplat.connect(home=str(tmp_path_factory.mktemp("models")), online_store=redis_url,
-                       online_prefix="models", user="ana")
-    p.features.apply([driver, customer, driver_stats, customer_profile])
-    p.features.ingest("driver_stats", stats)
-    p.features.ingest("customer_profile", profiles)
-    p.labels = labels
+def platform(tmp_path_factory, demo_platform):
+    p = demo_platform(tmp_path_factory.mktemp("models"), drivers=150, customers=100, days=10, trips=3000, seed=5,
+                      materialize=False, user="ana")
     yield p
     p.close()
 

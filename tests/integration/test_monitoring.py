@@ -14,6 +14,7 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
+from clocks import SkippingClock
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlplat.durations import parse_duration
@@ -269,20 +270,15 @@ DRIVER_FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate"]
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory, redis_url):
+def deployed(tmp_path_factory, demo_platform):
     """A model live on a real Triton, and feature rows like those it was trained on."""
-    import mlplat
-    from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
     from mlplat.serving.triton import TritonService, triton_installed
 
-    p = mlplat.connect(home=str(tmp_path_factory.mktemp("monitoring")), online_store=redis_url,
-                       online_prefix="monitoring")
+    p = demo_platform(tmp_path_factory.mktemp("monitoring"), drivers=1000, customers=50, days=5, trips=5000, seed=5,
+                      profiles=False, clock=SkippingClock())
     if not triton_installed(p.settings):
         pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
-    stats, profiles, labels = make_dataset(drivers=1000, customers=50, days=5, trips=5000, seed=5)
-    p.features.apply([driver, customer, driver_stats, customer_profile])
-    p.features.ingest("driver_stats", stats)
-    p.features.materialize()
+    labels = p.labels
     p.train("xgboost.XGBClassifier", features=DRIVER_FEATURES, entity_df=labels, target="completed", name="trips",
             params={"n_estimators": 20}, seed=5)
     p.models.promote("trips")
@@ -315,7 +311,7 @@ def test_a_deployed_model_is_watched_drift_alerts_once(deployed, webhook):
     assert calm.drift.drifted == [] and calm.fired == [] and received == [], calm.drift.table.to_string()  # unchanged data: no false alarm
     assert calm.p99_ms is not None and calm.error_rate == 0.0
 
-    time.sleep(4.2)  # a fresh window
+    p.clock.skip(4.2)  # a fresh window
     shifted = X.copy()
     shifted[:, 0] += 1.5 * np.nanstd(X[:, 0])
     predict_in_chunks(p, shifted)

@@ -10,6 +10,7 @@ from pathlib import Path
 from mlplat.config import load_settings
 from mlplat.registry import tracking
 go = Path(sys.argv[2])
+Path(f"{go}.{sys.argv[3]}.ready").touch()  # imported, and waiting at the line
 while not go.exists():
     time.sleep(0.005)
 client = tracking.client(load_settings(home=sys.argv[1]))
@@ -22,7 +23,10 @@ def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
     home, go = tmp_path / "h", tmp_path / "go"
     workers = [subprocess.Popen([sys.executable, "-c", FIRST_USE, str(home), str(go), f"e{i}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
-    time.sleep(3)  # every process has imported MLflow and waits at the line
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"go.e{i}.ready").exists() for i in range(4)):  # every process waits at the line
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "a worker did not get ready"
+        time.sleep(0.05)
     go.touch()
     finished = [w.communicate(timeout=120) for w in workers]
     assert [(w.returncode, out.strip()) for w, (out, _) in zip(workers, finished)] == [(0, "True")] * 4, \

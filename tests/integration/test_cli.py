@@ -165,7 +165,7 @@ def test_other_packages_add_commands_through_entry_points_loaded_when_asked_for(
 
 
 def test_the_hub_package_declares_mlplat_hub(tmp_path, monkeypatch):
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     install_commands(tmp_path, monkeypatch, project["entry-points"]["mlplat.commands"])
     shown = CliRunner().invoke(main, ["hub", "--help"])
     assert shown.exit_code == 0 and "Start JupyterHub with CPU/GPU workspaces" in shown.output

@@ -3,9 +3,6 @@
 import nbformat
 import pytest
 
-import mlplat
-from mlplat.demo import driver, driver_stats, make_dataset
-
 CELLS = [
     "%load_ext mlplat_magics",
     "views = %feature list\nprint('views', [v.name for v in views])",
@@ -51,17 +48,13 @@ CELLS = [
 
 
 @pytest.fixture
-def home(tmp_path, redis_url, monkeypatch):
-    stats, _, labels = make_dataset(drivers=50, customers=10, days=4, trips=600, seed=2)
-    settings = {"home": str(tmp_path / "h"), "online_store": redis_url, "online_prefix": "magics"}
-    p = mlplat.connect(**settings)
-    p.features.apply([driver, driver_stats])
-    p.features.ingest("driver_stats", stats)
-    p.features.materialize()
+def home(tmp_path, redis_url, demo_platform, monkeypatch):
+    p = demo_platform(tmp_path / "h", drivers=50, customers=10, days=4, trips=600, seed=2, profiles=False)
+    settings = {"home": str(p.settings.home), "online_store": redis_url, "online_prefix": p.settings.online_prefix}
     p.close()
     for key, value in settings.items():
         monkeypatch.setenv(f"MLPLAT_{key.upper()}", value)  # the kernel inherits them
-    labels.to_parquet(tmp_path / "labels.parquet")
+    p.labels.to_parquet(tmp_path / "labels.parquet")
     return tmp_path
 
 

@@ -33,7 +33,7 @@ from mlplat_hub.options import HubOptions
 from mlplat_hub.profiles import apply_profile
 from mlplat_hub.workspaces import link_team_folders
 
-HUB_DIR = Path(__file__).resolve().parents[1] / "hub"
+HUB_DIR = Path(__file__).resolve().parents[2] / "hub"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from mlplat.demo import driver, driver_stats, make_dataset
 from mlplat.errors import JobError
 from mlplat.registry.artifacts import load_spec
 
-TEMPLATES = sorted((Path(__file__).resolve().parents[1] / "templates").glob("*.ipynb"))
+TEMPLATES = sorted((Path(__file__).resolve().parents[2] / "templates").glob("*.ipynb"))
 TEMPLATE = {path.stem: path for path in TEMPLATES}
 FEATURES = ["rating", "trips_today", "acceptance_rate", "avg_speed_kmh"]
 

@@ -1,0 +1,31 @@
+"""The one way tests make a platform holding the demo's features (``demo_platform`` in conftest.py hands it out)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import mlplat
+from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
+
+
+def demo_platform(home: Path, redis_url: str | None = None, *, drivers: int = 50, customers: int = 20, days: int = 4,
+                  trips: int = 600, seed: int = 3, profiles: bool = True, materialize: bool = True,
+                  **settings: Any) -> mlplat.Platform:
+    """A platform (its home in ``home``) holding the demo's driver and, with ``profiles``, customer features, made
+    by ``make_dataset`` at this size and seed, materialised unless told not to; the trip labels are in
+    ``p.labels``. It uses the Redis at ``redis_url`` under a key prefix of its own (None: its own embedded
+    Redis); ``settings`` go to ``mlplat.connect`` (``user``, ``clock``, ...)."""
+    stats, customer_rows, labels = make_dataset(drivers=drivers, customers=customers, days=days, trips=trips,
+                                                seed=seed)
+    where = {"online_store": redis_url, "online_prefix": f"t{uuid.uuid4().hex[:10]}"} if redis_url else {}
+    p = mlplat.connect(home=str(home), **{**where, **settings})
+    p.features.apply([driver, driver_stats, *([customer, customer_profile] if profiles else [])])
+    p.features.ingest("driver_stats", stats)
+    if profiles:
+        p.features.ingest("customer_profile", customer_rows)
+    if materialize:
+        p.features.materialize()
+    p.labels = labels
+    return p
