@@ -37,6 +37,7 @@ demo: install
 	MLPLAT_HOME=$(DEMO_HOME) $(PY) -m mlplat_hub.demo
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: install
@@ -52,6 +53,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat hub --stop
