@@ -24,10 +24,18 @@ def connect(clock: Any = None, **settings: Any) -> Platform:
     Keyword arguments override every other configuration layer, e.g.
     ``connect(home="/tmp/mlp")`` or ``connect(online_store="redis://host:6379/0")``. ``clock`` (anything
     with a ``time()`` method, see :mod:`mlplat.clock`) replaces the system's, as tests do to move time.
+
+    With ``server_url`` set (``MLPLAT_SERVER_URL``: the hub sets it in workspaces of a shared install), the
+    platform is the server's: :mod:`mlplat.remote.platform`, as the user whose token the environment holds.
     """
     from mlplat.clock import SYSTEM_CLOCK
+    from mlplat.config import load_settings
     from mlplat.platform import Platform
 
+    if load_settings(**settings).server_url:
+        from mlplat.remote.platform import ServerModePlatform
+
+        return ServerModePlatform.open(clock or SYSTEM_CLOCK, **settings)
     return Platform.open(clock or SYSTEM_CLOCK, **settings)
 
 

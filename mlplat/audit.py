@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlplat.db import metadata
+from mlplat.identity import acting
 from mlplat.times import as_utc, timestamp
 
 audit_table = sa.Table(
@@ -95,8 +96,20 @@ class Audit:
 
     def __init__(self, engine: sa.Engine, user: str, team: str = ""):
         self.engine = engine
-        self.user = user
-        self.team = team
+        self._user = user
+        self._team = team
+
+    @property
+    def user(self) -> str:
+        """Who acts: the authenticated caller of a server request, else the configured user."""
+        caller = acting()
+        return caller.name if caller else self._user
+
+    @property
+    def team(self) -> str:
+        """The team new objects belong to unless they name one: the caller's, else the configured team."""
+        caller = acting()
+        return caller.team if caller else self._team
 
     def record(self, kind: str, obj: str, action: str, version: str | int | None = None, reason: str = "",
                **detail: Any) -> None:

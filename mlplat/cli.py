@@ -109,6 +109,20 @@ def status() -> None:
     sys.exit(0 if all(h.healthy for h in found) else 1)
 
 
+@main.command()
+@click.option("--host", help="Address to listen on (default: the hub's service URL, else 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default: the hub's service URL, else 8585).")
+@click.option("--hub-api-url", envvar="JUPYTERHUB_API_URL", help="The hub's API that checks callers' tokens.")
+@click.option("--tokens", type=click.Path(dir_okay=False, exists=True),
+              help="A YAML file of fixed tokens {token: {name, roles, admin}} for a server without a hub.")
+def server(host: str | None, port: int | None, hub_api_url: str | None, tokens: str | None) -> None:
+    """Serve the platform to workspaces: the one holder of write credentials and judge of permissions."""
+    from mlplat.server.run import address, authenticator, serve
+
+    host, port = address(host, port)
+    serve(host, port, authenticator(hub_api_url, tokens))
+
+
 @main.group("db")
 def db_group() -> None:
     """The metadata database: its schema revision, and upgrades after installing a newer mlplat."""

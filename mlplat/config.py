@@ -62,6 +62,7 @@ class Settings:
     alert_webhook: str = ""  # URL that new alerts are POSTed to (Slack-compatible JSON)
     max_clock_skew: timedelta = timedelta(minutes=5)  # events dated later than now + this are refused as "future"
     job_timeout: timedelta = timedelta(hours=6)  # a notebook job's cell running longer is stopped (0: no limit)
+    server_url: str = ""  # http(s):// of `mlplat server`: server mode (a workspace of a shared install); empty: embedded
 
     @property
     def run_dir(self) -> Path:
@@ -117,6 +118,10 @@ def load_settings(**overrides: Any) -> Settings:
             )
         merged[key] = value
     _check_triton(merged)
+    server_url = str(merged.get("server_url") or "")
+    if server_url and not server_url.startswith(("http://", "https://")):
+        raise ConfigError(f"server_url={server_url!r} must be the platform server's http(s):// URL "
+                          "(set MLPLAT_SERVER_URL, or leave it empty for embedded mode).")
     return Settings(**merged)
 
 

@@ -190,3 +190,23 @@ class OnDemandFeatureError(MlplatError):
 
 class StreamError(MlplatError):
     """A stream feature view cannot be fed or read: not a stream view, a bad event batch, a consumer conflict."""
+
+
+class NotAuthenticated(MlplatError):
+    """The platform server did not accept the caller's credentials (no token, a wrong or an expired one)."""
+
+
+class PermissionDenied(MlplatError):
+    """The caller may not do that: the message names the action, the object, its team and the role needed.
+
+    ``action``, ``kind``, ``obj``, ``team`` and ``role`` say the same as fields (the REST API answers 403).
+    """
+
+    def __init__(self, message: str, action: str = "", kind: str = "", obj: str = "", team: str = "",
+                 role: str = ""):
+        super().__init__(message)
+        self.action, self.kind, self.obj, self.team, self.role = action, kind, obj, team, role
+
+
+class ServerUnavailable(ServiceError):
+    """The platform server (``mlplat server``) cannot be reached or answered something that is not its protocol."""

@@ -198,7 +198,7 @@ class Platform:
         """A/B tests, canaries and shadow tests (:class:`mlplat.serving.experiments.Experiments`)."""
         from mlplat.serving.experiments import Experiments
 
-        return Experiments(self.engine, self.audit, self.models, self.serving, self.deploy, self.settings.user)
+        return Experiments(self.engine, self.audit, self.models, self.serving, self.deploy)
 
     @cached_property
     def streams(self):

@@ -87,12 +87,14 @@ class Entity:
     name: str
     join_keys: list[str]
     description: str = ""
+    team: str = ""  # default: the team of whoever applies it
 
     def __post_init__(self) -> None:
         _check_name("Entity", self.name)
         if isinstance(self.join_keys, str):
             object.__setattr__(self, "join_keys", [self.join_keys])
         check_text(f"Entity {self.name!r}: description", self.description)
+        check_text(f"Entity {self.name!r}: team", self.team)
         keys = _as_list(self.join_keys, f"Entity {self.name!r}: join_keys", f"join_keys=['{self.name}_id']")
         object.__setattr__(self, "join_keys", keys)
         if not self.join_keys:

@@ -158,8 +158,6 @@ class Registry:
     def __init__(self, engine: sa.Engine, audit: Audit):
         self.engine = engine
         self.audit = audit
-        self.user = audit.user
-        self.team = audit.team
 
     # -- writing ---------------------------------------------------------------
     def apply(self, objects: Iterable[Entity | FeatureView]) -> list[ApplyResult]:
@@ -205,6 +203,7 @@ class Registry:
         return results
 
     def _apply_entity(self, conn: sa.Connection, entity: Entity, old: Entity | None, exists: bool) -> ApplyResult:
+        entity = replace(entity, team=entity.team or (old.team if old else "") or self.audit.team)
         if old == entity:
             return ApplyResult("entity", entity.name, "unchanged", None, [])
         if old is not None and old.join_keys != entity.join_keys:
@@ -212,7 +211,7 @@ class Registry:
                 f"Entity {entity.name!r} is registered with join keys {old.join_keys}; changing them would "
                 "orphan its feature views. Define a new entity under another name instead."
             )
-        row = {"spec": json.dumps(entity.to_dict()), "updated_at": _now(), "updated_by": self.user}
+        row = {"spec": json.dumps(entity.to_dict()), "updated_at": _now(), "updated_by": self.audit.user}
         if not exists:
             conn.execute(entities_table.insert().values(name=entity.name, **row))
         else:  # an unreadable stored entity (old is None) is replaced too
@@ -224,11 +223,11 @@ class Registry:
     def _apply_view(self, conn: sa.Connection, view: FeatureView) -> ApplyResult:
         latest = self._latest_row(conn, view.name)
         if latest is None:  # a new view belongs to whoever applies it, unless it names its owner and team
-            owned = replace(view, owner=view.owner or self.user, team=view.team or self.team)
+            owned = replace(view, owner=view.owner or self.audit.user, team=view.team or self.audit.team)
             return self._insert_view(conn, owned, 1, "created", [])
         old = _definition(latest)
         if isinstance(old, BrokenView):  # a fixed definition replaces what cannot be read, as a new version
-            owned = replace(view, owner=view.owner or latest.created_by, team=view.team or self.team)
+            owned = replace(view, owner=view.owner or latest.created_by, team=view.team or self.audit.team)
             change = {"change": "replaces an unreadable definition", "from": old.error, "incompatible": True}
             return self._insert_view(conn, owned, old.version + 1, "new_version", [change])
         view = keep_ownership(view, old)
@@ -241,7 +240,7 @@ class Registry:
         conn.execute(
             views_table.update()
             .where(views_table.c.name == view.name, views_table.c.version == old.version)
-            .values(spec=spec, updated_at=_now(), updated_by=self.user)
+            .values(spec=spec, updated_at=_now(), updated_by=self.audit.user)
         )
         self.audit.write(conn, "feature_view", view.name, "updated", old.version, changes=changes)
         return ApplyResult("feature_view", view.name, "updated", old.version, changes)
@@ -251,7 +250,7 @@ class Registry:
         now = _now()
         conn.execute(views_table.insert().values(
             name=view.name, version=version, spec=json.dumps(view.to_dict()), fingerprint=view.schema_fingerprint(),
-            created_at=now, created_by=self.user, updated_at=now, updated_by=self.user,
+            created_at=now, created_by=self.audit.user, updated_at=now, updated_by=self.audit.user,
         ))
         self.audit.write(conn, "feature_view", view.name, action, version,
                          **({"changes": changes} if changes else {"spec": view.to_dict()}))

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from mlplat.errors import DefinitionError, FeatureNotFound, FutureEventError, InvalidArgument, MissingColumnError
 from mlplat.features import keys, retrieval
-from mlplat.features.definitions import Entity, FeatureView, diff_views, keep_ownership
+from mlplat.features.definitions import Entity, FeatureView, check_text, diff_views, keep_ownership
 from mlplat.features.materialize import MaterializeResult, materialize_view, write_latest
 from mlplat.features.offline import IngestResult, OfflineStore
 from mlplat.features.on_demand import Expansion, expand, is_on_demand, refuse_storage
@@ -98,6 +98,11 @@ class FeatureStore:
 
     def get_view(self, name: str, version: int | None = None) -> FeatureView:
         return self.registry.get_view(name, version)
+
+    def transfer(self, view: str, team: str) -> ApplyResult:
+        """Give feature view ``view`` to ``team`` (recorded as a change of its latest version)."""
+        check_text("team", team)
+        return self.registry.apply([dataclasses.replace(self.registry.get_view(view), team=team)])[0]
 
     def list_views(self, pattern: str | None = None) -> list[FeatureView]:
         return self.registry.list_views(None if pattern is None else _text(pattern, "pattern"))

@@ -207,7 +207,7 @@ class Jobs:
     def _execute(self, run_id: str, source: Path, folder: Path, parameters: dict[str, Any], kernel: str,
                  attempts: Attempts, rerun_of: str | None, client: Any, owner: tuple[str, str] | None) -> JobRun:
         settings = self.settings
-        owner = owner or (settings.user, settings.team)
+        owner = owner or (self.audit.user, self.audit.team)
         # An explicit client, not MLflow's process-wide fluent state: the scheduler runs jobs in threads.
         tracker = tracking.client(settings)
         experiment = tracking.experiment_id(tracker, settings, f"jobs-{source.stem}")

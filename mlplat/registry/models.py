@@ -19,6 +19,7 @@ import pandas as pd
 from mlplat.audit import Audit, AuditTrail
 from mlplat.config import Settings
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
+from mlplat.features.definitions import check_text
 from mlplat.registry import scoring, tracking
 from mlplat.registry.artifacts import REFERENCE_ARTIFACT, load_spec
 from mlplat.registry.evaluate import LOWER_IS_BETTER, Split, score, split_rows
@@ -27,6 +28,7 @@ from mlplat.registry.scoring import FeatureSource
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARCHIVED_TAG = "mlplat.archived"
+TEAM_TAG = "mlplat.team"  # on the registered model: the team that owns it (and on each version: who made it)
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version with what people look at first."""
@@ -153,16 +155,38 @@ class ModelRegistry:
         names = sorted(m.name for m in client.search_registered_models())
         return ModelNotFound(f"{name!r} is not a registered model; registered: {', '.join(names) or 'none yet'}.")
 
+    def team(self, name: str) -> str:
+        """The team that owns model ``name`` (one registered before teams: its first version's team)."""
+        check_model_name(name)
+        with self._client() as client:
+            try:
+                model = client.get_registered_model(name)
+            except Exception:
+                raise self._unknown(client, name) from None
+            if TEAM_TAG in (model.tags or {}):
+                return model.tags[TEAM_TAG]
+            found = _call(self.settings, client.search_model_versions, f"name='{name}'")
+            first = min(found, key=lambda v: int(v.version), default=None)
+            return (first.tags or {}).get(TEAM_TAG, "") if first else ""
+
     # -- writing -----------------------------------------------------------------
+    def transfer(self, name: str, team: str, reason: str = "") -> None:
+        """Give model ``name`` (every version, its deployment and thresholds) to ``team``."""
+        check_text("team", team)
+        previous = self.team(name)
+        with self._client() as client:
+            client.set_registered_model_tag(name, TEAM_TAG, team)
+        self.audit.record("model", name, "transferred", None, reason, team=team, previous=previous)
+
     def register(self, name: str, model_uri: str, run_id: str, features: list[str], fingerprint: str) -> str:
         """Register a logged model as a new version of ``name`` and make it the challenger."""
         check_model_name(name)
         with self._client() as client:
             if not _call(self.settings, client.search_registered_models, f"name='{name}'"):
-                client.create_registered_model(name)
+                client.create_registered_model(name, tags={TEAM_TAG: self.audit.team})
             tags = {"mlplat.features": json.dumps(features), "mlplat.training_set_fingerprint": fingerprint,
                     "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features})),
-                    "mlplat.owner": self.settings.user, "mlplat.team": self.settings.team}
+                    "mlplat.owner": self.audit.user, TEAM_TAG: self.audit.team}
             version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
             client.set_registered_model_alias(name, CHALLENGER, version)
         self.audit.record("model", name, "registered", version, run_id=run_id, features=features)

@@ -108,17 +108,16 @@ class Experiments:
     """``p.experiments``: start, serve, log outcomes, summarise and conclude experiments.
 
     Arms are deployed with ``deploy`` (the platform's, which also refreshes ``serving``), served by
-    ``serving``; versions and promotions come from the model registry; ``user`` is recorded as who started one.
+    ``serving``; versions and promotions come from the model registry; the audit's user is recorded as who started one.
     """
 
     def __init__(self, engine: sa.Engine, audit: Audit, registry: ModelRegistry, serving: Client,
-                 deploy: Callable[..., Deployment], user: str):
+                 deploy: Callable[..., Deployment]):
         self.engine = engine
         self.audit = audit
         self.registry = registry
         self.serving = serving
         self._deploy = deploy
-        self.user = user
 
     def start(self, name: str, model: str, challenger: str | int | None = None, *, traffic: float = 10.0,
               mode: str = "ab") -> dict[str, Any]:
@@ -137,7 +136,7 @@ class Experiments:
         self._deploy(model, candidate.version, keep=(champion.version,), default=False)
         row = {"name": name, "model": model, "champion": champion.version, "challenger": candidate.version,
                "mode": mode, "traffic": 100.0 if mode == "shadow" else float(traffic), "salt": uuid.uuid4().hex,
-               "status": "running", "created_at": datetime.now(UTC), "created_by": self.user}
+               "status": "running", "created_at": datetime.now(UTC), "created_by": self.audit.user}
         with self.engine.begin() as conn:
             conn.execute(experiments_table.insert().values(**row))
             self.audit.write(conn, "experiment", name, "started", model=model, champion=champion.version,

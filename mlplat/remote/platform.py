@@ -1,0 +1,135 @@
+"""``mlplat.connect()`` in server mode: the same ``Platform`` API, its writes and metadata sent to the server.
+
+Set ``server_url`` (``MLPLAT_SERVER_URL``; the hub sets it in every workspace) and the SDK holds no write
+credential: mutations, the feature registry, the model registry, jobs, monitoring, experiments and the audit
+trail are calls to ``mlplat server`` with the user's JupyterHub token. What stays here is what reads data:
+online features straight from Redis, training sets from the offline store's Parquet files (read-only),
+predictions over Triton's gRPC, and training itself, which logs to the server's MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from typing import Any
+
+from mlplat.clock import SYSTEM_CLOCK, Clock
+from mlplat.config import Settings, load_settings
+from mlplat.errors import ConfigError
+from mlplat.features.store import FeatureStore
+from mlplat.platform import Platform
+from mlplat.registry.models import ModelRegistry
+from mlplat.remote.client import RemotePart, ServerClient, sends, token_from_env
+
+
+@sends("features", "apply", "ingest", "push", "materialize", "compute", "schedule_compute", "transfer",
+       "freshness", "stats", "quarantine", "partitions")
+class ServerFeatureStore(FeatureStore):
+    """Features whose definitions live on the server; online and training reads stay local."""
+
+
+@sends("models", "list", "versions", "get", "trained_in", "history", "team", "register", "promote", "rollback",
+       "archive", "transfer")
+class ServerModelRegistry(ModelRegistry):
+    """The model registry through the server; loading and scoring a version run here."""
+
+
+@sends("audit", "entries", "record")
+class ServerAudit:
+    """The audit trail, written by the server alone: ``entries()`` shows what the caller may see."""
+
+    def __init__(self, server: ServerClient, user: str, team: str):
+        self._server, self.user, self.team = server, user, team
+
+
+@sends("features.registry", "get_view", "view_names", "list_views", "usable_views", "list_entities", "versions",
+       "history", "watermark")
+class ServerRegistry:
+    """The feature registry's reads, answered by the server."""
+
+    def __init__(self, server: ServerClient, audit: ServerAudit):
+        self._server, self.audit = server, audit
+
+
+class ServerModePlatform(Platform):
+    """A :class:`~mlplat.platform.Platform` in a workspace of a shared install (see the module's doc)."""
+
+    def __init__(self, settings: Settings, server: ServerClient, clock: Clock = SYSTEM_CLOCK):
+        super().__init__(settings, clock)
+        self.server = server
+
+    @classmethod
+    def open(cls, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> ServerModePlatform:
+        """Connect to the server that ``server_url`` names, as the owner of the token in the environment."""
+        settings = load_settings(**overrides)
+        server = ServerClient(settings.server_url, token_from_env())
+        me = server.whoami()  # who we are is the server's answer, not an environment variable's
+        return cls(dataclasses.replace(settings, user=me["name"], team=me["team"]), server, clock)
+
+    @property
+    def engine(self):
+        raise ConfigError("In server mode the metadata database belongs to the platform server; use the "
+                          "platform's API (p.features, p.models, p.jobs, p.audit ...).")
+
+    @cached_property
+    def audit(self):
+        return ServerAudit(self.server, self.settings.user, self.settings.team)
+
+    @cached_property
+    def features(self):
+        from mlplat.features.offline import OfflineStore
+
+        store = ServerFeatureStore(ServerRegistry(self.server, self.audit), OfflineStore(self.settings.offline_store),
+                                   self.online, max_clock_skew=self.settings.max_clock_skew)
+        store._server = self.server
+        return store
+
+    @cached_property
+    def models(self):
+        registry = ServerModelRegistry(self.settings, self.audit, self.features)
+        registry._server = self.server
+        return registry
+
+    @cached_property
+    def jobs(self):
+        return RemotePart(self.server, "jobs", "Notebook jobs, run and scheduled by the platform server.")
+
+    @cached_property
+    def monitor(self):
+        return RemotePart(self.server, "monitor", "Drift, latency, errors and thresholds, kept by the server.")
+
+    @cached_property
+    def experiments(self):
+        return RemotePart(self.server, "experiments", "A/B tests, canaries and shadow tests, run by the server.")
+
+    def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
+        deployment = self.server.call("platform.deploy", name, version, alias, **options)
+        if "serving" in self.__dict__:
+            self.serving.forget(name)
+        return deployment
+
+    def undeploy(self, name: str) -> None:
+        self.server.call("platform.undeploy", name)
+        if "serving" in self.__dict__:
+            self.serving.forget(name)
+
+    def deployments(self):
+        return self.server.call("platform.deployments")
+
+    def rollback(self, name: str, reason: str = ""):
+        return self.server.call("platform.rollback", name, reason)
+
+    def lineage(self, model: str | None = None, version: str | int | None = None, feature_view: str | None = None,
+                endpoint: str | None = None):
+        return self.server.call("platform.lineage", model, version, feature_view, endpoint)
+
+    def alerts(self, status: str | None = None, model: str | None = None):
+        return self.server.call("platform.alerts", status, model)
+
+    def close(self) -> None:
+        super().close()
+        for part in ("jobs", "monitor", "experiments"):
+            self.__dict__.pop(part, None)
+
+    def __repr__(self) -> str:
+        return f"<mlplat.Platform server={self.server.url!r} user={self.settings.user!r}>"

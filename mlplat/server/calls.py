@@ -1,0 +1,158 @@
+"""What the platform server answers: each call the SDK may send, and the permission it needs.
+
+A call is ``part.method`` on the server's own (embedded) platform: ``models.promote``,
+``features.registry.get_view``, ``platform.deploy``. Anything not listed here is refused, so a new library
+method is reachable through the server only once someone decides who may call it. A :class:`Rule` names the
+action (as refusals say it), the kind of object, the argument naming it and the role needed in its team;
+``None`` marks a read, open to every authenticated user.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mlplat.errors import InvalidArgument, MlplatError
+from mlplat.identity import Identity
+from mlplat.server.permissions import Ownership, require
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``action`` on the ``kind`` named by argument ``target`` needs ``role`` in its team."""
+
+    action: str
+    kind: str
+    target: str
+    role: str = "editor"
+    creates: bool = False  # the object may be new: then it is created in the caller's team
+
+
+def _changes(action: str, kind: str, target: str = "name") -> Rule:
+    return Rule(action, kind, target)
+
+
+READS = {
+    "features": ["get_view", "list_views", "search", "diff", "freshness", "stats", "quarantine", "partitions",
+                 "get_training_set"],
+    "features.registry": ["get_view", "view_names", "list_views", "usable_views", "list_entities", "versions",
+                          "history", "watermark"],
+    "models": ["list", "versions", "get", "trained_in", "history", "team"],
+    "jobs": ["schedules", "history"],
+    "monitor": ["thresholds", "predictions", "drift", "check", "dashboard", "scrape_config"],
+    "experiments": ["summary"],
+    "audit": ["entries"],
+    "platform": ["deployments", "lineage", "alerts"],
+}
+
+RULES: dict[str, Rule] = {
+    "features.ingest": _changes("ingest into", "feature_view", "view"),
+    "features.push": _changes("push to", "feature_view", "view"),
+    "features.transfer": Rule("transfer", "feature_view", "view", role="owner"),
+    "models.register": Rule("register a version of", "model", "name", creates=True),
+    "models.promote": _changes("promote", "model"),
+    "models.rollback": _changes("roll back", "model"),
+    "models.archive": _changes("archive", "model"),
+    "models.transfer": Rule("transfer", "model", "name", role="owner"),
+    "platform.deploy": _changes("deploy", "deployment"),
+    "platform.undeploy": _changes("undeploy", "deployment"),
+    "platform.rollback": _changes("roll back", "deployment"),
+    "jobs.pause": _changes("pause", "schedule", "schedule_id"),
+    "jobs.resume": _changes("resume", "schedule", "schedule_id"),
+    "jobs.unschedule": _changes("unschedule", "schedule", "schedule_id"),
+    "monitor.set_thresholds": _changes("change the thresholds of", "thresholds", "model"),
+    "monitor.schedule": _changes("schedule monitoring of", "model", "model"),
+    "experiments.start": _changes("start an experiment on", "model", "model"),
+    "experiments.conclude": _changes("conclude", "experiment"),
+    "experiments.record_outcome": _changes("record an outcome of", "experiment"),
+    "audit.record": Rule("record training of", "model", "obj", creates=True),
+}
+# Calls that create in the caller's team, or check each object they carry (see Calls.authorize).
+CREATES = {"jobs.schedule", "jobs.schedule_template", "features.apply", "features.materialize"}
+_TRAINING_ACTIONS = ("trained", "tuned")  # what the SDK records itself (p.train runs in the workspace)
+
+
+class Calls:
+    """Resolve, authorise and run calls against ``platform`` (the server's embedded one)."""
+
+    def __init__(self, platform: Any):
+        self.platform = platform
+        self.ownership = Ownership(platform)
+
+    def known(self, name: str) -> bool:
+        part, _, method = name.rpartition(".")
+        return method in READS.get(part, ()) or name in RULES or name in CREATES
+
+    def run(self, identity: Identity, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Check that ``identity`` may make call ``name`` with these arguments, then make it."""
+        if not self.known(name):
+            raise InvalidArgument(f"{name!r} is not something the platform server does; see mlplat.server.calls "
+                                  "for what it answers.")
+        method = self._method(name)
+        try:
+            bound = inspect.signature(method).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgument(f"{name}(): {exc}.") from None
+        bound.apply_defaults()
+        self.authorize(identity, name, bound.arguments)
+        return method(*bound.args, **bound.kwargs)
+
+    def authorize(self, identity: Identity, name: str, arguments: dict[str, Any]) -> None:
+        """Raise PermissionDenied unless ``identity`` may make call ``name`` with ``arguments`` (edited in place
+        where the server decides: the team a new object gets)."""
+        rule = RULES.get(name)
+        if rule is not None:
+            if name == "audit.record" and (arguments.get("kind") != "model"
+                                           or arguments.get("action") not in _TRAINING_ACTIONS):
+                raise InvalidArgument("The audit trail is written by the platform server; a client may only "
+                                      "record that it trained or tuned a model.")
+            self._check(identity, rule, arguments[rule.target])
+        elif name == "features.apply":
+            arguments["objects"] = [self._applicable(identity, obj) for obj in _as_list(arguments["objects"])]
+        elif name == "features.materialize":
+            for view in arguments.get("views") or self.platform.features.registry.view_names():
+                self._check(identity, _changes("materialize", "feature_view"), view)
+        elif name in CREATES:
+            require(identity, "editor", "schedule jobs in", "team", identity.team, identity.team)
+
+    def _check(self, identity: Identity, rule: Rule, target: Any) -> None:
+        try:
+            team = self.ownership.team(rule.kind, target)
+        except MlplatError:
+            if not rule.creates:
+                raise
+            team = identity.team  # a new model is made in the caller's team
+        require(identity, rule.role, rule.action, rule.kind, target, team)
+
+    def _applicable(self, identity: Identity, obj: Any) -> Any:
+        """``obj`` (an Entity or FeatureView) with the team it will have, once the caller may apply it."""
+        from mlplat.features.definitions import Entity
+
+        kind = "entity" if isinstance(obj, Entity) else "feature_view"
+        try:
+            current, exists = self.ownership.team(kind, obj.name), True
+        except MlplatError:
+            current, exists = "", False
+        if not exists:
+            team = obj.team or identity.team
+            require(identity, "editor", "create", kind, obj.name, team)
+            return replace(obj, team=team)
+        require(identity, "editor", "change", kind, obj.name, current)
+        if obj.team and obj.team != current:
+            require(identity, "owner", "transfer", kind, obj.name, current)
+            require(identity, "editor", "transfer into", "team", obj.team, obj.team)
+        return replace(obj, team=obj.team or current)
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        target: Any = self.platform
+        *parts, method = name.split(".")
+        for part in parts:
+            if part != "platform":
+                target = getattr(target, part)
+        return getattr(target, method)
+
+
+def _as_list(objects: Any) -> list[Any]:
+    return list(objects) if isinstance(objects, (list, tuple)) else [objects]
