@@ -10,6 +10,7 @@ predictions over Triton's gRPC, and training itself, which logs to the server's 
 from __future__ import annotations
 
 import dataclasses
+import os
 from functools import cached_property
 from typing import Any
 
@@ -62,9 +63,14 @@ class ServerModePlatform(Platform):
     def open(cls, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> ServerModePlatform:
         """Connect to the server that ``server_url`` names, as the owner of the token in the environment."""
         settings = load_settings(**overrides)
-        server = ServerClient(settings.server_url, token_from_env())
+        token = token_from_env()
+        server = ServerClient(settings.server_url, token)
         me = server.whoami()  # who we are is the server's answer, not an environment variable's
-        return cls(dataclasses.replace(settings, user=me["name"], team=me["team"]), server, clock)
+        tracking = f"{server.url}/mlflow"  # MLflow behind the server, as this user (see mlplat.server.mlflow_proxy)
+        for name, value in (("MLFLOW_TRACKING_URI", tracking), ("MLFLOW_TRACKING_TOKEN", token)):
+            os.environ.setdefault(name, value)  # mlflow's own API follows, unless the user pointed it elsewhere
+        settings = dataclasses.replace(settings, user=me["name"], team=me["team"], tracking=tracking)
+        return cls(settings, server, clock)
 
     @property
     def engine(self):
