@@ -60,10 +60,10 @@ class ServerModePlatform(Platform):
         self.server = server
 
     @classmethod
-    def open(cls, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> ServerModePlatform:
-        """Connect to the server that ``server_url`` names, as the owner of the token in the environment."""
+    def open(cls, clock: Clock = SYSTEM_CLOCK, token: str | None = None, **overrides: Any) -> ServerModePlatform:
+        """Connect to the server that ``server_url`` names, as the owner of ``token`` (default: the environment's)."""
         settings = load_settings(**overrides)
-        token = token_from_env()
+        token = token or token_from_env()
         server = ServerClient(settings.server_url, token)
         me = server.whoami()  # who we are is the server's answer, not an environment variable's
         tracking = f"{server.url}/mlflow"  # MLflow behind the server, as this user (see mlplat.server.mlflow_proxy)

@@ -1,0 +1,223 @@
+"""Server mode: a real ``mlplat server`` on real stores, called through the SDK by users of different teams.
+
+alice edits team a, bob edits team b, carol views team b, root administers the platform. Each check is what a
+user relies on: another team's objects cannot be changed, the owning team's editors can, admins can, viewers
+read, the audit trail names the authenticated user, a missing or wrong token gets nowhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import timedelta
+
+import httpx
+import nbformat
+import pytest
+
+from mlplat.errors import InvalidArgument, NotAuthenticated, PermissionDenied
+from mlplat.features.definitions import Entity, FeatureView, Field
+from mlplat.identity import Identity, acting_as
+from mlplat.remote import protocol
+from mlplat.remote.platform import ServerModePlatform
+from mlplat.server.authentication import LocalAuthenticator
+from servers import running_server
+
+PEOPLE = {"alice-token": Identity("alice", {"a": "editor"}), "bob-token": Identity("bob", {"b": "editor"}),
+          "carol-token": Identity("carol", {"b": "viewer"}), "root-token": Identity("root", admin=True)}
+BOB = PEOPLE["bob-token"]
+FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate"]
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory, demo_platform):
+    """The server's own platform (the demo's features), and bob's model "bobs" trained and registered in team b."""
+    p = demo_platform(tmp_path_factory.mktemp("server"), drivers=40, customers=10, days=4, trips=600, seed=5)
+    with acting_as(BOB):
+        p.train("sklearn.linear_model.LogisticRegression", features=FEATURES, entity_df=p.labels.iloc[300:],
+                target="completed", name="bobs")
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def url(backend):
+    with running_server(backend, LocalAuthenticator(PEOPLE)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def connect(backend, url):
+    """``connect("alice")``: alice's SDK in server mode, on the server's online store."""
+    opened = []
+
+    def connect(who: str) -> ServerModePlatform:
+        p = ServerModePlatform.open(token=f"{who}-token", server_url=url, home=str(backend.settings.home),
+                                    online_store=backend.settings.online_store,
+                                    online_prefix=backend.settings.online_prefix)
+        opened.append(p)
+        return p
+
+    yield connect
+    for p in opened:
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def bobs_view(connect):
+    """bob's entity and feature view, made through the server: team b."""
+    rider = Entity("rider", join_keys=["rider_id"])
+    view = FeatureView("rider_stats", entities=[rider], ttl=timedelta(days=1), schema=[Field("spend", "float64")])
+    connect("bob").features.apply([rider, view])
+    return view
+
+
+def refused(call, action: str, kind: str, obj: str, team: str, role: str = "editor") -> PermissionDenied:
+    with pytest.raises(PermissionDenied) as caught:
+        call()
+    error = caught.value
+    assert (error.action, error.kind, error.obj, error.team, error.role) == (action, kind, obj, team, role)
+    assert f"{obj!r}" in str(error) and f"team {team!r}" in str(error) and role in str(error)
+    return error
+
+
+def test_the_server_says_who_you_are_and_your_team_owns_what_you_make(connect, bobs_view):
+    bob = connect("bob")
+    assert (bob.settings.user, bob.settings.team) == ("bob", "b")
+    view = bob.features.get_view("rider_stats")
+    assert (view.owner, view.team) == ("bob", "b")
+    assert {e.name: e.team for e in bob.features.registry.list_entities()}["rider"] == "b"
+    assert bob.models.team("bobs") == "b"
+
+
+def test_another_team_cannot_change_bobs_view_but_bob_and_an_admin_can(connect, bobs_view):
+    alice, bob, root = connect("alice"), connect("bob"), connect("root")
+    longer = dataclasses.replace(bobs_view, ttl=timedelta(days=3))
+    error = refused(lambda: alice.features.apply([longer]), "change", "feature_view", "rider_stats", "b")
+    assert "alice is not a member" in str(error)
+    refused(lambda: alice.features.push("rider_stats", _rows()), "push to", "feature_view", "rider_stats", "b")
+    refused(lambda: alice.features.ingest("rider_stats", _rows()), "ingest into", "feature_view", "rider_stats", "b")
+    refused(lambda: alice.features.materialize(views=["rider_stats"]), "materialize", "feature_view",
+            "rider_stats", "b")
+    assert alice.features.get_view("rider_stats").ttl == timedelta(days=1)  # nothing changed
+
+    assert bob.features.ingest("rider_stats", _rows()).rows == 2
+    assert bob.features.apply([longer])[0].action == "updated"
+    assert root.features.apply([dataclasses.replace(bobs_view, ttl=timedelta(days=2))])[0].action == "updated"
+    assert bob.features.get_view("rider_stats").ttl == timedelta(days=2)
+
+
+def test_a_viewer_reads_but_cannot_write(connect, bobs_view):
+    carol = connect("carol")
+    assert carol.features.get_view("rider_stats").team == "b"
+    assert [v.version for v in carol.models.versions("bobs")]
+    error = refused(lambda: carol.features.push("rider_stats", _rows()), "push to", "feature_view",
+                    "rider_stats", "b")
+    assert "carol is a viewer" in str(error)
+
+
+def test_nobody_changes_ownership_without_owner_rights(connect, bobs_view):
+    bob, root = connect("bob"), connect("root")
+    refused(lambda: bob.models.transfer("bobs", "a"), "transfer", "model", "bobs", "b", role="owner")
+    refused(lambda: bob.features.apply([dataclasses.replace(bobs_view, team="a")]), "transfer", "feature_view",
+            "rider_stats", "b", role="owner")
+    root.models.transfer("bobs", "a")
+    assert bob.models.team("bobs") == "a"
+    root.models.transfer("bobs", "b")
+
+
+def test_another_team_cannot_promote_archive_or_deploy_bobs_model(connect, backend):
+    alice, bob = connect("alice"), connect("bob")
+    version = bob.models.get("bobs", alias="challenger").version
+    refused(lambda: alice.models.promote("bobs", force=True, reason="mine now"), "promote", "model", "bobs", "b")
+    refused(lambda: alice.models.archive("bobs", version), "archive", "model", "bobs", "b")
+    refused(lambda: alice.deploy("bobs", version), "deploy", "deployment", "bobs", "b")
+    refused(lambda: alice.monitor.set_thresholds("bobs", p99_ms=1.0), "change the thresholds of",
+            "thresholds", "bobs", "b")
+    assert bob.models.promote("bobs", force=True, reason="first champion").version == version
+    assert bob.monitor.set_thresholds("bobs", p99_ms=50.0).p99_ms == 50.0
+    assert [e.who for e in bob.audit.entries(kind="model", obj="bobs", action="promoted")] == ["bob"]
+
+
+def test_another_team_cannot_pause_bobs_schedule(connect, tmp_path):
+    notebook = tmp_path / "report.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), notebook)
+    alice, bob, root = connect("alice"), connect("bob"), connect("root")
+    schedule = bob.jobs.schedule(str(notebook), "0 6 * * *")
+    assert {s.id: s.team for s in alice.jobs.schedules()}[schedule] == "b"
+    refused(lambda: alice.jobs.pause(schedule), "pause", "schedule", str(schedule), "b")
+    refused(lambda: alice.jobs.unschedule(schedule), "unschedule", "schedule", str(schedule), "b")
+    bob.jobs.pause(schedule)
+    root.jobs.resume(schedule)
+    assert {s.id: s.enabled for s in bob.jobs.schedules()}[schedule]
+
+
+def test_the_audit_names_the_authenticated_user_whatever_the_client_claims(connect, monkeypatch):
+    monkeypatch.setenv("MLPLAT_USER", "bob")
+    monkeypatch.setenv("MLPLAT_TEAM", "b")
+    alice = connect("alice")
+    assert (alice.settings.user, alice.settings.team) == ("alice", "a")
+    alices = Entity("shop", join_keys=["shop_id"])
+    alice.features.apply([alices])
+    entry = alice.audit.entries(kind="entity", obj="shop")[-1]
+    assert (entry.who, entry.team) == ("alice", "a")
+    with pytest.raises(InvalidArgument, match="written by the platform server"):
+        alice.audit.record("model", "bobs", "promoted")
+    refused(lambda: alice.audit.record("model", "bobs", "trained"), "record training of", "model", "bobs", "b")
+
+
+def test_calls_outside_the_table_are_refused(connect, url):
+    alice = connect("alice")
+    body = protocol.encode({"args": [[Entity("x", join_keys=["x_id"])]], "kwargs": {}})
+    for name in ("features.registry.apply", "features.registry.set_watermark", "platform.engine", "models._client"):
+        answer = httpx.post(f"{url}/api/v1/call/{name}", content=body,
+                            headers={"Authorization": "token alice-token"})
+        assert answer.status_code == 400 and "not something the platform server does" in answer.json()["message"]
+    with pytest.raises(InvalidArgument, match="not something"):
+        alice.server.call("features.registry.apply", [Entity("x", join_keys=["x_id"])])
+
+
+def test_no_token_or_a_wrong_one_gets_nothing(url, backend):
+    for headers in ({}, {"Authorization": "token wrong"}, {"Authorization": "Basic YWxpY2U6eA=="}):
+        answer = httpx.post(f"{url}/api/v1/call/features.list_views", headers=headers,
+                            content=protocol.encode({"args": [], "kwargs": {}}))
+        assert answer.status_code == 401 and answer.json()["error"] == "NotAuthenticated"
+        assert httpx.get(f"{url}/api/v1/whoami", headers=headers).status_code == 401
+    with pytest.raises(NotAuthenticated, match="Unknown token"):
+        ServerModePlatform.open(token="wrong", server_url=url, home=str(backend.settings.home))
+
+
+def test_garbage_is_refused_and_the_server_goes_on(url):
+    for body in (b"", b"\x00" * 3, b"\x00\x00\x00\x00\x00\x00\x00\x05[1,2", json.dumps({"args": []}).encode(),
+                 protocol.encode({"args": [{"$object": "os:system", "fields": {}}], "kwargs": {}})):
+        answer = httpx.post(f"{url}/api/v1/call/features.list_views", content=body,
+                            headers={"Authorization": "token alice-token"})
+        assert answer.status_code == 400, body
+    assert httpx.get(f"{url}/api/v1/health").json() == {"status": "ok"}
+
+
+def _rows():
+    import pandas as pd
+
+    return pd.DataFrame({"rider_id": [1, 2], "spend": [3.5, 4.0],
+                         "event_timestamp": pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(hours=1)})
+
+
+def test_bob_deploys_everyone_predicts_only_bob_undeploys(connect, backend):
+    from mlplat.serving.triton import TritonService, triton_installed
+
+    if not triton_installed(backend.settings):
+        pytest.skip("no Triton: `make triton` creates it")
+    alice, bob = connect("alice"), connect("bob")
+    try:
+        deployment = bob.deploy("bobs", bob.models.get("bobs", alias="challenger").version)
+        assert deployment.status == "READY"
+        rows = [{"driver_id": 1}, {"driver_id": 2}]
+        served = alice.predict("bobs", rows)  # features read straight from Redis, the model over gRPC
+        assert served.outputs.shape[0] == 2
+        assert (served.outputs == backend.predict("bobs", rows).outputs).all()
+        refused(lambda: alice.undeploy("bobs"), "undeploy", "deployment", "bobs", "b")
+        bob.undeploy("bobs")
+        assert "bobs" not in [d.name for d in alice.deployments()]
+    finally:
+        TritonService(backend.settings).stop()
