@@ -14,6 +14,7 @@ from datetime import timedelta
 import httpx
 import nbformat
 import pytest
+from servers import running_server
 
 from mlplat.errors import InvalidArgument, NotAuthenticated, PermissionDenied
 from mlplat.features.definitions import Entity, FeatureView, Field
@@ -21,7 +22,6 @@ from mlplat.identity import Identity, acting_as
 from mlplat.remote import protocol
 from mlplat.remote.platform import ServerModePlatform
 from mlplat.server.authentication import LocalAuthenticator
-from servers import running_server
 
 PEOPLE = {"alice-token": Identity("alice", {"a": "editor"}), "bob-token": Identity("bob", {"b": "editor"}),
           "carol-token": Identity("carol", {"b": "viewer"}), "root-token": Identity("root", admin=True)}
