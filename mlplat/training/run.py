@@ -225,13 +225,23 @@ def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, clien
     return local
 
 
+BOOKKEEPING = "mlplat."  # the prefix of the run parameters mlplat records itself (the estimator's have none)
+
+
+def bookkeeping(estimator: str, seed: int, target: str, rows: int, split: str, n_features: int) -> dict[str, Any]:
+    """The run parameters mlplat records beside the estimator's: ``mlplat.estimator``, ``mlplat.seed``, ..."""
+    return {f"{BOOKKEEPING}{k}": v for k, v in {"estimator": estimator, "seed": seed, "target": target, "rows": rows,
+                                                 "split": split, "n_features": n_features}.items()}
+
+
 def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Settings, extra: dict | None,
                 views: list[str]) -> None:
     import mlflow
 
-    mlflow.log_params({"estimator": spec.estimator, "seed": spec.seed, "target": spec.target, "rows": len(entity_df),
-                       "split": json.dumps(spec.split), "n_features": len(spec.features),
-                       **{f"param.{k}": v for k, v in spec.params.items()}})
+    # The estimator's parameters under its own names, as MLflow's autolog logs them; mlplat's own bookkeeping under
+    # "mlplat." (BOOKKEEPING), which no estimator parameter is named, so the two never collide.
+    mlflow.log_params({**spec.params, **bookkeeping(spec.estimator, spec.seed, spec.target, len(entity_df),
+                                                    json.dumps(spec.split), len(spec.features))})
     code = code_fingerprint()
     mlflow.set_tags({"mlplat.features": json.dumps(spec.features), "mlplat.feature_views": json.dumps(views),
                      "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": settings.user,

@@ -22,7 +22,7 @@ from mlplat.registry import tracking
 from mlplat.registry.artifacts import TrainSpec, model_inputs
 from mlplat.registry.evaluate import LOWER_IS_BETTER, Gate, Split, check_target, metric_names, score, split_rows
 from mlplat.training import estimators
-from mlplat.training.run import Training, TrainResult, _run, check_inputs
+from mlplat.training.run import BOOKKEEPING, Training, TrainResult, _run, check_inputs
 
 
 @dataclass
@@ -127,12 +127,13 @@ def tune(training: Training, estimator: Any, space: dict[str, Any], *, features:
     with tracking.session(training.settings) as mlflow_client:
         experiment = tracking.experiment_id(mlflow_client, training.settings, name)
         with mlflow.start_run(experiment_id=experiment, run_name=f"{name}-tune") as parent:
-            mlflow.log_params({"search": search, "trials": len(sets), "metric": metric})
-            for trial_params, trial_scores in zip(sets, scores):
+            mlflow.log_params({f"{BOOKKEEPING}search": search, f"{BOOKKEEPING}trials": len(sets),
+                               f"{BOOKKEEPING}metric": metric})
+            for trial_spec, trial_scores in zip(specs, scores):
                 with mlflow.start_run(experiment_id=experiment, nested=True, run_name="trial"):
-                    mlflow.log_params(trial_params)
+                    mlflow.log_params(trial_spec.params)  # the estimator's own names, as in the final run
                     mlflow.log_metrics({f"val_{k}": v for k, v in trial_scores.items() if np.isfinite(v)})
-            mlflow.log_params({f"best.{k}": v for k, v in sets[best].items()})
+            mlflow.log_params({f"{BOOKKEEPING}best.{k}": v for k, v in sets[best].items()})
             training.audit.record("model", name, "tuned", run_id=parent.info.run_id, search=search, trials=len(sets),
                                   metric=metric, best=sets[best], score=scores[best][metric])
             spec = TrainSpec(specs[best].path, specs[best].params, base.kind, base.family, pinned, target,

@@ -55,7 +55,10 @@ def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, 
     assert set(result.metrics) == {"roc_auc", "pr_auc", "accuracy", "f1", "log_loss"}
     run, plots = run_of(platform, result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["param.max_depth"] == "3" and run.data.params["seed"] == "0"
+    # The estimator's parameters under its own names (as MLflow's autolog), mlplat's own under "mlplat."
+    assert run.data.params["max_depth"] == "3" and run.data.params["n_estimators"] == "30"
+    assert run.data.params["mlplat.seed"] == "0" and run.data.params["mlplat.estimator"] == "xgboost.XGBClassifier"
+    assert not any(key.startswith("param.") for key in run.data.params)
     assert json.loads(run.data.tags["mlplat.features"]) == [
         "driver_stats@1:rating", "driver_stats@1:trips_today", "driver_stats@1:acceptance_rate",
         "driver_stats@1:avg_speed_kmh", "customer_profile@1:avg_fare"]
