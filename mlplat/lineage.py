@@ -104,6 +104,8 @@ class Tracer:
         with tracking.session(self.settings) as client:
             run = client.get_run(found.run_id)
         tags, params = run.data.tags, run.data.params
+        # mlplat's own run parameters are "mlplat.estimator", "mlplat.seed", ... (runs before them: "estimator", ...)
+        params = {**params, **{k.removeprefix("mlplat."): v for k, v in params.items() if k.startswith("mlplat.")}}
         by_view: dict[str, list[str]] = {}
         for ref in found.features:
             view, feature = ref.split(":")
