@@ -137,3 +137,12 @@ def log_in(hub: Hub, user: str) -> requests.Session:
     browser.post(hub.url + "hub/login", data={"username": user, "password": hub.password,
                                               "_xsrf": browser.cookies["_xsrf"]})
     return browser
+
+
+def user_token(hub: Hub, user: str) -> str:
+    """A new API token of ``user``, asked of the hub's API with their login (no admin scope needed: the hub
+    checks the password as its login form does, and the token acts as the user)."""
+    response = requests.post(f"{hub.url}hub/api/users/{user}/tokens", timeout=STARTS,
+                             json={"auth": {"username": user, "password": hub.password}, "note": "test"})
+    assert response.status_code == 201, (user, response.status_code, response.text)
+    return response.json()["token"]

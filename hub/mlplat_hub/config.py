@@ -2,7 +2,9 @@
 
 Both give every workspace the platform's endpoints and a profile (CPU small, CPU
 large, GPU x1), make teams JupyterHub groups with shared project folders, cull idle
-servers and run the MLflow UI and the job scheduler as hub services.
+servers and run the MLflow UI and the job scheduler as hub services. In server mode
+(``MLPLAT_HUB_SERVER=1``) ``mlplat server`` runs beside them, workspaces get its URL,
+and teams' groups carry their members' roles.
 ``hub/jupyterhub_config.py`` and ``mlplat hub`` call :func:`configure_from_env`.
 """
 
@@ -14,13 +16,14 @@ from typing import Any
 
 from mlplat.config import Settings, load_settings
 from mlplat.kernels import install_kernels
+from mlplat.server.authentication import ADMIN_GROUP
 from mlplat.services import free_port
 from mlplat_hub.environment import workspace_environment
-from mlplat_hub.kubernetes import check_shared, literal, mount_team_folders, team_volume
-from mlplat_hub.options import HubOptions
+from mlplat_hub.kubernetes import check_shared, literal, mount_team_folders, team_volume, without_write_credentials
+from mlplat_hub.options import TEAM_DEFAULT, HubOptions
 from mlplat_hub.profiles import apply_profile, kubespawner_profile_list
 from mlplat_hub.proxy import proxy_command
-from mlplat_hub.services import hub_services
+from mlplat_hub.services import hub_services, server_url
 from mlplat_hub.spawner import WorkspaceSpawner
 
 
@@ -53,7 +56,8 @@ def configure_local(c: Any, options: HubOptions, settings: Settings) -> None:
     kernels = state / "jupyter"
     install_kernels(str(kernels))
     kernel_path = {"JUPYTER_PATH": str(kernels / "share" / "jupyter")}  # also for the scheduler's jobs
-    c.WorkspaceSpawner.environment = {**workspace_environment(settings, share_home=True), **kernel_path}
+    env = workspace_environment(settings, share_home=True, server_url=server_url(options) if options.server else "")
+    c.WorkspaceSpawner.environment = {**env, **kernel_path}
     _configure_common(c, c.WorkspaceSpawner, options, settings, kernel_path)
 
 
@@ -64,7 +68,8 @@ def configure_kubernetes(c: Any, options: HubOptions, settings: Settings) -> Non
     c.KubeSpawner.image = options.image
     c.KubeSpawner.cmd = ["jupyterhub-singleuser"]  # named, so the profile's server options reach it
     c.KubeSpawner.profile_list = kubespawner_profile_list()
-    c.KubeSpawner.environment = literal(workspace_environment(settings, share_home=False))
+    env = workspace_environment(settings, share_home=False, server_url=server_url(options) if options.server else "")
+    c.KubeSpawner.environment = literal(without_write_credentials(env) if options.server else env)
     c.KubeSpawner.volumes = [team_volume(options.team_claim)]
     c.KubeSpawner.modify_pod_hook = mount_team_folders
     _configure_common(c, c.KubeSpawner, options, settings)
@@ -77,7 +82,25 @@ def _configure_common(c: Any, spawner: Any, options: HubOptions, settings: Setti
     spawner.default_url = "/lab"
     c.JupyterHub.services, c.JupyterHub.load_roles = hub_services(options, settings, service_env)
     # Teams are JupyterHub groups; a workspace links (or mounts) each of its user's team folders.
-    c.JupyterHub.load_groups = {team: {"users": list(members)} for team, members in options.teams.items()}
+    c.JupyterHub.load_groups = hub_groups(options)
+
+
+def hub_groups(options: HubOptions) -> dict[str, dict[str, Any]]:
+    """``c.JupyterHub.load_groups``: each team with its members and, as the group properties that
+    ``mlplat server`` reads, their roles (``mlplat_role`` for the team, ``mlplat_roles`` per user); the platform
+    admins as the group ``mlplat-admins``."""
+    groups: dict[str, dict[str, Any]] = {team: {"users": list(members)} for team, members in options.teams.items()}
+    for team, roles in options.team_roles.items():
+        properties: dict[str, Any] = {}
+        if TEAM_DEFAULT in roles:
+            properties["mlplat_role"] = roles[TEAM_DEFAULT]
+        named = {user: role for user, role in roles.items() if user != TEAM_DEFAULT}
+        if named:
+            properties["mlplat_roles"] = named
+        groups.setdefault(team, {"users": []})["properties"] = properties
+    if options.admins:
+        groups[ADMIN_GROUP] = {"users": list(options.admins)}
+    return groups
 
 
 def configure_from_env(c: Any, env: Mapping[str, str] = os.environ) -> HubOptions:

@@ -5,6 +5,9 @@ local spawner and KubeSpawner: fixed values for the platform settings, callables
 (JupyterHub calls them with the spawner at spawn time) for what depends on the user.
 Inside the server, ``mlplat.connect()`` then reads the hub's registry, tracking
 store, online and offline stores, and records the hub user on registry changes.
+In server mode ``MLPLAT_SERVER_URL`` names ``mlplat server`` too: ``mlplat.connect()``
+sends its calls there with the workspace's ``JUPYTERHUB_API_TOKEN``, and the server,
+not ``MLPLAT_USER``, says who the user is.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlplat.config import Settings
+from mlplat.server.authentication import ADMIN_GROUP
 from mlplat_hub.profiles import DEFAULT_PROFILE, profile_from_options
 
 # Settings every workspace shares with the hub, as the MLPLAT_* variables load_settings() reads.
@@ -21,8 +25,8 @@ SHARED_SETTINGS = ("registry", "tracking", "online_store", "offline_store", "art
 
 
 def teams(spawner: Any) -> list[str]:
-    """The user's JupyterHub groups (their teams), by name."""
-    return sorted(group.name for group in spawner.user.groups)
+    """The user's JupyterHub groups (their teams), by name; the platform admins' group is no team."""
+    return sorted(group.name for group in spawner.user.groups if group.name != ADMIN_GROUP)
 
 
 def _team(spawner: Any) -> str:
@@ -47,9 +51,12 @@ def platform_environment(settings: Settings, *, share_home: bool) -> dict[str, s
     return env
 
 
-def workspace_environment(settings: Settings, *, share_home: bool) -> dict[str, Any]:
-    """The ``Spawner.environment`` of every workspace: platform settings, user, team, profile."""
+def workspace_environment(settings: Settings, *, share_home: bool, server_url: str = "") -> dict[str, Any]:
+    """The ``Spawner.environment`` of every workspace: platform settings, user, team, profile, and in server
+    mode (``server_url``) where ``mlplat server`` answers."""
     env: dict[str, Any] = dict(platform_environment(settings, share_home=share_home))
+    if server_url:
+        env["MLPLAT_SERVER_URL"] = server_url
     env["MLPLAT_USER"] = lambda spawner: spawner.user.name  # recorded as who changed the registry
     env["MLPLAT_TEAM"] = _team
     for name in DEFAULT_PROFILE.environment:  # every profile sets the same variables

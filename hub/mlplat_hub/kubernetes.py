@@ -3,6 +3,9 @@
 Every workspace pod gets the team-projects PersistentVolumeClaim as volume ``teams``
 and mounts, per team of its user, the claim's ``<team>/`` folder at
 ``/home/jovyan/teams/<team>``: the same layout as on one machine.
+
+In server mode a pod holds no write credential: no database URL, no MLflow store, and the online store
+as the read-only Redis user of the Secret ``mlplat-online-reader`` (see ``serving/kubernetes/server.yaml``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from mlplat_hub.environment import teams
 
 TEAMS_VOLUME = "teams"
 TEAMS_MOUNT = "/home/jovyan/teams"  # the home of Jupyter's docker-stacks images
+ONLINE_READER_SECRET = "mlplat-online-reader"  # key ``url``: redis://reader:...@host:6379/0, an ACL user that only reads
+# Write credentials only mlplat server holds: the metadata database and MLflow's store (reached through the server).
+_SERVER_ONLY = ("MLPLAT_REGISTRY", "MLPLAT_TRACKING")
 
 
 def team_volume(claim: str) -> dict[str, Any]:
@@ -36,6 +42,14 @@ def mount_team_folders(spawner: Any, pod: Any) -> Any:
 def literal(env: dict[str, Any]) -> dict[str, Any]:
     """``env`` with braces in its strings escaped: KubeSpawner expands ``{username}``-style fields in them."""
     return {k: v.replace("{", "{{").replace("}", "}}") if isinstance(v, str) else v for k, v in env.items()}
+
+
+def without_write_credentials(env: dict[str, Any]) -> dict[str, Any]:
+    """A server-mode pod's ``env``: the server's own stores left out, the online store read from the reader's
+    Secret (KubeSpawner turns a mapping into the variable's ``valueFrom``)."""
+    kept = {name: value for name, value in env.items() if name not in _SERVER_ONLY}
+    kept["MLPLAT_ONLINE_STORE"] = {"valueFrom": {"secretKeyRef": {"name": ONLINE_READER_SECRET, "key": "url"}}}
+    return kept
 
 
 def check_shared(settings: Settings) -> None:

@@ -19,6 +19,15 @@ MLPLAT_HUB_PROXY           the configurable-http-proxy executable (local)       
 MLPLAT_HUB_IMAGE           workspace image (kubernetes)                                 required there
 MLPLAT_HUB_TEAM_CLAIM      PersistentVolumeClaim holding the team folders (kubernetes)  mlplat-teams
 MLPLAT_HUB_SERVICE_HOST    host the proxy reaches hub services at                       127.0.0.1; kubernetes: hub
+MLPLAT_HUB_SERVER          ``1``: server mode, ``mlplat server`` judges every change    0
+                           and workspaces send it their calls (``MLPLAT_SERVER_URL``)
+MLPLAT_HUB_SERVER_URL      where workspaces reach ``mlplat server`` (kubernetes: its     http://mlplat-server:8585
+                           Service); local: a loopback port kept across restarts
+MLPLAT_HUB_SERVER_TOKEN    API token of the ``mlplat-server`` service (kubernetes,       required there
+                           where the server runs as its own Deployment)
+MLPLAT_HUB_TEAM_ROLES      roles in teams as YAML ``{team-b: {carol: viewer}}``; the     editor for every member
+                           key ``"*"`` sets the team's default (viewer/editor/owner)
+MLPLAT_HUB_ADMINS          platform admins (group ``mlplat-admins``), comma-separated   none
 =========================  ==========================================================  ==========================
 """
 
@@ -33,11 +42,14 @@ from pathlib import Path
 
 from mlplat.config import Settings
 from mlplat.errors import ConfigError
+from mlplat.identity import ROLES
 
 PREFIX = "MLPLAT_HUB_"
 MODES = ("local", "kubernetes")
 SERVICES = ("mlflow", "scheduler", "monitor", "stream")
 _MIN_PASSWORD = 8  # SharedPasswordAuthenticator's minimum
+TEAM_DEFAULT = "*"  # in MLPLAT_HUB_TEAM_ROLES: the role of a team's members not named
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +71,11 @@ class HubOptions:
     image: str | None = None
     team_claim: str = "mlplat-teams"
     service_host: str | None = None
+    server: bool = False
+    server_url: str | None = None
+    server_token: str | None = None
+    team_roles: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    admins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, settings: Settings, env: Mapping[str, str] = os.environ) -> HubOptions:
@@ -77,11 +94,15 @@ class HubOptions:
         for key in ("port", "cull_timeout"):
             if key in values:
                 values[key] = _whole(values[key], key)
-        for key in ("users", "services"):
+        for key in ("users", "services", "admins"):
             if key in values:
                 values[key] = tuple(name.strip() for name in values[key].split(",") if name.strip())
         if "teams" in values:
             values["teams"] = _teams(values["teams"])
+        if "team_roles" in values:
+            values["team_roles"] = _team_roles(values["team_roles"])
+        if "server" in values:
+            values["server"] = _flag(values["server"], "server")
         return cls(**values).checked()
 
     def checked(self) -> HubOptions:
@@ -96,7 +117,22 @@ class HubOptions:
         if self.mode == "kubernetes" and not self.image:
             raise ConfigError(f"{PREFIX}IMAGE is required on Kubernetes: the workspace image, with mlplat "
                               "and its kernels installed (`pip install 'mlplat[hub]' && mlplat install-kernels`).")
+        self._check_server()
         return self
+
+    def _check_server(self) -> None:
+        for team, roles in self.team_roles.items():
+            wrong = {user: role for user, role in roles.items() if role not in ROLES}
+            if wrong:
+                raise ConfigError(f"{PREFIX}TEAM_ROLES gives {wrong} in {team!r}; roles are {', '.join(ROLES)}.")
+            strangers = sorted(set(roles) - {TEAM_DEFAULT, *self.teams.get(team, ())}) if team in self.teams else []
+            if strangers:
+                raise ConfigError(f"{PREFIX}TEAM_ROLES gives {', '.join(strangers)} a role in {team!r}, but "
+                                  f"{PREFIX}TEAMS does not list them in it: add them there, or remove the role.")
+        if self.server and self.mode == "kubernetes" and not self.server_token:
+            raise ConfigError(f"{PREFIX}SERVER_TOKEN is required for server mode on Kubernetes: the hub API token "
+                              "that the mlplat-server Deployment also gets (the Secret mlplat-server-hub-token, see "
+                              "serving/kubernetes/server.yaml). Make one with `openssl rand -hex 32`.")
 
     def login_password(self) -> str:
         """The shared password: ``MLPLAT_HUB_PASSWORD``, else one generated once and kept in the state dir."""
@@ -114,6 +150,28 @@ def _whole(text: str, key: str) -> int:
     if not text.isdigit():
         raise ConfigError(f"{PREFIX}{key.upper()} must be a whole number >= 0, got {text!r}.")
     return int(text)
+
+
+def _flag(text: str, key: str) -> bool:
+    if text.strip().lower() not in _TRUE + _FALSE:
+        raise ConfigError(f"{PREFIX}{key.upper()} must be 1 (on) or 0 (off), got {text!r}.")
+    return text.strip().lower() in _TRUE
+
+
+def _team_roles(text: str) -> dict[str, dict[str, str]]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, Mapping) or not all(
+            isinstance(team, str) and isinstance(roles, Mapping)
+            and all(isinstance(user, str) and isinstance(role, str) for user, role in roles.items())
+            for team, roles in data.items()):
+        raise ConfigError(f"{PREFIX}TEAM_ROLES must be YAML mapping each team to its members' roles, such as "
+                          f"'{{team-b: {{carol: viewer, \"*\": editor}}}}', got {text!r}.")
+    return {team: dict(roles) for team, roles in data.items()}
 
 
 def _teams(text: str) -> dict[str, tuple[str, ...]]:

@@ -1,5 +1,6 @@
 """The hub's services and the roles they need: idle culling, the MLflow UI, the job scheduler, the monitor
-(prediction-log flusher and Prometheus ``/metrics``), the stream consumer, an admin token.
+(prediction-log flusher and Prometheus ``/metrics``), the stream consumer, ``mlplat server`` (server mode),
+an admin token.
 
 Each is a JupyterHub *managed* service: the hub starts it, restarts it if it dies
 and stops it on shutdown. Each grants the least its work needs.
@@ -24,6 +25,12 @@ STREAM = "stream"
 _MONITOR_PORT = 9464  # Prometheus scrapes it; the port registered for Prometheus exporters of this kind
 ADMIN = "mlplat-admin"
 _MLFLOW_CLUSTER_PORT = 8181  # fixed on Kubernetes, where the proxy pod reaches it through the hub's Service
+SERVER = "mlplat-server"
+SERVER_CLUSTER_URL = "http://mlplat-server:8585"  # the Service of serving/kubernetes/server.yaml
+# What mlplat.server.authentication asks the hub with the server's own token: GET /users/<name> with `groups`
+# (read:users:groups) and `admin` (read:users:name), GET /groups/<team> with `properties` (read:groups; the
+# narrower read:groups:name shows no properties). Checked against a real hub by tests/e2e/test_server_hub.py.
+SERVER_SCOPES = ["read:users:name", "read:users:groups", "read:groups"]
 
 
 def _culler(timeout: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -66,6 +73,26 @@ def _stream(env: dict[str, str]) -> dict[str, Any]:
     return {"name": STREAM, "command": [sys.executable, "-m", "mlplat.cli", "stream"], "environment": env}
 
 
+def server_url(options: HubOptions) -> str:
+    """Where workspaces reach ``mlplat server``: a loopback port kept across restarts, or its Kubernetes Service."""
+    if options.mode == "kubernetes":
+        return (options.server_url or SERVER_CLUSTER_URL).rstrip("/")
+    return options.server_url or f"http://127.0.0.1:{kept_port(_ports(options), SERVER)}"
+
+
+def _server(options: HubOptions, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Locally a managed service listening where its ``url`` says; on Kubernetes its own Deployment, which the hub
+    knows by its API token. Its calls to the hub API read users, their groups and the groups' roles, no more."""
+    if options.mode == "kubernetes":
+        service = {"name": SERVER, "api_token": options.server_token,
+                   "info": {"description": "The platform server (mlplat server)", "url": server_url(options)}}
+    else:
+        # Not MLPLAT_SERVER_URL: it holds the stores itself; the hub gives it JUPYTERHUB_SERVICE_URL to listen at.
+        service = {"name": SERVER, "url": server_url(options), "environment": env, "display": False,
+                   "command": [sys.executable, "-m", "mlplat.cli", "server"]}
+    return service, {"name": SERVER, "services": [SERVER], "scopes": list(SERVER_SCOPES)}
+
+
 def _admin(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     service = {"name": ADMIN, "api_token": token}
     role = {"name": ADMIN, "services": [ADMIN],
@@ -97,6 +124,10 @@ def hub_services(options: HubOptions, settings: Settings, extra_env: dict[str, s
         services.append(_monitor(options, env))
     if STREAM in options.services:
         services.append(_stream(env))
+    if options.server:
+        service, role = _server(options, env)
+        services.append(service)
+        roles.append(role)
     if options.admin_token:
         service, role = _admin(options.admin_token)
         services.append(service)
