@@ -102,6 +102,20 @@ def test_the_server_is_a_hub_service_and_only_workspaces_are_sent_to_it(hub, url
     assert alice_workspace["JUPYTERHUB_API_TOKEN"]
 
 
+def test_the_servers_hub_token_reads_users_groups_and_roles_and_no_more(hub):
+    (server,) = _processes(hub, "mlplat.cli server")
+    as_server = httpx.Client(base_url=server.environ()["JUPYTERHUB_API_URL"],
+                             headers={"Authorization": f"token {server.environ()['JUPYTERHUB_API_TOKEN']}"})
+    dana = as_server.get("/users/dana").json()
+    assert (dana["name"], dana["admin"], dana["groups"]) == ("dana", False, ["mlplat-admins"])  # hub admins: `admin`
+    assert as_server.get("/groups/b").json()["properties"] == {"mlplat_roles": {"carol": "viewer"}}
+    assert as_server.get("/users/dana/tokens").status_code == 403
+    assert as_server.post("/users/eve").status_code == 403
+    assert as_server.post("/groups/b/users", json={"users": ["alice"]}).status_code == 403
+    assert as_server.post("/users/alice/tokens", json={}).status_code == 403
+    assert as_server.get("/users").status_code == 403
+
+
 def test_the_server_knows_each_user_by_their_hub_token(url, tokens):
     for user, expected in WHO.items():
         assert ServerClient(url, tokens[user]).whoami() == expected
