@@ -2,7 +2,8 @@
 
 Every handler needs a logged-in user who may use the ``mlplat`` resource; a POST or DELETE also needs the
 XSRF token (``APIHandler`` checks it for cookie-authenticated requests). An ``MlplatError``
-becomes ``{"message": ...}`` with 404 when something is not found, 400 otherwise.
+becomes ``{"message": ...}`` with 403 when the platform server refuses the user (server mode), 401 when it does
+not know them, 404 when something is not found, 400 otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from mlplat.errors import (
     InvalidArgument,
     MlplatError,
     ModelNotFound,
+    NotAuthenticated,
+    PermissionDenied,
     ScheduleNotFound,
 )
 from mlplat_lab.app import PlatformCalls
@@ -42,7 +45,8 @@ def endpoint(method: Callable) -> Callable:
         try:
             await method(self, *args)
         except MlplatError as exc:
-            self.set_status(404 if isinstance(exc, NOT_FOUND) else 400)
+            self.set_status(403 if isinstance(exc, PermissionDenied) else 401 if isinstance(exc, NotAuthenticated)
+                            else 404 if isinstance(exc, NOT_FOUND) else 400)
             self.finish(json.dumps({"message": str(exc)}))
 
     return web.authenticated(authorized(answer))

@@ -42,7 +42,7 @@ READS = {
     "models": ["list", "versions", "get", "trained_in", "history", "team"],
     "jobs": ["schedules", "history"],
     "monitor": ["thresholds", "predictions", "drift", "check", "dashboard", "scrape_config"],
-    "experiments": ["summary"],
+    "experiments": ["summary", "model_of", "predict"],
     "audit": ["entries"],
     "platform": ["deployments", "lineage", "alerts"],
 }

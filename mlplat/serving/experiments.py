@@ -159,6 +159,10 @@ class Experiments:
             conn.execute(events_table.insert(), events)
         return served
 
+    def model_of(self, name: str) -> str:
+        """The model experiment ``name`` tests (its team owns the experiment)."""
+        return self._find(name)["model"]
+
     def record_outcome(self, name: str, unit: Any, outcome: float) -> None:
         """Log what happened for ``unit`` (1/0 for conversions, or any number)."""
         self._find(name)
