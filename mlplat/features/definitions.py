@@ -195,7 +195,8 @@ class FeatureView:
     so a later correction wins; ``source`` is an optional Parquet path that
     ``ingest(view)`` reads when no DataFrame is given; ``on_violation`` says what
     ingest and push do with rows that break the fields' expectations: ``"reject"``
-    the whole batch, or ``"quarantine"`` the bad rows and store the rest.
+    the whole batch, or ``"quarantine"`` the bad rows and store the rest. A ``private`` view is seen only by
+    its team (and platform admins) in server mode; others are readable by every user.
     """
 
     name: str
@@ -210,6 +211,7 @@ class FeatureView:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     source: str | None = None
     on_violation: str = "reject"
+    private: bool = False  # server mode: only its team (and admins) may see it
     version: int = 0  # assigned by the registry
 
     kind: ClassVar[str] = "feature_view"  # subclasses (computed views) name theirs, see VIEW_KINDS
@@ -227,6 +229,8 @@ class FeatureView:
             raise DefinitionError(f"FeatureView {self.name!r} needs schema=[Field('name', 'float32'), ...].")
         if self.ttl is not None and (not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)):
             raise DefinitionError(f"FeatureView {self.name!r}: ttl must be a positive timedelta or None, not {self.ttl!r}.")
+        if not isinstance(self.private, bool):
+            raise DefinitionError(f"FeatureView {self.name!r}: private must be True or False, not {self.private!r}.")
         if self.on_violation not in VIOLATION_POLICIES:
             raise DefinitionError(f"FeatureView {self.name!r}: on_violation={self.on_violation!r}; use one of "
                                   f"{', '.join(map(repr, VIOLATION_POLICIES))}.")
@@ -357,7 +361,7 @@ def diff_views(old: FeatureView, new: FeatureView) -> list[dict[str, Any]]:
         if getattr(old, attr) != getattr(new, attr):
             changes.append({"change": f"{attr} changed", "from": getattr(old, attr), "to": getattr(new, attr),
                             "incompatible": True})
-    for attr in ("ttl", "owner", "team", "description", "tags", "source", "on_violation"):
+    for attr in ("ttl", "owner", "team", "description", "tags", "source", "on_violation", "private"):
         if getattr(old, attr) != getattr(new, attr):
             changes.append({"change": f"{attr} changed", "from": _plain(getattr(old, attr)),
                             "to": _plain(getattr(new, attr)), "incompatible": False})

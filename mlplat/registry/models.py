@@ -29,6 +29,7 @@ from mlplat.registry.scoring import FeatureSource
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARCHIVED_TAG = "mlplat.archived"
 TEAM_TAG = "mlplat.team"  # on the registered model: the team that owns it (and on each version: who made it)
+PRIVATE_TAG = "mlplat.private"  # "true" on a registered model its team keeps to itself (server mode)
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version with what people look at first."""
@@ -169,7 +170,25 @@ class ModelRegistry:
             first = min(found, key=lambda v: int(v.version), default=None)
             return (first.tags or {}).get(TEAM_TAG, "") if first else ""
 
+    def private(self, name: str) -> bool:
+        """Whether model ``name`` is kept to its team (in server mode others neither list nor read it)."""
+        check_model_name(name)
+        with self._client() as client:
+            try:
+                return (client.get_registered_model(name).tags or {}).get(PRIVATE_TAG) == "true"
+            except Exception:
+                raise self._unknown(client, name) from None
+
     # -- writing -----------------------------------------------------------------
+    def set_private(self, name: str, private: bool = True, reason: str = "") -> None:
+        """Keep model ``name`` to its team (``private=False``: let every user read it again)."""
+        if not isinstance(private, bool):
+            raise InvalidArgument(f"private={private!r}: pass True or False.")
+        self.team(name)  # an unknown model fails here, with the names there are
+        with self._client() as client:
+            client.set_registered_model_tag(name, PRIVATE_TAG, str(private).lower())
+        self.audit.record("model", name, "made_private" if private else "made_public", None, reason)
+
     def transfer(self, name: str, team: str, reason: str = "") -> None:
         """Give model ``name`` (every version, its deployment and thresholds) to ``team``."""
         check_text("team", team)

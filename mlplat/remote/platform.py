@@ -29,8 +29,8 @@ class ServerFeatureStore(FeatureStore):
     """Features whose definitions live on the server; online and training reads stay local."""
 
 
-@sends("models", "list", "versions", "get", "trained_in", "history", "team", "register", "promote", "rollback",
-       "archive", "transfer")
+@sends("models", "list", "versions", "get", "trained_in", "history", "team", "private", "register", "promote",
+       "rollback", "archive", "transfer", "set_private")
 class ServerModelRegistry(ModelRegistry):
     """The model registry through the server; loading and scoring a version run here."""
 

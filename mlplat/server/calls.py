@@ -9,6 +9,7 @@ action (as refusals say it), the kind of object, the argument naming it and the 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -39,13 +40,24 @@ READS = {
                  "get_training_set"],
     "features.registry": ["get_view", "view_names", "list_views", "usable_views", "list_entities", "versions",
                           "history", "watermark"],
-    "models": ["list", "versions", "get", "trained_in", "history", "team"],
+    "models": ["list", "versions", "get", "trained_in", "history", "team", "private"],
     "jobs": ["schedules", "history"],
     "monitor": ["thresholds", "predictions", "drift", "check", "dashboard", "scrape_config"],
     "experiments": ["summary", "model_of", "predict"],
     "audit": ["entries"],
     "platform": ["deployments", "lineage", "alerts"],
 }
+
+# Reads of one object, by the argument naming it: refused when the object is private to another team.
+ONE_OBJECT = {
+    **{f"features.{m}": ("feature_view", "view") for m in ("diff", "freshness", "stats", "quarantine",
+                                                          "partitions")},
+    "features.get_view": ("feature_view", "name"), "features.registry.get_view": ("feature_view", "name"),
+    "features.registry.versions": ("feature_view", "name"), "features.registry.history": ("feature_view", "name"),
+    **{f"models.{m}": ("model", "name") for m in ("versions", "get", "history", "team")},
+    **{f"monitor.{m}": ("model", "model") for m in ("thresholds", "predictions", "drift", "check", "dashboard")},
+}
+_AUDITED_KINDS = {"feature_view": "feature_view", "model": "model", "deployment": "deployment"}
 
 RULES: dict[str, Rule] = {
     "features.ingest": _changes("ingest into", "feature_view", "view"),
@@ -56,6 +68,7 @@ RULES: dict[str, Rule] = {
     "models.rollback": _changes("roll back", "model"),
     "models.archive": _changes("archive", "model"),
     "models.transfer": Rule("transfer", "model", "name", role="owner"),
+    "models.set_private": _changes("change who may see", "model"),
     "platform.deploy": _changes("deploy", "deployment"),
     "platform.undeploy": _changes("undeploy", "deployment"),
     "platform.rollback": _changes("roll back", "deployment"),
@@ -97,13 +110,37 @@ class Calls:
             raise InvalidArgument(f"{name}(): {exc}.") from None
         bound.apply_defaults()
         self.authorize(identity, name, bound.arguments)
-        return method(*bound.args, **bound.kwargs)
+        return self.visible(identity, name, method(*bound.args, **bound.kwargs))
+
+    def visible(self, identity: Identity, name: str, result: Any) -> Any:
+        """What of ``result`` (of call ``name``) ``identity`` may see: lists lose what is private to others."""
+        from mlplat.audit import AuditTrail
+        from mlplat.features.definitions import FeatureView
+
+        hidden = functools.partial(self.ownership.hidden, identity)
+        if isinstance(result, AuditTrail):
+            seen: dict[tuple[str, str], bool] = {}
+            return AuditTrail(e for e in result if e.kind not in _AUDITED_KINDS or not seen.setdefault(
+                (e.kind, e.object), hidden(_AUDITED_KINDS[e.kind], e.object)))
+        if isinstance(result, list) and name.endswith(("list_views", "search", "usable_views")):
+            return [v for v in result if not (isinstance(v, FeatureView) and v.private and hidden("feature_view",
+                                                                                                  v.name))]
+        if name == "features.registry.view_names":
+            return [v for v in result if not hidden("feature_view", v)]
+        if name == "models.list":
+            return [m for m in result if not hidden("model", m["name"])]
+        return result
 
     def authorize(self, identity: Identity, name: str, arguments: dict[str, Any]) -> None:
         """Raise PermissionDenied unless ``identity`` may make call ``name`` with ``arguments`` (edited in place
         where the server decides: the team a new object gets)."""
         rule = RULES.get(name)
-        if rule is not None:
+        if name in ONE_OBJECT:
+            kind, argument = ONE_OBJECT[name]
+            target = arguments.get(argument)
+            if target is not None and self.ownership.hidden(identity, kind, target):
+                require(identity, "viewer", "read", kind, target, self.ownership.team(kind, target))
+        elif rule is not None:
             if name == "audit.record" and (arguments.get("kind") != "model"
                                            or arguments.get("action") not in _TRAINING_ACTIONS):
                 raise InvalidArgument("The audit trail is written by the platform server; a client may only "

@@ -1,6 +1,7 @@
 """Who may do what: every object belongs to a team; roles in that team decide.
 
-- reading is open to every authenticated user;
+- reading is open to every authenticated user, except objects their team marks private (a feature view's
+  ``private=True``, ``p.models.set_private(name)``): those only its members (any role) and admins see;
 - creating in a team needs ``editor`` in it;
 - changing, archiving, promoting, deploying, undeploying, pausing or deleting needs ``editor`` in the owning
   team;
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlplat.errors import PermissionDenied, RegistryError
+from mlplat.errors import MlplatError, PermissionDenied, RegistryError
 from mlplat.identity import Identity
 
 
@@ -44,6 +45,23 @@ class Ownership:
     def team(self, kind: str, name: Any) -> str:
         """The team owning ``kind`` ``name``; a missing object raises the store's own not-found error."""
         return getattr(self, f"_{kind}")(name)
+
+    def private(self, kind: str, name: Any) -> bool:
+        """Whether ``kind`` ``name`` is kept to its team."""
+        if kind == "feature_view":
+            return bool(getattr(self.platform.features.registry.get_view(name), "private", False))
+        if kind in ("model", "deployment", "thresholds"):
+            return self.platform.models.private(name)
+        return False
+
+    def hidden(self, identity: Identity, kind: str, name: Any) -> bool:
+        """Whether ``identity`` may not see ``kind`` ``name`` (private to a team they are not in)."""
+        if identity.admin:
+            return False
+        try:
+            return self.private(kind, name) and not identity.has("viewer", self.team(kind, name))
+        except MlplatError:
+            return False  # gone or unreadable: the call itself says so
 
     def _feature_view(self, name: str) -> str:
         return _team_of(self.platform.features.registry.get_view(name))

@@ -221,3 +221,29 @@ def test_bob_deploys_everyone_predicts_only_bob_undeploys(connect, backend):
         assert "bobs" not in [d.name for d in alice.deployments()]
     finally:
         TritonService(backend.settings).stop()
+
+
+def test_what_a_team_keeps_private_only_its_members_and_admins_see(connect, bobs_view):
+    alice, bob, carol, root = connect("alice"), connect("bob"), connect("carol"), connect("root")
+    rider = Entity("rider", join_keys=["rider_id"])
+    secret = FeatureView("rider_secret", entities=[rider], schema=[Field("score", "float64")], private=True)
+    bob.features.apply([secret])
+    for member in (bob, carol, root):
+        assert "rider_secret" in [v.name for v in member.features.list_views()]
+        assert member.features.get_view("rider_secret").private
+    assert "rider_secret" not in [v.name for v in alice.features.list_views()]
+    assert "rider_secret" not in alice.features.registry.view_names()
+    refused(lambda: alice.features.get_view("rider_secret"), "read", "feature_view", "rider_secret", "b",
+            role="viewer")
+    assert not [e for e in alice.audit.entries() if e.object == "rider_secret"]
+    assert [e.who for e in carol.audit.entries(obj="rider_secret")] == ["bob"]
+
+    refused(lambda: alice.models.set_private("bobs"), "change who may see", "model", "bobs", "b")
+    bob.models.set_private("bobs")
+    try:
+        assert "bobs" not in [m["name"] for m in alice.models.list()]
+        refused(lambda: alice.models.versions("bobs"), "read", "model", "bobs", "b", role="viewer")
+        assert carol.models.versions("bobs") and "bobs" in [m["name"] for m in root.models.list()]
+    finally:
+        bob.models.set_private("bobs", False)
+    assert alice.models.versions("bobs")
