@@ -57,7 +57,7 @@ ONE_OBJECT = {
     **{f"models.{m}": ("model", "name") for m in ("versions", "get", "history", "team")},
     **{f"monitor.{m}": ("model", "model") for m in ("thresholds", "predictions", "drift", "check", "dashboard")},
 }
-_AUDITED_KINDS = {"feature_view": "feature_view", "model": "model", "deployment": "deployment"}
+_AUDITED_KINDS = {"feature_view": "feature_view", "model": "model", "deployment": "model"}  # entry kind -> owner kind
 
 RULES: dict[str, Rule] = {
     "features.ingest": _changes("ingest into", "feature_view", "view"),
@@ -69,13 +69,13 @@ RULES: dict[str, Rule] = {
     "models.archive": _changes("archive", "model"),
     "models.transfer": Rule("transfer", "model", "name", role="owner"),
     "models.set_private": _changes("change who may see", "model"),
-    "platform.deploy": _changes("deploy", "deployment"),
-    "platform.undeploy": _changes("undeploy", "deployment"),
-    "platform.rollback": _changes("roll back", "deployment"),
+    "platform.deploy": _changes("deploy", "model"),
+    "platform.undeploy": _changes("undeploy", "model"),
+    "platform.rollback": _changes("roll back", "model"),
     "jobs.pause": _changes("pause", "schedule", "schedule_id"),
     "jobs.resume": _changes("resume", "schedule", "schedule_id"),
     "jobs.unschedule": _changes("unschedule", "schedule", "schedule_id"),
-    "monitor.set_thresholds": _changes("change the thresholds of", "thresholds", "model"),
+    "monitor.set_thresholds": _changes("change the thresholds of", "model", "model"),
     "monitor.schedule": _changes("schedule monitoring of", "model", "model"),
     "experiments.start": _changes("start an experiment on", "model", "model"),
     "experiments.conclude": _changes("conclude", "experiment"),

@@ -50,7 +50,7 @@ class Ownership:
         """Whether ``kind`` ``name`` is kept to its team."""
         if kind == "feature_view":
             return bool(getattr(self.platform.features.registry.get_view(name), "private", False))
-        if kind in ("model", "deployment", "thresholds"):
+        if kind == "model":
             return self.platform.models.private(name)
         return False
 
@@ -82,9 +82,6 @@ class Ownership:
 
     def _experiment(self, name: str) -> str:
         return self._model(self.platform.experiments.model_of(name))
-
-    _deployment = _model
-    _thresholds = _model
 
 
 def _team_of(view: Any) -> str:

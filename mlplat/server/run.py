@@ -45,15 +45,26 @@ def address(host: str | None, port: int | None) -> tuple[str, int]:
 
 
 def serve(host: str, port: int, auth: Authenticator, **overrides: Any) -> None:
-    """Run the server until interrupted, on an embedded platform of this install's settings."""
+    """Run the server until interrupted, on an embedded platform of this install's settings, with MLflow behind
+    it at ``/mlflow`` (:mod:`mlplat.server.mlflow_proxy`)."""
     import uvicorn
 
+    from mlplat.config import load_settings
     from mlplat.platform import Platform
     from mlplat.server.app import PlatformServer
+    from mlplat.server.mlflow_proxy import MlflowProxy, start_backing
+    from mlplat.server.permissions import Ownership
 
-    platform = Platform.open(server_url="", **overrides)  # the server itself holds the stores
+    # The backing MLflow server holds the tracking store and serves the artifacts. The server's own platform uses
+    # MLflow through it too: models logged through the proxy live at mlflow-artifacts:/ URIs, which only an MLflow
+    # server resolves.
+    tracking, backing = start_backing(load_settings(server_url="", **overrides))
+    platform = Platform.open(server_url="", **{**overrides, "tracking": tracking})  # the server holds the stores
+    mlflow = MlflowProxy(tracking, auth, Ownership(platform))
     try:
-        uvicorn.run(PlatformServer(platform, auth).app, host=host, port=port, log_level="warning",
-                    timeout_keep_alive=75)
+        uvicorn.run(PlatformServer(platform, auth, extra_routes=mlflow.routes()).app, host=host, port=port,
+                    log_level="warning", timeout_keep_alive=75)
     finally:
         platform.close()
+        if backing is not None:
+            backing.stop()

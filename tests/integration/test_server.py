@@ -131,9 +131,9 @@ def test_another_team_cannot_promote_archive_or_deploy_bobs_model(connect, backe
     version = bob.models.get("bobs", alias="challenger").version
     refused(lambda: alice.models.promote("bobs", force=True, reason="mine now"), "promote", "model", "bobs", "b")
     refused(lambda: alice.models.archive("bobs", version), "archive", "model", "bobs", "b")
-    refused(lambda: alice.deploy("bobs", version), "deploy", "deployment", "bobs", "b")
+    refused(lambda: alice.deploy("bobs", version), "deploy", "model", "bobs", "b")
     refused(lambda: alice.monitor.set_thresholds("bobs", p99_ms=1.0), "change the thresholds of",
-            "thresholds", "bobs", "b")
+            "model", "bobs", "b")
     assert bob.models.promote("bobs", force=True, reason="first champion").version == version
     assert bob.monitor.set_thresholds("bobs", p99_ms=50.0).p99_ms == 50.0
     assert [e.who for e in bob.audit.entries(kind="model", obj="bobs", action="promoted")] == ["bob"]
@@ -216,7 +216,7 @@ def test_bob_deploys_everyone_predicts_only_bob_undeploys(connect, backend):
         served = alice.predict("bobs", rows)  # features read straight from Redis, the model over gRPC
         assert served.outputs.shape[0] == 2
         assert (served.outputs == backend.predict("bobs", rows).outputs).all()
-        refused(lambda: alice.undeploy("bobs"), "undeploy", "deployment", "bobs", "b")
+        refused(lambda: alice.undeploy("bobs"), "undeploy", "model", "bobs", "b")
         bob.undeploy("bobs")
         assert "bobs" not in [d.name for d in alice.deployments()]
     finally:
