@@ -27,9 +27,12 @@ class MlflowService(EmbeddedService):
     def command(self, port: int) -> list[str]:
         return [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", self.settings.tracking, "--default-artifact-root", self.settings.artifacts,
-            "--workers", "1",
+            "--backend-store-uri", self.settings.tracking, *self.artifact_options(), "--workers", "1",
         ]
+
+    def artifact_options(self) -> list[str]:
+        """Where new experiments keep their artifacts: the platform's artifact root, as the library itself does."""
+        return ["--default-artifact-root", self.settings.artifacts]
 
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
@@ -46,3 +49,30 @@ class MlflowService(EmbeddedService):
                 return response.status == 200
         except OSError:
             return False
+
+
+class ServedMlflow(MlflowService):
+    """The MLflow server behind ``mlplat server`` (see :mod:`mlplat.server.mlflow_proxy`), on loopback.
+
+    It serves the artifacts itself (``--serve-artifacts``, stored under the platform's artifact root), and new
+    experiments get ``mlflow-artifacts:/<experiment id>`` locations, so a client anywhere that reaches the platform
+    server loads and logs models through it. Its paths start with ``/mlflow`` as the platform server's do, so its
+    pages need no rewriting. The platform server starts (or reuses) it and stops it when it stops.
+    """
+
+    name = "served-mlflow"
+    prefix = "/mlflow"
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        return not settings.tracking.startswith(("http://", "https://"))  # a tracking server elsewhere serves itself
+
+    def command(self, port: int) -> list[str]:
+        return [*super().command(port), "--static-prefix", self.prefix]
+
+    def artifact_options(self) -> list[str]:
+        return ["--serve-artifacts", "--artifacts-destination", self.settings.artifacts,
+                "--default-artifact-root", "mlflow-artifacts:/"]
+
+    def url(self, port: int) -> str:
+        return super().url(port) + self.prefix  # its health check then finds {prefix}/health
