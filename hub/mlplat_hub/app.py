@@ -17,6 +17,7 @@ from mlplat.config import Settings
 from mlplat.errors import HubError, ServiceError
 from mlplat.services import EmbeddedService, ServiceState
 from mlplat_hub.options import PREFIX, HubOptions
+from mlplat_hub.services import running_server_url
 
 
 class HubService(EmbeddedService):
@@ -57,6 +58,7 @@ class RunningHub:
     pid: int
     password: str
     users: tuple[str, ...] | None  # None: any user name
+    server_url: str | None = None  # server mode: where `mlplat server` answers (MLPLAT_SERVER_URL)
 
 
 def start_hub(settings: Settings, ip: str = "127.0.0.1", port: int | None = None) -> RunningHub:
@@ -69,7 +71,7 @@ def start_hub(settings: Settings, ip: str = "127.0.0.1", port: int | None = None
             state = service.ensure()
         except ServiceError as exc:  # its message ends "run `mlplat up` again"
             raise HubError(str(exc).replace("`mlplat up`", "`mlplat hub`")) from None
-    return RunningHub(state.url, state.pid, options.login_password(), options.users)
+    return RunningHub(state.url, state.pid, options.login_password(), options.users, running_server_url(options))
 
 
 def stop_hub(settings: Settings) -> bool:

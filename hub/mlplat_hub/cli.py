@@ -22,3 +22,6 @@ def hub(ip: str, port: int | None, stop: bool) -> None:
     click.echo(f"hub      running  pid {running.pid}  {running.url}")
     names = ", ".join(running.users) if running.users else "any user name"
     click.echo(f"login    {names}, password {running.password}")
+    if running.server_url:
+        click.echo(f"server   {running.server_url}  (MLPLAT_SERVER_URL; MLPLAT_SERVER_TOKEN: a token from "
+                   f"{running.url}hub/token)")

@@ -8,6 +8,7 @@ and stops it on shutdown. Each grants the least its work needs.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,20 @@ def server_url(options: HubOptions) -> str:
     if options.mode == "kubernetes":
         return (options.server_url or SERVER_CLUSTER_URL).rstrip("/")
     return options.server_url or f"http://127.0.0.1:{kept_port(_ports(options), SERVER)}"
+
+
+def running_server_url(options: HubOptions) -> str | None:
+    """Where the local hub's ``mlplat server`` listens, as recorded when the hub started (None: not in server
+    mode, or never started); unlike :func:`server_url` it chooses no port."""
+    if not options.server or options.mode == "kubernetes":
+        return server_url(options) if options.server else None
+    if options.server_url:
+        return options.server_url
+    try:
+        port = json.loads(_ports(options).read_text()).get(SERVER)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"http://127.0.0.1:{port}" if isinstance(port, int) else None
 
 
 def _server(options: HubOptions, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:

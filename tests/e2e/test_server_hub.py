@@ -15,9 +15,11 @@ from datetime import timedelta
 import httpx
 import psutil
 import pytest
-from hubs import running_hub, user_token
+from click.testing import CliRunner
+from hubs import hub_environment, running_hub, user_token
 
 import mlplat
+from mlplat.cli import main
 from mlplat.errors import NotAuthenticated, PermissionDenied
 from mlplat.features.definitions import Entity, FeatureView, Field
 from mlplat.remote.client import ServerClient
@@ -100,6 +102,12 @@ def test_the_server_is_a_hub_service_and_only_workspaces_are_sent_to_it(hub, url
     (scheduler,) = _processes(hub, "mlplat.cli scheduler")
     assert "MLPLAT_SERVER_URL" not in scheduler.environ()  # the hub's other services stay embedded
     assert alice_workspace["JUPYTERHUB_API_TOKEN"]
+
+
+def test_mlplat_hub_says_where_the_server_answers(hub, url):
+    shown = CliRunner().invoke(main, ["hub"], env={**hub_environment(hub.home), **HUB})
+    assert shown.exit_code == 0, shown.output
+    assert f"server   {url}  (MLPLAT_SERVER_URL; MLPLAT_SERVER_TOKEN: a token from {hub.url}hub/token)" in shown.output
 
 
 def test_the_servers_hub_token_reads_users_groups_and_roles_and_no_more(hub):
