@@ -210,7 +210,7 @@ def test_bob_deploys_everyone_predicts_only_bob_undeploys(connect, backend):
         pytest.skip("no Triton: `make triton` creates it")
     alice, bob = connect("alice"), connect("bob")
     try:
-        deployment = bob.deploy("bobs", bob.models.get("bobs", alias="challenger").version)
+        deployment = bob.deploy("bobs", bob.models.versions("bobs")[0].version)
         assert deployment.status == "READY"
         rows = [{"driver_id": 1}, {"driver_id": 2}]
         served = alice.predict("bobs", rows)  # features read straight from Redis, the model over gRPC
