@@ -21,11 +21,11 @@ MLPLAT_HUB_TEAM_CLAIM      PersistentVolumeClaim holding the team folders (kuber
 MLPLAT_HUB_SERVICE_HOST    host the proxy reaches hub services at                       127.0.0.1; kubernetes: hub
 MLPLAT_HUB_SERVER          ``1``: server mode, ``mlplat server`` judges every change    0
                            and workspaces send it their calls (``MLPLAT_SERVER_URL``)
-MLPLAT_HUB_SERVER_URL      where workspaces reach ``mlplat server`` (kubernetes: its     http://mlplat-server:8585
+MLPLAT_HUB_SERVER_URL      where workspaces reach ``mlplat server`` (kubernetes: its    http://mlplat-server:8585
                            Service); local: a loopback port kept across restarts
-MLPLAT_HUB_SERVER_TOKEN    API token of the ``mlplat-server`` service (kubernetes,       required there
+MLPLAT_HUB_SERVER_TOKEN    API token of the ``mlplat-server`` service (kubernetes,      required there
                            where the server runs as its own Deployment)
-MLPLAT_HUB_TEAM_ROLES      roles in teams as YAML ``{team-b: {carol: viewer}}``; the     editor for every member
+MLPLAT_HUB_TEAM_ROLES      roles in teams as YAML ``{team-b: {carol: viewer}}``; the    editor for every member
                            key ``"*"`` sets the team's default (viewer/editor/owner)
 MLPLAT_HUB_ADMINS          platform admins (group ``mlplat-admins``), comma-separated   none
 =========================  ==========================================================  ==========================
