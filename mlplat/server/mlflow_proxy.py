@@ -40,7 +40,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from starlette.background import BackgroundTask
@@ -82,6 +82,11 @@ class Rule:
     target: str
     role: str = "editor"
     tag: str = ""
+    source: str = "body"  # where ``target`` is: the JSON body (as MLflow reads it), the query, or the path
+
+    def __post_init__(self) -> None:
+        if self.kind in ("artifacts", "logged_model"):
+            object.__setattr__(self, "source", "path")
 
 
 def _on(kind: str, target: str, **actions: str) -> dict[tuple[str, str], Rule]:
@@ -122,7 +127,7 @@ MUTATIONS: dict[tuple[str, str], Rule] = {
         "POST 2.0/mlflow/runs/set-tag": "tag",
         "POST 2.0/mlflow/runs/delete-tag": "untag",
     }),
-    ("POST", "2.0/mlflow/upload-artifact"): Rule("upload an artifact to", "run", "run_uuid"),  # the UI's upload
+    ("POST", "2.0/mlflow/upload-artifact"): Rule("upload an artifact to", "run", "run_uuid", source="query"),  # UI
     # logged models (MLflow 3): the team of their experiment
     **_on("logged_model", "model_id", **{
         "PATCH 2.0/mlflow/logged-models/{model_id}": "finalize",
@@ -230,6 +235,8 @@ class MlflowProxy:
     # -- a request -----------------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
         path = request.url.path[len(PREFIX):] or "/"
+        if any(part in (".", "..") for part in path.split("/")):  # judged as written, forwarded as written
+            return mlflow_error(400, "INVALID_PARAMETER_VALUE", "A path with '.' or '..' parts is not forwarded.")
         if path == "/health" and request.method in ("GET", "HEAD"):  # liveness, without a token (as /api/v1/health)
             return await self._forward(request, path, None)
         if request.method == "GET" and "token" in request.query_params and endpoint(path) in ("", "/"):
@@ -251,11 +258,13 @@ class MlflowProxy:
         body: bytes | None = None
         try:
             if rule is not None:
-                fields = dict(request.query_params)
-                if rule.kind != "artifacts" and rule.target not in fields and rule.target not in parts:
+                if rule.source == "path":
+                    fields: dict[str, Any] = parts
+                elif rule.source == "query":
+                    fields = dict(request.query_params)
+                else:  # MLflow reads a POST, PATCH or DELETE's JSON body alone: so do the rules
                     body = await self._json_body(request)
-                    fields.update(_json_fields(body))
-                fields.update(parts)
+                    fields = _json_object(body)
                 body = await self.authorize(identity, rule, fields, endpoint(path), body)
         except errors.PermissionDenied as exc:
             return mlflow_error(403, "PERMISSION_DENIED", str(exc))
@@ -306,9 +315,11 @@ class MlflowProxy:
         the body to forward (the server fills in what it decides: a new object's team, a new run's user)."""
         if rule.kind == "team":
             return self._create(identity, rule, fields, name, body)
-        target = str(fields.get(rule.target) or fields.get("run_uuid") or "")
-        if name.endswith("runs/create") and not target:
+        target = fields.get(rule.target) or (fields.get("run_uuid") if rule.kind == "run" else None)  # as MLflow
+        if not target and name.endswith("runs/create"):
             target = "0"  # MLflow's Default experiment
+        if not target or not isinstance(target, str):
+            raise errors.InvalidArgument(f"The request needs {rule.target!r}, a string.")
         team = await self.team_of(rule.kind, target)
         if team is None:  # no such object: MLflow says so
             return body
@@ -387,7 +398,10 @@ class MlflowProxy:
             headers.append(("content-length", str(len(body))))
         elif "content-length" in request.headers:
             headers.append(("content-length", request.headers["content-length"]))
-        url = f"{self.upstream}{path}"
+        # The path as the client wrote it (its %-escapes kept): MLflow decodes it as the rules did (httpx given the
+        # decoded path would re-encode it and resolve any "..").
+        raw = request.scope.get("raw_path") or b""
+        url = self.upstream + (raw[len(PREFIX):].decode("latin-1") if raw.startswith(PREFIX.encode()) else quote(path))
         if request.url.query:
             url += f"?{request.url.query}"
         outgoing = self.http.build_request(request.method, url, headers=headers, content=content)
@@ -415,10 +429,6 @@ def _json_object(body: bytes | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise errors.InvalidArgument("The request's body is not a JSON object.")
     return data
-
-
-def _json_fields(body: bytes | None) -> dict[str, Any]:
-    return {k: v for k, v in _json_object(body).items() if isinstance(v, (str, int, float))}
 
 
 def _with_user(body: bytes | None, identity: Identity) -> bytes:

@@ -272,3 +272,54 @@ def test_a_client_elsewhere_loads_bobs_model_through_the_server(server, bobs_mod
     done = subprocess.run([sys.executable, "-c", script], input=ROWS.to_json(orient="columns"), env=env,
                           cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "UNAUTHENTICATED" in done.stderr
+
+
+def test_the_rules_judge_what_mlflow_will_do(server, bobs_model, as_user):
+    """No way around the rules: MLflow reads a POST/DELETE's body alone, resolves no '..', and decodes the path."""
+    alice = as_user("alice")
+    mine = alice.create_experiment("alice-tricks")
+    alice.create_registered_model("alices-model")
+    assert alice.get_registered_model("alices-model").tags == {"mlplat.team": "a"}
+    # a query naming her own model does not cover a body naming bob's
+    answer = httpx.request("DELETE", f"{server[0]}/mlflow/api/2.0/mlflow/registered-models/delete",
+                           params={"name": "alices-model"}, json={"name": "bobs-model"},
+                           headers={"Authorization": "Bearer alice-token"})
+    assert answer.status_code == 403
+    # a path through her own experiment's folder into bob's
+    theirs = bobs_model["experiment_id"]
+    for path in (f"{mine}/%2E%2E/{theirs}/planted.txt", f"{mine}/%2e%2e%2f{theirs}/planted.txt",
+                 f"{mine}/..%2F{theirs}/planted.txt"):
+        answer = httpx.put(f"{server[0]}/mlflow/api/2.0/mlflow-artifacts/artifacts/{path}", content=b"planted",
+                           headers={"Authorization": "Bearer alice-token"})
+        assert answer.status_code in (400, 403), (path, answer.status_code, answer.text)
+    stored = Path(server[1].settings.artifacts.removeprefix("file://"))
+    assert not list(stored.rglob("planted.txt"))
+    # a folder no experiment has yet: nobody but admins writes there
+    answer = httpx.put(f"{server[0]}/mlflow/api/2.0/mlflow-artifacts/artifacts/999/planted.txt", content=b"x",
+                       headers={"Authorization": "Bearer alice-token"})
+    assert answer.status_code == 403 and "belongs to no team" in answer.json()["message"]
+    # what the server decides is not the client's to say: a run's user
+    answer = rest(server, "POST", "runs/create", "alice", experiment_id=mine, user_id="bob",
+                  tags=[{"key": "mlflow.user", "value": "bob"}])
+    run = alice.get_run(answer.json()["run"]["info"]["run_id"])
+    assert (run.info.user_id, run.data.tags["mlflow.user"]) == ("alice", "alice")
+    # parts of MLflow the server does not judge are for admins
+    answer = rest(server, "POST", "webhooks", "alice", name="leak", url="http://example.com", events=[])
+    assert answer.status_code == 403 and "only platform admins may" in answer.json()["message"]
+
+
+def test_the_ui_logs_in_once_with_a_token(server):
+    with httpx.Client(base_url=server[0]) as browser:
+        assert browser.get("/mlflow/?token=wrong").status_code == 401
+        answer = browser.get("/mlflow/?token=alice-token")
+        assert answer.status_code == 303 and answer.headers["location"] == "/mlflow/"
+        assert "httponly" in answer.headers["set-cookie"].lower() and "samesite=strict" in \
+            answer.headers["set-cookie"].lower()
+        page = browser.get("/mlflow/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        found = browser.post("/mlflow/ajax-api/2.0/mlflow/experiments/search", json={"max_results": 10},
+                             headers={"Origin": server[0]})
+        assert found.status_code == 200 and "experiments" in found.json()
+        elsewhere = browser.post("/mlflow/ajax-api/2.0/mlflow/experiments/create", json={"name": "csrf"},
+                                 headers={"Origin": "http://evil.example"})
+        assert elsewhere.status_code == 401
