@@ -3,7 +3,8 @@
 an admin token.
 
 Each is a JupyterHub *managed* service: the hub starts it, restarts it if it dies
-and stops it on shutdown. Each grants the least its work needs.
+and stops it on shutdown (but ``mlplat server`` on Kubernetes, a Deployment of its own
+the hub knows by its token). Each grants the least its work needs.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ def server_url(options: HubOptions) -> str:
 def running_server_url(options: HubOptions) -> str | None:
     """Where the local hub's ``mlplat server`` listens, as recorded when the hub started (None: not in server
     mode, or never started); unlike :func:`server_url` it chooses no port."""
-    if not options.server or options.mode == "kubernetes":
-        return server_url(options) if options.server else None
-    if options.server_url:
-        return options.server_url
+    if not options.server:
+        return None
+    if options.mode == "kubernetes" or options.server_url:
+        return server_url(options)
     try:
         port = json.loads(_ports(options).read_text()).get(SERVER)
     except (OSError, ValueError, AttributeError):
