@@ -16,7 +16,7 @@ from typing import Any
 
 from mlplat.clock import SYSTEM_CLOCK, Clock
 from mlplat.config import Settings, load_settings
-from mlplat.errors import ConfigError
+from mlplat.errors import ConfigError, JobError
 from mlplat.features.store import FeatureStore
 from mlplat.platform import Platform
 from mlplat.registry.models import ModelRegistry
@@ -50,6 +50,17 @@ class ServerRegistry:
 
     def __init__(self, server: ServerClient, audit: ServerAudit):
         self._server, self.audit = server, audit
+
+
+class ServerJobs(RemotePart):
+    """Notebook jobs in server mode: schedules and history on the server; a run is scheduled, not run here."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise JobError("In server mode a notebook job runs through the platform's scheduler: "
+                       "p.jobs.schedule(notebook, cron) (it runs as you, recorded in p.jobs.history()); to run a "
+                       "notebook now in this workspace, use papermill directly.")
+
+    rerun = run
 
 
 class ServerModePlatform(Platform):
@@ -98,7 +109,7 @@ class ServerModePlatform(Platform):
 
     @cached_property
     def jobs(self):
-        return RemotePart(self.server, "jobs", "Notebook jobs, run and scheduled by the platform server.")
+        return ServerJobs(self.server, "jobs", "Notebook jobs, scheduled through the platform server.")
 
     @cached_property
     def monitor(self):
