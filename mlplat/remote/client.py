@@ -36,7 +36,7 @@ class ServerClient:
     def __init__(self, url: str, token: str, timeout: float = 600.0):
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
-                                  headers={"Authorization": f"token {token}"})
+                                  headers={"Authorization": f"token {token}"} if token else {})
 
     def whoami(self) -> dict[str, Any]:
         """The identity the server sees: name, roles per team, admin, default team."""

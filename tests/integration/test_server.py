@@ -20,6 +20,7 @@ from mlplat.errors import InvalidArgument, NotAuthenticated, PermissionDenied
 from mlplat.features.definitions import Entity, FeatureView, Field
 from mlplat.identity import Identity, acting_as
 from mlplat.remote import protocol
+from mlplat.remote.client import ServerClient
 from mlplat.remote.platform import ServerModePlatform
 from mlplat.server.authentication import LocalAuthenticator
 
@@ -247,3 +248,8 @@ def test_what_a_team_keeps_private_only_its_members_and_admins_see(connect, bobs
     finally:
         bob.models.set_private("bobs", False)
     assert alice.models.versions("bobs")
+
+
+def test_an_empty_token_is_refused_as_one(url):
+    with pytest.raises(NotAuthenticated, match="No token|Unknown token"):
+        ServerClient(url, "").whoami()
