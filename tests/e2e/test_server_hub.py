@@ -15,14 +15,19 @@ from datetime import timedelta
 import httpx
 import psutil
 import pytest
+from browser import SLOW, chromium, log_in_to_hub, needs_chromium, screenshot, wait_for_lab
 from click.testing import CliRunner
 from hubs import hub_environment, running_hub, user_token
+from labs import disable_announcements, write_notebook
+from platforms import demo_platform
 
 import mlplat
 from mlplat.cli import main
 from mlplat.errors import NotAuthenticated, PermissionDenied
 from mlplat.features.definitions import Entity, FeatureView, Field
+from mlplat.identity import Identity, acting_as
 from mlplat.remote.client import ServerClient
+from mlplat_hub.workspaces import user_folder
 
 HUB = {"MLPLAT_HUB_SERVER": "1", "MLPLAT_HUB_TEAMS": "{a: [alice], b: [bob, carol]}",
        "MLPLAT_HUB_TEAM_ROLES": "{b: {carol: viewer}}", "MLPLAT_HUB_ADMINS": "dana",
@@ -42,8 +47,24 @@ def hub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alice_workspace(hub):
-    """alice's running workspace: its environment is what every workspace gets."""
+    """alice's running workspace (a notebook in it, Lab without news prompts): its environment is what every
+    workspace gets."""
+    folder = user_folder(hub.root, "alice")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_notebook(folder / "mine.ipynb", "x = 1")
+    disable_announcements(folder / ".jupyter")
     return psutil.Process(hub.spawn("alice", "cpu-small")["state"]["pid"]).environ()
+
+
+@pytest.fixture(scope="module")
+def bobs_model(hub):
+    """bob's model "bobs", version 1, trained on the demo's features and registered in team b."""
+    p = demo_platform(hub.home, drivers=30, customers=5, days=3, trips=300, profiles=False)
+    with acting_as(Identity("bob", {"b": "editor"})):
+        p.train("sklearn.ensemble.HistGradientBoostingClassifier", features=["driver_stats:rating"], entity_df=p.labels,
+                target="completed", name="bobs", params={"max_iter": 5}, split={"by": "random", "test_size": 0.3})
+    p.close()
+    return "bobs"
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +208,28 @@ def test_a_workspace_connects_in_server_mode_as_its_user(hub, url):
     assert seen["type"] == "ServerModePlatform" and seen["url"] == url
     assert (seen["user"], seen["team"]) == ("alice", "a")
     assert "rider_stats" in seen["views"]
+
+
+REFUSAL = "alice may not deploy model 'bobs' of team 'b': that needs editor in 'b'"
+
+
+def test_the_lab_api_answers_403_when_alice_deploys_bobs_model(hub, url, tokens, bobs_model):
+    answer = httpx.post(f"{hub.url}user/alice/mlplat/api/deploy", json={"name": bobs_model, "version": "1"},
+                        headers={"Authorization": f"token {tokens['alice']}"}, timeout=120)
+    assert answer.status_code == 403 and answer.json()["message"].startswith(REFUSAL), answer.text
+
+
+@needs_chromium
+def test_the_deploy_button_on_bobs_model_shows_alice_the_refusal(hub, url, bobs_model):
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        log_in_to_hub(page, hub.url, "alice", hub.password, then="/user/alice/lab/tree/mine.ipynb?reset")
+        wait_for_lab(page)
+        page.locator(".jp-NotebookPanel-toolbar .mlplat-deploy").click()
+        form = page.locator(".jp-Dialog .mlplat-form")
+        form.locator("select").first.select_option(bobs_model)
+        page.locator(".jp-Dialog button.jp-mod-accept").click()
+        failed = page.locator(".jp-Dialog", has_text="Deploy failed")
+        failed.wait_for(timeout=SLOW)
+        screenshot(page, "server-deploy-refused")
+        assert REFUSAL in failed.inner_text()
