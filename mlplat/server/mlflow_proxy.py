@@ -169,6 +169,12 @@ READS = {
     "3.0/mlflow/traces/batchGetInfos", "3.0/mlflow/traces/metrics", "3.0/mlflow/traces/calculate-filter-correlation",
     "3.0/mlflow/datasets/search", "3.0/mlflow/issues/search", "3.0/mlflow/ui-telemetry", "graphql",
 }
+# Reads of one registered model, by the field naming it ("name"): refused when the model is private to another team
+# (``p.models.set_private``), as the platform's own reads are. Lists (and the UI's GraphQL) leave such models out.
+MODEL_READS = {"2.0/mlflow/registered-models/get", "2.0/mlflow/registered-models/get-latest-versions",
+               "2.0/mlflow/registered-models/alias", "2.0/mlflow/model-versions/get",
+               "2.0/mlflow/model-versions/get-download-uri", "model-versions/get-artifact"}
+MODEL_LISTS = {"2.0/mlflow/registered-models/search", "2.0/mlflow/model-versions/search", "graphql"}
 # Parts of MLflow that hold secrets or run things for the whole install: admins only, reads too.
 ADMIN_ONLY = ("3.0/mlflow/gateway/", "2.0/mlflow/gateway-proxy", "2.0/mlflow/webhooks", "3.0/mlflow/workspaces",
               "3.0/mlflow/assistant", "3.0/jobs", "3.0/mlflow/secrets", "gateway/", "v1/traces", "mcp")
@@ -256,7 +262,16 @@ class MlflowProxy:
                     "platform admins may. See mlplat.server.mlflow_proxy for what it allows."))
             rule, parts = None, {}
         body: bytes | None = None
+        lists_models = rule is None and endpoint(path) in MODEL_LISTS and not identity.admin
         try:
+            if rule is None and endpoint(path) in MODEL_READS and not identity.admin:
+                if request.method == "GET":
+                    model = request.query_params.get("name")
+                else:
+                    body = await self._json_body(request)
+                    model = _json_object(body).get("name")
+                if isinstance(model, str):
+                    await run_in_threadpool(self._refuse_hidden, identity, model)
             if rule is not None:
                 if rule.source == "path":
                     fields: dict[str, Any] = parts
@@ -272,7 +287,7 @@ class MlflowProxy:
             return mlflow_error(400, "INVALID_PARAMETER_VALUE", str(exc))
         except errors.MlplatError as exc:
             return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", str(exc))
-        return await self._forward(request, path, body)
+        return await self._forward(request, path, body, identity if lists_models else None)
 
     async def _identify(self, request: Request) -> Identity:
         from mlplat.server.app import token_of
@@ -352,6 +367,34 @@ class MlflowProxy:
         data.pop("artifact_location", None)  # the served root decides: mlflow-artifacts:/<experiment id>
         return json.dumps(data).encode()
 
+    def _refuse_hidden(self, identity: Identity, model: str) -> None:
+        if self.ownership.hidden(identity, "model", model):
+            require(identity, "viewer", "read", "model", model, self.ownership.team("model", model))
+
+    def visible(self, identity: Identity, answer: Any) -> Any:
+        """``answer`` (MLflow's JSON) without the registered models and versions private to teams ``identity`` is
+        not in: objects with a ``name`` and a ``version``, ``latest_versions`` or ``creation_timestamp``."""
+        hidden: dict[str, bool] = {}
+
+        def shown(item: Any) -> bool:
+            if not (isinstance(item, dict) and isinstance(item.get("name"), str)
+                    and {"version", "latest_versions", "latestVersions", "creation_timestamp",
+                         "creationTimestamp"} & item.keys()):
+                return True
+            name = item["name"]
+            if name not in hidden:
+                hidden[name] = self.ownership.hidden(identity, "model", name)
+            return not hidden[name]
+
+        def walk(value: Any) -> Any:
+            if isinstance(value, list):
+                return [walk(item) for item in value if shown(item)]
+            if isinstance(value, dict):
+                return {key: walk(item) for key, item in value.items()}
+            return value
+
+        return walk(answer)
+
     async def team_of(self, kind: str, target: str) -> str | None:
         """The team owning ``kind`` ``target`` ("" for none), or None when there is no such object."""
         if kind == "model":
@@ -391,7 +434,10 @@ class MlflowProxy:
         return answer.json()
 
     # -- forwarding ------------------------------------------------------------------------------------------
-    async def _forward(self, request: Request, path: str, body: bytes | None) -> Response:
+    async def _forward(self, request: Request, path: str, body: bytes | None,
+                       filtered_for: Identity | None = None) -> Response:
+        """Send the request on to MLflow and stream its answer back (an answer listing models, ``filtered_for``
+        an identity: read whole, without what is private to teams they are not in)."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED]
         content: Any = body if body is not None else request.stream()
         if body is not None:
@@ -415,6 +461,16 @@ class MlflowProxy:
         back = [(k, v) for k, v in answer.headers.multi_items()
                 if k.lower() not in _HOP_BY_HOP or k.lower() == "content-length"]
         back = [(k, v.replace(self.origin, "", 1) if k.lower() == "location" else v) for k, v in back]
+        if filtered_for is not None and answer.status_code == 200 and \
+                answer.headers.get("content-type", "").startswith("application/json"):
+            try:
+                data = json.loads(await answer.aread())
+            finally:
+                await answer.aclose()
+            shown = await run_in_threadpool(self.visible, filtered_for, data)
+            return JSONResponse(shown, headers={k: v for k, v in back if k.lower() not in ("content-length",
+                                                                                         "content-type",
+                                                                                         "content-encoding")})
         response = StreamingResponse(answer.aiter_raw(), status_code=answer.status_code,
                                      background=BackgroundTask(answer.aclose))
         response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in back]

@@ -325,6 +325,27 @@ def test_the_ui_logs_in_once_with_a_token(server):
         assert elsewhere.status_code == 401
 
 
+def test_a_private_model_is_kept_to_its_team(server, bobs_model, as_user):
+    bob = as_user("bob")
+    bob.create_registered_model("bobs-secret")
+    bob.create_model_version("bobs-secret", bobs_model["model_uri"], run_id=bobs_model["run_id"],
+                             model_id=bobs_model["model_uri"].removeprefix("models:/"))
+    bob.set_registered_model_tag("bobs-secret", "mlplat.private", "true")  # as p.models.set_private does
+    assert server[1].models.private("bobs-secret")
+    alice = as_user("alice")
+    refused(lambda: alice.get_registered_model("bobs-secret"),
+            "alice may not read model 'bobs-secret' of team 'b': that needs viewer in 'b'")
+    refused(lambda: alice.get_model_version("bobs-secret", "1"), "may not read model 'bobs-secret'")
+    refused(lambda: alice.get_model_version_download_uri("bobs-secret", "1"), "may not read model 'bobs-secret'")
+    assert "bobs-secret" not in {m.name for m in alice.search_registered_models()}
+    assert "bobs-model" in {m.name for m in alice.search_registered_models()}
+    assert not alice.search_model_versions("name='bobs-secret'")
+    assert {v.name for v in alice.search_model_versions()} >= {"bobs-model"}
+    for who in ("bob", "root"):
+        assert {m.name for m in as_user(who).search_registered_models()} >= {"bobs-secret", "bobs-model"}
+        assert as_user(who).get_model_version("bobs-secret", "1").version == "1"
+
+
 @pytest.fixture
 def alice_workspace(server, monkeypatch):
     """alice's SDK in server mode (a workspace), on the server's stores."""
