@@ -187,7 +187,11 @@ def _tagged(data: dict[str, Any], blobs: list[memoryview], objects: bool) -> Any
         from mlplat.features.definitions import Entity, FeatureView
 
         spec = _value(payload, blobs, objects)
-        return FeatureView.from_dict(spec) if tag == "$view" else Entity(**spec)
+        try:
+            return FeatureView.from_dict(spec) if tag == "$view" else Entity(**spec)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"A feature definition in the message is malformed ({exc!r}); send the Entity "
+                                  "or FeatureView itself.") from None
     if tag in ("$object", "$list") and objects:
         cls = _mlplat_class(payload)
         if tag == "$list":

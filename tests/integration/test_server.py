@@ -190,11 +190,17 @@ def test_no_token_or_a_wrong_one_gets_nothing(url, backend):
 
 def test_garbage_is_refused_and_the_server_goes_on(url):
     for body in (b"", b"\x00" * 3, b"\x00\x00\x00\x00\x00\x00\x00\x05[1,2", json.dumps({"args": []}).encode(),
-                 protocol.encode({"args": [{"$object": "os:system", "fields": {}}], "kwargs": {}})):
+                 _raw({"args": [{"$object": "os:system", "fields": {"command": "touch /tmp/owned"}}]}),
+                 _raw({"args": [{"$frame": 7}]}), _raw({"args": [{"$view": {"name": 1}}]})):
         answer = httpx.post(f"{url}/api/v1/call/features.list_views", content=body,
                             headers={"Authorization": "token alice-token"})
         assert answer.status_code == 400, body
     assert httpx.get(f"{url}/api/v1/health").json() == {"status": "ok"}
+
+
+def _raw(head) -> bytes:
+    data = json.dumps(head).encode()
+    return len(data).to_bytes(8, "big") + data
 
 
 def _rows():
