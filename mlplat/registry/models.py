@@ -206,7 +206,10 @@ class ModelRegistry:
             tags = {"mlplat.features": json.dumps(features), "mlplat.training_set_fingerprint": fingerprint,
                     "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features})),
                     "mlplat.owner": self.audit.user, TEAM_TAG: self.audit.team}
-            version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
+            # A models:/ URI names a logged model, which an MLflow server wants named as model_id too.
+            model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
+            version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
+                                                      model_id=model_id).version)
             client.set_registered_model_alias(name, CHALLENGER, version)
         self.audit.record("model", name, "registered", version, run_id=run_id, features=features)
         return version
