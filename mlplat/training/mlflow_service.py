@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import urllib.request
 
@@ -76,3 +77,7 @@ class ServedMlflow(MlflowService):
 
     def url(self, port: int) -> str:
         return super().url(port) + self.prefix  # its health check then finds {prefix}/health
+
+    def environment(self) -> dict[str, str]:
+        # No job runner (eight huey workers running prompt optimisations and judges): nothing mlplat serves uses it.
+        return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

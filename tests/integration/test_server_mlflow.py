@@ -381,10 +381,6 @@ def test_training_in_a_workspace_logs_to_the_servers_mlflow(server, alice_worksp
     assert model.metadata.run_id == result.run_id
 
 
-@pytest.mark.xfail(reason="mlplat/registry/models.py ModelRegistry.register calls create_model_version(name, "
-                          "'models:/m-...', run_id=...) without model_id=, which an MLflow server refuses ('The "
-                          "model_id request parameter must identify the resource that contains the source'); pass "
-                          "model_id=model_uri.removeprefix('models:/') for a models:/ URI", strict=False)
 def test_a_model_trained_in_a_workspace_is_registered_through_the_server(server, alice_workspace, monkeypatch):
     url, backend = server
     result = train(alice_workspace, backend, "alices-trained", register=True)
