@@ -12,7 +12,10 @@ artifact never sits in the server's memory. MLflow's own client needs only::
 else 401. Who may do what, in :data:`MUTATIONS` below (endpoint -> rule), in the platform's terms
 (:mod:`mlplat.server.permissions`):
 
-- reading (every ``GET``, and the ``POST`` searches in :data:`READS`) is open to every authenticated user;
+- reading (every ``GET``, and the ``POST`` searches in :data:`READS`) is open to every authenticated user, except
+  a registered model its team keeps private (``p.models.set_private``: its ``mlplat.private`` tag): others are
+  refused its reads (:data:`MODEL_READS`) and do not find it or its versions in lists. (The runs and artifacts of
+  its experiment stay readable by id: keep what must not be seen out of shared experiments.)
 - an experiment belongs to the team in its ``mlplat.team`` tag, which the server sets when it is created (the
   creator's team, or the one the tag asks for if they are an editor there); its runs, logged models and artifacts
   belong to its team. Creating, changing, deleting, and logging to a run of it needs ``editor`` in that team;
@@ -439,7 +442,8 @@ class MlflowProxy:
         """Send the request on to MLflow and stream its answer back (an answer listing models, ``filtered_for``
         an identity: read whole, without what is private to teams they are not in)."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED]
-        content: Any = body if body is not None else request.stream()
+        streams = "content-length" in request.headers or "transfer-encoding" in request.headers
+        content: Any = body if body is not None else request.stream() if streams else None
         if body is not None:
             headers.append(("content-length", str(len(body))))
         elif "content-length" in request.headers:
