@@ -119,6 +119,26 @@ def bobs_model(server):
             "predictions": model.predict_proba(ROWS)[:, 1].tolist()}
 
 
+def test_every_mlflow_endpoint_that_changes_tracking_or_the_registry_has_a_rule():
+    """An MLflow upgrade that adds such an endpoint fails here (until then it would be for admins alone)."""
+    from mlflow.server.handlers import get_endpoints
+
+    from mlplat.server.mlflow_proxy import rule_of
+
+    kept = ("experiments/", "runs/", "registered-models/", "model-versions/", "logged-models", "mlflow-artifacts/")
+    unjudged, judged = set(), set()
+    for path, _, methods in get_endpoints():
+        path = path.replace("<path:", "<").replace("<", "{").replace(">", "}")
+        for method in set(methods) - {"GET", "HEAD"}:
+            if any(part in path for part in kept) and "/2.0mlflow/" not in path:  # MLflow's own typo: no route
+                try:
+                    rule_of(method, path.removeprefix("/ajax-api").removeprefix("/api"))
+                    judged.add(f"{method} {path.removeprefix('/ajax-api').removeprefix('/api')}")
+                except PermissionError:
+                    unjudged.add(f"{method} {path}")
+    assert not unjudged and len(judged) > 40
+
+
 def rest(server, method: str, endpoint: str, who: str | None = None, **body) -> httpx.Response:
     """One call of MLflow's REST API through the server, with ``who``'s token (None: none)."""
     headers = {"Authorization": f"Bearer {who}-token"} if who else {}
