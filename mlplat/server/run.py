@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,6 +45,10 @@ def address(host: str | None, port: int | None) -> tuple[str, int]:
     return host or given.hostname or "127.0.0.1", port or given.port or 8585
 
 
+def _exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(host: str, port: int, auth: Authenticator, **overrides: Any) -> None:
     """Run the server until interrupted, on an embedded platform of this install's settings, with MLflow behind
     it at ``/mlflow`` (:mod:`mlplat.server.mlflow_proxy`)."""
@@ -61,6 +66,9 @@ def serve(host: str, port: int, auth: Authenticator, **overrides: Any) -> None:
     tracking, backing = start_backing(load_settings(server_url="", **overrides))
     platform = Platform.open(server_url="", **{**overrides, "tracking": tracking})  # the server holds the stores
     mlflow = MlflowProxy(tracking, auth, Ownership(platform))
+    # uvicorn stops on SIGTERM (the hub's, Kubernetes') and then raises it again: with the default handler that
+    # would end the process here, before the backing MLflow server is stopped below.
+    signal.signal(signal.SIGTERM, _exit)
     try:
         uvicorn.run(PlatformServer(platform, auth, extra_routes=mlflow.routes()).app, host=host, port=port,
                     log_level="warning", timeout_keep_alive=75)
