@@ -183,6 +183,9 @@ ADMIN_ONLY = ("3.0/mlflow/gateway/", "2.0/mlflow/gateway-proxy", "2.0/mlflow/web
               "3.0/mlflow/assistant", "3.0/jobs", "3.0/mlflow/secrets", "gateway/", "v1/traces", "mcp")
 
 
+_ARTIFACT_FILES = "2.0/mlflow-artifacts/artifacts/"
+
+
 def _pattern(path: str) -> re.Pattern[str]:
     regex = re.sub(r"\\\{path\\\}", "(?P<path>.+)", re.escape(path))
     return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", regex) + "$")
@@ -451,7 +454,11 @@ class MlflowProxy:
         # The path as the client wrote it (its %-escapes kept): MLflow decodes it as the rules did (httpx given the
         # decoded path would re-encode it and resolve any "..").
         raw = request.scope.get("raw_path") or b""
-        url = self.upstream + (raw[len(PREFIX):].decode("latin-1") if raw.startswith(PREFIX.encode()) else quote(path))
+        rest = raw[len(PREFIX):].decode("latin-1") if raw.startswith(PREFIX.encode()) else quote(path)
+        # Artifact downloads and uploads go to MLflow's own streaming routes, which it serves without its path prefix
+        # (ten times faster than the prefixed ones: 600 MB in 1.7 s instead of 18 s here).
+        native = request.method in ("GET", "PUT") and endpoint(path).startswith(_ARTIFACT_FILES)
+        url = (self.origin if native else self.upstream) + rest
         if request.url.query:
             url += f"?{request.url.query}"
         outgoing = self.http.build_request(request.method, url, headers=headers, content=content)
