@@ -54,12 +54,12 @@ from starlette.routing import BaseRoute, Route
 
 from mlplat import errors
 from mlplat.identity import Identity
+from mlplat.registry.models import PRIVATE_TAG, TEAM_TAG  # the same tags on experiments as on registered models
 from mlplat.server.authentication import Authenticator
 from mlplat.server.permissions import Ownership, require
 
 log = logging.getLogger("mlplat.server.mlflow")
 PREFIX = "/mlflow"  # where MLflow answers on the platform server (and on the backing server: same paths)
-TEAM_TAG = "mlplat.team"  # the owning team, on experiments and registered models (as mlplat.registry.models)
 COOKIE = "mlplat-mlflow-token"
 MAX_JSON = 64 << 20  # a JSON request the server reads to judge it (log-batch is the largest): 64 MiB
 CALLER = ""  # a rule's target for what is created in the caller's team
@@ -322,12 +322,12 @@ class MlflowProxy:
     async def _json_body(self, request: Request) -> bytes:
         if int(request.headers.get("content-length") or 0) > MAX_JSON:
             raise errors.InvalidArgument(f"The request is over {MAX_JSON >> 20} MiB; send it in parts.")
-        body = b""
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_JSON:
                 raise errors.InvalidArgument(f"The request is over {MAX_JSON >> 20} MiB; send it in parts.")
-        return body
+        return bytes(body)
 
     # -- the rules -------------------------------------------------------------------------------------------
     async def authorize(self, identity: Identity, rule: Rule, fields: dict[str, Any], name: str,
@@ -388,6 +388,10 @@ class MlflowProxy:
                          "creationTimestamp"} & item.keys()):
                 return True
             name = item["name"]
+            tags = item.get("tags")
+            if "version" not in item and isinstance(tags, list) and not any(
+                    isinstance(t, dict) and t.get("key") == PRIVATE_TAG and t.get("value") == "true" for t in tags):
+                return True  # a registered model with its tags: not private, no need to ask
             if name not in hidden:
                 hidden[name] = self.ownership.hidden(identity, "model", name)
             return not hidden[name]
