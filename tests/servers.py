@@ -17,11 +17,12 @@ from mlplat.services import free_port
 
 
 @contextmanager
-def running_server(platform: Any, authenticator: Authenticator) -> Iterator[str]:
-    """Serve ``platform`` as ``mlplat server`` does; yields its URL, stops it on exit."""
+def running_server(platform: Any, authenticator: Authenticator, extra_routes: list | None = None) -> Iterator[str]:
+    """Serve ``platform`` as ``mlplat server`` does (``extra_routes``: MLflow's, say); yields its URL, stops it on
+    exit."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(PlatformServer(platform, authenticator).app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = PlatformServer(platform, authenticator, extra_routes).app
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -37,3 +38,24 @@ def running_server(platform: Any, authenticator: Authenticator) -> Iterator[str]
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def running_server_with_mlflow(authenticator: Authenticator, **settings: Any) -> Iterator[tuple[str, Any]]:
+    """``(url, platform)``: ``mlplat server`` with MLflow behind it at ``url/mlflow``, as ``mlplat serve`` runs it,
+    on the platform of ``settings`` (which opens through the backing MLflow server, as the server's does)."""
+    import mlplat
+    from mlplat.config import load_settings
+    from mlplat.server.mlflow_proxy import MlflowProxy, start_backing
+    from mlplat.server.permissions import Ownership
+
+    tracking, backing = start_backing(load_settings(server_url="", **settings))
+    platform = mlplat.connect(server_url="", **{**settings, "tracking": tracking})
+    try:
+        routes = MlflowProxy(tracking, authenticator, Ownership(platform)).routes()
+        with running_server(platform, authenticator, routes) as url:
+            yield url, platform
+    finally:
+        platform.close()
+        if backing is not None:
+            backing.stop()

@@ -58,19 +58,24 @@ def home(tmp_path, redis_url, demo_platform, monkeypatch):
     return tmp_path
 
 
-def test_every_magic_in_a_real_kernel(home):
+def run_magics(home, cells) -> str:
+    """Run ``cells`` after a parameters cell naming the labels, in a real kernel; return what they printed."""
     import papermill
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     parameters = nbformat.v4.new_code_cell(f"LABELS = {str(home / 'labels.parquet')!r}")
     parameters.metadata["tags"] = ["parameters"]
-    nb.cells = [parameters, *(nbformat.v4.new_code_cell(c) for c in CELLS)]
+    nb.cells = [parameters, *(nbformat.v4.new_code_cell(c) for c in cells)]
     nbformat.write(nb, home / "magics.ipynb")
     papermill.execute_notebook(str(home / "magics.ipynb"), str(home / "out.ipynb"), kernel_name="python3",
                                progress_bar=False, cwd=str(home))
-    printed = "".join(o.get("text", "") for c in nbformat.read(home / "out.ipynb", as_version=4).cells
-                      for o in c.get("outputs", []))
+    return "".join(o.get("text", "") for c in nbformat.read(home / "out.ipynb", as_version=4).cells
+                   for o in c.get("outputs", []))
+
+
+def test_every_magic_in_a_real_kernel(home):
+    printed = run_magics(home, CELLS)
     assert "views ['driver_stats']" in printed
     assert "shape (600, 7)" in printed
     assert "online {'driver_id': [1, 2], 'rating': [" in printed
@@ -87,6 +92,42 @@ def test_every_magic_in_a_real_kernel(home):
     assert "unscheduled 0" in printed
     assert "thresholds 0.3 1800.0 0" in printed
     assert "help usage: %job [-h]" in printed
+
+
+def test_every_magic_in_server_mode(home, monkeypatch):
+    """The same magics in a workspace of a shared install: every call goes to a real ``mlplat server`` (an admin's
+    token: the demo's views belong to no team), training logs to the MLflow behind it."""
+    from servers import running_server_with_mlflow
+
+    from mlplat.identity import Identity
+    from mlplat.server.authentication import LocalAuthenticator
+
+    ops = LocalAuthenticator({"ops-token": Identity("ops", {"ml": "editor"}, True)})
+    with running_server_with_mlflow(ops) as (url, backend):  # on the stores the kernel's environment names
+        monkeypatch.setenv("MLPLAT_SERVER_URL", url)
+        monkeypatch.setenv("MLPLAT_SERVER_TOKEN", "ops-token")
+        cells = [JOB_RUN_IN_SERVER_MODE if "%job run" in c else c for c in CELLS]
+        printed = run_magics(home, cells)
+        promoted = [e.who for e in backend.audit.entries(kind="model", obj="nb_model", action="promoted")]
+    assert "views ['driver_stats']" in printed
+    assert "shape (600, 7)" in printed
+    assert "version 1 None" in printed
+    assert "pushed 1 [1.25]" in printed
+    assert "job refused: In server mode a notebook job runs through the platform's scheduler" in printed
+    assert "applied ['customer_stats', 'driver_stats']" in printed
+    assert "cell 1 True" in printed
+    assert "promoted 1 scored 600 ['prediction', 'probability_0', 'probability_1']" in printed
+    assert "schedules [('0 3 * * *', {'n': 2})]" in printed and "unscheduled 0" in printed
+    assert "thresholds 0.3 1800.0 0" in printed
+    assert promoted == ["ops"]
+
+
+JOB_RUN_IN_SERVER_MODE = (
+    "import nbformat\nnb = nbformat.v4.new_notebook()\nfirst = nbformat.v4.new_code_cell('n = 1')\n"
+    "first.metadata['tags'] = ['parameters']\nnb.cells = [first, nbformat.v4.new_code_cell('print(n * 3)')]\n"
+    "nbformat.write(nb, 'tiny.ipynb')\n"
+    "try:\n    get_ipython().run_line_magic('job', 'run tiny.ipynb n=5')\n"
+    "except UsageError as exc:\n    print('job refused:', exc)")
 
 
 def test_the_mlplat_kernels_load_the_magics_and_pin_the_gpu(home, tmp_path, monkeypatch):
