@@ -74,10 +74,20 @@ def server(tmp_path_factory, demo_platform):
             backing.stop()
 
 
+def keep_mlflow_state(env: pytest.MonkeyPatch) -> None:
+    """Put back, after the test, what MLflow's fluent API keeps process-wide (set_experiment sets both)."""
+    import mlflow.tracking.fluent
+
+    env.setenv("MLFLOW_EXPERIMENT_ID", "")  # remembered as unset, then unset for the test
+    env.delenv("MLFLOW_EXPERIMENT_ID")
+    env.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+
+
 @pytest.fixture
 def as_user(server, monkeypatch):
     """``as_user("bob")``: MLflow's fluent API and clients in this process act as bob, through the server."""
     url = f"{server[0]}/mlflow"
+    keep_mlflow_state(monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(url)
@@ -99,6 +109,7 @@ def bobs_model(server):
 
     url = f"{server[0]}/mlflow"
     with pytest.MonkeyPatch.context() as env:
+        keep_mlflow_state(env)
         env.setenv("MLFLOW_TRACKING_URI", url)
         env.setenv("MLFLOW_TRACKING_TOKEN", "bob-token")
         previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
@@ -409,3 +420,11 @@ def test_a_model_trained_in_a_workspace_is_registered_through_the_server(server,
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "bob-token")
     refused(lambda: MlflowClient(f"{url}/mlflow").delete_registered_model("alices-trained"),
             "bob may not delete model 'alices-trained' of team 'a'")
+
+
+def test_what_mlflow_keeps_process_wide_is_put_back():
+    """Runs after the tests above (pytest keeps the file's order): nothing of theirs reaches later tests' kernels."""
+    import mlflow.tracking.fluent
+
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ and mlflow.tracking.fluent._active_experiment_id is None
+    assert not os.environ.get("MLFLOW_TRACKING_TOKEN", "").endswith("-token")
