@@ -378,11 +378,10 @@ def test_a_private_model_is_kept_to_its_team(server, bobs_model, as_user):
 
 
 @pytest.fixture
-def alice_workspace(server, monkeypatch):
-    """alice's SDK in server mode (a workspace), on the server's stores."""
+def alice_workspace(server, as_user):
+    """alice's SDK in server mode (a workspace), on the server's stores; MLflow's API as alice, as a workspace's."""
     url, backend = server
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{url}/mlflow")  # what ServerModePlatform.open sets in a workspace
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "alice-token")
+    as_user("alice")
     alice = ServerModePlatform.open(token="alice-token", server_url=url, home=str(backend.settings.home),
                                     online_store=backend.settings.online_store,
                                     online_prefix=backend.settings.online_prefix)
@@ -401,7 +400,7 @@ def test_training_in_a_workspace_logs_to_the_servers_mlflow(server, alice_worksp
     url, backend = server
     assert alice_workspace.settings.tracking == f"{url}/mlflow"
     result = train(alice_workspace, backend, "alices-run", register=False)
-    client = MlflowClient(f"{url}/mlflow")
+    client = MlflowClient(f"{url}/mlflow", f"{url}/mlflow")
     run = client.get_run(result.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/") and run.info.user_id == "alice"
     assert run.data.params["n_estimators"] == "10" and run.data.params["mlplat.estimator"] == "xgboost.XGBClassifier"
@@ -412,13 +411,12 @@ def test_training_in_a_workspace_logs_to_the_servers_mlflow(server, alice_worksp
     assert model.metadata.run_id == result.run_id
 
 
-def test_a_model_trained_in_a_workspace_is_registered_through_the_server(server, alice_workspace, monkeypatch):
+def test_a_model_trained_in_a_workspace_is_registered_through_the_server(server, alice_workspace, as_user):
     url, backend = server
     result = train(alice_workspace, backend, "alices-trained", register=True)
     assert result.version == "1"
     assert backend.models.team("alices-trained") == "a"
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "bob-token")
-    refused(lambda: MlflowClient(f"{url}/mlflow").delete_registered_model("alices-trained"),
+    refused(lambda: as_user("bob").delete_registered_model("alices-trained"),
             "bob may not delete model 'alices-trained' of team 'a'")
 
 
@@ -427,4 +425,3 @@ def test_what_mlflow_keeps_process_wide_is_put_back():
     import mlflow.tracking.fluent
 
     assert "MLFLOW_EXPERIMENT_ID" not in os.environ and mlflow.tracking.fluent._active_experiment_id is None
-    assert not os.environ.get("MLFLOW_TRACKING_TOKEN", "").endswith("-token")
