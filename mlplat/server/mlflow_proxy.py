@@ -34,6 +34,10 @@ The server decides what a client cannot be trusted with: a new experiment's arti
 caller). Refusals are MLflow's error shape: ``{"error_code": "PERMISSION_DENIED", "message": ...}`` (403) and
 ``{"error_code": "UNAUTHENTICATED", ...}`` (401). The MLflow UI in a browser logs in once with
 ``/mlflow/?token=<token>`` (kept in an HttpOnly, SameSite=Strict cookie for ``/mlflow``).
+
+Trust: the backing server checks nobody; it listens on loopback, so whoever can open a connection on the platform
+server's host (or pod) reaches it directly. Run ``mlplat server`` where users' processes do not share its network:
+its own pod (the Kubernetes manifests), or a host where workspaces do not run as local processes.
 """
 
 from __future__ import annotations
