@@ -67,6 +67,9 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @contextlib.contextmanager
 def session(settings: Settings) -> Iterator[Any]:
     """Point MLflow's fluent API at the platform's tracking store and yield a ``MlflowClient``."""
@@ -74,6 +77,7 @@ def session(settings: Settings) -> Iterator[Any]:
 
     tracker = client(settings)
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    environment = {name: os.environ.get(name) for name in _URI_VARIABLES}  # MLflow's setters write these too
     mlflow.set_tracking_uri(settings.tracking)
     mlflow.set_registry_uri(settings.tracking)
     try:
@@ -81,6 +85,11 @@ def session(settings: Settings) -> Iterator[Any]:
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
+        for name, value in environment.items():  # as they were: a child process inherits no leftover URI
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def experiment_id(client: Any, settings: Settings, name: str) -> str:

@@ -78,8 +78,8 @@ class ServerModePlatform(Platform):
         server = ServerClient(settings.server_url, token)
         me = server.whoami()  # who we are is the server's answer, not an environment variable's
         tracking = f"{server.url}/mlflow"  # MLflow behind the server, as this user (see mlplat.server.mlflow_proxy)
-        for name, value in (("MLFLOW_TRACKING_URI", tracking), ("MLFLOW_TRACKING_TOKEN", token)):
-            os.environ.setdefault(name, value)  # mlflow's own API follows, unless the user pointed it elsewhere
+        if os.environ.get("MLFLOW_TRACKING_URI", tracking) in ("", tracking):  # unless the user pointed it elsewhere
+            os.environ.update(MLFLOW_TRACKING_URI=tracking, MLFLOW_TRACKING_TOKEN=token)  # mlflow's own API follows
         settings = dataclasses.replace(settings, user=me["name"], team=me["team"], tracking=tracking)
         return cls(settings, server, clock)
 

@@ -59,7 +59,11 @@ def connect(backend, url):
         opened.append(p)
         return p
 
-    yield connect
+    with pytest.MonkeyPatch.context() as env:  # connect() points MLflow's variables at the server: undo that
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"):
+            env.setenv(name, "")
+            env.delenv(name)
+        yield connect
     for p in opened:
         p.close()
 

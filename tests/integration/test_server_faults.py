@@ -14,6 +14,7 @@ import pytest
 from mlplat.errors import ServerUnavailable
 from mlplat.remote.platform import ServerModePlatform
 from mlplat.services import free_port
+from mlplat.training.mlflow_service import ServedMlflow
 
 
 def start(home, online_store: str, port: int, tokens) -> subprocess.Popen:
@@ -39,7 +40,11 @@ def tokens(tmp_path):
     return path
 
 
-def test_a_killed_server_fails_calls_clearly_and_clients_go_on_after_its_restart(tmp_path, demo_platform, tokens):
+def test_a_killed_server_fails_calls_clearly_and_clients_go_on_after_its_restart(tmp_path, demo_platform, tokens,
+                                                                                  monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"):  # the client sets them: restore them after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     backend = demo_platform(tmp_path / "home", drivers=10, customers=5, days=2, trips=100, materialize=False)
     online = backend.settings.online_store
     port = free_port()
@@ -59,6 +64,7 @@ def test_a_killed_server_fails_calls_clearly_and_clients_go_on_after_its_restart
     finally:
         server.kill()
         server.wait(10)
+        ServedMlflow(backend.settings).stop()  # the MLflow a killed server leaves for its restart to reuse
 
 
 def test_a_tokens_file_others_can_read_is_refused(tmp_path, tokens):
