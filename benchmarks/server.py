@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
+from feature_store import redis_server  # noqa: E402
 from measure import interleaved_latencies, percentile  # noqa: E402
 
 import mlplat  # noqa: E402
@@ -91,16 +92,12 @@ def main() -> None:
     parser.add_argument("--online-calls", type=int, default=3000)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory(prefix="mlplat-bench-server-") as folder, redis_server(Path(folder)) as port:
         root = Path(folder)
-        redis_port = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-                                 stdout=subprocess.DEVNULL)
-        env = {"MLPLAT_HOME": str(root / "home"), "MLPLAT_ONLINE_STORE": f"redis://127.0.0.1:{redis_port}/0"}
+        env = {"MLPLAT_HOME": str(root / "home"), "MLPLAT_ONLINE_STORE": f"redis://127.0.0.1:{port}/0"}
         os.environ.update(env)
         server = None
         try:
-            time.sleep(0.3)
             local = mlplat.connect()
             user, wide, narrow = views(args.features)
             columns = [f.name for f in wide.schema]
@@ -109,16 +106,13 @@ def main() -> None:
             local.features.materialize(views=["wide"])
             server, url = start_server(root, env)
             remote = ServerModePlatform.open(token=TOKEN, server_url=url)
-            rows = [table(local, remote, args, wide, columns)]
-            for result in rows[0]:
-                print(result)
+            print("\n".join(table(local, remote, args, wide, columns)))
         finally:
             if server is not None:
                 server.terminate()
                 server.wait(30)
             subprocess.run([sys.executable, "-m", "mlplat.cli", "down"], env={**os.environ, **env},
                            capture_output=True)
-            redis.terminate()
 
 
 def table(local, remote, args, wide, columns) -> list[str]:

@@ -7,6 +7,7 @@ Triton, kernels, PostgreSQL) and ``e2e/`` (a real hub and a browser); each test 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -94,6 +95,22 @@ def second_write_fails(monkeypatch):
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(pq, "write_table", fail_second)
+
+
+@pytest.fixture
+def kube_config_file(tmp_path, monkeypatch):
+    """A kubeconfig that KubeSpawner loads and never contacts (it only needs one to exist)."""
+    from kubernetes_asyncio.config import kube_config
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "x"}}]}))
+    # kubernetes_asyncio reads $KUBECONFIG once, when imported: point its default there instead.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    return kubeconfig
 
 
 @pytest.fixture

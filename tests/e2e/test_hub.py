@@ -18,7 +18,6 @@ from hubs import PASSWORD, hub_environment, log_in, running_hub
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 from tornado import web
 from traitlets.config import Config
@@ -161,15 +160,7 @@ SHARED = {"online_store": "redis://redis.mlplat:6379/0", "registry": "postgresql
 
 
 @pytest.fixture
-def kube_hub_config(tmp_path, monkeypatch):
-    kubeconfig = tmp_path / "kubeconfig"  # never contacted: KubeSpawner only needs one to exist
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-        "users": [{"name": "u", "user": {"token": "x"}}]}))
-    # kubernetes_asyncio reads $KUBECONFIG once, when imported: point its default there instead.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+def kube_hub_config(tmp_path, kube_config_file):
     settings = load_settings(**SHARED)
     options = HubOptions(state_dir=tmp_path / "hub", root=tmp_path / "ws", mode="kubernetes",
                          image="ghcr.io/example/mlplat-workspace:1", team_claim="mlplat-teams").checked()

@@ -14,8 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -23,18 +21,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import uvicorn
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from servers import running_server
 
 from mlplat.config import load_settings
 from mlplat.identity import Identity
 from mlplat.remote.platform import ServerModePlatform
-from mlplat.server.app import PlatformServer
 from mlplat.server.authentication import LocalAuthenticator
 from mlplat.server.mlflow_proxy import MlflowProxy, start_backing
 from mlplat.server.permissions import Ownership
-from mlplat.services import free_port
 
 PEOPLE = {"alice-token": Identity("alice", {"a": "editor"}), "bob-token": Identity("bob", {"b": "editor"}),
           "root-token": Identity("root", admin=True)}
@@ -51,24 +47,10 @@ def server(tmp_path_factory, demo_platform):
                              server_url="", tracking=tracking)
     authenticator = LocalAuthenticator(PEOPLE)
     proxy = MlflowProxy(tracking, authenticator, Ownership(platform))
-    port = free_port()
-    app = PlatformServer(platform, authenticator, extra_routes=proxy.routes()).app
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/api/v1/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
     try:
-        yield url, platform
+        with running_server(platform, authenticator, proxy.routes()) as url:
+            yield url, platform
     finally:
-        uvicorn_server.should_exit = True
-        thread.join(10)
         platform.close()
         if backing is not None:
             backing.stop()

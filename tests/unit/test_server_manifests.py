@@ -18,7 +18,6 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 from traitlets.config import Config
 
@@ -107,17 +106,6 @@ def test_no_other_manifest_mounts_the_servers_secrets():
 
 
 # --- What the hub generates in server mode ------------------------------------------------------------------
-
-@pytest.fixture
-def kube_config_file(tmp_path, monkeypatch):
-    kubeconfig = tmp_path / "kubeconfig"  # never contacted: KubeSpawner only needs one to exist
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-        "users": [{"name": "u", "user": {"token": "x"}}]}))
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-
 
 def _kubernetes_hub(tmp_path, **options) -> Config:
     c = Config()
