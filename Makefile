@@ -50,6 +50,7 @@ bench: install
 	$(PY) benchmarks/services.py
 	$(PY) benchmarks/backfill.py
 	$(PY) benchmarks/streaming.py
+	$(PY) benchmarks/server.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks
