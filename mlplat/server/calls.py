@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlplat.errors import InvalidArgument, MlplatError
+from mlplat.errors import DefinitionError, InvalidArgument, MlplatError
 from mlplat.identity import Identity
 from mlplat.server.permissions import Ownership, require
 
@@ -155,6 +155,9 @@ class Calls:
             require(identity, "editor", "schedule jobs in", "team", identity.team, identity.team)
 
     def _check(self, identity: Identity, rule: Rule, target: Any) -> None:
+        if isinstance(target, bool) or not isinstance(target, (str, int)):
+            raise InvalidArgument(f"{rule.target}={target!r}: name the {rule.kind.replace('_', ' ')} by its name "
+                                  "(a schedule by its id).")
         try:
             team = self.ownership.team(rule.kind, target)
         except MlplatError:
@@ -165,8 +168,10 @@ class Calls:
 
     def _applicable(self, identity: Identity, obj: Any) -> Any:
         """``obj`` (an Entity or FeatureView) with the team it will have, once the caller may apply it."""
-        from mlplat.features.definitions import Entity
+        from mlplat.features.definitions import Entity, FeatureView
 
+        if not isinstance(obj, (Entity, FeatureView)):
+            raise DefinitionError(f"apply() takes Entity and FeatureView objects, not {type(obj).__name__}.")
         kind = "entity" if isinstance(obj, Entity) else "feature_view"
         try:
             current, exists = self.ownership.team(kind, obj.name), True

@@ -199,6 +199,11 @@ def test_garbage_is_refused_and_the_server_goes_on(url):
         answer = httpx.post(f"{url}/api/v1/call/features.list_views", content=body,
                             headers={"Authorization": "token alice-token"})
         assert answer.status_code == 400, body
+    for name, args in (("features.apply", [[{"name": "x"}]]), ("models.promote", [["bobs"]]),
+                       ("jobs.pause", [{"id": 1}]), ("features.push", [None, None])):
+        answer = httpx.post(f"{url}/api/v1/call/{name}", content=protocol.encode({"args": args, "kwargs": {}}),
+                            headers={"Authorization": "token alice-token"})
+        assert answer.status_code == 400, (name, answer.text)
     assert httpx.get(f"{url}/api/v1/health").json() == {"status": "ok"}
 
 
