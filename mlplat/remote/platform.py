@@ -16,17 +16,22 @@ from typing import Any
 
 from mlplat.clock import SYSTEM_CLOCK, Clock
 from mlplat.config import Settings, load_settings
-from mlplat.errors import ConfigError, JobError
+from mlplat.errors import ConfigError, InvalidArgument, JobError
 from mlplat.features.store import FeatureStore
 from mlplat.platform import Platform
 from mlplat.registry.models import ModelRegistry
 from mlplat.remote.client import RemotePart, ServerClient, sends, token_from_env
 
 
-@sends("features", "apply", "ingest", "push", "materialize", "compute", "schedule_compute", "transfer",
-       "freshness", "stats", "quarantine", "partitions")
+@sends("features", "apply", "ingest", "push", "materialize", "schedule_compute", "transfer", "freshness", "stats",
+       "quarantine", "partitions")
 class ServerFeatureStore(FeatureStore):
     """Features whose definitions live on the server; online and training reads stay local."""
+
+    def compute(self, view: Any, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidArgument("In server mode a batch view is computed by its schedule, as a job of the platform's "
+                              "scheduler: p.features.schedule_compute(view, cron) (or a schedule= in its definition); "
+                              "to try a transformation, run it on a DataFrame here and p.features.ingest the result.")
 
 
 @sends("models", "list", "versions", "get", "trained_in", "history", "team", "private", "register", "promote",

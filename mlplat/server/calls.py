@@ -63,6 +63,7 @@ RULES: dict[str, Rule] = {
     "features.ingest": _changes("ingest into", "feature_view", "view"),
     "features.push": _changes("push to", "feature_view", "view"),
     "features.transfer": Rule("transfer", "feature_view", "view", role="owner"),
+    "features.schedule_compute": _changes("schedule computing", "feature_view", "view"),
     "models.register": Rule("register a version of", "model", "name", creates=True),
     "models.promote": _changes("promote", "model"),
     "models.rollback": _changes("roll back", "model"),

@@ -104,6 +104,10 @@ def test_another_team_cannot_change_bobs_view_but_bob_and_an_admin_can(connect, 
     refused(lambda: alice.features.ingest("rider_stats", _rows()), "ingest into", "feature_view", "rider_stats", "b")
     refused(lambda: alice.features.materialize(views=["rider_stats"]), "materialize", "feature_view",
             "rider_stats", "b")
+    refused(lambda: alice.features.schedule_compute("rider_stats", "0 * * * *"), "schedule computing",
+            "feature_view", "rider_stats", "b")
+    with pytest.raises(InvalidArgument, match="computed by its schedule"):
+        bob.features.compute("rider_stats")  # user code runs in jobs, never in the server's process
     assert alice.features.get_view("rider_stats").ttl == timedelta(days=1)  # nothing changed
 
     assert bob.features.ingest("rider_stats", _rows()).rows == 2
