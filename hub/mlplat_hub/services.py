@@ -131,8 +131,8 @@ def hub_services(options: HubOptions, settings: Settings, extra_env: dict[str, s
         service, role = _culler(options.cull_timeout)
         services.append(service)
         roles.append(role)
-    if MLFLOW in options.services:
-        services.append(_mlflow_ui(options, env))
+    if MLFLOW in options.services and not options.server:  # in server mode MLflow's UI is the server's /mlflow,
+        services.append(_mlflow_ui(options, env))          # behind its permissions; this one checks logins only
         user_scopes.append(f"access:services!service={MLFLOW}")
     if SCHEDULER in options.services:
         services.append(_scheduler(env))

@@ -144,6 +144,7 @@ def test_a_server_mode_pod_gets_the_servers_url_and_its_token_and_no_write_crede
     assert services[SERVER] == {"name": SERVER, "api_token": "t0ken", "info": {
         "description": "The platform server (mlplat server)", "url": SERVER_CLUSTER_URL}}  # its own Deployment
     assert not any("MLPLAT_SERVER_URL" in s.get("environment", {}) for s in services.values())
+    assert "mlflow" not in services  # MLflow's UI is the server's /mlflow, with the platform's permissions
     roles = {r["name"]: r for r in config.JupyterHub.load_roles}
     assert roles[SERVER] == {"name": SERVER, "services": [SERVER], "scopes": SERVER_SCOPES}
 
@@ -169,6 +170,7 @@ def test_a_local_hub_runs_the_server_on_a_kept_port_with_teams_roles_and_admins(
     assert server["command"][1:] == ["-m", "mlplat.cli", "server"] and server["url"].startswith("http://127.0.0.1:")
     assert "MLPLAT_SERVER_URL" not in server["environment"] and server["environment"]["MLPLAT_HOME"] == str(tmp_path)
     assert not any("MLPLAT_SERVER_URL" in s.get("environment", {}) for s in services.values())
+    assert "mlflow" not in services  # MLflow's UI is the server's /mlflow, with the platform's permissions
     assert c.WorkspaceSpawner.environment["MLPLAT_SERVER_URL"] == server["url"]
     assert {r["name"]: r["scopes"] for r in c.JupyterHub.load_roles}[SERVER] == SERVER_SCOPES
     assert c.JupyterHub.load_groups == {
