@@ -8,6 +8,11 @@ beside the python backend, and mlplat's ``onnxruntime`` python-based backend
 
 Its gRPC, HTTP and metrics ports are kept across restarts, and whoever starts it
 (``mlplat up``, a deploy, a client whose server died or hung) loads every deployed model.
+
+Model control is the platform's alone: the server is started with its model-repository, shared-memory,
+trace and logging APIs restricted (gRPC and HTTP) to callers that send the header
+:data:`~mlplat.serving.target.CONTROL_HEADER` with a secret made once per install and kept, mode 0600,
+in ``$MLPLAT_HOME/run/triton.secret``. Inference, health, metadata and statistics stay open to any client.
 :class:`EmbeddedTriton` is the serving target over it (:mod:`mlplat.serving.target`).
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 from functools import cached_property
@@ -23,7 +29,15 @@ from pathlib import Path
 from mlplat.config import EMBEDDED, Settings
 from mlplat.errors import ServiceBinaryNotFound
 from mlplat.services import EmbeddedService, ServiceState
-from mlplat.serving.target import Endpoints, ServingTarget, TritonSession, answers, load_deployed
+from mlplat.serving.target import (
+    CONTROL_HEADER,
+    GRPC_CONTROL_HEADER,
+    Endpoints,
+    ServingTarget,
+    TritonSession,
+    answers,
+    load_deployed,
+)
 
 log = logging.getLogger(__name__)
 BACKEND_SHIM = Path(__file__).parent / "backend" / "model.py"
@@ -35,6 +49,33 @@ def triton_installed(settings: Settings) -> bool:
 
 
 _SERVER_GLOB = "lib/python3*/site-packages/pytriton/tritonserver/bin/tritonserver"
+# The APIs that change the server (load, unload, repository index; shared-memory regions; tracing; logging):
+# only callers sending CONTROL_HEADER reach them. Inference, health, metadata and statistics stay open.
+RESTRICTED = "model-repository,shared-memory,trace,logging"
+
+
+def control_secret(settings: Settings) -> str:
+    """This install's Triton model-control secret, made on first use and kept in ``run/triton.secret`` (0600)."""
+    path = settings.run_dir / "triton.secret"
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        secret = ""
+    if secret:
+        return secret
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first (or left it empty): use what is there
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(made)
+    os.chmod(path, 0o600)
+    return made
 
 
 class TritonService(EmbeddedService):
@@ -88,12 +129,20 @@ class TritonService(EmbeddedService):
         return backends
 
     def command(self, port: int) -> list[str]:
-        return self.server_command(self.models, port, self.side["http"], self.side["metrics"])
+        return self.server_command(self.models, port, self.side["http"], self.side["metrics"],
+                                   secret=control_secret(self.settings))
 
-    def server_command(self, models: Path, grpc: int, http: int, metrics: int) -> list[str]:
+    def control_headers(self) -> dict[str, str]:
+        """What every model-control call to this server sends (over gRPC)."""
+        return {GRPC_CONTROL_HEADER: control_secret(self.settings)}
+
+    def server_command(self, models: Path, grpc: int, http: int, metrics: int, secret: str = "") -> list[str]:
         """The argv of a ``tritonserver`` serving the repository ``models`` on these loopback ports, with
-        explicit model control; run it with :meth:`environment`."""
+        explicit model control (restricted to callers sending CONTROL_HEADER: ``secret``, when given); run it
+        with :meth:`environment`."""
         models.mkdir(parents=True, exist_ok=True)
+        restricted = [f"--grpc-restricted-protocol={RESTRICTED}:{CONTROL_HEADER}={secret}",
+                      f"--http-restricted-api={RESTRICTED}:{CONTROL_HEADER}={secret}"] if secret else []
         return [
             str(self.server_dir / "bin" / "tritonserver"), "--model-repository", str(models),
             "--backend-directory", str(self._backends()), "--model-control-mode", "explicit",
@@ -101,13 +150,13 @@ class TritonService(EmbeddedService):
             "--http-address", "127.0.0.1", "--http-port", str(http),
             "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics),
             "--exit-timeout-secs", "5", "--allow-gpu-metrics", "false", "--pinned-memory-pool-byte-size", "0",
-            "--log-verbose", "0",
+            "--log-verbose", "0", *restricted,
         ]
 
     def _start(self) -> ServiceState:
         """Start the server and load what is deployed (it starts empty in explicit mode), before anyone uses it."""
         state = super()._start()
-        with TritonSession(Endpoints(state.url)) as triton:
+        with TritonSession(Endpoints(state.url), headers=self.control_headers()) as triton:
             failed = load_deployed(triton, self.models)
         if failed:
             log.warning("Triton started without %s: %s", ", ".join(failed), "; ".join(failed.values()))
@@ -140,6 +189,9 @@ class EmbeddedTriton(ServingTarget):
         self.service = TritonService(settings)
         self.models = self.service.models
         self._state: ServiceState | None = None  # the server last found running
+
+    def control_headers(self) -> dict[str, str]:
+        return self.service.control_headers()
 
     def ensure(self, patience: float | None = None) -> Endpoints:
         self._state = self.service.ensure(patience)
