@@ -4,6 +4,7 @@ health, metadata and statistics stay open; deploys, undeploys and restarts go on
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -169,6 +170,10 @@ def test_another_account_cannot_control_models_nor_read_the_secret(served):
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     assert seen == {"load": 403, "unload": 403, "index": 403, "ready": 200, "metadata": 200, "secret": "denied"}
+    # nor in Triton's command line, which every account may read (masked by the preloaded hide_secret library)
+    if shutil.which("cc") or shutil.which("gcc"):
+        cmdline = subprocess.run([*NOBODY, "cat", f"/proc/{state.pid}/cmdline"], capture_output=True, check=True).stdout
+        assert b"--grpc-restricted-protocol=" in cmdline and control_secret(p.settings).encode() not in cmdline
     assert TritonService(p.settings).status().pid == state.pid
     np.testing.assert_allclose(p.predict(NAME, ROWS).outputs, expected, rtol=1e-6)
 
@@ -235,3 +240,12 @@ def _by_id_input(rows):
     tensor.set_data_from_numpy(np.array([str(r["driver_id"]).encode() for r in rows], dtype=object).reshape(-1, 1))
     return tensor
 
+
+
+def test_an_emptied_secret_file_is_never_taken_as_no_secret(tmp_path):
+    settings = mlplat.config.load_settings(home=str(tmp_path))
+    made = control_secret(settings)
+    assert control_secret(settings) == made and [p.name for p in settings.run_dir.iterdir()] == ["triton.secret"]
+    (settings.run_dir / "triton.secret").write_text("")
+    with pytest.raises(ServingError, match="is empty. Delete it"):
+        TritonService(settings).control_headers()
