@@ -58,6 +58,7 @@ class Settings:
     triton_http_url: str = ""  # that Triton's HTTP endpoint (http://host:port), shown with deployments
     triton_metrics_url: str = ""  # its Prometheus endpoint (http://host:port/metrics), scraped beside mlplat's
     triton_repository: str = ""  # a model repository that Triton serves too; empty: models are sent over gRPC
+    triton_control_secret: str = ""  # value of the mlplat-triton-control header that model control on that Triton needs
     prediction_sample_rate: float = 1.0  # share of requests whose rows go to the prediction log
     alert_webhook: str = ""  # URL that new alerts are POSTed to (Slack-compatible JSON)
     max_clock_skew: timedelta = timedelta(minutes=5)  # events dated later than now + this are refused as "future"
@@ -135,6 +136,12 @@ def _check_triton(merged: dict[str, Any]) -> None:
         if value and merged["triton_url"] == EMBEDDED:
             raise ConfigError(f"{key} describes an external Triton, but triton_url is {EMBEDDED!r}: set triton_url "
                               "to its gRPC URL (grpc://host:8001), or remove the setting.")
+    if merged.get("triton_control_secret") and merged["triton_url"] == EMBEDDED:
+        raise ConfigError("triton_control_secret is for an external Triton, but triton_url is "
+                          f"{EMBEDDED!r}: the embedded Triton's secret is made by the platform "
+                          "($MLPLAT_HOME/run/triton.secret). Set triton_url, or remove the setting.")
+    if "triton_control_secret" in merged:
+        merged["triton_control_secret"] = str(merged["triton_control_secret"] or "")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

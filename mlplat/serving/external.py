@@ -7,6 +7,9 @@ The platform never starts, stops or restarts it. Models reach it one of two ways
 - otherwise each model is sent over Triton's model-repository gRPC API (``load_model`` with its config and
   files, which explicit model control accepts), and ``$MLPLAT_HOME/triton/external`` keeps this platform's
   record of what it deployed.
+
+When that Triton restricts model control (``--grpc-restricted-protocol=model-repository:mlplat-triton-control=
+<secret>``), ``triton_control_secret`` holds the secret, sent with every model-control call.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from urllib.parse import urlsplit
 
 from mlplat.config import Settings
 from mlplat.errors import ServingError
-from mlplat.serving.target import SERVING_INFO, Endpoints, ServingTarget, answers
+from mlplat.serving.target import GRPC_CONTROL_HEADER, SERVING_INFO, Endpoints, ServingTarget, answers
 
 CONFIG = "config.pbtxt"
 
@@ -32,6 +35,7 @@ class ExternalTriton(ServingTarget):
                                    settings.triton_metrics_url)
         self.shared = bool(settings.triton_repository)
         self.models = Path(settings.triton_repository) if self.shared else settings.home / "triton" / "external"
+        self._secret = settings.triton_control_secret
 
     def ensure(self, patience: float | None = None) -> Endpoints:
         deadline = time.monotonic() + (patience or 0.0)
@@ -49,6 +53,9 @@ class ExternalTriton(ServingTarget):
         """Send a request that found the server gone once more, on a new connection; one that was late is not
         sent again: this Triton is not the platform's to restart."""
         return not late
+
+    def control_headers(self) -> dict[str, str]:
+        return {GRPC_CONTROL_HEADER: self._secret} if self._secret else {}
 
     def load_arguments(self, name: str) -> dict[str, Any]:
         """The model's config (as JSON) and files, sent with ``load_model`` unless Triton reads a shared folder."""

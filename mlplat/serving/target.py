@@ -20,6 +20,12 @@ from mlplat.errors import ServingError
 from mlplat.registry.names import check_model_name
 
 SERVING_INFO = "mlplat.json"  # what predict needs: the pinned features, in column order
+# The header that Triton's model-repository API (load, unload, repository index) requires; its value is a secret
+# only the platform holds. Inference, health, metadata and statistics stay open to any client.
+# A Triton started with ``--grpc-restricted-protocol=model-repository:mlplat-triton-control=<secret>`` (and
+# ``--http-restricted-api=...`` alike) expects it over HTTP as is and over gRPC with Triton's prefix.
+CONTROL_HEADER = "mlplat-triton-control"
+GRPC_CONTROL_HEADER = f"triton-grpc-protocol-{CONTROL_HEADER}"
 BY_ID = "_by_id"  # suffix of the model that reads its features from Redis inside Triton
 
 
@@ -53,7 +59,11 @@ class ServingTarget(abc.ABC):
 
     def session(self) -> TritonSession:
         """A connection to Triton for model control (``with target.session() as triton: triton.load(name)``)."""
-        return TritonSession(self.ensure(), self.load_arguments)
+        return TritonSession(self.ensure(), self.load_arguments, self.control_headers())
+
+    def control_headers(self) -> dict[str, str]:
+        """The gRPC headers that Triton's model control needs from the platform (none when it is not restricted)."""
+        return {}
 
     def load_arguments(self, name: str) -> dict[str, Any]:
         """What Triton's ``load_model`` needs besides ``name`` (none: it reads the model from its repository)."""
@@ -74,19 +84,21 @@ class ServingTarget(abc.ABC):
 class TritonSession:
     """One gRPC connection to a target's Triton for a few model-control calls; closed on leaving ``with``."""
 
-    def __init__(self, endpoints: Endpoints, load_arguments: Callable[[str], dict[str, Any]] = lambda name: {}):
+    def __init__(self, endpoints: Endpoints, load_arguments: Callable[[str], dict[str, Any]] = lambda name: {},
+                 headers: dict[str, str] | None = None):
         import tritonclient.grpc as grpcclient
 
         self.endpoints = endpoints
         self._arguments = load_arguments
+        self._headers = headers or None  # sent with every model-control call: Triton refuses them without
         self._client = grpcclient.InferenceServerClient(endpoints.grpc)
 
     def load(self, name: str) -> None:
         """Load (or reload) the model ``name``; ServingError, with Triton's reason, if it refuses."""
-        _call(self._client.load_model, name, **self._arguments(name))
+        _call(self._client.load_model, name, headers=self._headers, **self._arguments(name))
 
     def unload(self, name: str) -> None:
-        _call(self._client.unload_model, name)
+        _call(self._client.unload_model, name, headers=self._headers)
 
     def ready(self, name: str, version: str) -> bool:
         return bool(self._client.is_model_ready(name, version))
@@ -139,4 +151,6 @@ def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return method(*args, **kwargs)
     except InferenceServerException as exc:
-        raise ServingError(f"Triton refused {method.__name__}: {exc.message()}") from None
+        hint = (" (its model control is restricted: give the platform its secret with the triton_control_secret "
+                "setting)") if "restricted" in (exc.message() or "") else ""
+        raise ServingError(f"Triton refused {method.__name__}: {exc.message()}{hint}") from None

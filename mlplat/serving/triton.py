@@ -8,6 +8,14 @@ beside the python backend, and mlplat's ``onnxruntime`` python-based backend
 
 Its gRPC, HTTP and metrics ports are kept across restarts, and whoever starts it
 (``mlplat up``, a deploy, a client whose server died or hung) loads every deployed model.
+
+Model control is the platform's alone: the server is started with its model-repository, shared-memory,
+trace and logging APIs restricted (gRPC and HTTP) to callers that send the header
+:data:`~mlplat.serving.target.CONTROL_HEADER` with a secret made once per install and kept, mode 0600,
+in ``$MLPLAT_HOME/run/triton.secret``. Inference, health, metadata and statistics stay open to any client.
+tritonserver takes the secret only on its command line, which any account may read in ``/proc``; a small
+preloaded library (``hide_secret.c``, built with the machine's C compiler on first start) masks it there
+before the server's ``main`` runs. Without a compiler the server still starts, with a warning.
 :class:`EmbeddedTriton` is the serving target over it (:mod:`mlplat.serving.target`).
 """
 
@@ -15,18 +23,28 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 from functools import cached_property
 from pathlib import Path
 
 from mlplat.config import EMBEDDED, Settings
-from mlplat.errors import ServiceBinaryNotFound
+from mlplat.errors import ServiceBinaryNotFound, ServingError
 from mlplat.services import EmbeddedService, ServiceState
-from mlplat.serving.target import Endpoints, ServingTarget, TritonSession, answers, load_deployed
+from mlplat.serving.target import (
+    CONTROL_HEADER,
+    GRPC_CONTROL_HEADER,
+    Endpoints,
+    ServingTarget,
+    TritonSession,
+    answers,
+    load_deployed,
+)
 
 log = logging.getLogger(__name__)
 BACKEND_SHIM = Path(__file__).parent / "backend" / "model.py"
+HIDE_SECRET = Path(__file__).parent / "hide_secret.c"
 
 
 def triton_installed(settings: Settings) -> bool:
@@ -35,6 +53,37 @@ def triton_installed(settings: Settings) -> bool:
 
 
 _SERVER_GLOB = "lib/python3*/site-packages/pytriton/tritonserver/bin/tritonserver"
+# The APIs that change the server (load, unload, repository index; shared-memory regions; tracing; logging):
+# only callers sending CONTROL_HEADER reach them. Inference, health, metadata and statistics stay open.
+RESTRICTED = "model-repository,shared-memory,trace,logging"
+
+
+def control_secret(settings: Settings) -> str:
+    """This install's Triton model-control secret, made on first use and kept in ``run/triton.secret`` (0600)."""
+    path = settings.run_dir / "triton.secret"
+    if path.exists():
+        return _read_secret(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_urlsafe(32)
+    partial = path.with_name(f".triton.secret.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(made)
+        os.link(partial, path)  # whole or not at all; the first process to make one wins, the others read it
+    except FileExistsError:
+        return _read_secret(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return made
+
+
+def _read_secret(path: Path) -> str:
+    secret = path.read_text().strip()
+    if not secret:  # never start Triton with model control open
+        raise ServingError(f"{path} is empty. Delete it, then restart Triton (`mlplat down` and `mlplat up`): a new "
+                           "secret is made.")
+    return secret
 
 
 class TritonService(EmbeddedService):
@@ -88,12 +137,20 @@ class TritonService(EmbeddedService):
         return backends
 
     def command(self, port: int) -> list[str]:
-        return self.server_command(self.models, port, self.side["http"], self.side["metrics"])
+        return self.server_command(self.models, port, self.side["http"], self.side["metrics"],
+                                   secret=control_secret(self.settings))
 
-    def server_command(self, models: Path, grpc: int, http: int, metrics: int) -> list[str]:
+    def control_headers(self) -> dict[str, str]:
+        """What every model-control call to this server sends (over gRPC)."""
+        return {GRPC_CONTROL_HEADER: control_secret(self.settings)}
+
+    def server_command(self, models: Path, grpc: int, http: int, metrics: int, secret: str = "") -> list[str]:
         """The argv of a ``tritonserver`` serving the repository ``models`` on these loopback ports, with
-        explicit model control; run it with :meth:`environment`."""
+        explicit model control (restricted to callers sending CONTROL_HEADER: ``secret``, when given); run it
+        with :meth:`environment`."""
         models.mkdir(parents=True, exist_ok=True)
+        restricted = [f"--grpc-restricted-protocol={RESTRICTED}:{CONTROL_HEADER}={secret}",
+                      f"--http-restricted-api={RESTRICTED}:{CONTROL_HEADER}={secret}"] if secret else []
         return [
             str(self.server_dir / "bin" / "tritonserver"), "--model-repository", str(models),
             "--backend-directory", str(self._backends()), "--model-control-mode", "explicit",
@@ -101,13 +158,13 @@ class TritonService(EmbeddedService):
             "--http-address", "127.0.0.1", "--http-port", str(http),
             "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics),
             "--exit-timeout-secs", "5", "--allow-gpu-metrics", "false", "--pinned-memory-pool-byte-size", "0",
-            "--log-verbose", "0",
+            "--log-verbose", "0", *restricted,
         ]
 
     def _start(self) -> ServiceState:
         """Start the server and load what is deployed (it starts empty in explicit mode), before anyone uses it."""
         state = super()._start()
-        with TritonSession(Endpoints(state.url)) as triton:
+        with TritonSession(Endpoints(state.url), headers=self.control_headers()) as triton:
             failed = load_deployed(triton, self.models)
         if failed:
             log.warning("Triton started without %s: %s", ", ".join(failed), "; ".join(failed.values()))
@@ -118,9 +175,35 @@ class TritonService(EmbeddedService):
         state = self.status()
         return (_endpoints(state).metrics or None) if state else None
 
+    def _hide_secret(self) -> Path | None:
+        """The library that masks the secret in tritonserver's command line, built here when missing or stale;
+        None (with a warning) when it cannot be built."""
+        source, built = self.root / "hide_secret.c", self.root / "hide_secret.so"
+        if built.exists() and source.exists() and source.read_bytes() == HIDE_SECRET.read_bytes():
+            return built
+        compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+        problem = "no C compiler (cc) on PATH"
+        if compiler:
+            self.root.mkdir(parents=True, exist_ok=True)
+            partial = self.root / f"hide_secret.{os.getpid()}.so"
+            out = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(partial), str(HIDE_SECRET)],
+                                 capture_output=True, text=True)
+            if out.returncode == 0:
+                os.replace(partial, built)
+                shutil.copyfile(HIDE_SECRET, source)
+                return built
+            partial.unlink(missing_ok=True)
+            problem = f"{compiler} failed: {out.stderr.strip()[-300:]}"
+        log.warning("Triton's model-control secret shows in its command line to every local account (%s); "
+                    "install a C compiler, or run Triton where other accounts cannot see its processes.", problem)
+        return None
+
     def environment(self) -> dict[str, str]:
         libs = self.server_dir.parent.parent / "nvidia_pytriton.libs"
         env = dict(os.environ)
+        hide = self._hide_secret()
+        if hide:
+            env["LD_PRELOAD"] = os.pathsep.join(filter(None, [str(hide), env.get("LD_PRELOAD")]))
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [self._python[1], str(libs), env.get("LD_LIBRARY_PATH")]))
         env["PATH"] = os.pathsep.join([str(Path(self.settings.triton_env) / "bin"), env.get("PATH", "")])
         return env
@@ -140,6 +223,9 @@ class EmbeddedTriton(ServingTarget):
         self.service = TritonService(settings)
         self.models = self.service.models
         self._state: ServiceState | None = None  # the server last found running
+
+    def control_headers(self) -> dict[str, str]:
+        return self.service.control_headers()
 
     def ensure(self, patience: float | None = None) -> Endpoints:
         self._state = self.service.ensure(patience)

@@ -44,3 +44,10 @@ def test_malformed_yaml_is_reported(tmp_path):
     (tmp_path / "mlplat.yaml").write_text("registry: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings()
+
+
+def test_triton_control_secret_is_only_for_an_external_triton(tmp_path):
+    with pytest.raises(ConfigError, match="triton_control_secret is for an external Triton"):
+        load_settings(home=str(tmp_path), triton_control_secret="s3cret")
+    settings = load_settings(home=str(tmp_path), triton_url="grpc://triton:8001", triton_control_secret="s3cret")
+    assert settings.triton_control_secret == "s3cret"

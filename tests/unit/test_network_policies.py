@@ -77,7 +77,7 @@ def test_triton_runs_unprivileged_and_keeps_model_control_to_the_secret():
     assert container.security_context.capabilities.drop == ["ALL"]
     assert {m.mount_path for m in container.volume_mounts} == {"/tmp", "/dev/shm"}
     restricted = [a for a in container.args if a.startswith(("--grpc-restricted-protocol=", "--http-restricted-api="))]
-    assert len(restricted) == 2 and all("model-repository," in a and "$(TRITON_CONTROL_SECRET)" in a
+    assert len(restricted) == 2 and all("model-repository," in a and "$(MLPLAT_TRITON_CONTROL_SECRET)" in a
                                         for a in restricted)
-    (secret,) = [e for e in container.env if e.name == "TRITON_CONTROL_SECRET"]
+    (secret,) = [e for e in container.env if e.name == "MLPLAT_TRITON_CONTROL_SECRET"]
     assert secret.value_from.secret_key_ref.name == "mlplat-triton-control"

@@ -31,6 +31,7 @@ from mlplat_hub.services import SERVER, SERVER_CLUSTER_URL, SERVER_SCOPES
 KUBERNETES = Path(__file__).parents[2] / "serving" / "kubernetes"
 SERVER_ONLY_SECRETS = {"mlplat-server-hub-token", "mlplat-server-db", "mlplat-server-redis", "mlplat-server-mlflow",
                        "mlplat-server-s3"}
+TRITON_CONTROL_SECRET = "mlplat-triton-control"  # shared by the server and Triton alone
 SHARED = {"online_store": "redis://mlplat-admin:s3cret@redis:6379/0", "registry": "postgresql+psycopg://mlplat:s3cret@db/m",
           "tracking": "postgresql+psycopg://mlflow:s3cret@db/mlflow", "offline_store": "s3://mlplat-features/offline",
           "artifacts": "s3://mlplat-features/artifacts"}
@@ -68,7 +69,7 @@ def test_the_server_runs_under_its_own_account_with_the_secrets_it_alone_holds(m
     assert account.automount_service_account_token is False and pod.automount_service_account_token is False
     (container,) = pod.containers
     assert container.command[:2] == ["mlplat", "server"]
-    assert _secrets(pod) == SERVER_ONLY_SECRETS
+    assert _secrets(pod) == SERVER_ONLY_SECRETS | {TRITON_CONTROL_SECRET}
     env = {e.name: e for e in container.env}
     for name in ("MLPLAT_REGISTRY", "MLPLAT_ONLINE_STORE", "MLPLAT_TRACKING", "JUPYTERHUB_API_TOKEN"):
         assert env[name].value is None and env[name].value_from.secret_key_ref.name in SERVER_ONLY_SECRETS
@@ -102,7 +103,9 @@ def test_no_other_manifest_mounts_the_servers_secrets():
             continue
         for document in yaml.safe_load_all(path.read_text()):
             if document["kind"] == "Deployment":
-                assert not _secrets(_typed(document).spec.template.spec) & SERVER_ONLY_SECRETS, path.name
+                secrets = _secrets(_typed(document).spec.template.spec)
+                assert not secrets & SERVER_ONLY_SECRETS, path.name
+                assert TRITON_CONTROL_SECRET not in secrets or path.name == "triton.yaml", path.name
 
 
 # --- What the hub generates in server mode ------------------------------------------------------------------
