@@ -9,12 +9,15 @@ import json
 import pickle
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
 
+from mlplat.demo import driver
 from mlplat.errors import ArtifactIntegrityError, BrokenDefinition, InvalidArgument
-from mlplat.features import Field
+from mlplat.features import Field, udf
+from mlplat.features.compute import BatchFeatureView
 from mlplat.features.on_demand import OnDemandFeatureView
 from mlplat.registry import integrity
 from mlplat.registry.tracking import session
@@ -191,3 +194,44 @@ def integrity_hash(source: str) -> str:
     import hashlib
 
     return hashlib.sha256(source.encode()).hexdigest()
+
+
+def daily(trips, start, end):
+    out = trips.groupby("driver_id", as_index=False).agg(trips=("fare", "size"))
+    return out.assign(event_timestamp=end - pd.Timedelta(1, "us"))
+
+
+def test_a_batch_transformation_edited_in_the_registry_database_is_refused_and_never_runs(platform, tmp_path):
+    day = pd.Timestamp("2024-03-01", tz="UTC")
+    source = tmp_path / "trips.parquet"
+    pd.DataFrame({"driver_id": [1, 1, 2], "fare": [10.0, 5.0, 7.0],
+                  "pickup_at": [day + pd.Timedelta(hours=h) for h in (1, 2, 3)]}).to_parquet(source)
+    view = BatchFeatureView("driver_daily_pinned", entities=[driver],
+                            schema=[Field("trips", "int64")], transformation=daily, sources=str(source),
+                            source_timestamp_field="pickup_at")
+    platform.features.apply([view])
+    marker = tmp_path / "mallory-was-here"
+    evil = f"def daily(trips, start, end):\n    open({str(marker)!r}, 'w')\n    return trips\n"
+    with platform.features.registry.engine.begin() as conn:
+        name = "driver_daily_pinned"
+        spec = json.loads(conn.execute(sa.text("SELECT spec FROM feature_views WHERE name = :n"), {"n": name}).scalar())
+        spec["transformation"]["python"].update(module="__main__", source=evil)
+        conn.execute(sa.text("UPDATE feature_views SET spec = :s WHERE name = :n"), {"s": json.dumps(spec), "n": name})
+    with pytest.raises(BrokenDefinition, match="does not match the sha256 recorded when it was applied"):
+        platform.features.compute(name, "2024-03-01", "2024-03-02", progress=False)
+    assert not marker.exists()
+
+
+def test_a_stored_function_sent_to_another_process_checks_its_hash_before_it_runs(tmp_path):
+    marker = tmp_path / "mallory-was-here"
+    honest = "def f(df):\n    return df\n"
+    evil = f"def f(df):\n    open({str(marker)!r}, 'w')\n    return df\n"
+    record = {"module": "__main__", "name": "f", "source": evil, "sha256": udf.source_hash(honest)}
+    stored = pickle.loads(pickle.dumps(udf.StoredFunction(record, "feature view 'v' v1: transformation")))
+    with pytest.raises(BrokenDefinition, match="feature view 'v' v1: transformation f: its stored source does not "
+                                               "match the sha256"):
+        stored(pd.DataFrame())
+    with pytest.raises(BrokenDefinition):
+        udf.load(record)
+    assert not marker.exists()
+    assert udf.StoredFunction({**record, "source": honest}, "v")(pd.DataFrame({"a": [1]})).shape == (1, 1)
