@@ -116,6 +116,11 @@ class ModelNotFound(MlplatError):
     """A registered model, version or alias does not exist."""
 
 
+class ArtifactIntegrityError(MlplatError):
+    """A model version's files do not match the digest pinned when it was registered, it has no pin, or its
+    files would load through pickle: nothing of it was deserialised."""
+
+
 class PromotionRefused(MlplatError):
     """A promotion gate refused a model version."""
 

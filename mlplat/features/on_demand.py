@@ -197,6 +197,8 @@ class OnDemandFeatureView(FeatureView):
             changes.append({"change": "request description changed", "incompatible": False})
         if old.udf["source"] != self.udf["source"]:
             changes.append({"change": "function changed", "name": self.udf["name"], "incompatible": True})
+        elif "sha256" not in old.udf and "sha256" in self.udf:  # stored before hashes: recorded on this apply
+            changes.append({"change": "function hash recorded", "name": self.udf["name"], "incompatible": False})
         elif (old.udf["module"], old.udf["name"]) != (self.udf["module"], self.udf["name"]):
             changes.append({"change": "function moved", "from": f"{old.udf['module']}.{old.udf['name']}",
                             "to": f"{self.udf['module']}.{self.udf['name']}", "incompatible": False})
@@ -245,8 +247,10 @@ def _record(function: Any, where: str) -> dict[str, str]:
     if isinstance(function, udf.StoredFunction):
         function = function.recorded
     if isinstance(function, dict):
-        if set(function) != {"module", "name", "source"}:
-            raise DefinitionError(f"{where}: function record {sorted(function)} needs module, name and source.")
+        if not {"module", "name", "source"} <= set(function) <= {"module", "name", "source", "sha256"}:
+            raise DefinitionError(f"{where}: function record {sorted(function)} needs module, name and source "
+                                  "(and sha256, the hash of its source, when recorded).")
+        udf.check_hash(function, f"{where}: function")  # a stored record edited outside mlplat is refused
         return dict(function)
     recorded = udf.describe(function, f"{where}: function")
     try:

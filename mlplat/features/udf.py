@@ -10,10 +10,15 @@ read back holds a :class:`StoredFunction`, which loads the function the first
 time that view is computed or served, so a function that cannot load (a default
 argument naming a notebook global, a module gone) fails for its own view alone.
 :func:`describe` refuses such a function before it is registered.
+
+Each record carries the sha256 of its source (``"sha256"``), taken when the view is applied; a record whose
+source no longer matches it (someone edited the registry row) is refused before any of it runs. A record
+stored before hashes were recorded has none: it loads as before, and gets one when its view is next applied.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import textwrap
@@ -37,7 +42,7 @@ def describe(function: Callable[..., Any], what: str) -> dict[str, str]:
     except (OSError, TypeError):
         raise DefinitionError(f"{what}: the source of {function.__qualname__} cannot be read; define it in a file "
                               "or a notebook cell.") from None
-    recorded = {"module": function.__module__, "name": function.__qualname__, "source": source}
+    recorded = sealed({"module": function.__module__, "name": function.__qualname__, "source": source}, what)
     try:
         load(recorded)
     except Exception as exc:  # whatever running its definition raises, it would raise in every later session
@@ -46,8 +51,33 @@ def describe(function: Callable[..., Any], what: str) -> dict[str, str]:
     return recorded
 
 
+def source_hash(source: str) -> str:
+    """The sha256 (hex) of a function's recorded source."""
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def check_hash(recorded: dict[str, str], what: str) -> None:
+    """Refuse a record whose source does not match the sha256 recorded with it (one without a hash passes)."""
+    expected = recorded.get("sha256")
+    if expected is not None and (not isinstance(recorded.get("source"), str)
+                                 or source_hash(recorded["source"]) != expected):
+        raise BrokenDefinition(f"{what} {recorded.get('name')}: its stored source does not match the sha256 recorded "
+                               "when it was applied, so it was changed outside mlplat and is not run. Apply the view's "
+                               "definition again from its notebook or file, and check the registry's audit trail.")
+
+
+def sealed(recorded: dict[str, str], what: str) -> dict[str, str]:
+    """``recorded`` with the sha256 of its source: checked when it has one, added when it has none."""
+    check_hash(recorded, what)
+    return {**recorded, "sha256": source_hash(recorded["source"])}
+
+
 def load(recorded: dict[str, str]) -> Callable[..., Any]:
-    """The function a :func:`describe` record names (this runs its definition: see :class:`StoredFunction`)."""
+    """The function a :func:`describe` record names (this runs its definition: see :class:`StoredFunction`).
+
+    A record whose source does not match its recorded sha256 is refused before anything is imported or run.
+    """
+    check_hash(recorded, "function")
     module, name = recorded["module"], recorded["name"]
     if module != "__main__" and "<locals>" not in name:
         try:
@@ -85,6 +115,11 @@ class StoredFunction:
     def load(self) -> Callable[..., Any]:
         """The function itself, loaded on first use."""
         if self._function is None:
+            try:
+                check_hash(self.recorded, self.owner)
+            except BrokenDefinition as exc:
+                self.error = "its stored source does not match its recorded sha256"
+                raise exc from None
             try:
                 self._function = load(self.recorded)
             except Exception as exc:  # anything the user's definition raises while it is defined

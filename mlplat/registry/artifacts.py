@@ -55,12 +55,20 @@ def load_spec(settings: Settings, run_id: str) -> tuple[TrainSpec, pd.DataFrame]
 
 
 def load_model(settings: Settings, name: str, version: str, family: str) -> Any:
-    """A registered version as its native estimator (with predict_proba), not the pyfunc wrapper."""
+    """A registered version as its native estimator (with predict_proba), not the pyfunc wrapper.
+
+    Its files are checked against the digest pinned at registration, and its MLmodel against the flavours
+    mlplat loads without pickle, before anything is deserialised (ArtifactIntegrityError otherwise).
+    """
     import mlflow
 
-    flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm}.get(family, mlflow.sklearn)
-    with session(settings):
-        return flavour.load_model(f"models:/{name}/{version}")
+    from mlplat.registry.integrity import verified_copy
+
+    with session(settings) as client:
+        tags = dict(client.get_model_version(name, str(version)).tags or {})
+    with verified_copy(settings, name, str(version), tags, family) as (folder, found):
+        flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm, "sklearn": mlflow.sklearn}[found]
+        return flavour.load_model(str(folder))
 
 
 def load_impute(settings: Settings, run_id: str) -> list[float] | None:

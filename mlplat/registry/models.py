@@ -20,7 +20,7 @@ from mlplat.audit import Audit, AuditTrail
 from mlplat.config import Settings
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
 from mlplat.features.definitions import check_text
-from mlplat.registry import scoring, tracking
+from mlplat.registry import integrity, scoring, tracking
 from mlplat.registry.artifacts import REFERENCE_ARTIFACT, load_spec
 from mlplat.registry.evaluate import LOWER_IS_BETTER, Split, score, split_rows
 from mlplat.registry.names import check_model_name
@@ -132,9 +132,13 @@ class ModelRegistry:
         """A version (default: the champion) as an ``mlflow.pyfunc`` model, ready to ``predict``."""
         import mlflow
 
+        from mlplat.registry.integrity import verified_copy
+
         found = self.get(name, version, alias)
-        with self._client():
-            return mlflow.pyfunc.load_model(f"models:/{name}/{found.version}")
+        with self._client() as client:
+            tags = dict(client.get_model_version(name, found.version).tags or {})
+        with verified_copy(self.settings, name, found.version, tags) as (folder, _):
+            return mlflow.pyfunc.load_model(str(folder))
 
     def _describe(self, client, version, aliases: dict[str, str]) -> ModelVersion:
         run = client.get_run(version.run_id)
@@ -206,6 +210,9 @@ class ModelRegistry:
             tags = {"mlplat.features": json.dumps(features), "mlplat.training_set_fingerprint": fingerprint,
                     "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features})),
                     "mlplat.owner": self.audit.user, TEAM_TAG: self.audit.team}
+            with integrity.downloaded(self.settings, model_uri) as folder:  # pinned: loads check these files
+                integrity.check_flavour(folder, f"The model at {model_uri}")
+                tags.update(integrity.pin_tags(folder))
             # A models:/ URI names a logged model, which an MLflow server wants named as model_id too.
             model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
             version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
@@ -213,6 +220,28 @@ class ModelRegistry:
             client.set_registered_model_alias(name, CHALLENGER, version)
         self.audit.record("model", name, "registered", version, run_id=run_id, features=features)
         return version
+
+    def pin(self, name: str, version: str | int, reason: str = "") -> str:
+        """Pin the files of a version registered before mlplat pinned model artifacts, as they are now.
+
+        For an admin who has checked those files (pin on first use): later loads refuse any other files. A version
+        already pinned keeps its pin. Returns the digest.
+        """
+        if not reason:
+            raise InvalidArgument("Pinning a model version's files needs a reason, e.g. reason='checked by alice'.")
+        found = self.get(name, version)
+        with self._client() as client:
+            tags = dict(client.get_model_version(name, found.version).tags or {})
+        if tags.get(integrity.DIGEST_TAG):
+            raise InvalidArgument(f"{name} version {found.version} is already pinned; a pin is never replaced.")
+        with integrity.downloaded(self.settings, f"models:/{name}/{found.version}") as folder:
+            integrity.check_flavour(folder, f"Model {name!r} version {found.version}")
+            pinned = integrity.pin_tags(folder)
+        with self._client() as client:
+            for key, value in pinned.items():
+                client.set_model_version_tag(name, found.version, key, value)
+        self.audit.record("model", name, "pinned", found.version, reason, digest=pinned[integrity.DIGEST_TAG])
+        return pinned[integrity.DIGEST_TAG]
 
     def promote(self, name: str, version: str | int | None = None, *, metric: str | None = None,
                 margin: float | None = None, force: bool = False, reason: str = "") -> Promotion:

@@ -35,7 +35,7 @@ class ServerFeatureStore(FeatureStore):
 
 
 @sends("models", "list", "versions", "get", "trained_in", "history", "team", "private", "register", "promote",
-       "rollback", "archive", "transfer", "set_private")
+       "rollback", "archive", "transfer", "set_private", "pin")
 class ServerModelRegistry(ModelRegistry):
     """The model registry through the server; loading and scoring a version run here."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlplat.errors import DefinitionError, InvalidArgument, MlplatError
+from mlplat.errors import DefinitionError, InvalidArgument, MlplatError, PermissionDenied
 from mlplat.identity import Identity
 from mlplat.server.permissions import Ownership, require
 
@@ -70,6 +70,7 @@ RULES: dict[str, Rule] = {
     "models.archive": _changes("archive", "model"),
     "models.transfer": Rule("transfer", "model", "name", role="owner"),
     "models.set_private": _changes("change who may see", "model"),
+    "models.pin": Rule("pin the files of", "model", "name", role="admin"),  # platform admins only (see authorize)
     "platform.deploy": _changes("deploy", "model"),
     "platform.undeploy": _changes("undeploy", "model"),
     "platform.rollback": _changes("roll back", "model"),
@@ -146,7 +147,14 @@ class Calls:
                                            or arguments.get("action") not in _TRAINING_ACTIONS):
                 raise InvalidArgument("The audit trail is written by the platform server; a client may only "
                                       "record that it trained or tuned a model.")
-            self._check(identity, rule, arguments[rule.target])
+            if rule.role == "admin":  # not a team role: whoever owns the model may not vouch for its files
+                if not identity.admin:
+                    raise PermissionDenied(f"{identity.name} may not {rule.action} {rule.kind} "
+                                           f"{str(arguments[rule.target])!r}: only a platform admin may.",
+                                           action=rule.action, kind=rule.kind, obj=str(arguments[rule.target]),
+                                           role="admin")
+            else:
+                self._check(identity, rule, arguments[rule.target])
         elif name == "features.apply":
             arguments["objects"] = [self._applicable(identity, obj) for obj in _as_list(arguments["objects"])]
         elif name == "features.materialize":

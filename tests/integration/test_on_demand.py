@@ -1,5 +1,6 @@
 """On-demand features: defined, registered with their function, computed the same online and offline."""
 
+import hashlib
 import json
 import linecache
 from dataclasses import replace
@@ -157,7 +158,8 @@ def test_the_view_and_its_function_round_trip_through_the_registry(trips):
     assert isinstance(view, OnDemandFeatureView) and view.version == 1
     assert view.sources == ["driver_stats@1:avg_fare", "driver_stats@1:trips", "driver_stats@1:rating",
                             "customer_stats@1:rating", "customer_stats@1:tier"]  # pinned when applied
-    assert view.udf == {"module": __name__, "name": "trip_function", "source": view.udf["source"]}
+    assert view.udf == {"module": __name__, "name": "trip_function", "source": view.udf["source"],
+                        "sha256": hashlib.sha256(view.udf["source"].encode()).hexdigest()}
     assert view.udf["source"].startswith("def trip_function(df):")
     assert view._function() is trip_function  # importable: imported, not re-run
     assert [v.name for v in trips.features.search("pricing")] == ["trip_features"]
@@ -182,7 +184,8 @@ def test_a_function_defined_in_a_notebook_is_loaded_from_its_recorded_source(tri
     finally:
         del linecache.cache[cell]
     registered = trips.features.get_view("twice")
-    assert registered.udf == {"module": "__main__", "name": "doubled", "source": source}
+    assert registered.udf == {"module": "__main__", "name": "doubled", "source": source,
+                              "sha256": hashlib.sha256(source.encode()).hexdigest()}
     assert registered._function() is not namespace["doubled"]
     rows = {"driver_id": [1, 2, 7]}
     online = trips.features.get_online_features(["twice:twice", "driver_stats:avg_fare"], rows).to_dict()

@@ -148,6 +148,17 @@ def test_another_team_cannot_promote_archive_or_deploy_bobs_model(connect, backe
     assert [e.who for e in bob.audit.entries(kind="model", obj="bobs", action="promoted")] == ["bob"]
 
 
+def test_only_a_platform_admin_pins_a_model_versions_files(connect):
+    bob, root = connect("bob"), connect("root")
+    version = bob.models.versions("bobs")[0].version
+    with pytest.raises(PermissionDenied, match="bob may not pin the files of model 'bobs': only a platform admin"
+                       ) as caught:
+        bob.models.pin("bobs", version, reason="trust me")  # its own team may not vouch for its files
+    assert (caught.value.action, caught.value.role) == ("pin the files of", "admin")
+    with pytest.raises(InvalidArgument, match="already pinned"):  # registered through the server: pinned then
+        root.models.pin("bobs", version, reason="checked")
+
+
 def test_another_team_cannot_pause_bobs_schedule(connect, tmp_path):
     notebook = tmp_path / "report.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), notebook)

@@ -115,9 +115,12 @@ class BatchFeatureView(FeatureView):
         """
         assert isinstance(old, BatchFeatureView)
         changes = []
-        if old._transformation_record() != self._transformation_record():
+        before, after = old._transformation_record(), self._transformation_record()
+        if _unhashed(before) != _unhashed(after):
             changes.append({"change": "transformation changed", "from": old._transformation_summary(),
                             "to": self._transformation_summary(), "incompatible": True})
+        elif "python" in after and "sha256" in after["python"] and "sha256" not in before["python"]:
+            changes.append({"change": "transformation hash recorded", "incompatible": False})  # stored before hashes
         for attr, incompatible in (("lookback", True), ("partition", True), ("source_timestamp_field", True),
                                    ("sources", False), ("schedule", False)):
             before, after = getattr(old, attr), getattr(self, attr)
@@ -145,8 +148,14 @@ class BatchFeatureView(FeatureView):
         return super().from_dict(data)
 
 
+def _unhashed(record: dict[str, Any]) -> dict[str, Any]:
+    """A transformation record without its source's hash (which changes only with the source)."""
+    return {"python": {k: v for k, v in record["python"].items() if k != "sha256"}} if "python" in record else record
+
+
 def _describe(function: Any, what: str) -> dict[str, str]:
     if isinstance(function, udf.StoredFunction):  # read from the registry: what was applied, unloaded
+        udf.check_hash(function.recorded, what)  # a stored record edited outside mlplat is refused
         return function.recorded
     if not callable(function):
         raise DefinitionError(f"{what} must be a function or a SQL query (a str), not {type(function).__name__}.")
