@@ -65,6 +65,7 @@ from mlplat.server.permissions import Ownership, require
 log = logging.getLogger("mlplat.server.mlflow")
 PREFIX = "/mlflow"  # where MLflow answers on the platform server (and on the backing server: same paths)
 COOKIE = "mlplat-mlflow-token"
+PIN_PREFIX = "mlplat.artifact_"  # the tags pinning a version's files (mlplat.registry.integrity)
 MAX_JSON = 64 << 20  # a JSON request the server reads to judge it (log-batch is the largest): 64 MiB
 CALLER = ""  # a rule's target for what is created in the caller's team
 
@@ -350,6 +351,7 @@ class MlflowProxy:
             return body
         label = {"logged_model": "logged model", "artifacts": "experiment"}.get(rule.kind, rule.kind)
         obj = target.strip("/").split("/", 1)[0] if rule.kind == "artifacts" else target
+        _refuse_pin_writes(identity, fields, label, obj)
         if rule.tag and fields.get(rule.tag) == TEAM_TAG:
             require(identity, "owner", "transfer", label, obj, team)
             new = fields.get("value")
@@ -513,6 +515,17 @@ def _with_user(body: bytes | None, identity: Identity) -> bytes:
     data["tags"] = [t for t in data.get("tags") or [] if isinstance(t, dict) and t.get("key") != "mlflow.user"] + \
         [{"key": "mlflow.user", "value": identity.name}]
     return json.dumps(data).encode()
+
+
+def _refuse_pin_writes(identity: Identity, fields: dict[str, Any], kind: str, obj: str) -> None:
+    """Only the platform pins model files (``mlplat.artifact_*`` tags, :mod:`mlplat.registry.integrity`): a client
+    that could rewrite a pin could make tampered files load. Admins re-pin through ``p.models.pin``."""
+    keys = [fields.get("key")] + [t.get("key") for t in fields.get("tags") or [] if isinstance(t, dict)]
+    if not identity.admin and any(isinstance(k, str) and k.startswith(PIN_PREFIX) for k in keys):
+        raise errors.PermissionDenied(
+            f"{identity.name} may not set the {PIN_PREFIX}* tags of {kind} {obj!r}: the platform pins model files "
+            "when it registers a version; a platform admin re-pins with p.models.pin.",
+            action="pin", kind=kind, obj=obj, role="admin")
 
 
 def _check_model_name(name: Any) -> None:

@@ -218,6 +218,10 @@ def test_bob_and_an_admin_change_bobs_models(server, bobs_model, as_user):
     bob = as_user("bob")
     refused(lambda: bob.delete_registered_model("bobs-renamed"), "of team 'a'")
     as_user("alice").delete_registered_model("bobs-renamed")  # now alice's team's to delete
+    bob = as_user("bob")
+    for key in ("mlplat.artifact_sha256", "mlplat.artifact_manifest"):  # only the platform pins model files
+        refused(lambda key=key: bob.set_model_version_tag("bobs-model", "1", key, "0" * 64),
+                "bob may not set the mlplat.artifact_* tags of model 'bobs-model'")
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found"):
         bob.get_registered_model("bobs-renamed")
 
