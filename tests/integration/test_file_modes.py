@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import nbformat
 import pytest
 from platforms import demo_platform
 
@@ -39,7 +40,8 @@ def nobody_reads(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def home():
     """A demo platform whose home sits in a folder every account can enter (pytest's own is 0700, which would
-    hide the home whatever its mode), with a trained model and every embedded service but Triton running."""
+    hide the home whatever its mode), with a trained model, a notebook job's run and every embedded service but
+    Triton running."""
     before = os.umask(0o022)  # what the process had, for the check below
     os.umask(before)
     parent = Path(tempfile.mkdtemp(prefix="mlplat-modes-", dir="/tmp"))
@@ -52,6 +54,13 @@ def home():
     result = p.train("xgboost.XGBClassifier", features=["driver_stats:*"], entity_df=labels,
                      target="completed", name="modes", params={"n_estimators": 5, "max_depth": 2})
     assert result.version is not None
+    source = parent / "job.ipynb"  # the user's own notebook, 0644: its copy in the home is private all the same
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("print(x)")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, source)
+    assert p.jobs.run(source, parameters={"x": 2}).status == "succeeded"
     services.up(p.settings, only=SERVICES)
     assert os.umask(before) == before  # the library changed the process's umask only while it wrote
     yield where
@@ -62,7 +71,7 @@ def home():
 
 def test_nothing_under_the_home_is_open_to_group_or_others(home):
     kinds = {p.name for p in home.iterdir()}
-    assert {"registry.db", "mlflow.db", "offline", "mlartifacts", "redis", "run"} <= kinds, kinds
+    assert {"registry.db", "mlflow.db", "offline", "mlartifacts", "redis", "jobs", "run"} <= kinds, kinds
     assert list((home / "offline").rglob("*.parquet")) and list((home / "run").glob("*.log"))
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert loose(home) == []
@@ -73,7 +82,8 @@ def files(home: Path) -> dict[str, Path]:
             "Parquet file": next((home / "offline").rglob("*.parquet")),
             "MLflow artifact": next(p for p in (home / "mlartifacts").rglob("*") if p.is_file()),
             "Redis append-only file": next(p for p in (home / "redis").rglob("*") if p.is_file()),
-            "service log": next((home / "run").glob("*.log"))}
+            "service log": next((home / "run").glob("*.log")),
+            "job's notebook": next((home / "jobs").rglob("job.ipynb"))}
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as another account")
