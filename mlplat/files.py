@@ -9,7 +9,7 @@ Three layers, each enough on its own for what it covers:
   :data:`PRIVATE_UMASK`, so what it writes (Redis's append-only file, MLflow's database and artifacts, its log)
   is 0600/0700;
 - where the library itself writes under the home (the SQLite registry, Parquet, MLflow artifacts logged from
-  a notebook, run/ files, the model repository), it does so inside :func:`private_umask`.
+  a notebook, job runs, run/ files, the model repository), it does so inside :func:`private_umask`.
 
 Check a home with ``find ~/.mlplat -perm /077`` (prints nothing) and ``stat -c %a ~/.mlplat`` (700).
 """
@@ -54,6 +54,13 @@ def private_umask() -> Iterator[None]:
             if _depth == 0 and _saved is not None:
                 os.umask(_saved)
                 _saved = None
+
+
+def private_inside(home: Path, path: Path) -> contextlib.AbstractContextManager[None]:
+    """:func:`private_umask` for writes to ``path`` inside ``home``; nothing for a folder outside it, which
+    another program may have to read (a model repository shared with a Triton the platform was given)."""
+    inside = path.resolve().is_relative_to(home.resolve())
+    return private_umask() if inside else contextlib.nullcontext()
 
 
 def private_home(home: Path) -> None:

@@ -109,6 +109,30 @@ def test_another_account_reads_none_of_it_even_with_the_home_opened(home):
         home.chmod(0o700)
 
 
+def test_a_deployed_models_repository_is_private_too(home):
+    """Deploy writes the model repository (ONNX, configs, the by-id model's lookup naming Redis) from the
+    caller's process: under the home, 0700/0600 like the rest."""
+    from mlplat.serving.triton import TritonService, triton_installed
+
+    p = mlplat.connect(home=str(home))
+    if not triton_installed(p.settings):
+        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
+    try:
+        assert p.deploy("modes", alias="challenger").status == "READY"
+        models = home / "triton" / "models"
+        assert list(models.rglob("model.onnx")) and list(models.rglob("lookup.json"))
+        assert loose(home) == []
+        if os.geteuid() == 0:
+            home.chmod(0o755)
+            try:
+                assert not any(nobody_reads(f) for f in models.rglob("*") if f.is_file())
+            finally:
+                home.chmod(0o700)
+    finally:
+        p.close()
+        TritonService(p.settings).stop()
+
+
 def test_a_hubs_state_is_the_hubs_alone(tmp_path):
     """The hub's folder, its database, cookie secret, password and proxy pid: 0700/0600 (JupyterHub itself would
     leave the database and the pid file 0644). Team folders keep what the hub's e2e tests check."""
