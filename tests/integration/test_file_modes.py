@@ -13,6 +13,7 @@ from platforms import demo_platform
 
 import mlplat
 from mlplat import services
+from mlplat.config import load_settings
 
 SERVICES = ("redis", "mlflow", "scheduler", "monitor", "stream")
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -49,24 +50,26 @@ def home():
     (parent / "control").write_text("anyone may read this")
     (parent / "control").chmod(0o644)
     where = parent / "home"
-    p = demo_platform(where)
-    labels = p.labels
-    result = p.train("xgboost.XGBClassifier", features=["driver_stats:*"], entity_df=labels,
-                     target="completed", name="modes", params={"n_estimators": 5, "max_depth": 2})
-    assert result.version is not None
-    source = parent / "job.ipynb"  # the user's own notebook, 0644: its copy in the home is private all the same
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("print(x)")]
-    nb.cells[0].metadata["tags"] = ["parameters"]
-    nbformat.write(nb, source)
-    assert p.jobs.run(source, parameters={"x": 2}).status == "succeeded"
-    services.up(p.settings, only=SERVICES)
-    assert os.umask(before) == before  # the library changed the process's umask only while it wrote
-    yield where
-    services.down(p.settings)
-    p.close()
-    shutil.rmtree(parent, ignore_errors=True)
+    try:
+        p = demo_platform(where)
+        labels = p.labels
+        result = p.train("xgboost.XGBClassifier", features=["driver_stats:*"], entity_df=labels,
+                         target="completed", name="modes", params={"n_estimators": 5, "max_depth": 2})
+        assert result.version is not None
+        source = parent / "job.ipynb"  # the user's own notebook, 0644: its copy in the home is private all the same
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("print(x)")]
+        nb.cells[0].metadata["tags"] = ["parameters"]
+        nbformat.write(nb, source)
+        assert p.jobs.run(source, parameters={"x": 2}).status == "succeeded"
+        services.up(p.settings, only=SERVICES)
+        assert os.umask(before) == before  # the library changed the process's umask only while it wrote
+        yield where
+        p.close()
+    finally:  # also when setting up failed half-way: no service outlives the test
+        services.down(load_settings(home=str(where)))
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_nothing_under_the_home_is_open_to_group_or_others(home):
