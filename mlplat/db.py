@@ -26,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlplat.errors import RegistryError, SchemaOutdated, SchemaTooNew, one_line
+from mlplat.files import private_file
 
 metadata = sa.MetaData()
 
@@ -44,8 +45,8 @@ def create_engine(url: str) -> sa.Engine:
 
     It connects lazily and checks no schema: the platform opens its database with :func:`open_database`.
     """
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        private_file(Path(url.removeprefix("sqlite:///").split("?")[0]))  # 0600: SQLite gives its journals the same
     try:
         return sa.create_engine(url)
     except (sa.exc.SQLAlchemyError, ModuleNotFoundError) as exc:

@@ -9,6 +9,7 @@ from typing import Any
 from mlplat.clock import SYSTEM_CLOCK, Clock
 from mlplat.config import Settings, load_settings
 from mlplat.errors import InvalidArgument
+from mlplat.files import private_inside
 from mlplat.scheduling import TemplateScheduler
 
 
@@ -141,14 +142,16 @@ class Platform:
         from mlplat.options import check_options
 
         deploy = self._deployer.deploy
-        deployment = deploy(name, version, alias, **check_options(deploy, options, "deploy", given=3))
+        with private_inside(self.settings.home, self.serving_target.models):  # the home's model repository: 0600
+            deployment = deploy(name, version, alias, **check_options(deploy, options, "deploy", given=3))
         if "serving" in self.__dict__:
             self.serving.forget(name)
         return deployment
 
     def undeploy(self, name: str) -> None:
         """Take a model off Triton."""
-        self._deployer.undeploy(name)
+        with private_inside(self.settings.home, self.serving_target.models):
+            self._deployer.undeploy(name)
         if "serving" in self.__dict__:
             self.serving.forget(name)
 

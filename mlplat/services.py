@@ -35,6 +35,7 @@ from pathlib import Path
 
 from mlplat.config import Settings
 from mlplat.errors import ServiceError
+from mlplat.files import PRIVATE_UMASK, private_home, private_umask
 
 log = logging.getLogger(__name__)
 ENTRY_POINTS = "mlplat.services"  # the group each service registers itself in: name = "module:Class"
@@ -86,8 +87,10 @@ class Health:
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) across processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    with private_umask():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w")  # noqa: SIM115 - closed below
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -99,7 +102,8 @@ def beat(heartbeat: Path, report: str = "") -> None:
     """Record progress in a service's ``heartbeat`` file, holding ``report``: what it cannot do (empty: nothing).
     Replaced whole, so a reader never sees half a report."""
     partial = heartbeat.with_name(f"{heartbeat.name}.partial")
-    partial.write_text(report)
+    with private_umask():
+        partial.write_text(report)
     os.replace(partial, heartbeat)
 
 
@@ -287,24 +291,26 @@ class EmbeddedService(abc.ABC):
         return False
 
     def _start(self) -> ServiceState:
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with private_umask():
+            self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         before = self._remembered_ports()
         last_error = ""
         for attempt in range(3):  # a free port can be taken between probing and binding
             ports = {role: _port_for(before.get(role) if attempt == 0 else None) for role in ("port", *self.side_ports)}
             port = ports.pop("port")
             self.side = ports
-            with open(self.log_file, "ab") as log_file:
-                proc = subprocess.Popen(
+            with private_umask(), open(self.log_file, "ab") as log_file:
+                proc = subprocess.Popen(  # what the server writes (data, its own logs) is private too
                     self.command(port), stdout=log_file, stderr=subprocess.STDOUT, env=self.environment(),
-                    stdin=subprocess.DEVNULL, start_new_session=True,
+                    stdin=subprocess.DEVNULL, start_new_session=True, umask=PRIVATE_UMASK,
                 )
             state = ServiceState(self.name, proc.pid, port, self.url(port), time.time(), ports)
             deadline = time.monotonic() + self.start_timeout
             while proc.poll() is None and time.monotonic() < deadline:
                 if self.healthy(state):
-                    self.state_file.write_text(json.dumps(asdict(state)))
-                    self.ports_file.write_text(json.dumps({"port": port, **ports}))
+                    with private_umask():
+                        self.state_file.write_text(json.dumps(asdict(state)))
+                        self.ports_file.write_text(json.dumps({"port": port, **ports}))
                     if before and port != before.get("port"):
                         log.warning("%s: port %s was taken; it listens on %d now", self.name, before.get("port"), port)
                     return state
@@ -356,8 +362,9 @@ def kept_port(record: Path, role: str) -> int:
     previous = ports.get(role) if isinstance(ports, dict) else None
     port = _port_for(previous if isinstance(previous, int) else None)
     if port != previous:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({**(ports if isinstance(ports, dict) else {}), role: port}))
+        with private_umask():
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({**(ports if isinstance(ports, dict) else {}), role: port}))
     return port
 
 
@@ -423,6 +430,7 @@ def up_each(settings: Settings, only: tuple[str, ...] | None = None) -> list[tup
     One service that fails does not keep the others from starting: each gets its state or its error.
     """
     done: list[tuple[str, ServiceState | Exception]] = []
+    private_home(settings.home)  # a home made before file modes were kept is tightened here
     for service in embedded_services(settings, only):
         try:
             done.append((service.name, service.ensure()))

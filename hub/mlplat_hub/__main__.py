@@ -9,6 +9,7 @@ import signal
 from jupyterhub.app import JupyterHub
 from traitlets.config import Config
 
+from mlplat.files import private_home
 from mlplat_hub.config import configure_from_env
 from mlplat_hub.options import PREFIX
 
@@ -25,7 +26,7 @@ def main() -> None:
     config = Config()
     options = configure_from_env(config, {**os.environ, **overrides})
     # Read no stray ./jupyterhub_config.py; anything JupyterHub writes relative lands in the state dir.
-    options.state_dir.mkdir(parents=True, exist_ok=True)
+    private_home(options.state_dir)  # 0700: see configure_local
     os.chdir(options.state_dir)
     JupyterHub.instance(config=config)
     JupyterHub.launch_instance([])

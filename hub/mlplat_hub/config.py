@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlplat.config import Settings, load_settings
+from mlplat.files import private_file, private_home, private_umask
 from mlplat.kernels import install_kernels
 from mlplat.server.authentication import ADMIN_GROUP
 from mlplat.services import free_port
@@ -22,7 +23,7 @@ from mlplat_hub.environment import workspace_environment
 from mlplat_hub.kubernetes import check_shared, literal, mount_team_folders, team_volume, without_write_credentials
 from mlplat_hub.options import TEAM_DEFAULT, HubOptions
 from mlplat_hub.profiles import apply_profile, kubespawner_profile_list
-from mlplat_hub.proxy import proxy_command
+from mlplat_hub.proxy import PrivateProxy, proxy_command
 from mlplat_hub.services import hub_services, server_url
 from mlplat_hub.spawner import WorkspaceSpawner
 
@@ -30,12 +31,15 @@ from mlplat_hub.spawner import WorkspaceSpawner
 def configure_local(c: Any, options: HubOptions, settings: Settings) -> None:
     """Workspaces as processes on this machine, behind a shared password; hub state in ``options.state_dir``."""
     state = options.state_dir
-    state.mkdir(parents=True, exist_ok=True)
+    # The hub's database, cookie secret (JupyterHub writes it 0600), password and proxy pid are the hub's alone.
+    private_home(state)
+    private_file(state / "jupyterhub.sqlite")  # an empty file is a new database to SQLite; created 0600
     c.JupyterHub.bind_url = f"http://{options.ip}:{options.port}"
     # The hub's and the proxy's APIs stay on loopback, on ports free now: hubs can share a machine.
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = free_port()
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{free_port()}"
+    c.JupyterHub.proxy_class = PrivateProxy
     c.ConfigurableHTTPProxy.command = [proxy_command(options.proxy)]
     # Absolute paths: nothing depends on the directory the hub starts in.
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
@@ -54,7 +58,8 @@ def configure_local(c: Any, options: HubOptions, settings: Settings) -> None:
     c.WorkspaceSpawner.workspace_root = str(options.root)
     # The kernels "Python 3 (mlplat)" and "(mlplat, GPU)", installed for the hub's servers only.
     kernels = state / "jupyter"
-    install_kernels(str(kernels))
+    with private_umask():  # in the hub's folder, for workspaces that run as the hub's account (no OS accounts yet)
+        install_kernels(str(kernels))
     kernel_path = {"JUPYTER_PATH": str(kernels / "share" / "jupyter")}  # also for the scheduler's jobs
     env = workspace_environment(settings, share_home=True, server_url=server_url(options) if options.server else "")
     c.WorkspaceSpawner.environment = {**env, **kernel_path}

@@ -1,10 +1,13 @@
-"""Find configurable-http-proxy, JupyterHub's proxy (an npm package)."""
+"""Find configurable-http-proxy, JupyterHub's proxy (an npm package), and run it with a private pid file."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
+
+from jupyterhub.proxy import ConfigurableHTTPProxy
 
 from mlplat.errors import ServiceBinaryNotFound
 
@@ -26,3 +29,13 @@ def proxy_command(configured: str | None = None) -> str:
             f"JupyterHub needs {PROXY} (Node.js). Install it with `make hub-proxy` "
             f"(npm install --prefix .node {PROXY}@4) or `npm install -g {PROXY}`, or set MLPLAT_HUB_PROXY to its path.")
     return found
+
+
+class PrivateProxy(ConfigurableHTTPProxy):
+    """JupyterHub's proxy, its pid file written 0600 like the rest of the hub's state (JupyterHub's own is 0644)."""
+
+    def _write_pid_file(self):
+        fd = os.open(self.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # one left by an earlier hub keeps its mode on open: tighten it too
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(self.proxy_process.pid))

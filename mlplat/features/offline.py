@@ -32,6 +32,7 @@ from mlplat.errors import ConfigError, SchemaError
 from mlplat.features.definitions import FeatureView
 from mlplat.features.keys import kind_of
 from mlplat.features.schema import TIMESTAMP, arrow_schema
+from mlplat.files import private_umask
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,12 @@ class OfflineStore:
             for day in pc.unique(table.column("__date")).to_pylist():
                 part = table.filter(pc.equal(table.column("__date"), day)).drop_columns(["__date"])
                 folder = f"{self._view_dir(view)}/date={day}"
-                self.fs.create_dir(folder, recursive=True)
                 name = f"{ingest_ns:020d}-{tag or uuid.uuid4().hex[:8]}.parquet"
-                staged.append((f"{folder}/{name}" if in_place else f"{folder}/.{name}.tmp", f"{folder}/{name}"))
-                pq.write_table(part, staged[-1][0], filesystem=self.fs, compression="snappy",
-                               use_dictionary=dictionary_columns)
+                with private_umask():  # a local store's folders and files: 0700/0600
+                    self.fs.create_dir(folder, recursive=True)
+                    staged.append((f"{folder}/{name}" if in_place else f"{folder}/.{name}.tmp", f"{folder}/{name}"))
+                    pq.write_table(part, staged[-1][0], filesystem=self.fs, compression="snappy",
+                                   use_dictionary=dictionary_columns)
             for written, final in staged:
                 if written != final:
                     self.fs.move(written, final)

@@ -32,6 +32,7 @@ from mlplat.config import Settings
 from mlplat.cron import check_cron
 from mlplat.db import metadata
 from mlplat.errors import InvalidArgument, JobError, JobFailed
+from mlplat.files import private_umask
 from mlplat.jobs import schedules as schedule_store
 from mlplat.jobs import templates
 from mlplat.jobs.notebooks import check_notebook
@@ -120,19 +121,21 @@ class Jobs:
         attempts = Attempts(retries, backoff, self._timeout(timeout))
         run_id = uuid.uuid4().hex
         folder = self.root / run_id
-        folder.mkdir(parents=True)
-        shutil.copy2(source, folder / "input.ipynb")  # what ran, for reruns, whatever happens to the original
-        return self._execute(run_id, source, folder, parameters, kernel, attempts, None, client, owner)
+        with private_umask():  # the run's folder, notebooks and artifacts: 0700/0600 whatever the original's mode
+            folder.mkdir(parents=True)
+            shutil.copyfile(source, folder / "input.ipynb")  # what ran, for reruns, whatever happens to the original
+            return self._execute(run_id, source, folder, parameters, kernel, attempts, None, client, owner)
 
     def rerun(self, run_id: str, client: Any = None) -> JobRun:
         """Execute the very notebook and parameters of an earlier run again (on a Dask worker with ``client``)."""
         earlier = self._row(run_id)
         new_id = uuid.uuid4().hex
         folder = self.root / new_id
-        folder.mkdir(parents=True)
-        shutil.copy2(self.root / run_id / "input.ipynb", folder / "input.ipynb")
-        return self._execute(new_id, Path(earlier["notebook"]), folder, json.loads(earlier["parameters"]),
-                             earlier["kernel"], Attempts(timeout=self._timeout(None)), run_id, client, None)
+        with private_umask():
+            folder.mkdir(parents=True)
+            shutil.copyfile(self.root / run_id / "input.ipynb", folder / "input.ipynb")
+            return self._execute(new_id, Path(earlier["notebook"]), folder, json.loads(earlier["parameters"]),
+                                 earlier["kernel"], Attempts(timeout=self._timeout(None)), run_id, client, None)
 
     def schedule(self, notebook: str | Path, cron: str, parameters: dict[str, Any] | None = None,
                  kernel: str | None = None) -> int:

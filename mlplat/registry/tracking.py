@@ -16,6 +16,7 @@ from typing import Any
 
 from mlplat.config import Settings
 from mlplat.errors import TrackingUnavailable
+from mlplat.files import private_umask
 
 # mlplat reports what it did itself: no artifact progress bars, no database set-up chatter.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -38,7 +39,7 @@ def prepare_store(settings: Settings) -> None:
     from mlplat.services import file_lock
 
     _quiet()
-    with file_lock(settings.run_dir / "tracking.lock"):
+    with file_lock(settings.run_dir / "tracking.lock"), private_umask():  # its database and artifact root: 0600/0700
         try:
             # Creates every table, and the Default experiment with its artifacts under the platform's artifact
             # root (a client would put them under ./mlruns of whichever process came first).
@@ -81,7 +82,8 @@ def session(settings: Settings) -> Iterator[Any]:
     mlflow.set_tracking_uri(settings.tracking)
     mlflow.set_registry_uri(settings.tracking)
     try:
-        yield tracker
+        with private_umask():  # runs' artifacts and models that MLflow writes from this process: 0600/0700
+            yield tracker
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])

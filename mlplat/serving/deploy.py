@@ -192,7 +192,7 @@ class Deployer:
                   "metrics_index": metrics_index(prefix)}
         folder = self.target.models / f"{name}{BY_ID}"
         (folder / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(BY_ID_MODEL, folder / "1" / "model.py")
+        shutil.copyfile(BY_ID_MODEL, folder / "1" / "model.py")  # not its mode: the caller's umask decides
         (folder / "1" / "lookup.json").write_text(json.dumps(lookup))
         inputs = ", ".join(f'{{ name: "{k}" data_type: TYPE_STRING dims: [ 1 ] }}' for k in keys)
         (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(

@@ -253,3 +253,4 @@ def _install(source: Path, target: Path) -> None:
     """Copy unless the same file is there already (a running stub binary cannot be overwritten)."""
     if not target.exists() or target.read_bytes() != source.read_bytes():
         shutil.copy2(source, target)
+        target.chmod(source.stat().st_mode & 0o700)  # the home's files are the owner's alone (mlplat.files)
