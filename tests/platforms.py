@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +31,27 @@ def demo_platform(home: Path, redis_url: str | None = None, *, drivers: int = 50
         p.features.materialize()
     p.labels = labels
     return p
+
+
+@contextmanager
+def serving_platform(home: Path, name: str, rows: list[dict], redis_url: str | None = None,
+                     n_estimators: int = 10) -> Iterator[tuple[mlplat.Platform, Any]]:
+    """``(p, outputs)``: a small demo platform with its own embedded Triton serving an XGBoost model ``name`` on
+    two driver features, and that model's outputs for ``rows``; its services stop on exit. Skips without Triton."""
+    import pytest
+
+    from mlplat import services
+    from mlplat.serving.triton import triton_installed
+
+    p = demo_platform(home, redis_url, drivers=50, customers=10, days=3, trips=800, seed=3, profiles=False)
+    if not triton_installed(p.settings):
+        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
+    p.train("xgboost.XGBClassifier", features=["driver_stats:rating", "driver_stats:acceptance_rate"],
+            entity_df=p.labels, target="completed", name=name, params={"n_estimators": n_estimators})
+    p.models.promote(name)
+    p.deploy(name)
+    try:
+        yield p, p.predict(name, rows).outputs
+    finally:
+        p.close()
+        services.down(p.settings)

@@ -16,30 +16,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from faults import take_the_port_of_redis
+from platforms import serving_platform
 
 from mlplat import services
 from mlplat.cli import main as cli
 from mlplat.features.redis_service import RedisService
-from mlplat.serving.triton import TritonService, triton_installed
+from mlplat.serving.triton import TritonService
 
 NAME = "faulty"
 ROWS = [{"driver_id": d} for d in (1, 2, 3)]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, demo_platform):
-    """A platform with its own embedded Redis and Triton, serving one model; and that model's outputs for ROWS."""
-    p = demo_platform(tmp_path_factory.mktemp("faults"), redis_url=None, drivers=50, customers=10, days=3, trips=800, seed=3,
-                      profiles=False)  # its own embedded Redis, which the tests kill
-    if not triton_installed(p.settings):
-        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
-    p.train("xgboost.XGBClassifier", features=["driver_stats:rating", "driver_stats:acceptance_rate"],
-            entity_df=p.labels, target="completed", name=NAME, params={"n_estimators": 10})
-    p.models.promote(NAME)
-    p.deploy(NAME)
-    yield p, p.predict(NAME, ROWS).outputs
-    p.close()
-    services.down(p.settings)
+def served(tmp_path_factory):
+    """A platform with its own embedded Redis (which the tests kill) and Triton, serving one model; and that model's
+    outputs for ROWS."""
+    with serving_platform(tmp_path_factory.mktemp("faults"), NAME, ROWS) as served:
+        yield served
 
 
 def by_id(p, ids):

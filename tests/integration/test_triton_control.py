@@ -14,13 +14,14 @@ import uuid
 import numpy as np
 import pytest
 from faults import wait_for
+from platforms import serving_platform
 
 import mlplat
 from mlplat import services
 from mlplat.errors import ServingError
 from mlplat.services import free_port
 from mlplat.serving.target import CONTROL_HEADER, GRPC_CONTROL_HEADER, answers
-from mlplat.serving.triton import TritonService, control_secret, triton_installed
+from mlplat.serving.triton import TritonService, control_secret
 
 NAME = "guarded"
 ROWS = [{"driver_id": d} for d in (1, 2, 3)]
@@ -37,19 +38,10 @@ def evil_code(marker) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, demo_platform):
+def served(tmp_path_factory, redis_url):
     """A platform with its own embedded Triton, serving one model; and that model's outputs for ROWS."""
-    p = demo_platform(tmp_path_factory.mktemp("control"), drivers=50, customers=10, days=3, trips=800, seed=3,
-                      profiles=False)
-    if not triton_installed(p.settings):
-        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
-    p.train("xgboost.XGBClassifier", features=["driver_stats:rating", "driver_stats:acceptance_rate"],
-            entity_df=p.labels, target="completed", name=NAME, params={"n_estimators": 5})
-    p.models.promote(NAME)
-    p.deploy(NAME)
-    yield p, p.predict(NAME, ROWS).outputs
-    p.close()
-    services.down(p.settings)
+    with serving_platform(tmp_path_factory.mktemp("control"), NAME, ROWS, redis_url, n_estimators=5) as served:
+        yield served
 
 
 def triton(p):

@@ -8,27 +8,19 @@ the platform's pods, runs unprivileged on a read-only root and restricts model c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client
+from manifests import typed
 
 KUBERNETES = Path(__file__).parents[2] / "serving" / "kubernetes"
 WORKSPACE = {"component": "singleuser-server"}
 
 
-def _typed(document: dict):
-    api = client.ApiClient()
-    typed = api.deserialize(json.dumps(document), f"V1{document['kind']}", "application/json")
-    assert api.sanitize_for_serialization(typed) == document, f"fields the {document['kind']} schema lacks"
-    return typed
-
-
 @pytest.fixture(scope="module")
 def policies() -> dict:
-    return {d["metadata"]["name"]: _typed(d) for d in yaml.safe_load_all((KUBERNETES / "network.yaml").read_text())}
+    return {d["metadata"]["name"]: typed(d) for d in yaml.safe_load_all((KUBERNETES / "network.yaml").read_text())}
 
 
 def _reachable(policy) -> set[tuple[str, int]]:
@@ -67,7 +59,7 @@ def test_triton_and_redis_answer_the_platforms_pods_only(policies):
 
 
 def test_triton_runs_unprivileged_and_keeps_model_control_to_the_secret():
-    deployment = next(_typed(d) for d in yaml.safe_load_all((KUBERNETES / "triton.yaml").read_text())
+    deployment = next(typed(d) for d in yaml.safe_load_all((KUBERNETES / "triton.yaml").read_text())
                       if d["kind"] == "Deployment")
     pod = deployment.spec.template.spec
     (container,) = pod.containers

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from kubernetes import client
 from kubernetes_asyncio.client import ApiClient
 from kubespawner import KubeSpawner
+from manifests import typed
 from traitlets.config import Config
 
 from mlplat.config import load_settings
@@ -37,17 +37,9 @@ SHARED = {"online_store": "redis://mlplat-admin:s3cret@redis:6379/0", "registry"
           "artifacts": "s3://mlplat-features/artifacts"}
 
 
-def _typed(document: dict):
-    """``document`` as the Kubernetes client's object of its kind, after checking that nothing was lost."""
-    api = client.ApiClient()
-    typed = api.deserialize(json.dumps(document), f"V1{document['kind']}", "application/json")
-    assert api.sanitize_for_serialization(typed) == document, f"fields the {document['kind']} schema lacks"
-    return typed
-
-
 @pytest.fixture(scope="module")
 def manifests() -> dict:
-    return {d["kind"]: _typed(d) for d in yaml.safe_load_all((KUBERNETES / "server.yaml").read_text())}
+    return {d["kind"]: typed(d) for d in yaml.safe_load_all((KUBERNETES / "server.yaml").read_text())}
 
 
 def _secrets(pod_spec) -> set[str]:
@@ -103,7 +95,7 @@ def test_no_other_manifest_mounts_the_servers_secrets():
             continue
         for document in yaml.safe_load_all(path.read_text()):
             if document["kind"] == "Deployment":
-                secrets = _secrets(_typed(document).spec.template.spec)
+                secrets = _secrets(typed(document).spec.template.spec)
                 assert not secrets & SERVER_ONLY_SECRETS, path.name
                 assert TRITON_CONTROL_SECRET not in secrets or path.name == "triton.yaml", path.name
 
