@@ -151,6 +151,7 @@ def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return method(*args, **kwargs)
     except InferenceServerException as exc:
-        hint = (" (its model control is restricted: give the platform its secret with the triton_control_secret "
-                "setting)") if "restricted" in (exc.message() or "") else ""
+        hint = (" (its model control is restricted to its secret: for an external Triton, set triton_control_secret; "
+                "the embedded one's is run/triton.secret, and if that file was removed, `mlplat down` then "
+                "`mlplat up` restart Triton with a new one)") if "restricted" in (exc.message() or "") else ""
         raise ServingError(f"Triton refused {method.__name__}: {exc.message()}{hint}") from None
