@@ -144,14 +144,17 @@ class Platform:
         deploy = self._deployer.deploy
         with private_inside(self.settings.home, self.serving_target.models):  # the home's model repository: 0600
             deployment = deploy(name, version, alias, **check_options(deploy, options, "deploy", given=3))
-        if "serving" in self.__dict__:
-            self.serving.forget(name)
+        self._forget_deployment(name)
         return deployment
 
     def undeploy(self, name: str) -> None:
         """Take a model off Triton."""
         with private_inside(self.settings.home, self.serving_target.models):
             self._deployer.undeploy(name)
+        self._forget_deployment(name)
+
+    def _forget_deployment(self, name: str) -> None:
+        """The gRPC client looks ``name`` up again (after a deploy or undeploy changed it)."""
         if "serving" in self.__dict__:
             self.serving.forget(name)
 

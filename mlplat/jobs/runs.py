@@ -345,24 +345,6 @@ def execute_notebook(**papermill_options: Any) -> str:
         return "local"
 
 
-def _assigned_parameters(notebook: Any) -> set[str]:
-    """Names the cell tagged ``parameters`` assigns, as Python reads it."""
-    import ast
-
-    names = set()
-    for cell in notebook.cells:
-        if "parameters" in cell.metadata.get("tags", []):
-            try:
-                tree = ast.parse(cell.source)
-            except SyntaxError:
-                continue
-            for node in tree.body:
-                targets = node.targets if isinstance(node, ast.Assign) else \
-                    [node.target] if isinstance(node, ast.AnnAssign) else []
-                names |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return names
-
-
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -126,14 +126,12 @@ class ServerModePlatform(Platform):
 
     def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", **options: Any):
         deployment = self.server.call("platform.deploy", name, version, alias, **options)
-        if "serving" in self.__dict__:
-            self.serving.forget(name)
+        self._forget_deployment(name)
         return deployment
 
     def undeploy(self, name: str) -> None:
         self.server.call("platform.undeploy", name)
-        if "serving" in self.__dict__:
-            self.serving.forget(name)
+        self._forget_deployment(name)
 
     def deployments(self):
         return self.server.call("platform.deployments")
