@@ -51,6 +51,7 @@ bench: install
 	$(PY) benchmarks/backfill.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/server.py
+	$(PY) benchmarks/isolation.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks

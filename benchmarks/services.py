@@ -37,7 +37,7 @@ import numpy as np
 from mlplat import services
 from mlplat.config import load_settings
 from mlplat.features.online import newest_events_key
-from mlplat.features.redis_service import RedisService
+from mlplat.features.redis_service import RedisService, online_store_url
 from mlplat.monitoring.metrics import drift_index, drift_key, exposition
 from mlplat.monitoring.monitor_service import MonitorService
 from mlplat.monitoring.predlog import metrics_index, metrics_key
@@ -136,7 +136,7 @@ def main() -> None:
                  for _ in args.keys]
         for settings in homes:
             stack.callback(services.down, settings)
-        clients = [redis.Redis.from_url(RedisService(settings).ensure().url) for settings in homes]
+        clients = [redis.Redis.from_url(online_store_url(settings)) for settings in homes]
         for client, keys in zip(clients, args.keys):
             fill(client, keys)
         # The homes take turns scrape by scrape, so a change in the machine's load hits every key count alike.

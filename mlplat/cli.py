@@ -101,12 +101,28 @@ def status() -> None:
         where = f"  pid {health.state.pid}  {health.state.where}" if health.state else ""
         click.echo(f"{health.name:8} {health.summary}{where}")
     if settings.online_store != "embedded":
-        click.echo(f"online   external  {settings.online_store}")
+        from mlplat.features.redis_users import without_password
+
+        click.echo(f"online   external  {without_password(settings.online_store)}")
     if settings.triton_url != "embedded":
         from mlplat.status import external_triton
 
         click.echo(f"triton   external  {external_triton(settings)}")
     sys.exit(0 if all(h.healthy for h in found) else 1)
+
+
+@main.command("online-url")
+@click.argument("role", default="producer")
+def online_url(role: str) -> None:
+    """Print the embedded Redis's URL as ROLE's user (admin, reader, producer, consumer, monitor), with its
+    password: give ``producer`` to what sends events."""
+    from mlplat.errors import ConfigError
+    from mlplat.features.redis_service import online_store_url
+
+    settings = _settings()
+    if settings.online_store != "embedded":
+        raise ConfigError("online-url is for the embedded Redis; an external one's users are its operators' to give.")
+    click.echo(online_store_url(settings, role))
 
 
 @main.command()

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import getpass
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -34,7 +35,7 @@ _SCHEMES = {
     "triton_url": (EMBEDDED, "grpc://"),
 }
 # Optional settings (empty: unset) and the URL schemes they accept.
-_OPTIONAL_SCHEMES = {"triton_http_url": ("http://", "https://"), "triton_metrics_url": ("http://", "https://"),
+_OPTIONAL_SCHEMES = {"online_reader": ("redis://", "rediss://", "unix://"), "triton_http_url": ("http://", "https://"), "triton_metrics_url": ("http://", "https://"),
                      "triton_repository": ("/",)}
 
 
@@ -51,7 +52,9 @@ class Settings:
     redis_server: str | None = None  # path to a redis-server binary; found on PATH if unset
     user: str = ""  # who is recorded on registry changes
     team: str = ""  # the team that owns what this user creates (a JupyterHub group in a workspace)
-    online_prefix: str = "mlp"  # namespace of every online key in Redis
+    online_prefix: str = "mlp"  # namespace of every online key in Redis (letters, digits, _ . -)
+    online_reader: str = ""  # an external Redis's URL as a user that only reads: what the server hands workspaces
+    online_user: str = "admin"  # the role this process logs in as on the embedded Redis (see features.redis_users)
     kubernetes: dict | None = None  # a `kubernetes:` section makes p.compute() a KubeCluster (see training.cluster)
     triton_env: str = ""  # the venv holding nvidia-pytriton's tritonserver (default: .venv-triton beside ours)
     triton_url: str = EMBEDDED  # "embedded" (the platform runs Triton) or grpc://host:port of a Triton it was given
@@ -119,6 +122,9 @@ def load_settings(**overrides: Any) -> Settings:
             )
         merged[key] = value
     _check_triton(merged)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(merged.get("online_prefix", "mlp"))):
+        raise ConfigError(f"online_prefix={merged['online_prefix']!r} may hold only letters, digits, '_', '.' and "
+                          "'-': it names the keys each of the online store's users may touch.")
     server_url = str(merged.get("server_url") or "")
     if server_url and not server_url.startswith(("http://", "https://")):
         raise ConfigError(f"server_url={server_url!r} must be the platform server's http(s):// URL "

@@ -23,7 +23,7 @@ import pytest
 import mlplat
 from mlplat.config import load_settings
 from mlplat.features import Entity, FeatureView, Field
-from mlplat.features.redis_service import RedisService
+from mlplat.features.redis_service import RedisService, online_store_url
 from mlplat.services import free_port
 
 TIERS = ("unit", "integration", "e2e")
@@ -51,7 +51,7 @@ def isolated_env(tmp_path, monkeypatch):
 def redis_url(tmp_path_factory):
     """A real redis-server on a free loopback port, shared by the session."""
     service = RedisService(load_settings(home=str(tmp_path_factory.mktemp("session-redis"))))
-    yield service.ensure().url
+    yield online_store_url(service.settings)  # as its admin
     service.stop()
 
 

@@ -8,7 +8,9 @@ import socket
 from pathlib import Path
 
 from mlplat.config import EMBEDDED, Settings
-from mlplat.errors import ServiceBinaryNotFound
+from mlplat.errors import ConfigError, ServiceBinaryNotFound
+from mlplat.features import redis_users
+from mlplat.files import private_umask
 from mlplat.services import EmbeddedService, ServiceState
 
 
@@ -16,7 +18,8 @@ class RedisService(EmbeddedService):
     """redis-server with its append-only file under ``$MLPLAT_HOME/redis``.
 
     Append-only mode with ``appendfsync everysec`` and a clean ``SHUTDOWN`` on
-    stop means a restart loses nothing that was acknowledged before it.
+    stop means a restart loses nothing that was acknowledged before it. It has no default user: every
+    client logs in as one of :mod:`mlplat.features.redis_users`' roles.
     """
 
     name = "redis"
@@ -53,10 +56,13 @@ class RedisService(EmbeddedService):
         )
 
     def command(self, port: int) -> list[str]:
-        data_dir = self.settings.home / "redis"
+        data_dir, binary = self.settings.home / "redis", self.binary()
         data_dir.mkdir(parents=True, exist_ok=True)
+        acl = redis_users.acl_file(self.settings)
+        with private_umask():
+            acl.write_text(redis_users.acl(self.settings, redis_users.has_selectors(binary)))
         return [
-            self.binary(), "--port", str(port), "--bind", "127.0.0.1",
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--aclfile", str(acl),
             "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
         ]
@@ -67,20 +73,49 @@ class RedisService(EmbeddedService):
     def healthy(self, state: ServiceState) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", state.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                sock.sendall(self._as_admin(b"PING"))
+                return _replies(sock, 2) == [b"+OK", b"+PONG"]
         except OSError:
             return False
 
     def shutdown(self, state: ServiceState) -> None:
         # SHUTDOWN flushes the append-only file before exiting.
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", state.port), 2) as sock:
-            sock.sendall(b"SHUTDOWN\r\n")
+            sock.sendall(self._as_admin(b"SHUTDOWN"))
             sock.recv(64)
 
+    def _as_admin(self, command: bytes) -> bytes:
+        """``command`` after logging in as the admin (inline commands: the passwords are hex)."""
+        password = redis_users.passwords(self.settings)["admin"]
+        return f"AUTH {redis_users.user_name('admin')} {password}\r\n".encode() + command + b"\r\n"
 
-def online_store_url(settings: Settings) -> str:
-    """The Redis URL for the online store, starting the embedded server if needed."""
+
+def _replies(sock: socket.socket, count: int) -> list[bytes]:
+    """The first ``count`` one-line replies on ``sock``."""
+    received = b""
+    while received.count(b"\r\n") < count:
+        chunk = sock.recv(256)
+        if not chunk:
+            break
+        received += chunk
+    return received.split(b"\r\n")[:count]
+
+
+def online_store_url(settings: Settings, role: str | None = None) -> str:
+    """The Redis URL for the online store, starting the embedded server if needed; on the embedded one, logging
+    in as ``role`` (default: the ``online_user`` setting)."""
     if settings.online_store != EMBEDDED:
         return settings.online_store
-    return RedisService(settings).ensure().url
+    return redis_users.with_user(RedisService(settings).ensure().url, settings, role or settings.online_user)
+
+
+def reader_url(settings: Settings) -> str:
+    """The online store's URL for those who only read it (workspaces, Triton): the embedded Redis's reader, or
+    an external Redis's ``online_reader``; ConfigError when an external Redis has none configured."""
+    if settings.online_store == EMBEDDED:
+        return online_store_url(settings, "reader")
+    if not settings.online_reader:
+        raise ConfigError("The online store is an external Redis and no read-only URL is configured for it: set "
+                          "online_reader (MLPLAT_ONLINE_READER) to redis://USER:PASSWORD@host:port/0 of a Redis ACL "
+                          "user that may only read (see mlplat.features.redis_users for the rules).")
+    return settings.online_reader

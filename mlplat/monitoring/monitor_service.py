@@ -28,7 +28,7 @@ class MonitorService(EmbeddedService):
                 "--heartbeat", str(self.heartbeat)]
 
     def environment(self) -> dict[str, str]:
-        return platform_environment(self.settings)
+        return {**platform_environment(self.settings), "MLPLAT_ONLINE_USER": "monitor"}
 
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}/metrics"

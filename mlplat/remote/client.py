@@ -42,6 +42,10 @@ class ServerClient:
         """The identity the server sees: name, roles per team, admin, default team."""
         return self._answer(self._send("GET", "/api/v1/whoami")).json()
 
+    def online_store(self) -> dict[str, str]:
+        """The online store as the server hands it to workspaces: ``url`` (a user that only reads) and ``prefix``."""
+        return self._answer(self._send("GET", "/api/v1/online-store")).json()
+
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run library call ``name`` (``"models.promote"``) on the server as this client's user."""
         body = protocol.encode({"args": list(args), "kwargs": kwargs})

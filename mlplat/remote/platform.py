@@ -3,7 +3,7 @@
 Set ``server_url`` (``MLPLAT_SERVER_URL``; the hub sets it in every workspace) and the SDK holds no write
 credential: mutations, the feature registry, the model registry, jobs, monitoring, experiments and the audit
 trail are calls to ``mlplat server`` with the user's JupyterHub token. What stays here is what reads data:
-online features straight from Redis, training sets from the offline store's Parquet files (read-only),
+online features straight from Redis (as the read-only user whose URL the server hands out), training sets from the offline store's Parquet files (read-only),
 predictions over Triton's gRPC, and training itself, which logs to the server's MLflow.
 """
 
@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from mlplat.clock import SYSTEM_CLOCK, Clock
-from mlplat.config import Settings, load_settings
+from mlplat.config import EMBEDDED, Settings, load_settings
 from mlplat.errors import ConfigError, InvalidArgument, JobError
 from mlplat.features.store import FeatureStore
 from mlplat.platform import Platform
@@ -86,6 +86,9 @@ class ServerModePlatform(Platform):
         if os.environ.get("MLFLOW_TRACKING_URI", tracking) in ("", tracking):  # unless the user pointed it elsewhere
             os.environ.update(MLFLOW_TRACKING_URI=tracking, MLFLOW_TRACKING_TOKEN=token)  # mlflow's own API follows
         settings = dataclasses.replace(settings, user=me["name"], team=me["team"], tracking=tracking)
+        if settings.online_store == EMBEDDED:  # the install's Redis, as its read-only user (a pod has that URL)
+            online = server.online_store()
+            settings = dataclasses.replace(settings, online_store=online["url"], online_prefix=online["prefix"])
         return cls(settings, server, clock)
 
     @property

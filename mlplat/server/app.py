@@ -56,6 +56,7 @@ class PlatformServer:
         self.authenticator = authenticator
         self.calls = Calls(platform)
         routes = [Route("/api/v1/health", self.health), Route("/api/v1/whoami", self.whoami),
+                  Route("/api/v1/online-store", self.online_store),
                   Route("/api/v1/call/{name}", self.call, methods=["POST"]), *(extra_routes or [])]
         self.app = Starlette(routes=routes)
 
@@ -73,6 +74,17 @@ class PlatformServer:
             return refusal(exc)
         return JSONResponse({"name": identity.name, "roles": dict(identity.roles), "admin": identity.admin,
                              "team": identity.team})
+
+    async def online_store(self, request: Request) -> Response:
+        """Where a workspace reads online features: the online store's read-only URL and its key prefix."""
+        from mlplat.features.redis_service import reader_url
+
+        try:
+            await self.identify(request)
+            url = await run_in_threadpool(reader_url, self.platform.settings)
+        except errors.MlplatError as exc:
+            return refusal(exc)
+        return JSONResponse({"url": url, "prefix": self.platform.settings.online_prefix})
 
     async def call(self, request: Request) -> Response:
         name = request.path_params["name"]

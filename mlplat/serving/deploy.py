@@ -168,6 +168,7 @@ class Deployer:
         version's missing-feature policy with its imputation values (see :mod:`mlplat.serving.missing`).
         """
         from mlplat.features.online import RecordCodec
+        from mlplat.features.redis_service import reader_url
         from mlplat.monitoring.predlog import metrics_index, metrics_key
 
         online = self.features.online
@@ -184,7 +185,9 @@ class Deployer:
         prefix, version = self.settings.online_prefix, info["version"]
         # The embedded Redis's state file says where it listens now, should a restart move it.
         located = self.settings.run_dir / "redis.json" if online.locate else None
-        lookup = {"redis": online.url, "redis_state": located and str(located), "model": name,
+        # Triton reads as the online store's reader (it may write the prediction counters only), where there is one.
+        redis_url = reader_url(self.settings) if online.locate or self.settings.online_reader else online.url
+        lookup = {"redis": redis_url, "redis_state": located and str(located), "model": name,
                   "version": version, "output": info["output"], "keys": keys,
                   "key_kinds": {k: kinds.get(k) for k in keys}, "views": views, "n_features": column,
                   "features": info["features"], "missing": info["missing"], "impute": info["impute"],

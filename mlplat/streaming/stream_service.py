@@ -21,7 +21,7 @@ class StreamService(EmbeddedService):
         return [sys.executable, "-m", "mlplat.cli", "stream", "--heartbeat", str(self.heartbeat)]
 
     def environment(self) -> dict[str, str]:
-        return platform_environment(self.settings)
+        return {**platform_environment(self.settings), "MLPLAT_ONLINE_USER": "consumer"}
 
     def url(self, port: int) -> str:
         return f"file://{self.heartbeat}"

@@ -20,7 +20,7 @@ from mlplat.cli import main as cli
 from mlplat.config import load_settings
 from mlplat.errors import ServiceBinaryNotFound, ServiceError
 from mlplat.features import Entity
-from mlplat.features.redis_service import RedisService
+from mlplat.features.redis_service import RedisService, online_store_url
 from mlplat.monitoring.monitor_service import MonitorService
 from mlplat.monitoring.predlog import PredictionLogger, stream_key
 from mlplat.streaming import Aggregation, StreamFeatureView
@@ -37,7 +37,7 @@ def settings(tmp_path):
 def test_up_starts_redis_on_loopback_and_records_it(settings):
     (state,) = services.up(settings, only=("redis",))
     assert state.url.startswith("redis://127.0.0.1:")
-    assert redis.Redis.from_url(state.url).ping()
+    assert redis.Redis.from_url(online_store_url(settings)).ping()
     assert RedisService(settings).status() == state
     assert (settings.home / "run" / "redis.json").is_file()
 
@@ -50,13 +50,13 @@ def test_up_reuses_the_running_server(settings):
 
 def test_restart_loses_nothing(settings):
     (state,) = services.up(settings, only=("redis",))
-    client = redis.Redis.from_url(state.url)
+    client = redis.Redis.from_url(online_store_url(settings))
     client.set("k", b"v" * 100)
     client.close()
     assert services.down(settings) == ["redis"]
     (again,) = services.up(settings, only=("redis",))
     assert again.pid != state.pid and again.port == state.port  # where clients already look
-    assert redis.Redis.from_url(again.url).get("k") == b"v" * 100
+    assert redis.Redis.from_url(online_store_url(settings)).get("k") == b"v" * 100
 
 
 def test_down_when_nothing_runs_and_stale_state_files(settings):
@@ -178,7 +178,7 @@ def test_one_service_that_cannot_start_does_not_keep_the_others_down(settings, m
 def test_a_stream_service_making_no_progress_is_reported_unhealthy_and_repaired(tmp_path, monkeypatch):
     monkeypatch.setattr(StreamService, "stale_after", 2.0)  # read in this process, by status and up
     backing = RedisService(load_settings(home=str(tmp_path / "redis-home")))
-    url = backing.ensure().url  # the platform's online store, outside it: nobody restarts it but this test
+    url = online_store_url(backing.settings)  # the platform's online store, outside it: nobody restarts it but this test
     settings = load_settings(home=str(tmp_path / "home"), online_store=url)
     service = StreamService(settings)
     with mlplat.connect(home=str(settings.home), online_store=url) as p:

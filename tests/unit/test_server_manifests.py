@@ -61,7 +61,7 @@ def test_the_server_runs_under_its_own_account_with_the_secrets_it_alone_holds(m
     assert account.automount_service_account_token is False and pod.automount_service_account_token is False
     (container,) = pod.containers
     assert container.command[:2] == ["mlplat", "server"]
-    assert _secrets(pod) == SERVER_ONLY_SECRETS | {TRITON_CONTROL_SECRET}
+    assert _secrets(pod) == SERVER_ONLY_SECRETS | {TRITON_CONTROL_SECRET, ONLINE_READER_SECRET}
     env = {e.name: e for e in container.env}
     for name in ("MLPLAT_REGISTRY", "MLPLAT_ONLINE_STORE", "MLPLAT_TRACKING", "JUPYTERHUB_API_TOKEN"):
         assert env[name].value is None and env[name].value_from.secret_key_ref.name in SERVER_ONLY_SECRETS
