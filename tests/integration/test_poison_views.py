@@ -287,3 +287,52 @@ def test_a_broken_view_is_skipped_with_a_warning_only_when_every_view_is_meant(p
         assert platform.features.materialize() == []
     with pytest.raises(BrokenDefinition):
         platform.features.materialize(views=["driver_stats"])
+
+
+def test_a_side_effecting_default_runs_only_where_its_own_view_is_computed_or_served(
+        platform, driver, driver_stats, source, notebook, tmp_path):
+    """alice's functions run code when loaded (a default argument with a side effect): listing, materialising,
+    reading other views and the stream service never load them; computing or serving her view does."""
+    marks = {what: tmp_path / f"{what}.ran" for what in ("batch", "on_demand")}
+
+    def side_effect(what: str) -> str:
+        return f"__import__('pathlib').Path({str(marks[what])!r}).touch()"
+
+    daily_with = notebook(f"def daily(trips, start, end, _={side_effect('batch')}):\n"
+                          "    out = trips.groupby('driver_id', as_index=False).agg(trips=('fare', 'size'), "
+                          "revenue=('fare', 'sum'))\n"
+                          "    return out.assign(event_timestamp=end - pd.Timedelta(1, 'us'))\n", "daily")
+    doubled_with = notebook(f"def doubled(df, _={side_effect('on_demand')}):\n"
+                            "    return pd.DataFrame({'rating_x2': df['rating'] * 2})\n", "doubled")
+    ratings = OnDemandFeatureView("ratings", sources=["driver_stats:rating"], schema=[Field("rating_x2", "float64")],
+                                  function=doubled_with)
+    trips = StreamFeatureView("trips", entities=[driver], aggregations=[Aggregation("fare", "sum", "1h")], ttl=None)
+    platform.features.apply([driver, driver_stats, batch_view(driver, source, daily_with), ratings, trips])
+    platform.features.ingest("driver_stats", pd.DataFrame({"driver_id": [1], "event_timestamp": [NOW],
+                                                           "rating": [4.5], "trips": [10]}))
+    for mark in marks.values():  # defining them loaded them once, in alice's own session
+        mark.unlink(missing_ok=True)
+
+    bob = another_user(platform)
+    service = StreamService(platform.settings)
+    try:
+        assert len(bob.features.list_views()) == 4 and jsonable(bob.features.search(""))
+        assert [r.view for r in bob.features.materialize()] == ["driver_daily", "driver_stats", "trips"]
+        assert bob.features.get_online_features(["driver_stats:rating"], {"driver_id": [1]}).to_dict()["rating"] == [
+            4.5]
+        service.ensure()
+        bob.streams.send("trips", [{"driver_id": 1, "event_timestamp": NOW, "fare": 2.0}])
+        deadline = time.monotonic() + 40
+        while bob.features.get_online_features(["trips:fare_sum_1h"], {"driver_id": [1]}).to_dict()[
+                "fare_sum_1h"] != [2.0]:
+            assert time.monotonic() < deadline, service.log_file.read_text()[-3000:]
+            time.sleep(0.05)
+        assert not any(mark.exists() for mark in marks.values())
+
+        bob.features.get_online_features(["ratings:rating_x2"], {"driver_id": [1]})  # serving her view loads it
+        assert marks["on_demand"].exists() and not marks["batch"].exists()
+        assert bob.features.compute("driver_daily", "2024-03-01", "2024-03-02", progress=False).rows == 2
+        assert marks["batch"].exists()
+    finally:
+        service.stop()
+        bob.close()
