@@ -41,6 +41,7 @@ from redis.retry import Retry
 
 from mlplat.errors import MissingColumnError, OnlineStoreUnavailable
 from mlplat.features.definitions import FeatureView
+from mlplat.features.redis_users import without_password
 
 _NUMPY = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "u1"}
 _HEADER = np.dtype([("event_ns", "<i8"), ("created_ns", "<i8")])
@@ -300,8 +301,14 @@ class RedisOnlineStore:
         return len(rows)
 
     def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
+        if isinstance(exc, redis.AuthenticationError):
+            return OnlineStoreUnavailable(
+                f"The online store at {without_password(self.url)} refused the login ({exc}): the password is wrong "
+                "or the user does not exist. In a workspace, connect again (mlplat.connect()) for a fresh URL; "
+                "for the embedded Redis, restart it (`mlplat down && mlplat up`) to load its users again."
+            )
         return OnlineStoreUnavailable(
-            f"Cannot reach the online store at {self.url} ({exc}). Start it with `mlplat up`, "
+            f"Cannot reach the online store at {without_password(self.url)} ({exc}). Start it with `mlplat up`, "
             "or set online_store to a reachable redis:// URL."
         )
 

@@ -9,12 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from servers import running_server
 
 import mlplat
 from mlplat import services
 from mlplat.config import load_settings
+from mlplat.errors import OnlineStoreUnavailable
 from mlplat.features import Entity, FeatureView, Field
+from mlplat.features.online import RedisOnlineStore
 from mlplat.features.redis_service import RedisService, online_store_url
 from mlplat.identity import Identity
 from mlplat.remote.platform import ServerModePlatform
@@ -47,12 +51,16 @@ def refused(call) -> bool:
 
 def test_nobody_gets_in_without_a_password(settings):
     port = RedisService(settings).status().port
+    once = Retry(NoBackoff(), 0)
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port).ping()
+        redis.Redis(port=port, retry=once).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, username="mlplat-reader", password="guessed").ping()
+        redis.Redis(port=port, username="mlplat-reader", password="guessed", retry=once).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, password="guessed").ping()
+        redis.Redis(port=port, password="guessed", retry=once).ping()
+    guessed = RedisOnlineStore(f"redis://mlplat-reader:guessed@127.0.0.1:{port}/0")
+    with pytest.raises(OnlineStoreUnavailable, match=r"redis://mlplat-reader:\*\*\*@127.0.0.1:\d+/0 refused the login"):
+        guessed.mget(["mlp:drivers:1:42"])
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv")
