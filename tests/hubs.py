@@ -1,5 +1,6 @@
 """Test helpers for a real JupyterHub run by ``mlplat_hub`` (local mode): start and stop it, use its REST API
-as the ``mlplat-admin`` service, log in as a user. Used by test_hub.py and test_browser.py."""
+as the ``mlplat-admin`` service, log in as a user. Used by test_hub.py, test_hub_accounts.py, test_server_hub.py
+and test_browser.py."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import grp
 import pwd
 import re
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -64,20 +65,26 @@ def check_can_manage(euid: int) -> None:
 
 
 def check_runnable(python: str, imports: str) -> None:
-    """Refuse unless another account (``nobody``) can run ``python`` and import ``imports`` with it."""
+    """Refuse unless another account (``nobody``) can run ``python``, as this very interpreter (not another one
+    that a path it cannot reach falls back to), and import ``imports`` with it."""
     try:
         done = subprocess.run(["setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--",
-                               python, "-c", f"import {imports}"], capture_output=True, text=True, timeout=120)
+                               python, "-c", f"import sys, {imports}; print(sys.version)"],
+                              capture_output=True, text=True, timeout=120, cwd="/")
     except FileNotFoundError:
         raise HubError("setpriv (util-linux) is needed to check what accounts can run: "
                        "`apt-get install util-linux`.") from None
+    if done.returncode == 0 and done.stdout.strip() == sys.version:
+        return
     if done.returncode:
-        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HubError(
-            f"Workspaces run as their users' accounts cannot run this hub's Python {python} ({why}). Build the "
-            "environment with an interpreter every account can run: `rm -rf .venv .venv-triton && make install` "
-            "(the Makefile prefers Debian's /usr/bin/python3: `apt-get install python3-venv python3-dev`), or "
-            "`make install PYTHON=<a python outside /root>`.")
+        why = (done.stderr.strip().splitlines() or ["it failed"])[-1]
+    else:
+        why = f"for them it runs Python {done.stdout.split()[0]}, not this {sys.version.split()[0]}"
+    raise HubError(
+        f"Workspaces run as their users' accounts cannot run this hub's Python {python} ({why}). Build the "
+        "environment with an interpreter every account can run: `rm -rf .venv .venv-triton && make install` "
+        "(the Makefile prefers Debian's /usr/bin/python3: `apt-get install python3-venv python3-dev`), or "
+        "`make install PYTHON=<a python outside /root>`.")
 
 
 def ensure_account(name: str, home: Path) -> pwd.struct_passwd:

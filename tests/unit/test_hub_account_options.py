@@ -14,8 +14,9 @@ import pytest
 
 from mlplat.config import load_settings
 from mlplat.errors import ConfigError, HubError
-from mlplat_hub.accounts import account_name, check_can_manage, check_template, team_group
+from mlplat_hub.accounts import account_name, check_can_manage, check_runnable, check_template, team_group
 from mlplat_hub.options import ACCOUNTS_ROOT, HubOptions
+from mlplat_hub.workspaces import open_to_accounts
 
 ACCOUNTS = {"MLPLAT_HUB_ACCOUNTS": "1", "MLPLAT_HUB_SERVER": "1"}
 
@@ -75,3 +76,18 @@ def test_accounts_options_and_what_they_need():
     for says, env in refused.items():
         with pytest.raises((ConfigError, HubError), match=says):
             HubOptions.from_env(settings, env)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the interpreter as another account (setpriv needs root)")
+def test_an_interpreter_other_accounts_cannot_run_is_refused_naming_the_fix(tmp_path):
+    check_runnable(sys.executable, "mlplat_hub")  # what the hub checks at start: this venv is runnable
+    hidden = tmp_path / "python"  # pytest's temporary folders are 0700, as /root is
+    hidden.symlink_to(sys.executable)
+    with pytest.raises(HubError, match=r"cannot run this hub's Python .*\). Build the environment with an "
+                                       r"interpreter every account can run: `rm -rf \.venv \.venv-triton && make install`"):
+        check_runnable(str(hidden), "mlplat_hub")
+
+
+def test_a_workspace_root_accounts_cannot_reach_is_refused(tmp_path):
+    with pytest.raises(HubError, match=r"is closed to other accounts\. Set MLPLAT_HUB_ROOT"):
+        open_to_accounts(tmp_path / "workspaces")  # inside pytest's 0700 folder
