@@ -24,8 +24,8 @@ def hub(ip: str, port: int | None, stop: bool) -> None:
     if running.password:
         click.echo(f"login    {names}, password {running.password}")
     else:
-        click.echo(f"login    each user with their own password (sign up at {running.url}hub/signup, approved by an "
-                   f"admin at {running.url}hub/authorize, with MLPLAT_HUB_AUTHENTICATOR=native)")
+        click.echo(f"login    each user as themselves (MLPLAT_HUB_AUTHENTICATOR); native: sign up at {running.url}hub/signup, "
+                   f"an admin approves at {running.url}hub/authorize")
     if running.server_url:
         click.echo(f"server   {running.server_url}  (MLPLAT_SERVER_URL; MLPLAT_SERVER_TOKEN: a token from "
                    f"{running.url}hub/token)")

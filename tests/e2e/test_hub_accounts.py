@@ -22,8 +22,10 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from hubs import log_in, running_hub, user_token
+from click.testing import CliRunner
+from hubs import hub_environment, log_in, running_hub, user_token
 
+from mlplat.cli import main
 from mlplat_hub.accounts import team_group
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates OS accounts and groups: needs root (CI is root)")
@@ -93,6 +95,14 @@ def test_each_person_logs_in_with_their_own_password_only(hub, people):
     assert not log_in(hub, "bob", PASSWORDS["alice"]).logged_in
     assert not log_in(hub, "carol", PASSWORDS["alice"]).logged_in  # never signed up
     assert user_token(hub, "alice", PASSWORDS["alice"])  # the API checks the same passwords
+
+
+def test_mlplat_hub_says_how_people_log_in(hub):
+    env = {**hub_environment(hub.home), "MLPLAT_HUB_ACCOUNTS": "1", "MLPLAT_HUB_SERVER": "1"}
+    shown = CliRunner().invoke(main, ["hub"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert f"login    each user as themselves (MLPLAT_HUB_AUTHENTICATOR); native: sign up at {hub.url}hub/signup" \
+        in shown.output and "password" not in shown.output
 
 
 def test_each_server_runs_as_its_users_own_account_with_no_store_of_the_hubs(hub, people):
