@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -166,3 +167,17 @@ def test_alices_kernel_reaches_her_team_but_not_bob_nor_the_hub(hub, people):
     assert stat.S_IMODE(written.st_mode) == 0o660  # the team reads and writes it; others nothing
     assert hub.run_in_kernel("bob", "mlplat", f"print(open({str(hub.root / 'teams' / TEAM / 'from-alice.txt')!r})"
                              ".read())").strip() == "hi team"
+
+
+def test_leaving_the_team_takes_bobs_account_out_of_its_group_at_his_next_start(hub, people):
+    hub.api("DELETE", f"/hub/api/groups/{TEAM}/users", json={"users": ["bob"]})
+    hub.api("DELETE", "/hub/api/users/bob/server")
+    deadline = time.monotonic() + 30
+    while hub.api("GET", "/hub/api/users/bob").json()["servers"]:
+        assert time.monotonic() < deadline, "bob's server did not stop"
+        time.sleep(0.2)
+    server = psutil.Process(hub.spawn("bob", "cpu-small")["state"]["pid"])
+    team = grp.getgrnam(team_group(TEAM))
+    assert account("bob").pw_name not in team.gr_mem
+    assert team.gr_gid not in {int(gid) for gid in _status(server)["Groups"].split()}
+    assert not os.path.lexists(hub.root / "users" / "bob" / "teams" / TEAM)
