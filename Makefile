@@ -21,7 +21,11 @@ triton: $(TRITON_STAMP)
 system:
 	@PYTHON=$(PYTHON) bash scripts/setup-system.sh
 
+# A venv made by another interpreter (pyenv's, before PYTHON preferred Debian's) is made anew: `venv` over it
+# would point its python at the other interpreter's standard library.
+BASE_PREFIX := -c 'import sys; print(sys.base_prefix)'
 $(STAMP): pyproject.toml
+	@[ "$$($(PY) $(BASE_PREFIX) 2>/dev/null)" = "$$($(PYTHON) $(BASE_PREFIX))" ] || rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
