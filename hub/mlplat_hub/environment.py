@@ -19,10 +19,10 @@ from mlplat.config import Settings
 from mlplat.server.authentication import ADMIN_GROUP
 from mlplat_hub.profiles import DEFAULT_PROFILE, profile_from_options
 
-# Settings every workspace shares with the hub, as the MLPLAT_* variables load_settings() reads.
 # Write credentials only mlplat server holds: the metadata database, MLflow's store (reached through the server)
 # and the online store's admin URL (workspaces read it as a reader).
 SERVER_ONLY = ("MLPLAT_REGISTRY", "MLPLAT_TRACKING", "MLPLAT_ONLINE_STORE")
+# Settings every workspace shares with the hub, as the MLPLAT_* variables load_settings() reads.
 SHARED_SETTINGS = ("registry", "tracking", "online_store", "offline_store", "artifacts", "online_prefix",
                    "triton_url", "triton_http_url", "triton_metrics_url", "triton_repository")
 

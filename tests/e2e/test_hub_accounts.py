@@ -134,8 +134,12 @@ def test_folders_belong_to_their_account_and_the_teams_group(hub, people):
     assert stat.S_IMODE(team.st_mode) == 0o2770
     link = hub.root / "users" / "alice" / "teams" / TEAM
     assert link.readlink() == hub.root / "teams" / TEAM and link.lstat().st_uid == account("alice").pw_uid
-    kernels = hub.root / "kernels"
-    assert kernels.stat().st_uid == 0 and stat.S_IMODE(kernels.stat().st_mode) == 0o755
+    spec = hub.root / "kernels" / "share" / "jupyter" / "kernels" / "mlplat" / "kernel.json"
+    for path, mode in ((hub.root / "kernels", 0o755), (spec, 0o644)):  # every account reads, root alone writes
+        assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (0, mode)
+    for path, mode in ((hub.home / "hub", 0o700), (hub.home / "hub" / "cookie_secret", 0o600),
+                       (hub.home / "hub" / "jupyterhub.sqlite", 0o600)):  # the hub's secrets: root's alone
+        assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (0, mode)
 
 
 def test_alices_kernel_reaches_her_team_but_not_bob_nor_the_hub(hub, people):
