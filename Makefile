@@ -1,7 +1,9 @@
 # mlplat: `make demo` runs the main job end to end, `make test` runs the tests.
 # Both set everything up themselves on a fresh Debian/Ubuntu machine.
 
-PYTHON    ?= python3
+# Debian's interpreter when there is one: every OS account can run it, so a hub that runs workspaces as their
+# users' own accounts (MLPLAT_HUB_ACCOUNTS=1) can run this venv; a pyenv python under /root cannot be.
+PYTHON    ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
@@ -17,9 +19,13 @@ install: system $(STAMP) $(TRITON_STAMP)
 triton: $(TRITON_STAMP)
 
 system:
-	@bash scripts/setup-system.sh
+	@PYTHON=$(PYTHON) bash scripts/setup-system.sh
 
+# A venv made by another interpreter (pyenv's, before PYTHON preferred Debian's) is made anew: `venv` over it
+# would point its python at the other interpreter's standard library.
+BASE_PREFIX := -c 'import sys; print(sys.base_prefix)'
 $(STAMP): pyproject.toml
+	@[ "$$($(PY) $(BASE_PREFIX) 2>/dev/null)" = "$$($(PYTHON) $(BASE_PREFIX))" ] || rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"

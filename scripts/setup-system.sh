@@ -6,7 +6,11 @@
 set -euo pipefail
 
 missing=()
-python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
+# The interpreter the Makefile builds the venvs with (Debian's python3 when there is one); the Triton stub
+# loads its libpython (python3-dev).
+"${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv python3-pip)
+[ "${PYTHON:-python3}" != /usr/bin/python3 ] || /usr/bin/python3 -c 'import os, sys, sysconfig as s
+sys.exit(not os.path.exists(os.path.join(s.get_config_var("LIBDIR"), s.get_config_var("LDLIBRARY"))))' || missing+=(python3-dev)
 command -v redis-server >/dev/null || command -v valkey-server >/dev/null || missing+=(redis-server)
 # The tests run the registry against a private PostgreSQL server too.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)

@@ -1,5 +1,6 @@
 """Test helpers for a real JupyterHub run by ``mlplat_hub`` (local mode): start and stop it, use its REST API
-as the ``mlplat-admin`` service, log in as a user. Used by test_hub.py and test_browser.py."""
+as the ``mlplat-admin`` service, log in as a user. Used by test_hub.py, test_hub_accounts.py, test_server_hub.py
+and test_browser.py."""
 
 from __future__ import annotations
 
@@ -130,19 +131,22 @@ def _stop(hub: Hub) -> None:
     assert stopped and not leftovers, f"left running after the hub stopped: {leftovers}"
 
 
-def log_in(hub: Hub, user: str) -> requests.Session:
-    """A session logged in to the hub as ``user`` through its login form (cookies, as a browser would)."""
+def log_in(hub: Hub, user: str, password: str | None = None) -> requests.Session:
+    """A session logged in to the hub as ``user`` through its login form (cookies, as a browser would), with
+    ``password`` (default: the shared one); ``.logged_in`` says whether the hub let it in."""
     browser = requests.Session()
     browser.get(hub.url + "hub/login")
-    browser.post(hub.url + "hub/login", data={"username": user, "password": hub.password,
-                                              "_xsrf": browser.cookies["_xsrf"]})
+    answer = browser.post(hub.url + "hub/login", allow_redirects=False, timeout=STARTS,
+                          data={"username": user, "password": password or hub.password,
+                                "_xsrf": browser.cookies["_xsrf"]})
+    browser.logged_in = answer.status_code == 302  # a refusal shows the login page again
     return browser
 
 
-def user_token(hub: Hub, user: str) -> str:
+def user_token(hub: Hub, user: str, password: str | None = None) -> str:
     """A new API token of ``user``, asked of the hub's API with their login (no admin scope needed: the hub
     checks the password as its login form does, and the token acts as the user)."""
     response = requests.post(f"{hub.url}hub/api/users/{user}/tokens", timeout=STARTS,
-                             json={"auth": {"username": user, "password": hub.password}, "note": "test"})
+                             json={"auth": {"username": user, "password": password or hub.password}, "note": "test"})
     assert response.status_code == 201, (user, response.status_code, response.text)
     return response.json()["token"]

@@ -56,7 +56,7 @@ class RunningHub:
 
     url: str
     pid: int
-    password: str
+    password: str | None  # the shared one; None: each person logs in as themselves (MLPLAT_HUB_AUTHENTICATOR)
     users: tuple[str, ...] | None  # None: any user name
     server_url: str | None = None  # server mode: where `mlplat server` answers (MLPLAT_SERVER_URL)
 
@@ -71,7 +71,8 @@ def start_hub(settings: Settings, ip: str = "127.0.0.1", port: int | None = None
             state = service.ensure()
         except ServiceError as exc:  # its message ends "run `mlplat up` again"
             raise HubError(str(exc).replace("`mlplat up`", "`mlplat hub`")) from None
-    return RunningHub(state.url, state.pid, options.login_password(), options.users, running_server_url(options))
+    password = options.login_password() if options.authenticator == "shared" else None
+    return RunningHub(state.url, state.pid, password, options.users, running_server_url(options))
 
 
 def stop_hub(settings: Settings) -> bool:

@@ -21,7 +21,11 @@ def hub(ip: str, port: int | None, stop: bool) -> None:
     running = start_hub(load_settings(), ip, port)
     click.echo(f"hub      running  pid {running.pid}  {running.url}")
     names = ", ".join(running.users) if running.users else "any user name"
-    click.echo(f"login    {names}, password {running.password}")
+    if running.password:
+        click.echo(f"login    {names}, password {running.password}")
+    else:
+        click.echo(f"login    each user as themselves (MLPLAT_HUB_AUTHENTICATOR); native: sign up at {running.url}hub/signup, "
+                   f"an admin approves at {running.url}hub/authorize")
     if running.server_url:
         click.echo(f"server   {running.server_url}  (MLPLAT_SERVER_URL; MLPLAT_SERVER_TOKEN: a token from "
                    f"{running.url}hub/token)")

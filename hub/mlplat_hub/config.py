@@ -11,6 +11,7 @@ and teams' groups carry their members' roles.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,17 +20,23 @@ from mlplat.files import private_file, private_home, private_umask
 from mlplat.kernels import install_kernels
 from mlplat.server.authentication import ADMIN_GROUP
 from mlplat.services import free_port
-from mlplat_hub.environment import workspace_environment
-from mlplat_hub.kubernetes import check_shared, literal, mount_team_folders, team_volume, without_write_credentials
+from mlplat_hub.accounts import check_runnable
+from mlplat_hub.environment import without_write_credentials, workspace_environment
+from mlplat_hub.kubernetes import check_shared, literal, mount_team_folders, reading_online_store, team_volume
 from mlplat_hub.options import TEAM_DEFAULT, HubOptions
 from mlplat_hub.profiles import apply_profile, kubespawner_profile_list
 from mlplat_hub.proxy import PrivateProxy, proxy_command
 from mlplat_hub.services import hub_services, server_url
-from mlplat_hub.spawner import WorkspaceSpawner
+from mlplat_hub.spawner import AccountSpawner, WorkspaceSpawner
+from mlplat_hub.workspaces import open_to_accounts
+
+NATIVE = "mlplat_hub.login.NativeAuthenticator"  # imported by JupyterHub, only when used
+MINIMUM_PASSWORD = 8  # for sign-ups (native), as for the shared password
 
 
 def configure_local(c: Any, options: HubOptions, settings: Settings) -> None:
-    """Workspaces as processes on this machine, behind a shared password; hub state in ``options.state_dir``."""
+    """Workspaces as processes on this machine, as the hub's account behind a shared password or as their users'
+    own accounts (``options.accounts``); hub state in ``options.state_dir``."""
     state = options.state_dir
     # The hub's database, cookie secret (JupyterHub writes it 0600), password and proxy pid are the hub's alone.
     private_home(state)
@@ -46,24 +53,45 @@ def configure_local(c: Any, options: HubOptions, settings: Settings) -> None:
     c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
     c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 
-    # Any user name (or those listed) with the one shared password: one machine, trusted people.
-    c.JupyterHub.authenticator_class = "shared-password"
-    c.SharedPasswordAuthenticator.user_password = options.login_password()
+    _configure_login(c, options)
+    url = server_url(options) if options.server else ""
+    if options.accounts:
+        # Each server as its user's own account: it must run this environment, and gets no store of the hub's.
+        check_runnable(sys.executable, "mlplat_hub, jupyterhub")
+        c.JupyterHub.spawner_class = AccountSpawner
+        c.AccountSpawner.account_template = options.account_name
+        kernels = open_to_accounts(options.root)  # the kernels, where every account reads them
+        env = without_write_credentials(workspace_environment(settings, share_home=False, server_url=url))
+    else:
+        c.JupyterHub.spawner_class = WorkspaceSpawner
+        # The kernels "Python 3 (mlplat)" and "(mlplat, GPU)", for servers that run as the hub's account.
+        with private_umask():
+            install_kernels(str(state / "jupyter"))
+        kernels = state / "jupyter" / "share" / "jupyter"
+        env = workspace_environment(settings, share_home=True, server_url=url)
+    c.WorkspaceSpawner.workspace_root = str(options.root)
+    kernel_path = {"JUPYTER_PATH": str(kernels)}  # also for the scheduler's jobs
+    c.WorkspaceSpawner.environment = {**env, **kernel_path}
+    _configure_common(c, c.WorkspaceSpawner, options, settings, kernel_path)
+
+
+def _configure_login(c: Any, options: HubOptions) -> None:
+    """Who may log in: any name (or those listed) with the one shared password, trusted people on one machine;
+    with accounts each person as themselves (``native``: sign up, approved by an admin; ``pam``; any other)."""
+    if options.authenticator == "shared":
+        c.JupyterHub.authenticator_class = "shared-password"
+        c.SharedPasswordAuthenticator.user_password = options.login_password()
+    else:
+        # nativeauthenticator's, fixed for JupyterHub 6; else an entry point's name (pam) or an import path
+        c.JupyterHub.authenticator_class = NATIVE if options.authenticator == "native" else options.authenticator
+        c.Authenticator.admin_users = set(options.admins)  # they approve sign-ups (and can reach every server)
+        if options.authenticator == "native":
+            c.NativeAuthenticator.minimum_password_length = MINIMUM_PASSWORD
+            c.NativeAuthenticator.check_common_password = True
     if options.users:
         c.Authenticator.allowed_users = set(options.users)
     else:
-        c.Authenticator.allow_all = True
-
-    c.JupyterHub.spawner_class = WorkspaceSpawner
-    c.WorkspaceSpawner.workspace_root = str(options.root)
-    # The kernels "Python 3 (mlplat)" and "(mlplat, GPU)", installed for the hub's servers only.
-    kernels = state / "jupyter"
-    with private_umask():  # in the hub's folder, for workspaces that run as the hub's account (no OS accounts yet)
-        install_kernels(str(kernels))
-    kernel_path = {"JUPYTER_PATH": str(kernels / "share" / "jupyter")}  # also for the scheduler's jobs
-    env = workspace_environment(settings, share_home=True, server_url=server_url(options) if options.server else "")
-    c.WorkspaceSpawner.environment = {**env, **kernel_path}
-    _configure_common(c, c.WorkspaceSpawner, options, settings, kernel_path)
+        c.Authenticator.allow_all = True  # native: but only once an admin approved the sign-up
 
 
 def configure_kubernetes(c: Any, options: HubOptions, settings: Settings) -> None:
@@ -74,7 +102,7 @@ def configure_kubernetes(c: Any, options: HubOptions, settings: Settings) -> Non
     c.KubeSpawner.cmd = ["jupyterhub-singleuser"]  # named, so the profile's server options reach it
     c.KubeSpawner.profile_list = kubespawner_profile_list()
     env = workspace_environment(settings, share_home=False, server_url=server_url(options) if options.server else "")
-    c.KubeSpawner.environment = literal(without_write_credentials(env) if options.server else env)
+    c.KubeSpawner.environment = literal(reading_online_store(without_write_credentials(env)) if options.server else env)
     c.KubeSpawner.volumes = [team_volume(options.team_claim)]
     c.KubeSpawner.modify_pod_hook = mount_team_folders
     _configure_common(c, c.KubeSpawner, options, settings)

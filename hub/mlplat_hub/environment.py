@@ -19,6 +19,9 @@ from mlplat.config import Settings
 from mlplat.server.authentication import ADMIN_GROUP
 from mlplat_hub.profiles import DEFAULT_PROFILE, profile_from_options
 
+# Write credentials only mlplat server holds: the metadata database, MLflow's store (reached through the server)
+# and the online store's admin URL (workspaces read it as a reader).
+SERVER_ONLY = ("MLPLAT_REGISTRY", "MLPLAT_TRACKING", "MLPLAT_ONLINE_STORE")
 # Settings every workspace shares with the hub, as the MLPLAT_* variables load_settings() reads.
 SHARED_SETTINGS = ("registry", "tracking", "online_store", "offline_store", "artifacts", "online_prefix",
                    "triton_url", "triton_http_url", "triton_metrics_url", "triton_repository")
@@ -62,3 +65,9 @@ def workspace_environment(settings: Settings, *, share_home: bool, server_url: s
     for name in DEFAULT_PROFILE.environment:  # every profile sets the same variables
         env[name] = _profile_variable(name)
     return env
+
+
+def without_write_credentials(env: dict[str, Any]) -> dict[str, Any]:
+    """A server-mode workspace's ``env`` when it must not write the stores itself (a pod, an OS account of its
+    own): the server's own stores (:data:`SERVER_ONLY`) left out."""
+    return {name: value for name, value in env.items() if name not in SERVER_ONLY}

@@ -19,8 +19,6 @@ from mlplat_hub.environment import teams
 TEAMS_VOLUME = "teams"
 TEAMS_MOUNT = "/home/jovyan/teams"  # the home of Jupyter's docker-stacks images
 ONLINE_READER_SECRET = "mlplat-online-reader"  # key ``url``: redis://reader:...@host:6379/0, an ACL user that only reads
-# Write credentials only mlplat server holds: the metadata database and MLflow's store (reached through the server).
-_SERVER_ONLY = ("MLPLAT_REGISTRY", "MLPLAT_TRACKING")
 
 
 def team_volume(claim: str) -> dict[str, Any]:
@@ -44,12 +42,10 @@ def literal(env: dict[str, Any]) -> dict[str, Any]:
     return {k: v.replace("{", "{{").replace("}", "}}") if isinstance(v, str) else v for k, v in env.items()}
 
 
-def without_write_credentials(env: dict[str, Any]) -> dict[str, Any]:
-    """A server-mode pod's ``env``: the server's own stores left out, the online store read from the reader's
-    Secret (KubeSpawner turns a mapping into the variable's ``valueFrom``)."""
-    kept = {name: value for name, value in env.items() if name not in _SERVER_ONLY}
-    kept["MLPLAT_ONLINE_STORE"] = {"valueFrom": {"secretKeyRef": {"name": ONLINE_READER_SECRET, "key": "url"}}}
-    return kept
+def reading_online_store(env: dict[str, Any]) -> dict[str, Any]:
+    """A server-mode pod's ``env`` (:func:`~mlplat_hub.environment.without_write_credentials`) with the online
+    store read from the reader's Secret (KubeSpawner turns a mapping into the variable's ``valueFrom``)."""
+    return {**env, "MLPLAT_ONLINE_STORE": {"valueFrom": {"secretKeyRef": {"name": ONLINE_READER_SECRET, "key": "url"}}}}
 
 
 def check_shared(settings: Settings) -> None:

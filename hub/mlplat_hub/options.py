@@ -6,8 +6,16 @@ variable                   meaning                                              
 MLPLAT_HUB_MODE            ``local`` (processes here) or ``kubernetes`` (KubeSpawner)    local
 MLPLAT_HUB_IP / _PORT      where the hub listens (local)                                127.0.0.1 / 8000
 MLPLAT_HUB_STATE           cookie secret, database, proxy pid, password (local)         $MLPLAT_HOME/hub
-MLPLAT_HUB_ROOT            ``users/<name>`` and ``teams/<team>`` folders (local)         $MLPLAT_HOME/workspaces
+MLPLAT_HUB_ROOT            ``users/<name>`` and ``teams/<team>`` folders (local)         $MLPLAT_HOME/workspaces;
+                                                                                        accounts: /srv/mlplat/workspaces
 MLPLAT_HUB_PASSWORD        the shared login password (local)                            generated, in the state dir
+MLPLAT_HUB_ACCOUNTS        ``1``: each user's server runs as an OS account of its own   0
+                           (created by the hub, which must run as root), teams are OS
+                           groups; needs MLPLAT_HUB_SERVER=1 (local)
+MLPLAT_HUB_ACCOUNT_NAME    the OS account of hub user ``{username}`` (accounts)         mlplat-{username}
+MLPLAT_HUB_AUTHENTICATOR   ``shared`` (any name, the shared password), ``native``       shared; accounts: native
+                           (sign-up, approved by MLPLAT_HUB_ADMINS), ``pam`` (the
+                           machine's passwords) or an Authenticator's import path
 MLPLAT_HUB_USERS           who may log in, comma-separated                              anyone with the password
 MLPLAT_HUB_TEAMS           teams as YAML ``{team-a: [alice, bob]}``                     none
 MLPLAT_HUB_CULL_TIMEOUT    seconds a server may idle before it is stopped; 0: never     3600
@@ -27,7 +35,9 @@ MLPLAT_HUB_SERVER_TOKEN    API token of the ``mlplat-server`` service (kubernete
                            where the server runs as its own Deployment)
 MLPLAT_HUB_TEAM_ROLES      roles in teams as YAML ``{team-b: {carol: viewer}}``; the    editor for every member
                            key ``"*"`` sets the team's default (viewer/editor/owner)
-MLPLAT_HUB_ADMINS          platform admins (group ``mlplat-admins``), comma-separated   none
+MLPLAT_HUB_ADMINS          platform admins (group ``mlplat-admins``), comma-separated;  none
+                           with a real authenticator also hub admins (who approve
+                           sign-ups and can reach every server)
 =========================  ==========================================================  ==========================
 """
 
@@ -43,6 +53,7 @@ from pathlib import Path
 from mlplat.config import Settings
 from mlplat.errors import ConfigError
 from mlplat.identity import ROLES
+from mlplat_hub.accounts import DEFAULT_TEMPLATE, check_can_manage, check_template
 
 PREFIX = "MLPLAT_HUB_"
 MODES = ("local", "kubernetes")
@@ -50,6 +61,8 @@ SERVICES = ("mlflow", "scheduler", "monitor", "stream")
 _MIN_PASSWORD = 8  # SharedPasswordAuthenticator's minimum
 TEAM_DEFAULT = "*"  # in MLPLAT_HUB_TEAM_ROLES: the role of a team's members not named
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+AUTHENTICATORS = ("shared", "native", "pam")  # or an import path
+ACCOUNTS_ROOT = Path("/srv/mlplat/workspaces")  # outside any home: every account passes through to its folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +89,9 @@ class HubOptions:
     server_token: str | None = None
     team_roles: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     admins: tuple[str, ...] = ()
+    accounts: bool = False
+    account_name: str = DEFAULT_TEMPLATE
+    authenticator: str = "shared"  # from_env: native with accounts
 
     @classmethod
     def from_env(cls, settings: Settings, env: Mapping[str, str] = os.environ) -> HubOptions:
@@ -90,7 +106,12 @@ class HubOptions:
                                   f"{', '.join(PREFIX + f.upper() for f in fields)}.")
         values: dict = {k: v for k, v in raw.items() if k not in ("state", "root")}
         values["state_dir"] = Path(raw.get("state") or settings.home / "hub").expanduser().resolve()
-        values["root"] = Path(raw.get("root") or settings.home / "workspaces").expanduser().resolve()
+        for key in ("server", "accounts"):
+            if key in values:
+                values[key] = _flag(values[key], key)
+        root = raw.get("root") or (ACCOUNTS_ROOT if values.get("accounts") else settings.home / "workspaces")
+        values["root"] = Path(root).expanduser().resolve()
+        values.setdefault("authenticator", "native" if values.get("accounts") else "shared")
         for key in ("port", "cull_timeout"):
             if key in values:
                 values[key] = _whole(values[key], key)
@@ -101,9 +122,10 @@ class HubOptions:
             values["teams"] = _teams(values["teams"])
         if "team_roles" in values:
             values["team_roles"] = _team_roles(values["team_roles"])
-        if "server" in values:
-            values["server"] = _flag(values["server"], "server")
-        return cls(**values).checked()
+        options = cls(**values).checked()
+        if options.accounts:
+            check_can_manage(os.geteuid())
+        return options
 
     def checked(self) -> HubOptions:
         """Self, after checking values that do not depend on the environment's format."""
@@ -118,7 +140,25 @@ class HubOptions:
             raise ConfigError(f"{PREFIX}IMAGE is required on Kubernetes: the workspace image, with mlplat "
                               "and its kernels installed (`pip install 'mlplat[hub]' && mlplat install-kernels`).")
         self._check_server()
+        if self.accounts:
+            self._check_accounts()
+        elif self.authenticator != "shared" and self.mode == "local":
+            raise ConfigError(f"{PREFIX}AUTHENTICATOR={self.authenticator!r} logs people in to servers that all run "
+                              f"as the hub's account; set {PREFIX}ACCOUNTS=1 to give each their own.")
         return self
+
+    def _check_accounts(self) -> None:
+        if self.mode != "local":
+            raise ConfigError(f"{PREFIX}ACCOUNTS is for workspaces on this machine ({PREFIX}MODE=local); on "
+                              "Kubernetes each workspace is a pod of its own already.")
+        if not self.server:
+            raise ConfigError(f"{PREFIX}ACCOUNTS=1 needs {PREFIX}SERVER=1: workspaces run as their users' accounts "
+                              "reach the platform through mlplat server, never with the hub's stores.")
+        if self.authenticator not in AUTHENTICATORS[1:] and "." not in self.authenticator:
+            raise ConfigError(f"{PREFIX}AUTHENTICATOR={self.authenticator!r}: with {PREFIX}ACCOUNTS=1 each person "
+                              "logs in as themselves; use native (sign-up approved by an admin), pam or an "
+                              "Authenticator's import path (such as oauthenticator.GitHubOAuthenticator).")
+        check_template(self.account_name)
 
     def _check_server(self) -> None:
         for team, roles in self.team_roles.items():
