@@ -335,12 +335,18 @@ class FeatureStore:
         values = read_online(self.online, plan, columns)
         return OnlineFeatures(on_demand.finish_online(values, columns, request_data) if on_demand else values)
 
+    def key_kinds(self, view: str, version: int | None = None) -> dict[str, str | None]:
+        """Each join key's kind as stored (``"int64"`` or ``"string"``, see :mod:`mlplat.features.keys`);
+        None before the view's first write."""
+        definition = self.registry.get_view(view, version)
+        stored = self.offline.key_kinds(definition)
+        return {k: stored.get(k) for k in definition.join_keys}
+
     def _key_kinds(self, view: FeatureView) -> dict[str, str | None]:
-        """Each join key's kind; None before the view's first write (remembered until this store writes it)."""
+        """Each join key's kind (see :meth:`key_kinds`), remembered until this store writes the view."""
         found = self._kinds.get((view.name, view.version))
         if found is None:
-            stored = self.offline.key_kinds(view)
-            found = self._kinds[(view.name, view.version)] = {k: stored.get(k) for k in view.join_keys}
+            found = self._kinds[(view.name, view.version)] = self.key_kinds(view.name, view.version)
         return found
 
     def _plan(self, features: Sequence[str]) -> tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]:

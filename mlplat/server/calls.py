@@ -37,7 +37,7 @@ def _changes(action: str, kind: str, target: str = "name") -> Rule:
 
 READS = {
     "features": ["get_view", "list_views", "search", "diff", "freshness", "stats", "quarantine", "partitions",
-                 "get_training_set"],
+                 "get_training_set", "key_kinds"],
     "features.registry": ["get_view", "view_names", "list_views", "usable_views", "list_entities", "versions",
                           "history", "watermark"],
     "models": ["list", "versions", "get", "trained_in", "history", "team", "private"],
@@ -51,12 +51,14 @@ READS = {
 # Reads of one object, by the argument naming it: refused when the object is private to another team.
 ONE_OBJECT = {
     **{f"features.{m}": ("feature_view", "view") for m in ("diff", "freshness", "stats", "quarantine",
-                                                          "partitions")},
+                                                          "partitions", "key_kinds")},
     "features.get_view": ("feature_view", "name"), "features.registry.get_view": ("feature_view", "name"),
     "features.registry.versions": ("feature_view", "name"), "features.registry.history": ("feature_view", "name"),
     **{f"models.{m}": ("model", "name") for m in ("versions", "get", "history", "team")},
     **{f"monitor.{m}": ("model", "model") for m in ("thresholds", "predictions", "drift", "check", "dashboard")},
 }
+# Reads of the rows of every view that the feature references in an argument read (on-demand views' sources too).
+ROWS_OF = {"features.get_training_set": "features"}
 _AUDITED_KINDS = {"feature_view": "feature_view", "model": "model", "deployment": "model"}  # entry kind -> owner kind
 
 RULES: dict[str, Rule] = {
@@ -139,9 +141,10 @@ class Calls:
         rule = RULES.get(name)
         if name in ONE_OBJECT:
             kind, argument = ONE_OBJECT[name]
-            target = arguments.get(argument)
-            if target is not None and self.ownership.hidden(identity, kind, target):
-                require(identity, "viewer", "read", kind, target, self.ownership.team(kind, target))
+            self._read(identity, kind, arguments.get(argument))
+        elif name in ROWS_OF:
+            for view in self._views_read(arguments[ROWS_OF[name]]):
+                self._read(identity, "feature_view", view)
         elif rule is not None:
             if name == "audit.record" and (arguments.get("kind") != "model"
                                            or arguments.get("action") not in _TRAINING_ACTIONS):
@@ -162,6 +165,21 @@ class Calls:
                 self._check(identity, _changes("materialize", "feature_view"), view)
         elif name in CREATES:
             require(identity, "editor", "schedule jobs in", "team", identity.team, identity.team)
+
+    def _read(self, identity: Identity, kind: str, target: Any) -> None:
+        """PermissionDenied when ``target`` is private to a team ``identity`` is not in."""
+        if target is not None and self.ownership.hidden(identity, kind, target):
+            require(identity, "viewer", "read", kind, target, self.ownership.team(kind, target))
+
+    def _views_read(self, features: Any) -> list[str]:
+        """The names of the views that reading ``features`` (references, or one) reads."""
+        from mlplat.features.on_demand import source_views
+
+        refs = [features] if isinstance(features, str) else features
+        if not isinstance(refs, (list, tuple)):
+            raise InvalidArgument(f"features must be a list of references such as ['driver_stats:rating'], not "
+                                  f"{type(features).__name__}.")
+        return sorted({ref.partition("@")[0] for ref in source_views(refs, self.platform.features.get_view)})
 
     def _check(self, identity: Identity, rule: Rule, target: Any) -> None:
         if isinstance(target, bool) or not isinstance(target, (str, int)):

@@ -13,10 +13,11 @@ from datetime import timedelta
 
 import httpx
 import nbformat
+import pandas as pd
 import pytest
 from servers import running_server
 
-from mlplat.errors import InvalidArgument, NotAuthenticated, PermissionDenied
+from mlplat.errors import ConfigError, InvalidArgument, NotAuthenticated, PermissionDenied
 from mlplat.features.definitions import Entity, FeatureView, Field
 from mlplat.identity import Identity, acting_as
 from mlplat.remote import protocol
@@ -49,13 +50,13 @@ def url(backend):
 
 @pytest.fixture(scope="module")
 def connect(backend, url):
-    """``connect("alice")``: alice's SDK in server mode, on the server's online store."""
+    """``connect("alice")``: alice's SDK in server mode, on the server's online store (``settings`` override)."""
     opened = []
 
-    def connect(who: str) -> ServerModePlatform:
-        p = ServerModePlatform.open(token=f"{who}-token", server_url=url, home=str(backend.settings.home),
-                                    online_store=backend.settings.online_store,
-                                    online_prefix=backend.settings.online_prefix)
+    def connect(who: str, **settings) -> ServerModePlatform:
+        shared = {"home": str(backend.settings.home), "online_store": backend.settings.online_store,
+                  "online_prefix": backend.settings.online_prefix}
+        p = ServerModePlatform.open(token=f"{who}-token", server_url=url, **{**shared, **settings})
         opened.append(p)
         return p
 
@@ -278,6 +279,48 @@ def test_what_a_team_keeps_private_only_its_members_and_admins_see(connect, bobs
     finally:
         bob.models.set_private("bobs", False)
     assert alice.models.versions("bobs")
+
+
+def test_a_training_set_through_the_server_is_the_embedded_one(connect, backend):
+    refs = [*FEATURES, "customer_profile:membership", "customer_profile:is_verified",
+            "customer_profile:lifetime_trips"]
+    labels = backend.labels.iloc[:400]
+    expected = backend.features.get_training_set(labels, refs)
+    pd.testing.assert_frame_equal(connect("alice").features.get_training_set(labels, refs), expected)
+
+
+def test_a_workspace_that_cannot_reach_the_offline_store_still_gets_training_sets(connect, backend, tmp_path):
+    nowhere = tmp_path / "no-offline-store"
+    alice = connect("alice", offline_store=nowhere.as_uri())
+    labels = backend.labels.iloc[:100]
+    pd.testing.assert_frame_equal(alice.features.get_training_set(labels, FEATURES),
+                                  backend.features.get_training_set(labels, FEATURES))
+    assert alice.features.stats("driver_stats").rows and alice.features.freshness("driver_stats").latest_event
+    assert alice.features.get_online_features(FEATURES, {"driver_id": [labels.driver_id.iloc[0]]}).to_dict()
+    with pytest.raises(ConfigError, match="offline store belongs to the platform server"):
+        alice.features.offline.files(backend.features.get_view("driver_stats"))
+    assert not nowhere.exists()
+
+
+def test_a_private_views_rows_are_read_by_its_team_alone(connect, backend):
+    alice, bob, carol, root = connect("alice"), connect("bob"), connect("carol"), connect("root")
+    driver = next(e for e in backend.features.registry.list_entities() if e.name == "driver")
+    hidden = FeatureView("driver_secret", entities=[driver], ttl=timedelta(days=30), schema=[Field("bonus", "float64")],
+                         private=True)
+    bob.features.apply([hidden])
+    labels = backend.labels.iloc[:50]
+    rows = labels[["driver_id", "event_timestamp"]].drop_duplicates("driver_id").assign(bonus=1.5)
+    rows["event_timestamp"] -= timedelta(hours=1)
+    bob.features.ingest("driver_secret", rows)
+    for who in (alice, bob):  # a private view among public ones: all or nothing
+        assert who.features.get_training_set(labels, FEATURES).shape == (50, labels.shape[1] + 2)
+    for member in (bob, carol, root):
+        assert (member.features.get_training_set(labels, ["driver_secret:bonus"]).bonus == 1.5).all()
+    for refs in (["driver_secret:bonus"], [*FEATURES, "driver_secret@1:*"]):
+        refused(lambda refs=refs: alice.features.get_training_set(labels, refs), "read", "feature_view", "driver_secret",
+                "b", role="viewer")
+    refused(lambda: alice.features.key_kinds("driver_secret"), "read", "feature_view", "driver_secret", "b",
+            role="viewer")
 
 
 def test_an_empty_token_is_refused_as_one(url):
