@@ -40,13 +40,17 @@ class ServerFeatureStore(FeatureStore):
 
     def get_training_set(self, entity_df: Any, features: Any, *, timestamp_field: str = "event_timestamp",
                          client: Any = None) -> Any:
-        """``entity_df`` plus point-in-time correct feature columns, joined by the server (``client`` is not
-        used: the join runs where the offline store is)."""
+        """As in embedded mode, but the stored views are joined by the server (``client`` is not used: the join
+        runs where the offline store is); on-demand features are computed here, from what it sends back."""
         if type(entity_df).__module__.startswith("dask"):
             raise InvalidArgument("In server mode a training set is joined by the platform server, which takes a "
                                   "pandas DataFrame of entity rows: compute() the dask DataFrame, or send it in "
                                   "parts.")
-        return self._server.call("features.get_training_set", entity_df, features, timestamp_field=timestamp_field)
+        return super().get_training_set(entity_df, features, timestamp_field=timestamp_field)
+
+    def _join(self, entity_df: Any, requests: list[Any], timestamp_field: str, client: Any) -> Any:
+        reads = [(r.view.name, r.view.version, r.features, r.columns) for r in requests]
+        return self._server.call("features.join", entity_df, reads, timestamp_field=timestamp_field)
 
     def compute(self, view: Any, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgument("In server mode a batch view is computed by its schedule, as a job of the platform's "

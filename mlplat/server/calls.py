@@ -37,7 +37,7 @@ def _changes(action: str, kind: str, target: str = "name") -> Rule:
 
 READS = {
     "features": ["get_view", "list_views", "search", "diff", "freshness", "stats", "quarantine", "partitions",
-                 "get_training_set", "key_kinds"],
+                 "join", "key_kinds"],
     "features.registry": ["get_view", "view_names", "list_views", "usable_views", "list_entities", "versions",
                           "history", "watermark"],
     "models": ["list", "versions", "get", "trained_in", "history", "team", "private"],
@@ -57,8 +57,6 @@ ONE_OBJECT = {
     **{f"models.{m}": ("model", "name") for m in ("versions", "get", "history", "team")},
     **{f"monitor.{m}": ("model", "model") for m in ("thresholds", "predictions", "drift", "check", "dashboard")},
 }
-# Reads of the rows of every view that the feature references in an argument read (on-demand views' sources too).
-ROWS_OF = {"features.get_training_set": "features"}
 _AUDITED_KINDS = {"feature_view": "feature_view", "model": "model", "deployment": "model"}  # entry kind -> owner kind
 
 RULES: dict[str, Rule] = {
@@ -142,9 +140,9 @@ class Calls:
         if name in ONE_OBJECT:
             kind, argument = ONE_OBJECT[name]
             self._read(identity, kind, arguments.get(argument))
-        elif name in ROWS_OF:
-            for view in self._views_read(arguments[ROWS_OF[name]]):
-                self._read(identity, "feature_view", view)
+        elif name == "features.join":  # the rows of each view read
+            for read in _as_list(arguments["reads"]):
+                self._read(identity, "feature_view", _view_read(read))
         elif rule is not None:
             if name == "audit.record" and (arguments.get("kind") != "model"
                                            or arguments.get("action") not in _TRAINING_ACTIONS):
@@ -170,16 +168,6 @@ class Calls:
         """PermissionDenied when ``target`` is private to a team ``identity`` is not in."""
         if target is not None and self.ownership.hidden(identity, kind, target):
             require(identity, "viewer", "read", kind, target, self.ownership.team(kind, target))
-
-    def _views_read(self, features: Any) -> list[str]:
-        """The names of the views that reading ``features`` (references, or one) reads."""
-        from mlplat.features.on_demand import source_views
-
-        refs = [features] if isinstance(features, str) else features
-        if not isinstance(refs, (list, tuple)):
-            raise InvalidArgument(f"features must be a list of references such as ['driver_stats:rating'], not "
-                                  f"{type(features).__name__}.")
-        return sorted({ref.partition("@")[0] for ref in source_views(refs, self.platform.features.get_view)})
 
     def _check(self, identity: Identity, rule: Rule, target: Any) -> None:
         if isinstance(target, bool) or not isinstance(target, (str, int)):
@@ -225,3 +213,8 @@ class Calls:
 
 def _as_list(objects: Any) -> list[Any]:
     return list(objects) if isinstance(objects, (list, tuple)) else [objects]
+
+
+def _view_read(read: Any) -> str | None:
+    """The view a read of ``features.join`` names; None for a malformed one (the join refuses it)."""
+    return read[0] if isinstance(read, (list, tuple)) and read and isinstance(read[0], str) else None

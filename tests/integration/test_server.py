@@ -17,8 +17,15 @@ import pandas as pd
 import pytest
 from servers import running_server
 
-from mlplat.errors import ConfigError, InvalidArgument, NotAuthenticated, PermissionDenied
-from mlplat.features.definitions import Entity, FeatureView, Field
+from mlplat.errors import (
+    ConfigError,
+    EntityDataFrameError,
+    FeatureNotFound,
+    InvalidArgument,
+    NotAuthenticated,
+    PermissionDenied,
+)
+from mlplat.features import Entity, FeatureView, Field, OnDemandFeatureView
 from mlplat.identity import Identity, acting_as
 from mlplat.remote import protocol
 from mlplat.remote.client import ServerClient
@@ -190,7 +197,8 @@ def test_the_audit_names_the_authenticated_user_whatever_the_client_claims(conne
 def test_calls_outside_the_table_are_refused(connect, url):
     alice = connect("alice")
     body = protocol.encode({"args": [[Entity("x", join_keys=["x_id"])]], "kwargs": {}})
-    for name in ("features.registry.apply", "features.registry.set_watermark", "platform.engine", "models._client"):
+    for name in ("features.registry.apply", "features.registry.set_watermark", "platform.engine", "models._client",
+                 "features.get_training_set"):  # the server joins stored views; on-demand functions run in workspaces
         answer = httpx.post(f"{url}/api/v1/call/{name}", content=body,
                             headers={"Authorization": "token alice-token"})
         assert answer.status_code == 400 and "not something the platform server does" in answer.json()["message"]
@@ -302,6 +310,22 @@ def test_a_workspace_that_cannot_reach_the_offline_store_still_gets_training_set
     assert not nowhere.exists()
 
 
+def test_the_servers_join_refuses_reads_it_cannot_check(connect, backend):
+    alice, labels = connect("alice"), backend.labels.iloc[:5]
+    for reads, error in (([("driver_stats", 1, ["nope"], ["nope"])], FeatureNotFound),
+                         ([("driver_stats", 1, ["rating"], [])], InvalidArgument),
+                         ([{"view": "driver_stats"}], InvalidArgument), ("driver_stats", InvalidArgument),
+                         ([("driver_stats", 1, ["rating"], ["driver_id"])], EntityDataFrameError)):
+        with pytest.raises(error):
+            alice.server.call("features.join", labels, reads)
+    joined = alice.server.call("features.join", labels, [("driver_stats", 1, ["rating"], ["r"])])
+    assert joined.r.equals(backend.features.get_training_set(labels, ["driver_stats@1:rating"]).rating.rename("r"))
+
+
+def doubled(df):
+    return pd.DataFrame({"bonus_x2": df["bonus"] * 2})
+
+
 def test_a_private_views_rows_are_read_by_its_team_alone(connect, backend):
     alice, bob, carol, root = connect("alice"), connect("bob"), connect("carol"), connect("root")
     driver = next(e for e in backend.features.registry.list_entities() if e.name == "driver")
@@ -314,9 +338,12 @@ def test_a_private_views_rows_are_read_by_its_team_alone(connect, backend):
     bob.features.ingest("driver_secret", rows)
     for who in (alice, bob):  # a private view among public ones: all or nothing
         assert who.features.get_training_set(labels, FEATURES).shape == (50, labels.shape[1] + 2)
+    bob.features.apply([OnDemandFeatureView("secret_doubled", sources=["driver_secret:bonus"], function=doubled,
+                                            schema=[Field("bonus_x2", "float64")])])  # public, reading a private view
     for member in (bob, carol, root):
         assert (member.features.get_training_set(labels, ["driver_secret:bonus"]).bonus == 1.5).all()
-    for refs in (["driver_secret:bonus"], [*FEATURES, "driver_secret@1:*"]):
+        assert (member.features.get_training_set(labels, ["secret_doubled:bonus_x2"]).bonus_x2 == 3.0).all()
+    for refs in (["driver_secret:bonus"], [*FEATURES, "driver_secret@1:*"], ["secret_doubled:bonus_x2"]):
         refused(lambda refs=refs: alice.features.get_training_set(labels, refs), "read", "feature_view", "driver_secret",
                 "b", role="viewer")
     refused(lambda: alice.features.key_kinds("driver_secret"), "read", "feature_view", "driver_secret", "b",
