@@ -189,9 +189,9 @@ class FeatureStore:
         return plan.finish_offline(joined, width) if plan.steps else joined
 
     def join(self, entity_df: pd.DataFrame, reads: Sequence[Sequence[Any]], *,
-             timestamp_field: str = "event_timestamp") -> pd.DataFrame:
-        """``entity_df`` plus stored features as of each row's time: the point-in-time join under
-        :meth:`get_training_set`, without its on-demand steps (server mode asks the server for it).
+             timestamp_field: str = "event_timestamp") -> pa.Table:
+        """Stored features as of each row of ``entity_df``, one Arrow row per entity row: the point-in-time join
+        under :meth:`get_training_set`, without its on-demand steps (server mode asks the server for it).
 
         Each read is ``(view, version, features, columns)``: those features of that view version, as those columns.
         """
@@ -199,7 +199,7 @@ class FeatureStore:
             raise InvalidArgument("join() takes a list of (view, version, features, columns) reads.")
         requests = [self._request(read) for read in reads]
         retrieval.refuse_clashes(getattr(entity_df, "columns", ()), [c for r in requests for c in r.columns])
-        return self._join(entity_df, requests, timestamp_field, None)
+        return retrieval.features_at(self.offline, requests, entity_df, timestamp_field)
 
     def _request(self, read: Any) -> ViewRequest:
         """One read of :meth:`join` as a request, checked against the view's registered definition."""

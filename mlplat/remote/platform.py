@@ -49,8 +49,14 @@ class ServerFeatureStore(FeatureStore):
         return super().get_training_set(entity_df, features, timestamp_field=timestamp_field)
 
     def _join(self, entity_df: Any, requests: list[Any], timestamp_field: str, client: Any) -> Any:
+        from mlplat.features.retrieval import with_features
+
         reads = [(r.view.name, r.view.version, r.features, r.columns) for r in requests]
-        return self._server.call("features.join", entity_df, reads, timestamp_field=timestamp_field)
+        needed = list(dict.fromkeys([timestamp_field, *(k for r in requests for k in r.view.join_keys)]))
+        present = set(getattr(entity_df, "columns", ()))
+        rows = entity_df[needed] if set(needed) <= present else entity_df  # only what the join reads; else refused
+        table = self._server.call("features.join", rows, reads, timestamp_field=timestamp_field)
+        return with_features(entity_df, table)
 
     def compute(self, view: Any, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgument("In server mode a batch view is computed by its schedule, as a job of the platform's "

@@ -318,8 +318,9 @@ def test_the_servers_join_refuses_reads_it_cannot_check(connect, backend):
                          ([("driver_stats", 1, ["rating"], ["driver_id"])], EntityDataFrameError)):
         with pytest.raises(error):
             alice.server.call("features.join", labels, reads)
-    joined = alice.server.call("features.join", labels, [("driver_stats", 1, ["rating"], ["r"])])
-    assert joined.r.equals(backend.features.get_training_set(labels, ["driver_stats@1:rating"]).rating.rename("r"))
+    joined = alice.server.call("features.join", labels, [("driver_stats", 1, ["rating"], ["r"])])  # an Arrow table
+    expected = backend.features.get_training_set(labels, ["driver_stats@1:rating"]).rating
+    pd.testing.assert_series_equal(joined.to_pandas()["r"], expected.rename("r").reset_index(drop=True))
 
 
 def doubled(df):
