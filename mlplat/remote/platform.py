@@ -30,7 +30,7 @@ class ServerOffline:
     def __getattr__(self, name: str) -> Any:
         raise ConfigError("In server mode the offline store belongs to the platform server: read it through "
                           "p.features (get_training_set, stats, freshness, quarantine); stream feature views are "
-                          "processed by the platform's own stream service.")
+                          "kept fresh by the platform's `mlplat stream` service, not from a workspace.")
 
 
 @sends("features", "apply", "ingest", "push", "materialize", "schedule_compute", "transfer", "freshness", "stats",

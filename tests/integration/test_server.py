@@ -305,8 +305,10 @@ def test_a_workspace_that_cannot_reach_the_offline_store_still_gets_training_set
                                   backend.features.get_training_set(labels, FEATURES))
     assert alice.features.stats("driver_stats").rows and alice.features.freshness("driver_stats").latest_event
     assert alice.features.get_online_features(FEATURES, {"driver_id": [labels.driver_id.iloc[0]]}).to_dict()
-    with pytest.raises(ConfigError, match="offline store belongs to the platform server"):
-        alice.features.offline.files(backend.features.get_view("driver_stats"))
+    for touch in (lambda: alice.features.offline.files(backend.features.get_view("driver_stats")),
+                  lambda: alice.streams):  # streams read and write the offline store: the server's stream service
+        with pytest.raises(ConfigError, match="offline store belongs to the platform server"):
+            touch()
     assert not nowhere.exists()
 
 
