@@ -339,7 +339,7 @@ def test_a_private_views_rows_are_read_by_its_team_alone(connect, backend):
     rows = labels[["driver_id", "event_timestamp"]].drop_duplicates("driver_id").assign(bonus=1.5)
     rows["event_timestamp"] -= timedelta(hours=1)
     bob.features.ingest("driver_secret", rows)
-    for who in (alice, bob):  # a private view among public ones: all or nothing
+    for who in (alice, bob):  # the public views stay open to everyone
         assert who.features.get_training_set(labels, FEATURES).shape == (50, labels.shape[1] + 2)
     bob.features.apply([OnDemandFeatureView("secret_doubled", sources=["driver_secret:bonus"], function=doubled,
                                             schema=[Field("bonus_x2", "float64")])])  # public, reading a private view
