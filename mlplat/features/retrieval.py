@@ -70,15 +70,29 @@ def training_set(
     offline: OfflineStore, requests: list[ViewRequest], entity_df: pd.DataFrame, timestamp_field: str
 ) -> pd.DataFrame:
     """Join every request onto ``entity_df`` as of each row's timestamp (in process)."""
+    return with_features(entity_df, features_at(offline, requests, entity_df, timestamp_field))
+
+
+def features_at(
+    offline: OfflineStore, requests: list[ViewRequest], entity_df: pd.DataFrame, timestamp_field: str
+) -> pa.Table:
+    """Every request's feature columns as of each row of ``entity_df``: one Arrow row per entity row, in order."""
     query_ts = entity_times(entity_df, timestamp_field)
     check_keys(entity_df, requests)
-    frames = [_join_view(offline, request, entity_df, query_ts) for request in requests]
-    return pd.concat([entity_df, *frames], axis=1)
+    picked = [_join_view(offline, request, entity_df, query_ts) for request in requests]
+    return pa.Table.from_arrays([c for t in picked for c in t.columns], [n for t in picked for n in t.column_names])
+
+
+def with_features(entity_df: pd.DataFrame, features: pa.Table) -> pd.DataFrame:
+    """``entity_df`` with the columns of ``features`` (from :func:`features_at`) beside it."""
+    frame = features.to_pandas(types_mapper=_NULLABLE.get, split_blocks=True)
+    frame.index = entity_df.index
+    return pd.concat([entity_df, frame], axis=1)
 
 
 def _join_view(
     offline: OfflineStore, request: ViewRequest, entity_df: pd.DataFrame, query_ts: np.ndarray
-) -> pd.DataFrame:
+) -> pa.Table:
     view = request.view
     ttl_ns = None if view.ttl is None else int(view.ttl.total_seconds() * 1e9)
     if len(query_ts):
@@ -101,9 +115,7 @@ def _join_view(
         data_created = data_created.to_numpy().view(np.int64)
     hit = latest_at(query_codes, query_ts, data_codes, data_ts, data_created, ttl_ns)
     picked = data.select(list(request.features)).take(pa.array(hit, mask=hit < 0))
-    frame = picked.rename_columns(list(request.columns)).to_pandas(types_mapper=_NULLABLE.get, split_blocks=True)
-    frame.index = entity_df.index
-    return frame
+    return picked.rename_columns(list(request.columns))
 
 
 def _check_key_kinds(entity_df: pd.DataFrame, data: pa.Table, keys: list[str], view: str) -> None:

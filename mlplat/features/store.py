@@ -185,11 +185,41 @@ class FeatureStore:
         if type(entity_df).__module__.startswith("dask"):
             joined = retrieval.training_set_lazy(self.offline.url, requests, entity_df, timestamp_field)
             return plan.finish_lazy(joined, width) if plan.steps else joined
-        if client is None:
-            joined = retrieval.training_set(self.offline, requests, entity_df, timestamp_field)
-        else:
-            joined = retrieval.training_set_on_dask(client, self.offline.url, requests, entity_df, timestamp_field)
+        joined = self._join(entity_df, requests, timestamp_field, client)
         return plan.finish_offline(joined, width) if plan.steps else joined
+
+    def join(self, entity_df: pd.DataFrame, reads: Sequence[Sequence[Any]], *,
+             timestamp_field: str = "event_timestamp") -> pa.Table:
+        """Stored features as of each row of ``entity_df``, one Arrow row per entity row: the point-in-time join
+        under :meth:`get_training_set`, without its on-demand steps (server mode asks the server for it).
+
+        Each read is ``(view, version, features, columns)``: those features of that view version, as those columns.
+        """
+        if not isinstance(reads, (list, tuple)) or not reads:
+            raise InvalidArgument("join() takes a list of (view, version, features, columns) reads.")
+        requests = [self._request(read) for read in reads]
+        retrieval.refuse_clashes(getattr(entity_df, "columns", ()), [c for r in requests for c in r.columns])
+        return retrieval.features_at(self.offline, requests, entity_df, timestamp_field)
+
+    def _request(self, read: Any) -> ViewRequest:
+        """One read of :meth:`join` as a request, checked against the view's registered definition."""
+        if not (isinstance(read, (list, tuple)) and len(read) == 4 and isinstance(read[0], str)
+                and isinstance(read[1], int) and all(isinstance(x, (list, tuple)) for x in read[2:])
+                and len(read[2]) == len(read[3]) > 0 and all(isinstance(x, str) for x in (*read[2], *read[3]))):
+            raise InvalidArgument(f"{read!r} is not a read: give (view, version, [features], [columns]).")
+        view = refuse_storage(self.registry.get_view(read[0], read[1]), "join")
+        missing = [f for f in read[2] if f not in view.feature_names]
+        if missing:
+            raise FeatureNotFound(f"View {view.name!r} (v{view.version}) has no feature(s) {missing}; it has "
+                                  f"{', '.join(view.feature_names)}.")
+        return ViewRequest(view, tuple(read[2]), tuple(read[3]))
+
+    def _join(self, entity_df: pd.DataFrame, requests: list[ViewRequest], timestamp_field: str,
+              client: Any) -> pd.DataFrame:
+        """The stored views' point-in-time join, in process or on ``client``'s Dask cluster."""
+        if client is None:
+            return retrieval.training_set(self.offline, requests, entity_df, timestamp_field)
+        return retrieval.training_set_on_dask(client, self.offline.url, requests, entity_df, timestamp_field)
 
     def freshness(self, view: str, version: int | None = None) -> Freshness:
         """The newest event and ingest of a view (default: its latest version) and its materialisation watermark.
@@ -335,12 +365,18 @@ class FeatureStore:
         values = read_online(self.online, plan, columns)
         return OnlineFeatures(on_demand.finish_online(values, columns, request_data) if on_demand else values)
 
+    def key_kinds(self, view: str, version: int | None = None) -> dict[str, str | None]:
+        """Each join key's kind as stored (``"int64"`` or ``"string"``, see :mod:`mlplat.features.keys`);
+        None before the view's first write."""
+        definition = self.registry.get_view(view, version)
+        stored = self.offline.key_kinds(definition)
+        return {k: stored.get(k) for k in definition.join_keys}
+
     def _key_kinds(self, view: FeatureView) -> dict[str, str | None]:
-        """Each join key's kind; None before the view's first write (remembered until this store writes it)."""
+        """Each join key's kind (see :meth:`key_kinds`), remembered until this store writes the view."""
         found = self._kinds.get((view.name, view.version))
         if found is None:
-            stored = self.offline.key_kinds(view)
-            found = self._kinds[(view.name, view.version)] = {k: stored.get(k) for k in view.join_keys}
+            found = self._kinds[(view.name, view.version)] = self.key_kinds(view.name, view.version)
         return found
 
     def _plan(self, features: Sequence[str]) -> tuple[list[tuple[ViewRequest, RecordCodec]], Expansion | None]:

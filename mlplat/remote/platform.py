@@ -3,8 +3,9 @@
 Set ``server_url`` (``MLPLAT_SERVER_URL``; the hub sets it in every workspace) and the SDK holds no write
 credential: mutations, the feature registry, the model registry, jobs, monitoring, experiments and the audit
 trail are calls to ``mlplat server`` with the user's JupyterHub token. What stays here is what reads data:
-online features straight from Redis (as the read-only user whose URL the server hands out), training sets from the offline store's Parquet files (read-only),
-predictions over Triton's gRPC, and training itself, which logs to the server's MLflow.
+online features straight from Redis (as the read-only user whose URL the server hands out), predictions over
+Triton's gRPC, and training itself, which logs to the server's MLflow. The offline store is the server's alone:
+training sets are joined there, and come back as Arrow IPC.
 """
 
 from __future__ import annotations
@@ -23,10 +24,39 @@ from mlplat.registry.models import ModelRegistry
 from mlplat.remote.client import RemotePart, ServerClient, sends, token_from_env
 
 
+class ServerOffline:
+    """Where the offline store would be: in server mode only the platform server opens it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConfigError("In server mode the offline store belongs to the platform server: read it through "
+                          "p.features (get_training_set, stats, freshness, quarantine); stream feature views are "
+                          "kept fresh by the platform's `mlplat stream` service, not from a workspace.")
+
+
 @sends("features", "apply", "ingest", "push", "materialize", "schedule_compute", "transfer", "freshness", "stats",
-       "quarantine", "partitions")
+       "quarantine", "partitions", "key_kinds")
 class ServerFeatureStore(FeatureStore):
-    """Features whose definitions live on the server; online and training reads stay local."""
+    """Features whose definitions and offline rows live on the server; online reads stay local."""
+
+    def get_training_set(self, entity_df: Any, features: Any, *, timestamp_field: str = "event_timestamp",
+                         client: Any = None) -> Any:
+        """As in embedded mode, but the stored views are joined by the server (``client`` is not used: the join
+        runs where the offline store is); on-demand features are computed here, from what it sends back."""
+        if type(entity_df).__module__.startswith("dask"):
+            raise InvalidArgument("In server mode a training set is joined by the platform server, which takes a "
+                                  "pandas DataFrame of entity rows: compute() the dask DataFrame, or send it in "
+                                  "parts.")
+        return super().get_training_set(entity_df, features, timestamp_field=timestamp_field)
+
+    def _join(self, entity_df: Any, requests: list[Any], timestamp_field: str, client: Any) -> Any:
+        from mlplat.features.retrieval import with_features
+
+        reads = [(r.view.name, r.view.version, r.features, r.columns) for r in requests]
+        needed = list(dict.fromkeys([timestamp_field, *(k for r in requests for k in r.view.join_keys)]))
+        present = set(getattr(entity_df, "columns", ()))
+        rows = entity_df[needed] if set(needed) <= present else entity_df  # only what the join reads; else refused
+        table = self._server.call("features.join", rows, reads, timestamp_field=timestamp_field)
+        return with_features(entity_df, table)
 
     def compute(self, view: Any, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgument("In server mode a batch view is computed by its schedule, as a job of the platform's "
@@ -102,10 +132,8 @@ class ServerModePlatform(Platform):
 
     @cached_property
     def features(self):
-        from mlplat.features.offline import OfflineStore
-
-        store = ServerFeatureStore(ServerRegistry(self.server, self.audit), OfflineStore(self.settings.offline_store),
-                                   self.online, max_clock_skew=self.settings.max_clock_skew)
+        store = ServerFeatureStore(ServerRegistry(self.server, self.audit), ServerOffline(), self.online,
+                                   max_clock_skew=self.settings.max_clock_skew)
         store._server = self.server
         return store
 

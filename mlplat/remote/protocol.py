@@ -32,7 +32,7 @@ _LENGTH = struct.Struct(">Q")
 
 def encode(value: Any) -> bytes:
     """``value`` as one message."""
-    blobs: list[bytes] = []
+    blobs: list[Any] = []
     head = json.dumps(_plain(value, blobs), separators=(",", ":")).encode()
     parts = [_LENGTH.pack(len(head)), head]
     for blob in blobs:
@@ -61,7 +61,7 @@ def decode(message: bytes, objects: bool = False) -> Any:
     return _value(head, blobs, objects)
 
 
-def _plain(value: Any, blobs: list[bytes]) -> Any:
+def _plain(value: Any, blobs: list[Any]) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, enum.Enum):
@@ -110,7 +110,7 @@ def _definition(value: Any) -> str | None:
     return "$view" if isinstance(value, FeatureView) else "$entity" if isinstance(value, Entity) else None
 
 
-def _numpy(value: Any, blobs: list[bytes]) -> Any:
+def _numpy(value: Any, blobs: list[Any]) -> Any:
     import numpy as np
 
     if isinstance(value, np.ndarray):
@@ -127,7 +127,7 @@ def _numpy(value: Any, blobs: list[bytes]) -> Any:
     return _plain(value.item(), blobs)
 
 
-def _pandas(value: Any, blobs: list[bytes]) -> Any:
+def _pandas(value: Any, blobs: list[Any]) -> Any:
     import pandas as pd
     import pyarrow as pa
 
@@ -145,13 +145,14 @@ def _pandas(value: Any, blobs: list[bytes]) -> Any:
     raise InvalidArgument(f"A pandas {type(value).__name__} cannot be sent to the platform server.")
 
 
-def _ipc(table: Any) -> bytes:
+def _ipc(table: Any) -> Any:
+    """``table`` as an Arrow IPC stream: a pyarrow Buffer, which :func:`encode` joins in without copying it first."""
     import pyarrow as pa
 
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
 def _class_name(value: Any) -> str:

@@ -37,7 +37,7 @@ def _changes(action: str, kind: str, target: str = "name") -> Rule:
 
 READS = {
     "features": ["get_view", "list_views", "search", "diff", "freshness", "stats", "quarantine", "partitions",
-                 "get_training_set"],
+                 "join", "key_kinds"],
     "features.registry": ["get_view", "view_names", "list_views", "usable_views", "list_entities", "versions",
                           "history", "watermark"],
     "models": ["list", "versions", "get", "trained_in", "history", "team", "private"],
@@ -51,7 +51,7 @@ READS = {
 # Reads of one object, by the argument naming it: refused when the object is private to another team.
 ONE_OBJECT = {
     **{f"features.{m}": ("feature_view", "view") for m in ("diff", "freshness", "stats", "quarantine",
-                                                          "partitions")},
+                                                          "partitions", "key_kinds")},
     "features.get_view": ("feature_view", "name"), "features.registry.get_view": ("feature_view", "name"),
     "features.registry.versions": ("feature_view", "name"), "features.registry.history": ("feature_view", "name"),
     **{f"models.{m}": ("model", "name") for m in ("versions", "get", "history", "team")},
@@ -139,9 +139,10 @@ class Calls:
         rule = RULES.get(name)
         if name in ONE_OBJECT:
             kind, argument = ONE_OBJECT[name]
-            target = arguments.get(argument)
-            if target is not None and self.ownership.hidden(identity, kind, target):
-                require(identity, "viewer", "read", kind, target, self.ownership.team(kind, target))
+            self._read(identity, kind, arguments.get(argument))
+        elif name == "features.join":  # the rows of each view read
+            for read in _as_list(arguments["reads"]):
+                self._read(identity, "feature_view", _view_read(read))
         elif rule is not None:
             if name == "audit.record" and (arguments.get("kind") != "model"
                                            or arguments.get("action") not in _TRAINING_ACTIONS):
@@ -162,6 +163,11 @@ class Calls:
                 self._check(identity, _changes("materialize", "feature_view"), view)
         elif name in CREATES:
             require(identity, "editor", "schedule jobs in", "team", identity.team, identity.team)
+
+    def _read(self, identity: Identity, kind: str, target: Any) -> None:
+        """PermissionDenied when ``target`` is private to a team ``identity`` is not in."""
+        if target is not None and self.ownership.hidden(identity, kind, target):
+            require(identity, "viewer", "read", kind, target, self.ownership.team(kind, target))
 
     def _check(self, identity: Identity, rule: Rule, target: Any) -> None:
         if isinstance(target, bool) or not isinstance(target, (str, int)):
@@ -207,3 +213,8 @@ class Calls:
 
 def _as_list(objects: Any) -> list[Any]:
     return list(objects) if isinstance(objects, (list, tuple)) else [objects]
+
+
+def _view_read(read: Any) -> str | None:
+    """The view a read of ``features.join`` names; None for a malformed one (the join refuses it)."""
+    return read[0] if isinstance(read, (list, tuple)) and read and isinstance(read[0], str) else None

@@ -13,11 +13,19 @@ from datetime import timedelta
 
 import httpx
 import nbformat
+import pandas as pd
 import pytest
 from servers import running_server
 
-from mlplat.errors import InvalidArgument, NotAuthenticated, PermissionDenied
-from mlplat.features.definitions import Entity, FeatureView, Field
+from mlplat.errors import (
+    ConfigError,
+    EntityDataFrameError,
+    FeatureNotFound,
+    InvalidArgument,
+    NotAuthenticated,
+    PermissionDenied,
+)
+from mlplat.features import Entity, FeatureView, Field, OnDemandFeatureView
 from mlplat.identity import Identity, acting_as
 from mlplat.remote import protocol
 from mlplat.remote.client import ServerClient
@@ -49,13 +57,13 @@ def url(backend):
 
 @pytest.fixture(scope="module")
 def connect(backend, url):
-    """``connect("alice")``: alice's SDK in server mode, on the server's online store."""
+    """``connect("alice")``: alice's SDK in server mode, on the server's online store (``settings`` override)."""
     opened = []
 
-    def connect(who: str) -> ServerModePlatform:
-        p = ServerModePlatform.open(token=f"{who}-token", server_url=url, home=str(backend.settings.home),
-                                    online_store=backend.settings.online_store,
-                                    online_prefix=backend.settings.online_prefix)
+    def connect(who: str, **settings) -> ServerModePlatform:
+        shared = {"home": str(backend.settings.home), "online_store": backend.settings.online_store,
+                  "online_prefix": backend.settings.online_prefix}
+        p = ServerModePlatform.open(token=f"{who}-token", server_url=url, **{**shared, **settings})
         opened.append(p)
         return p
 
@@ -189,7 +197,8 @@ def test_the_audit_names_the_authenticated_user_whatever_the_client_claims(conne
 def test_calls_outside_the_table_are_refused(connect, url):
     alice = connect("alice")
     body = protocol.encode({"args": [[Entity("x", join_keys=["x_id"])]], "kwargs": {}})
-    for name in ("features.registry.apply", "features.registry.set_watermark", "platform.engine", "models._client"):
+    for name in ("features.registry.apply", "features.registry.set_watermark", "platform.engine", "models._client",
+                 "features.get_training_set"):  # the server joins stored views; on-demand functions run in workspaces
         answer = httpx.post(f"{url}/api/v1/call/{name}", content=body,
                             headers={"Authorization": "token alice-token"})
         assert answer.status_code == 400 and "not something the platform server does" in answer.json()["message"]
@@ -278,6 +287,70 @@ def test_what_a_team_keeps_private_only_its_members_and_admins_see(connect, bobs
     finally:
         bob.models.set_private("bobs", False)
     assert alice.models.versions("bobs")
+
+
+def test_a_training_set_through_the_server_is_the_embedded_one(connect, backend):
+    refs = [*FEATURES, "customer_profile:membership", "customer_profile:is_verified",
+            "customer_profile:lifetime_trips"]
+    labels = backend.labels.iloc[:400]
+    expected = backend.features.get_training_set(labels, refs)
+    pd.testing.assert_frame_equal(connect("alice").features.get_training_set(labels, refs), expected)
+
+
+def test_a_workspace_that_cannot_reach_the_offline_store_still_gets_training_sets(connect, backend, tmp_path):
+    nowhere = tmp_path / "no-offline-store"
+    alice = connect("alice", offline_store=nowhere.as_uri())
+    labels = backend.labels.iloc[:100]
+    pd.testing.assert_frame_equal(alice.features.get_training_set(labels, FEATURES),
+                                  backend.features.get_training_set(labels, FEATURES))
+    assert alice.features.stats("driver_stats").rows and alice.features.freshness("driver_stats").latest_event
+    assert alice.features.get_online_features(FEATURES, {"driver_id": [labels.driver_id.iloc[0]]}).to_dict()
+    for touch in (lambda: alice.features.offline.files(backend.features.get_view("driver_stats")),
+                  lambda: alice.streams):  # streams read and write the offline store: the server's stream service
+        with pytest.raises(ConfigError, match="offline store belongs to the platform server"):
+            touch()
+    assert not nowhere.exists()
+
+
+def test_the_servers_join_refuses_reads_it_cannot_check(connect, backend):
+    alice, labels = connect("alice"), backend.labels.iloc[:5]
+    for reads, error in (([("driver_stats", 1, ["nope"], ["nope"])], FeatureNotFound),
+                         ([("driver_stats", 1, ["rating"], [])], InvalidArgument),
+                         ([{"view": "driver_stats"}], InvalidArgument), ("driver_stats", InvalidArgument),
+                         ([("driver_stats", 1, ["rating"], ["driver_id"])], EntityDataFrameError)):
+        with pytest.raises(error):
+            alice.server.call("features.join", labels, reads)
+    joined = alice.server.call("features.join", labels, [("driver_stats", 1, ["rating"], ["r"])])  # an Arrow table
+    expected = backend.features.get_training_set(labels, ["driver_stats@1:rating"]).rating
+    pd.testing.assert_series_equal(joined.to_pandas()["r"], expected.rename("r").reset_index(drop=True))
+
+
+def doubled(df):
+    return pd.DataFrame({"bonus_x2": df["bonus"] * 2})
+
+
+def test_a_private_views_rows_are_read_by_its_team_alone(connect, backend):
+    alice, bob, carol, root = connect("alice"), connect("bob"), connect("carol"), connect("root")
+    driver = next(e for e in backend.features.registry.list_entities() if e.name == "driver")
+    hidden = FeatureView("driver_secret", entities=[driver], ttl=timedelta(days=30), schema=[Field("bonus", "float64")],
+                         private=True)
+    bob.features.apply([hidden])
+    labels = backend.labels.iloc[:50]
+    rows = labels[["driver_id", "event_timestamp"]].drop_duplicates("driver_id").assign(bonus=1.5)
+    rows["event_timestamp"] -= timedelta(hours=1)
+    bob.features.ingest("driver_secret", rows)
+    for who in (alice, bob):  # the public views stay open to everyone
+        assert who.features.get_training_set(labels, FEATURES).shape == (50, labels.shape[1] + 2)
+    bob.features.apply([OnDemandFeatureView("secret_doubled", sources=["driver_secret:bonus"], function=doubled,
+                                            schema=[Field("bonus_x2", "float64")])])  # public, reading a private view
+    for member in (bob, carol, root):
+        assert (member.features.get_training_set(labels, ["driver_secret:bonus"]).bonus == 1.5).all()
+        assert (member.features.get_training_set(labels, ["secret_doubled:bonus_x2"]).bonus_x2 == 3.0).all()
+    for refs in (["driver_secret:bonus"], [*FEATURES, "driver_secret@1:*"], ["secret_doubled:bonus_x2"]):
+        refused(lambda refs=refs: alice.features.get_training_set(labels, refs), "read", "feature_view", "driver_secret",
+                "b", role="viewer")
+    refused(lambda: alice.features.key_kinds("driver_secret"), "read", "feature_view", "driver_secret", "b",
+            role="viewer")
 
 
 def test_an_empty_token_is_refused_as_one(url):

@@ -31,6 +31,7 @@ from mlplat.remote.platform import ServerModePlatform
 from mlplat.server.authentication import LocalAuthenticator
 from mlplat.server.mlflow_proxy import MlflowProxy, start_backing
 from mlplat.server.permissions import Ownership
+from mlplat.training.fingerprint import frame_fingerprint
 
 PEOPLE = {"alice-token": Identity("alice", {"a": "editor"}), "bob-token": Identity("bob", {"b": "editor"}),
           "root-token": Identity("root", admin=True)}
@@ -395,6 +396,9 @@ def test_training_in_a_workspace_logs_to_the_servers_mlflow(server, alice_worksp
     assert experiment.artifact_location == f"mlflow-artifacts:/{experiment.experiment_id}"
     model = mlflow.pyfunc.load_model(result.model_uri)  # through the server's artifacts
     assert model.metadata.run_id == result.run_id
+    embedded = backend.features.get_training_set(backend.labels, result.features)  # the server joined this one
+    columns = [*backend.labels.columns, "rating", "acceptance_rate"]
+    assert result.training_set_fingerprint == frame_fingerprint(embedded[columns])
 
 
 def test_a_model_trained_in_a_workspace_is_registered_through_the_server(server, alice_workspace, as_user):
