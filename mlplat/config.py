@@ -153,7 +153,7 @@ def _check_triton(merged: dict[str, Any]) -> None:
         if value and not value.startswith(schemes):
             raise ConfigError(f"{key}={value!r} must start with {', '.join(schemes)} "
                               f"(set it in mlplat.yaml or MLPLAT_{key.upper()}).")
-        if value and merged["triton_url"] == EMBEDDED:
+        if value and key.startswith("triton_") and merged["triton_url"] == EMBEDDED:
             raise ConfigError(f"{key} describes an external Triton, but triton_url is {EMBEDDED!r}: set triton_url "
                               "to its gRPC URL (grpc://host:8001), or remove the setting.")
     if merged.get("triton_control_secret") and merged["triton_url"] == EMBEDDED:

@@ -62,3 +62,8 @@ def test_jobs_run_as_their_owners_only_against_a_servers_url(tmp_path):
                 {"job_server_url": "http://s", "job_account": "mlplat-jobs"}):
         with pytest.raises(ConfigError, match="job_"):
             load_settings(home=str(tmp_path), **bad)
+
+
+def test_an_external_redis_with_a_reader_goes_with_the_embedded_triton(tmp_path):
+    settings = load_settings(home=str(tmp_path), online_store="redis://r:6379/0", online_reader="redis://ro@r:6379/0")
+    assert (settings.online_reader, settings.triton_url) == ("redis://ro@r:6379/0", "embedded")
