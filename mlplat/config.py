@@ -67,6 +67,8 @@ class Settings:
     max_clock_skew: timedelta = timedelta(minutes=5)  # events dated later than now + this are refused as "future"
     job_timeout: timedelta = timedelta(hours=6)  # a notebook job's cell running longer is stopped (0: no limit)
     server_url: str = ""  # http(s):// of `mlplat server`: server mode (a workspace of a shared install); empty: embedded
+    job_server_url: str = ""  # a shared install's scheduler: jobs' kernels call this server as their owners (mlplat.jobs.owners)
+    job_account: str = ""  # with job_server_url: the OS account a job's kernel runs as, "{username}" its owner's name
 
     @property
     def run_dir(self) -> Path:
@@ -129,7 +131,19 @@ def load_settings(**overrides: Any) -> Settings:
     if server_url and not server_url.startswith(("http://", "https://")):
         raise ConfigError(f"server_url={server_url!r} must be the platform server's http(s):// URL "
                           "(set MLPLAT_SERVER_URL, or leave it empty for embedded mode).")
+    _check_jobs(merged)
     return Settings(**merged)
+
+
+def _check_jobs(merged: dict[str, Any]) -> None:
+    """Jobs run as their owners against a server's URL, and as their accounts only then."""
+    url, account = str(merged.get("job_server_url") or ""), str(merged.get("job_account") or "")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"job_server_url={url!r} must be the platform server's http(s):// URL, which scheduled "
+                          "jobs call as their owners (or leave it empty: jobs run as the scheduler).")
+    if account and (not url or account.count("{username}") != 1):
+        raise ConfigError(f"job_account={account!r} names the OS account a job's kernel runs as, with '{{username}}' "
+                          "once for its owner's name (mlplat-{username}), and needs job_server_url set.")
 
 
 def _check_triton(merged: dict[str, Any]) -> None:
@@ -139,7 +153,7 @@ def _check_triton(merged: dict[str, Any]) -> None:
         if value and not value.startswith(schemes):
             raise ConfigError(f"{key}={value!r} must start with {', '.join(schemes)} "
                               f"(set it in mlplat.yaml or MLPLAT_{key.upper()}).")
-        if value and merged["triton_url"] == EMBEDDED:
+        if value and key.startswith("triton_") and merged["triton_url"] == EMBEDDED:
             raise ConfigError(f"{key} describes an external Triton, but triton_url is {EMBEDDED!r}: set triton_url "
                               "to its gRPC URL (grpc://host:8001), or remove the setting.")
     if merged.get("triton_control_secret") and merged["triton_url"] == EMBEDDED:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import stat
 import threading
 from collections.abc import Iterator
@@ -83,3 +84,24 @@ def private_file(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def secret_file(path: Path) -> str:
+    """The secret kept in ``path`` (0600), made on first use; empty if the file is. Whole or not at all: of
+    processes racing to make it, the first wins and the others read its secret."""
+    if path.exists():
+        return path.read_text().strip()
+    with private_umask():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_urlsafe(32)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(made)
+        os.link(partial, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        partial.unlink(missing_ok=True)
+    return made

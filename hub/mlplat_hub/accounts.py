@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mlplat.errors import HubError
+from mlplat.jobs.owners import FIRST_UID  # below: system accounts, which no workspace (nor job) runs as
 
 PREFIX = "mlplat-"
 TEAM_GROUP = PREFIX + "team-"
@@ -25,7 +26,6 @@ DEFAULT_TEMPLATE = PREFIX + "{username}"
 # What useradd and groupadd accept everywhere (POSIX's portable names, lower case, at most 32 characters).
 _LEGAL = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _LEGAL_RULE = "lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32 characters"
-FIRST_UID = 1000  # below: system accounts (Debian's UID_MIN), which no workspace runs as
 NOLOGIN = "/usr/sbin/nologin"
 _NOBODY = 65534
 

@@ -58,8 +58,14 @@ def _ports(options: HubOptions) -> Path:
     return options.state_dir / "ports.json"
 
 
-def _scheduler(env: dict[str, str]) -> dict[str, Any]:
-    # Claims each due slot once in the metadata database: safe beside `mlplat up`'s scheduler.
+def _scheduler(options: HubOptions, env: dict[str, str]) -> dict[str, Any]:
+    # Claims each due slot once in the metadata database: safe beside `mlplat up`'s scheduler. In server mode
+    # each job's kernel calls the server as its schedule's owner (mlplat.jobs.owners), with accounts as their
+    # OS account, instead of running with this service's environment.
+    if options.server:
+        env = {**env, "MLPLAT_JOB_SERVER_URL": server_url(options)}
+    if options.accounts:
+        env = {**env, "MLPLAT_JOB_ACCOUNT": options.account_name}
     return {"name": SCHEDULER, "command": [sys.executable, "-m", "mlplat.cli", "scheduler"], "environment": env}
 
 
@@ -135,7 +141,7 @@ def hub_services(options: HubOptions, settings: Settings, extra_env: dict[str, s
         services.append(_mlflow_ui(options, env))          # behind its permissions; this one checks logins only
         user_scopes.append(f"access:services!service={MLFLOW}")
     if SCHEDULER in options.services:
-        services.append(_scheduler(env))
+        services.append(_scheduler(options, env))
     if MONITOR in options.services:
         services.append(_monitor(options, env))
     if STREAM in options.services:

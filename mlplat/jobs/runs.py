@@ -225,11 +225,14 @@ class Jobs:
             tracker.log_dict(mlflow_run_id, {"environment": environment()}, "mlplat/provenance.json")
             from jupyter_client.kernelspec import KernelSpecManager
 
+            from mlplat.jobs.owners import papermill_options
+
             language = KernelSpecManager().get_kernel_spec(kernel).language
             execute = functools.partial(execute_notebook, input_path=str(snapshot), output_path=str(output),
                                         parameters=parameters, kernel_name=kernel, language=language,
                                         cwd=str(source.parent), progress_bar=False,
-                                        execution_timeout=attempts.timeout)
+                                        execution_timeout=attempts.timeout,
+                                        **papermill_options(settings, owner[0], snapshot, attempts.timeout))
             started_at, started = datetime.now(UTC), time.perf_counter()
             tried, error, host = attempts.run(execute, client, output)
             if output.exists():  # also a failed attempt's: the cells that ran, and what they printed

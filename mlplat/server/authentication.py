@@ -6,6 +6,9 @@ what those groups say of roles. Teams are hub groups. A member's role in a team 
 ``mlplat_role`` property (default ``editor``), or the one its ``mlplat_roles`` property gives that user
 (``{"carol": "viewer", "bob": "owner"}``). Hub admins and members of the ``mlplat-admins`` group administer
 the platform. Answers are kept for ``ttl`` seconds so a busy client costs the hub one call a minute.
+
+:class:`JobTokenAuthenticator` lets in a scheduled job's kernel too, as its schedule's owner: its job token
+(:mod:`mlplat.job_tokens`) names the user, and the wrapped authenticator says who that user is now.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
 from mlplat.errors import NotAuthenticated, ServiceError
 from mlplat.identity import ROLES, Identity
+from mlplat.job_tokens import JobTokens, is_job_token
 
 ADMIN_GROUP = "mlplat-admins"
 DEFAULT_ROLE = "editor"
@@ -28,6 +34,10 @@ class Authenticator(Protocol):
     """Turns a bearer token into the identity it belongs to, or raises :class:`NotAuthenticated`."""
 
     def identify(self, token: str) -> Identity: ...
+
+    def identity_of(self, name: str) -> Identity:
+        """User ``name`` with their roles now, or :class:`NotAuthenticated` if this source knows no such user."""
+        ...
 
 
 class HubAuthenticator:
@@ -46,31 +56,43 @@ class HubAuthenticator:
         if not token:
             raise NotAuthenticated("No token: send the JupyterHub API token as 'Authorization: token <token>' "
                                    "(a workspace has it in JUPYTERHUB_API_TOKEN).")
-        key = hashlib.sha256(token.encode()).hexdigest()
+        return self._cached(hashlib.sha256(token.encode()).hexdigest(), lambda: self._ask_hub(token))
+
+    def _cached(self, key: str, ask: Callable[[], Identity]) -> Identity:
+        """The identity kept under ``key`` if fresh, else ``ask()``'s, kept for ``ttl`` seconds."""
         with self._lock:
             known = self._known.get(key)
         if known and known[0] > time.monotonic():
             return known[1]
-        identity = self._ask_hub(token)
+        identity = ask()
         with self._lock:
             if len(self._known) > 10_000:
                 self._known.clear()
             self._known[key] = (time.monotonic() + self.ttl, identity)
         return identity
 
+    def identity_of(self, name: str) -> Identity:
+        """Hub user ``name`` with their roles, asked with the server's own token (a job token names a user)."""
+        return self._cached(f"user:{name}", lambda: self._user(name))
+
+    def _user(self, name: str) -> Identity:
+        user = self._get(f"/users/{quote(name, safe='')}")
+        if user is None or user.get("name") != name:
+            raise NotAuthenticated(f"The hub has no user {name!r} (removed?): a job token names a hub user.")
+        groups = user.get("groups") or []
+        roles = {}
+        for group in groups:
+            role = self._role(group, name)
+            if role:
+                roles[group] = role
+        return Identity(name, roles, admin=bool(user.get("admin")) or self.admin_group in groups)
+
     def _ask_hub(self, token: str) -> Identity:
         owner = self._get("/user", token)
         if owner is None or owner.get("kind", "user") != "user" or not owner.get("name"):
             raise NotAuthenticated("The hub does not know this token (wrong, expired or revoked): log in to the "
                                    "hub again, or use JUPYTERHUB_API_TOKEN from a running workspace.")
-        user = self._get(f"/users/{owner['name']}") or owner
-        groups = user.get("groups") or []
-        roles = {}
-        for group in groups:
-            role = self._role(group, owner["name"])
-            if role:
-                roles[group] = role
-        return Identity(owner["name"], roles, admin=bool(user.get("admin")) or self.admin_group in groups)
+        return self._user(owner["name"])
 
     def _role(self, group: str, user: str) -> str | None:
         if group == self.admin_group:
@@ -106,3 +128,28 @@ class LocalAuthenticator:
         if identity is None:
             raise NotAuthenticated("Unknown token: use one this server was started with.")
         return identity
+
+    def identity_of(self, name: str) -> Identity:
+        """The identity named ``name`` among this server's tokens."""
+        for identity in self._identities.values():
+            if identity.name == name:
+                return identity
+        raise NotAuthenticated(f"No token of this server is {name!r}'s: a job token names one of its users.")
+
+
+class JobTokenAuthenticator:
+    """``inner``'s tokens, and job tokens (:mod:`mlplat.job_tokens`): a valid one is its user, whose roles
+    ``inner`` says now (cached as ``inner`` caches), so a user taken out of a team loses its rights in jobs too."""
+
+    def __init__(self, inner: Authenticator, tokens: JobTokens):
+        self.inner = inner
+        self.tokens = tokens
+
+    def identify(self, token: str) -> Identity:
+        """The job token's user, or whom ``inner`` says owns ``token``."""
+        if is_job_token(token):
+            return self.inner.identity_of(self.tokens.user_of(token))
+        return self.inner.identify(token)
+
+    def identity_of(self, name: str) -> Identity:
+        return self.inner.identity_of(name)

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from mlplat.errors import ConfigError
 from mlplat.identity import Identity
-from mlplat.server.authentication import Authenticator, HubAuthenticator, LocalAuthenticator
+from mlplat.server.authentication import Authenticator, HubAuthenticator, JobTokenAuthenticator, LocalAuthenticator
 
 
 def authenticator(hub_api_url: str | None, tokens: str | None) -> Authenticator:
@@ -51,10 +51,12 @@ def _exit(signum: int, frame: Any) -> None:
 
 def serve(host: str, port: int, auth: Authenticator, **overrides: Any) -> None:
     """Run the server until interrupted, on an embedded platform of this install's settings, with MLflow behind
-    it at ``/mlflow`` (:mod:`mlplat.server.mlflow_proxy`)."""
+    it at ``/mlflow`` (:mod:`mlplat.server.mlflow_proxy`); besides ``auth``'s tokens it takes the job tokens of
+    this install's scheduler."""
     import uvicorn
 
     from mlplat.config import load_settings
+    from mlplat.job_tokens import JobTokens
     from mlplat.platform import Platform
     from mlplat.server.app import PlatformServer
     from mlplat.server.mlflow_proxy import MlflowProxy, start_backing
@@ -63,7 +65,9 @@ def serve(host: str, port: int, auth: Authenticator, **overrides: Any) -> None:
     # The backing MLflow server holds the tracking store and serves the artifacts. The server's own platform uses
     # MLflow through it too: models logged through the proxy live at mlflow-artifacts:/ URIs, which only an MLflow
     # server resolves.
-    tracking, backing = start_backing(load_settings(server_url="", **overrides))
+    settings = load_settings(server_url="", **overrides)
+    auth = JobTokenAuthenticator(auth, JobTokens(settings.run_dir))  # scheduled jobs call as their owners
+    tracking, backing = start_backing(settings)
     platform = Platform.open(server_url="", **{**overrides, "tracking": tracking})  # the server holds the stores
     mlflow = MlflowProxy(tracking, auth, Ownership(platform))
     # uvicorn stops on SIGTERM (the hub's, Kubernetes') and then raises it again: with the default handler that

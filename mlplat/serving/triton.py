@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 from functools import cached_property
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from mlplat.config import EMBEDDED, Settings
 from mlplat.errors import ServiceBinaryNotFound, ServingError
+from mlplat.files import secret_file
 from mlplat.services import EmbeddedService, ServiceState
 from mlplat.serving.target import (
     CONTROL_HEADER,
@@ -61,25 +61,7 @@ RESTRICTED = "model-repository,shared-memory,trace,logging"
 def control_secret(settings: Settings) -> str:
     """This install's Triton model-control secret, made on first use and kept in ``run/triton.secret`` (0600)."""
     path = settings.run_dir / "triton.secret"
-    if path.exists():
-        return _read_secret(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    made = secrets.token_urlsafe(32)
-    partial = path.with_name(f".triton.secret.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(made)
-        os.link(partial, path)  # whole or not at all; the first process to make one wins, the others read it
-    except FileExistsError:
-        return _read_secret(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return made
-
-
-def _read_secret(path: Path) -> str:
-    secret = path.read_text().strip()
+    secret = secret_file(path)
     if not secret:  # never start Triton with model control open
         raise ServingError(f"{path} is empty. Delete it, then restart Triton (`mlplat down` and `mlplat up`): a new "
                            "secret is made.")

@@ -185,3 +185,34 @@ def test_leaving_the_team_takes_bobs_account_out_of_its_group_at_his_next_start(
     assert account("bob").pw_name not in team.gr_mem
     assert team.gr_gid not in {int(gid) for gid in _status(server)["Groups"].split()}
     assert not os.path.lexists(hub.root / "users" / "bob" / "teams" / TEAM)
+
+
+def test_alices_scheduled_job_runs_as_her_account_calling_the_server_as_her(hub, people):
+    """A tick of the scheduler as the hub's service runs it (``job_server_url``, ``job_account``): the kernel of
+    alice's job is her account's, with no environment of the hub's, and the server sees alice."""
+    from datetime import timedelta
+
+    import nbformat
+
+    import mlplat
+    from mlplat.jobs.scheduler import Scheduler
+
+    url = psutil.Process(people["alice"]["state"]["pid"]).environ()["MLPLAT_SERVER_URL"]
+    job = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    job.cells = [nbformat.v4.new_code_cell("import json, os, mlplat\nme = mlplat.connect().server.whoami()\n"
+                                           "print(json.dumps([os.getuid(), me['name'], 'MLPLAT_HOME' in os.environ]))")]
+    schedule_id = hub.run_in_kernel("alice", "mlplat", "\n".join([
+        "import mlplat, nbformat, os",
+        "path = os.path.join(os.environ['HOME'], 'job.ipynb')",
+        f"nbformat.write(nbformat.reads({nbformat.writes(job)!r}, as_version=4), path)",
+        "print(mlplat.connect().jobs.schedule(path, '0 * * * *'))"])).strip()
+    scheduler = mlplat.connect(home=str(hub.home), job_server_url=url, job_account=TEMPLATE)
+    try:
+        due = next(s.next_run for s in scheduler.jobs.schedules() if str(s.id) == schedule_id)
+        (ran,) = Scheduler(scheduler.jobs).tick(due + timedelta(minutes=1))
+        (run,) = [r for r in scheduler.jobs.history() if r.id == ran]
+    finally:
+        scheduler.close()
+    assert (run.status, run.owner) == ("succeeded", "alice"), run.error
+    printed = [o["text"] for c in nbformat.read(run.output, as_version=4).cells for o in c.get("outputs", [])]
+    assert json.loads(printed[0]) == [account("alice").pw_uid, "alice", False]

@@ -26,6 +26,7 @@ from mlplat.cli import main
 from mlplat.errors import NotAuthenticated, PermissionDenied
 from mlplat.features.definitions import Entity, FeatureView, Field
 from mlplat.identity import Identity, acting_as
+from mlplat.job_tokens import JobTokens
 from mlplat.remote.client import ServerClient
 from mlplat_hub.workspaces import user_folder
 
@@ -122,6 +123,7 @@ def test_the_server_is_a_hub_service_and_only_workspaces_are_sent_to_it(hub, url
     assert environ["MLPLAT_HOME"] == str(hub.home)
     (scheduler,) = _processes(hub, "mlplat.cli scheduler")
     assert "MLPLAT_SERVER_URL" not in scheduler.environ()  # the hub's other services stay embedded
+    assert scheduler.environ()["MLPLAT_JOB_SERVER_URL"] == url  # but its jobs' kernels call the server
     assert alice_workspace["JUPYTERHUB_API_TOKEN"]
 
 
@@ -148,6 +150,14 @@ def test_the_servers_hub_token_reads_users_groups_and_roles_and_no_more(hub):
 def test_the_server_knows_each_user_by_their_hub_token(url, tokens):
     for user, expected in WHO.items():
         assert ServerClient(url, tokens[user]).whoami() == expected
+
+
+def test_a_job_token_of_the_installs_scheduler_is_its_user_with_their_hub_roles(hub, url):
+    job_tokens = JobTokens(hub.settings.run_dir)  # the scheduler's and the server's secret: one MLPLAT_HOME
+    for user, expected in WHO.items():
+        assert ServerClient(url, job_tokens.make(user, 60)).whoami() == expected
+    with pytest.raises(NotAuthenticated, match="no user 'mallory'"):
+        ServerClient(url, job_tokens.make("mallory", 60)).whoami()
 
 
 def test_no_token_or_a_wrong_one_is_refused(url, tokens):

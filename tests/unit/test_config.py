@@ -51,3 +51,19 @@ def test_triton_control_secret_is_only_for_an_external_triton(tmp_path):
         load_settings(home=str(tmp_path), triton_control_secret="s3cret")
     settings = load_settings(home=str(tmp_path), triton_url="grpc://triton:8001", triton_control_secret="s3cret")
     assert settings.triton_control_secret == "s3cret"
+
+
+def test_jobs_run_as_their_owners_only_against_a_servers_url(tmp_path):
+    settings = load_settings(home=str(tmp_path), job_server_url="http://127.0.0.1:8585",
+                             job_account="mlplat-{username}")
+    assert (settings.job_server_url, settings.job_account) == ("http://127.0.0.1:8585", "mlplat-{username}")
+    assert load_settings(home=str(tmp_path)).job_server_url == ""  # a laptop: jobs run as the scheduler
+    for bad in ({"job_server_url": "127.0.0.1:8585"}, {"job_account": "mlplat-{username}"},
+                {"job_server_url": "http://s", "job_account": "mlplat-jobs"}):
+        with pytest.raises(ConfigError, match="job_"):
+            load_settings(home=str(tmp_path), **bad)
+
+
+def test_an_external_redis_with_a_reader_goes_with_the_embedded_triton(tmp_path):
+    settings = load_settings(home=str(tmp_path), online_store="redis://r:6379/0", online_reader="redis://ro@r:6379/0")
+    assert (settings.online_reader, settings.triton_url) == ("redis://ro@r:6379/0", "embedded")
