@@ -14,7 +14,7 @@ monitor     the monitor service: reads the prediction log in its group and the c
 ==========  ================================================================================================
 
 ``CONFIG``, ``SHUTDOWN``, ``FLUSHALL``, ``DEBUG`` and the other ``@dangerous``/``@admin`` commands are the
-admin's alone. The passwords are kept in ``$MLPLAT_HOME/run/redis-users.json`` (0600, made once); Redis gets
+admin's alone. The passwords are kept in ``$MLPLAT_HOME/run/redis-users/<role>`` (0600, made once); Redis gets
 their SHA-256 only, in an ACL file next to them. ``mlplat server`` hands the reader's URL to workspaces.
 On Redis 6 (no read/write key selectors) the reader's and monitor's commands are limited as on 7, but the keys
 they may write are not told apart from those they may read.
@@ -22,19 +22,16 @@ they may write are not told apart from those they may read.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import json
-import os
 import re
-import secrets
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from mlplat.config import Settings
 from mlplat.errors import ConfigError
+from mlplat.files import secret_file
 
 ROLES = ("admin", "reader", "producer", "consumer", "monitor")
 
@@ -53,9 +50,9 @@ _RULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def users_file(settings: Settings) -> Path:
-    """Where the install keeps its Redis users' passwords (0600)."""
-    return settings.run_dir / "redis-users.json"
+def password_file(settings: Settings, role: str) -> Path:
+    """Where the install keeps ``role``'s Redis password (0600, in a 0700 folder)."""
+    return settings.run_dir / "redis-users" / role
 
 
 def acl_file(settings: Settings) -> Path:
@@ -65,25 +62,12 @@ def acl_file(settings: Settings) -> Path:
 
 def passwords(settings: Settings) -> dict[str, str]:
     """Each role's password, made (0600, once, whoever comes first) when the install has none yet."""
-    path = users_file(settings)
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        made = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({role: secrets.token_hex(24) for role in ROLES}, handle)
-        with contextlib.suppress(FileExistsError):
-            os.link(made, path)  # the first maker wins; the others read its file
-        made.unlink()
     try:
-        found = json.loads(path.read_text())
+        return {role: secret_file(password_file(settings, role)) for role in ROLES}
     except PermissionError:
-        raise ConfigError(f"{path} (the online store's passwords) is not readable by this account; run as the "
-                          "install's owner, or in a workspace use the platform server (MLPLAT_SERVER_URL).") from None
-    except ValueError:
-        raise ConfigError(f"{path} is damaged; stop the platform (`mlplat down`), delete it and start again "
-                          "(`mlplat up`): new passwords are made.") from None
-    return {role: found[role] for role in ROLES}
+        raise ConfigError(f"{password_file(settings, 'admin').parent} (the online store's passwords) is not "
+                          "readable by this account; run as the install's owner, or in a workspace use the "
+                          "platform server (MLPLAT_SERVER_URL).") from None
 
 
 def acl(settings: Settings, selectors: bool = True) -> str:

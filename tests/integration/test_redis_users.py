@@ -74,7 +74,7 @@ def test_another_local_account_can_neither_log_in_nor_read_the_passwords(setting
                               "timeout 5 cat <&3"], capture_output=True, text=True)
     assert attempt.stdout.count("-NOAUTH") == 2, attempt
     assert as_role(settings, "admin").get(ONLINE_KEY) == b"served value"
-    for private in ("redis-users.json", "redis.acl"):
+    for private in ("redis-users/admin", "redis-users/reader", "redis.acl"):
         assert (settings.run_dir / private).stat().st_mode & 0o777 == 0o600
         assert subprocess.run([*NOBODY, "cat", str(settings.run_dir / private)], capture_output=True).returncode
 

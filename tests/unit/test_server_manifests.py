@@ -32,6 +32,7 @@ KUBERNETES = Path(__file__).parents[2] / "serving" / "kubernetes"
 SERVER_ONLY_SECRETS = {"mlplat-server-hub-token", "mlplat-server-db", "mlplat-server-redis", "mlplat-server-mlflow",
                        "mlplat-server-s3"}
 TRITON_CONTROL_SECRET = "mlplat-triton-control"  # shared by the server and Triton alone
+JOB_TOKEN_SECRET = "mlplat-job-token"  # shared by the server and the hub's scheduler alone
 SHARED = {"online_store": "redis://mlplat-admin:s3cret@redis:6379/0", "registry": "postgresql+psycopg://mlplat:s3cret@db/m",
           "tracking": "postgresql+psycopg://mlflow:s3cret@db/mlflow", "offline_store": "s3://mlplat-features/offline",
           "artifacts": "s3://mlplat-features/artifacts"}
@@ -61,7 +62,7 @@ def test_the_server_runs_under_its_own_account_with_the_secrets_it_alone_holds(m
     assert account.automount_service_account_token is False and pod.automount_service_account_token is False
     (container,) = pod.containers
     assert container.command[:2] == ["mlplat", "server"]
-    assert _secrets(pod) == SERVER_ONLY_SECRETS | {TRITON_CONTROL_SECRET, ONLINE_READER_SECRET}
+    assert _secrets(pod) == SERVER_ONLY_SECRETS | {TRITON_CONTROL_SECRET, ONLINE_READER_SECRET, JOB_TOKEN_SECRET}
     env = {e.name: e for e in container.env}
     for name in ("MLPLAT_REGISTRY", "MLPLAT_ONLINE_STORE", "MLPLAT_TRACKING", "JUPYTERHUB_API_TOKEN"):
         assert env[name].value is None and env[name].value_from.secret_key_ref.name in SERVER_ONLY_SECRETS
@@ -70,8 +71,8 @@ def test_the_server_runs_under_its_own_account_with_the_secrets_it_alone_holds(m
     assert container.readiness_probe.http_get.path == container.liveness_probe.http_get.path == "/api/v1/health"
     assert pod.security_context.run_as_non_root and not container.security_context.allow_privilege_escalation
     assert container.security_context.read_only_root_filesystem
-    mounted = {m.name for m in container.volume_mounts}
-    assert mounted == {v.name for v in pod.volumes if v.empty_dir is not None}
+    writable = {m.name for m in container.volume_mounts if not m.read_only}
+    assert writable == {v.name for v in pod.volumes if v.empty_dir is not None}  # scratch; secrets mount read-only
 
 
 def test_workspaces_reach_the_server_at_its_service_and_nothing_else_does(manifests):
