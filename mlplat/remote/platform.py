@@ -98,6 +98,17 @@ class ServerJobs(RemotePart):
     rerun = run
 
 
+class ServerStreams(RemotePart):
+    """Stream feature views in server mode: events are sent, and dead letters, lag and logged events read, through
+    the server; the platform's stream service (``mlplat stream``) applies them."""
+
+    def process(self, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidArgument("In server mode the platform's stream service (`mlplat stream`) applies events: send "
+                              "them with p.streams.send(view, events), and watch p.streams.lag(view).")
+
+    consumer = process
+
+
 class ServerModePlatform(Platform):
     """A :class:`~mlplat.platform.Platform` in a workspace of a shared install (see the module's doc)."""
 
@@ -152,6 +163,10 @@ class ServerModePlatform(Platform):
         return RemotePart(self.server, "monitor", "Drift, latency, errors and thresholds, kept by the server.")
 
     @cached_property
+    def streams(self):
+        return ServerStreams(self.server, "streams", ServerStreams.__doc__ or "")
+
+    @cached_property
     def experiments(self):
         return RemotePart(self.server, "experiments", "A/B tests, canaries and shadow tests, run by the server.")
 
@@ -179,7 +194,7 @@ class ServerModePlatform(Platform):
 
     def close(self) -> None:
         super().close()
-        for part in ("jobs", "monitor", "experiments"):
+        for part in ("jobs", "monitor", "experiments", "streams"):
             self.__dict__.pop(part, None)
 
     def __repr__(self) -> str:

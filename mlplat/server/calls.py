@@ -42,6 +42,7 @@ READS = {
                           "history", "watermark"],
     "models": ["list", "versions", "get", "trained_in", "history", "team", "private"],
     "jobs": ["schedules", "history"],
+    "streams": ["dead_letters", "events", "lag", "errors"],
     "monitor": ["thresholds", "predictions", "drift", "check", "dashboard", "scrape_config"],
     "experiments": ["summary", "model_of", "predict"],
     "audit": ["entries"],
@@ -56,6 +57,7 @@ ONE_OBJECT = {
     "features.registry.versions": ("feature_view", "name"), "features.registry.history": ("feature_view", "name"),
     **{f"models.{m}": ("model", "name") for m in ("versions", "get", "history", "team")},
     **{f"monitor.{m}": ("model", "model") for m in ("thresholds", "predictions", "drift", "check", "dashboard")},
+    **{f"streams.{m}": ("feature_view", "view") for m in ("dead_letters", "events", "lag", "errors")},
 }
 _AUDITED_KINDS = {"feature_view": "feature_view", "model": "model", "deployment": "model"}  # entry kind -> owner kind
 
@@ -64,6 +66,8 @@ RULES: dict[str, Rule] = {
     "features.push": _changes("push to", "feature_view", "view"),
     "features.transfer": Rule("transfer", "feature_view", "view", role="owner"),
     "features.schedule_compute": _changes("schedule computing", "feature_view", "view"),
+    "streams.send": _changes("send events to", "feature_view", "view"),
+    "streams.backfill": _changes("backfill", "feature_view", "view"),
     "models.register": Rule("register a version of", "model", "name", creates=True),
     "models.promote": _changes("promote", "model"),
     "models.rollback": _changes("roll back", "model"),

@@ -305,11 +305,32 @@ def test_a_workspace_that_cannot_reach_the_offline_store_still_gets_training_set
                                   backend.features.get_training_set(labels, FEATURES))
     assert alice.features.stats("driver_stats").rows and alice.features.freshness("driver_stats").latest_event
     assert alice.features.get_online_features(FEATURES, {"driver_id": [labels.driver_id.iloc[0]]}).to_dict()
-    for touch in (lambda: alice.features.offline.files(backend.features.get_view("driver_stats")),
-                  lambda: alice.streams):  # streams read and write the offline store: the server's stream service
-        with pytest.raises(ConfigError, match="offline store belongs to the platform server"):
-            touch()
+    with pytest.raises(ConfigError, match="offline store belongs to the platform server"):
+        alice.features.offline.files(backend.features.get_view("driver_stats"))
     assert not nowhere.exists()
+
+
+def test_streams_go_through_the_server_and_only_the_views_team_sends_events(connect, backend):
+    from mlplat.streaming import Aggregation, StreamFeatureView
+
+    alice, bob, carol = connect("alice"), connect("bob"), connect("carol")
+    rider = Entity("rider", join_keys=["rider_id"])
+    bob.features.apply([rider, StreamFeatureView("rider_trips", entities=[rider], ttl=None,
+                                                 aggregations=[Aggregation("fare", "sum", "1h")])])
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    sent = bob.streams.send("rider_trips", [{"rider_id": 1, "event_timestamp": now, "fare": 2.5},
+                                            {"rider_id": 2, "event_timestamp": now, "fare": 1.0}])
+    assert len(sent) == 2 and bob.streams.lag("rider_trips")["waiting"] == 2
+    for who in (alice, carol):  # another team; a viewer of bob's
+        refused(lambda who=who: who.streams.send("rider_trips", [{"rider_id": 1, "event_timestamp": now,
+                                                                   "fare": 99.0}]),
+                "send events to", "feature_view", "rider_trips", "b")
+    assert carol.streams.lag("rider_trips")["waiting"] == 2 and carol.streams.dead_letters("rider_trips").empty
+    with pytest.raises(InvalidArgument, match="stream service"):
+        bob.streams.process()
+    assert backend.streams.process(["rider_trips"])  # what the platform's `mlplat stream` does
+    online = bob.features.get_online_features(["rider_trips:fare_sum_1h"], {"rider_id": [1, 2]}).to_dict()
+    assert online["fare_sum_1h"] == [2.5, 1.0]
 
 
 def test_the_servers_join_refuses_reads_it_cannot_check(connect, backend):
