@@ -135,6 +135,8 @@ class Calls:
             return [v for v in result if not hidden("feature_view", v)]
         if name == "models.list":
             return [m for m in result if not hidden("model", m["name"])]
+        if name == "streams.errors":  # every view's errors when none is named
+            return result[[not hidden("feature_view", view) for view in result["view"]]].reset_index(drop=True)
         return result
 
     def authorize(self, identity: Identity, name: str, arguments: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from datetime import timedelta
 
 import httpx
@@ -312,6 +313,7 @@ def test_a_workspace_that_cannot_reach_the_offline_store_still_gets_training_set
 
 def test_streams_go_through_the_server_and_only_the_views_team_sends_events(connect, backend):
     from mlplat.streaming import Aggregation, StreamFeatureView
+    from mlplat.streaming.consumer import errors_key
 
     alice, bob, carol = connect("alice"), connect("bob"), connect("carol")
     rider = Entity("rider", join_keys=["rider_id"])
@@ -331,6 +333,14 @@ def test_streams_go_through_the_server_and_only_the_views_team_sends_events(conn
     assert backend.streams.process(["rider_trips"])  # what the platform's `mlplat stream` does
     online = bob.features.get_online_features(["rider_trips:fare_sum_1h"], {"rider_id": [1, 2]}).to_dict()
     assert online["fare_sum_1h"] == [2.5, 1.0]
+
+    bob.features.apply([StreamFeatureView("rider_secrets", entities=[rider], ttl=None, private=True,
+                                          aggregations=[Aggregation("fare", "sum", "1h")])])
+    failing = {"error": "WRONGTYPE", "since": time.time(), "last": time.time(), "attempts": 1}
+    for view in ("rider_trips", "rider_secrets"):  # as a failing consumer records them
+        backend.online.client.hset(errors_key(backend.settings.online_prefix), f"{view}\x1fc1", json.dumps(failing))
+    assert list(alice.streams.errors().view) == ["rider_trips"]  # not the private view's
+    assert list(carol.streams.errors().view) == ["rider_secrets", "rider_trips"]
 
 
 def test_the_servers_join_refuses_reads_it_cannot_check(connect, backend):
