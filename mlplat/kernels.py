@@ -5,7 +5,7 @@ The specs are the files in ``mlplat/kernelspecs/``. The CPU one ships with the p
 templates that name it run wherever mlplat is installed; ``mlplat install-kernels`` adds
 both, for this interpreter, to another prefix (the hub's). The CPU kernel hides the GPUs,
 as a CPU workspace does; the GPU kernel pins ``CUDA_VISIBLE_DEVICES`` and sets
-``MLPLAT_DEVICE``, which training runs record (tag ``mlplat.device``).
+``MLPLAT_DEVICE``, by which training fits on that GPU (see :mod:`mlplat.training.device`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from mlplat.registry.evaluate import Gate, Split, check_target, predict, score, 
 from mlplat.registry.models import ModelRegistry
 from mlplat.registry.names import check_model_name
 from mlplat.registry.scoring import FeatureSource
-from mlplat.training import estimators, outputs
+from mlplat.training import device, estimators, outputs
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
 
 
@@ -138,7 +138,7 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
                                run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
         try:
             views = source_views(spec.features, training.features.get_view)  # on-demand views' sources too
-            _log_inputs(spec, entity_df, fingerprint, training.settings, extra_tags, views)
+            _log_inputs(spec, entity_df, fingerprint, training.settings, extra_tags, views, client)
             bar.update()
             bar.set_postfix_str("fit")
             started = time.perf_counter()
@@ -184,10 +184,12 @@ def _positions(rows: np.ndarray) -> slice | np.ndarray:
 
 
 def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None) -> Any:
-    """Fit the estimator: in process, or on the Dask cluster behind ``client`` with the library's own path."""
+    """Fit the estimator: in process (on the workspace's GPU where it can, see :mod:`mlplat.training.device`), or
+    on the Dask cluster behind ``client`` with the library's own path."""
     try:
         if client is None:
-            return spec_build(spec).fit(X, y)
+            gpu = device.choose(spec.family, spec.params).params
+            return estimators.load_class(spec.estimator)(**spec.params, **gpu).fit(X, y)
         twin = estimators.dask_twin(spec.estimator, spec.family)
         if twin is None:  # scikit-learn: parallel parts of the fit run through joblib's Dask backend
             import joblib
@@ -235,7 +237,7 @@ def bookkeeping(estimator: str, seed: int, target: str, rows: int, split: str, n
 
 
 def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Settings, extra: dict | None,
-                views: list[str]) -> None:
+                views: list[str], client: Any) -> None:
     import mlflow
 
     # The estimator's parameters under its own names, as MLflow's autolog logs them; mlplat's own bookkeeping under
@@ -243,12 +245,14 @@ def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, sett
     mlflow.log_params({**spec.params, **bookkeeping(spec.estimator, spec.seed, spec.target, len(entity_df),
                                                     json.dumps(spec.split), len(spec.features))})
     code = code_fingerprint()
+    used = device.choose(spec.family, spec.params) if client is None else device.Device(
+        "cluster", {}, "the Dask cluster's workers")
     mlflow.set_tags({"mlplat.features": json.dumps(spec.features), "mlplat.feature_views": json.dumps(views),
                      "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": settings.user,
                      "mlplat.team": settings.team, "mlplat.profile": os.environ.get("MLPLAT_PROFILE", ""),
                      "mlplat.code_path": code["path"] or "", "mlplat.code_sha256": code["sha256"] or "",
                      "mlplat.git_commit": code["git_commit"] or "",
-                     "mlplat.device": os.environ.get("MLPLAT_DEVICE", "cpu"), **(extra or {})})
+                     "mlplat.device": used.name, "mlplat.device_reason": used.reason, **(extra or {})})
     mlflow.log_dict(asdict(spec), SPEC_ARTIFACT)
     mlflow.log_dict({"code": code, "environment": environment()}, "mlplat/provenance.json")
     with tempfile.TemporaryDirectory() as folder:

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,6 +15,7 @@ from mlplat.demo import customer, customer_profile, driver, driver_stats, make_d
 from mlplat.errors import GateFailed, InvalidArgument, MissingColumnError, TrackingUnavailable, TrainingError
 from mlplat.registry import tracking
 from mlplat.services import free_port
+from mlplat.training import device
 
 FEATURES = ["driver_stats:*", "customer_profile:avg_fare"]
 
@@ -64,6 +66,7 @@ def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, 
         "driver_stats@1:avg_speed_kmh", "customer_profile@1:avg_fare"]
     assert run.data.tags["mlplat.code_sha256"]  # the running file (pytest's entry point) is hashed
     assert [run.data.tags[f"mlplat.{k}"] for k in ("user", "team", "profile")] == ["ana", "pricing", "gpu-x1"]
+    assert (run.data.tags["mlplat.device"], run.data.tags["mlplat.device_reason"]) == ("cpu", "a CPU workspace")
     assert {a.path for a in plots} == {"plots/roc_pr.png", "plots/feature_importance.png"}
     registered = platform.models.get("passes", alias="challenger")
     assert (registered.version, registered.owner, registered.team) == (result.version, "ana", "pricing")
@@ -74,6 +77,18 @@ def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, 
     inputs = frame[["rating", "trips_today", "acceptance_rate", "avg_speed_kmh", "avg_fare"]].astype("float64")
     assert len(model.predict(inputs)) == 50
     assert any(line.startswith("mlflow==") for line in provenance["environment"])
+
+
+def test_a_gpu_workspace_without_a_visible_gpu_fits_on_the_cpu_and_records_why(platform, labels, monkeypatch):
+    monkeypatch.setenv("MLPLAT_DEVICE", "gpu:0")  # what the GPU profile and kernel set
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(device, "_NVIDIA_CONTROL", Path("/nonexistent/nvidiactl"))  # no driver, even on a GPU host
+    result = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=labels, target="completed",
+                            name="gpu-asked", params={"n_estimators": 5, "max_depth": 2})
+    run, _ = run_of(platform, result.run_id)
+    assert run.data.tags["mlplat.device"] == "cpu"
+    assert run.data.tags["mlplat.device_reason"] == "gpu:0 was asked for, but no NVIDIA GPU is visible here"
+    assert "device" not in run.data.params  # the estimator's parameters stay the user's
 
 
 def test_metrics_are_those_of_the_later_rows(platform, labels):
