@@ -37,8 +37,8 @@ def choose(family: str, params: dict[str, Any], environ: Any = os.environ) -> De
     if not asked.startswith("gpu"):
         return Device(CPU, {}, "a CPU workspace")
     if any(name in params for name in _USER_CHOICES):
-        return Device(str(params.get("device") or params.get("device_type") or CPU), {},
-                      "the device the estimator's parameters name")
+        named = params.get("device") or params.get("device_type") or params.get("tree_method")
+        return Device(str(named), {}, "the device the estimator's parameters name")
     if family not in _GPU_PARAMS:
         return Device(CPU, {}, f"{family} estimators fit on the CPU")
     if not environ.get("CUDA_VISIBLE_DEVICES") or not _NVIDIA_CONTROL.exists():
