@@ -35,8 +35,9 @@ _SCHEMES = {
     "triton_url": (EMBEDDED, "grpc://"),
 }
 # Optional settings (empty: unset) and the URL schemes they accept.
-_OPTIONAL_SCHEMES = {"online_reader": ("redis://", "rediss://", "unix://"), "triton_http_url": ("http://", "https://"), "triton_metrics_url": ("http://", "https://"),
-                     "triton_repository": ("/",)}
+_OPTIONAL_SCHEMES = {"online_reader": ("redis://", "rediss://", "unix://"), "triton_http_url": ("http://", "https://"),
+                     "triton_metrics_url": ("http://", "https://"), "triton_repository": ("/",)}
+_EXTERNAL_TRITON = ("triton_http_url", "triton_metrics_url", "triton_repository")  # what describes a Triton we were given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +124,7 @@ def load_settings(**overrides: Any) -> Settings:
                 f"{', '.join(schemes)} (set it in mlplat.yaml or MLPLAT_{key.upper()})."
             )
         merged[key] = value
+    _check_optional(merged)
     _check_triton(merged)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(merged.get("online_prefix", "mlp"))):
         raise ConfigError(f"online_prefix={merged['online_prefix']!r} may hold only letters, digits, '_', '.' and "
@@ -146,14 +148,19 @@ def _check_jobs(merged: dict[str, Any]) -> None:
                           "once for its owner's name (mlplat-{username}), and needs job_server_url set.")
 
 
-def _check_triton(merged: dict[str, Any]) -> None:
-    """The optional Triton settings are URLs (or a folder) of an external Triton, and only of one."""
+def _check_optional(merged: dict[str, Any]) -> None:
+    """The optional URL settings, where given, start with a scheme they accept."""
     for key, schemes in _OPTIONAL_SCHEMES.items():
         value = str(merged.get(key) or "")
         if value and not value.startswith(schemes):
             raise ConfigError(f"{key}={value!r} must start with {', '.join(schemes)} "
                               f"(set it in mlplat.yaml or MLPLAT_{key.upper()}).")
-        if value and key.startswith("triton_") and merged["triton_url"] == EMBEDDED:
+
+
+def _check_triton(merged: dict[str, Any]) -> None:
+    """The settings describing an external Triton are given only with one (``triton_url``)."""
+    for key in _EXTERNAL_TRITON:
+        if merged.get(key) and merged["triton_url"] == EMBEDDED:
             raise ConfigError(f"{key} describes an external Triton, but triton_url is {EMBEDDED!r}: set triton_url "
                               "to its gRPC URL (grpc://host:8001), or remove the setting.")
     if merged.get("triton_control_secret") and merged["triton_url"] == EMBEDDED:

@@ -85,8 +85,8 @@ class RedisService(EmbeddedService):
             sock.recv(64)
 
     def _as_admin(self, command: bytes) -> bytes:
-        """``command`` after logging in as the admin (inline commands: the passwords are hex)."""
-        password = redis_users.passwords(self.settings)["admin"]
+        """``command`` after logging in as the admin (inline commands: the passwords are URL-safe base64)."""
+        password = redis_users.password(self.settings, "admin")
         return f"AUTH {redis_users.user_name('admin')} {password}\r\n".encode() + command + b"\r\n"
 
 

@@ -60,25 +60,24 @@ def acl_file(settings: Settings) -> Path:
     return settings.run_dir / "redis.acl"
 
 
-def passwords(settings: Settings) -> dict[str, str]:
-    """Each role's password, made (0600, once, whoever comes first) when the install has none yet."""
+def password(settings: Settings, role: str) -> str:
+    """``role``'s password, made (0600, once, whoever comes first) when the install has none yet."""
+    path = password_file(settings, role)
     try:
-        return {role: secret_file(password_file(settings, role)) for role in ROLES}
+        return secret_file(path)
     except PermissionError:
-        raise ConfigError(f"{password_file(settings, 'admin').parent} (the online store's passwords) is not "
-                          "readable by this account; run as the install's owner, or in a workspace use the "
-                          "platform server (MLPLAT_SERVER_URL).") from None
+        raise ConfigError(f"{path.parent} (the online store's passwords) is not readable by this account; run as "
+                          "the install's owner, or in a workspace use the platform server (MLPLAT_SERVER_URL).") from None
 
 
 def acl(settings: Settings, selectors: bool = True) -> str:
     """The ACL file's text for ``settings``' key prefix; ``selectors``: Redis 7's %R~/%W~ key permissions."""
     prefix = settings.online_prefix  # load_settings allows no glob characters in it
-    secret = passwords(settings)
-    lines = [f"user {user_name('admin')} on #{_sha(secret['admin'])} ~* &* +@all"]
+    read_keys = "%R~" if selectors else "~"  # Redis 6: readable keys are writable too (by these commands)
+    lines = [f"user {user_name('admin')} on #{_sha(password(settings, 'admin'))} ~* &* +@all"]
     for role, (commands, read, write) in _RULES.items():
-        read_keys = "%R~" if selectors else "~"  # Redis 6: readable keys are writable too (by these commands)
         keys = [f"{read_keys}{prefix}:{p}" for p in read] + [f"~{prefix}:{p}" for p in write]
-        lines.append(f"user {user_name(role)} on #{_sha(secret[role])} resetkeys {' '.join(keys)} "
+        lines.append(f"user {user_name(role)} on #{_sha(password(settings, role))} resetkeys {' '.join(keys)} "
                      f"resetchannels -@all {CONNECTION} {commands}")
     return "\n".join(lines) + "\n"
 
@@ -90,7 +89,7 @@ def with_user(url: str, settings: Settings, role: str) -> str:
                           f"use one of {', '.join(ROLES)}.")
     parts = urlsplit(url)
     where = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user_name(role)}:{passwords(settings)[role]}@{where}"))
+    return urlunsplit(parts._replace(netloc=f"{user_name(role)}:{password(settings, role)}@{where}"))
 
 
 def without_password(url: str) -> str:

@@ -30,6 +30,11 @@ class Device:
     reason: str
 
 
+def for_fit(family: str, params: dict[str, Any], client: Any) -> Device:
+    """The device of a run's fit: :func:`choose`'s in this process, the cluster's workers' with a Dask ``client``."""
+    return choose(family, params) if client is None else Device("cluster", {}, "the Dask cluster's workers")
+
+
 def choose(family: str, params: dict[str, Any], environ: Any = os.environ) -> Device:
     """The device for a fit of an estimator of ``family`` with ``params``, in a workspace whose environment is
     ``environ``."""

@@ -138,11 +138,12 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
                                run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
         try:
             views = source_views(spec.features, training.features.get_view)  # on-demand views' sources too
-            _log_inputs(spec, entity_df, fingerprint, training.settings, extra_tags, views, client)
+            used = device.for_fit(spec.family, spec.params, client)
+            _log_inputs(spec, entity_df, fingerprint, training.settings, extra_tags, views, used)
             bar.update()
             bar.set_postfix_str("fit")
             started = time.perf_counter()
-            model = fit(spec, X.iloc[train_rows], y.iloc[train_rows], client)
+            model = fit(spec, X.iloc[train_rows], y.iloc[train_rows], client, used.params)
             seconds["fit"] = time.perf_counter() - started
             bar.update()
             bar.set_postfix_str("evaluate and log")
@@ -183,13 +184,12 @@ def _positions(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
-def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None) -> Any:
-    """Fit the estimator: in process (on the workspace's GPU where it can, see :mod:`mlplat.training.device`), or
-    on the Dask cluster behind ``client`` with the library's own path."""
+def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None, on: dict[str, Any] | None = None) -> Any:
+    """Fit the estimator: in process (with ``on``, the parameters choosing its device: see
+    :mod:`mlplat.training.device`), or on the Dask cluster behind ``client`` with the library's own path."""
     try:
         if client is None:
-            gpu = device.choose(spec.family, spec.params).params
-            return estimators.load_class(spec.estimator)(**spec.params, **gpu).fit(X, y)
+            return spec_build(spec, **(on or {})).fit(X, y)
         twin = estimators.dask_twin(spec.estimator, spec.family)
         if twin is None:  # scikit-learn: parallel parts of the fit run through joblib's Dask backend
             import joblib
@@ -201,8 +201,8 @@ def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None) -> Any:
         raise TrainingError(f"{spec.estimator}.fit failed: {exc}") from exc
 
 
-def spec_build(spec: Any) -> Any:
-    return estimators.load_class(spec.estimator)(**spec.params)
+def spec_build(spec: Any, **extra: Any) -> Any:
+    return estimators.load_class(spec.estimator)(**spec.params, **extra)
 
 
 def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, client: Any) -> Any:
@@ -237,7 +237,7 @@ def bookkeeping(estimator: str, seed: int, target: str, rows: int, split: str, n
 
 
 def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, settings: Settings, extra: dict | None,
-                views: list[str], client: Any) -> None:
+                views: list[str], used: device.Device) -> None:
     import mlflow
 
     # The estimator's parameters under its own names, as MLflow's autolog logs them; mlplat's own bookkeeping under
@@ -245,8 +245,6 @@ def _log_inputs(spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str, sett
     mlflow.log_params({**spec.params, **bookkeeping(spec.estimator, spec.seed, spec.target, len(entity_df),
                                                     json.dumps(spec.split), len(spec.features))})
     code = code_fingerprint()
-    used = device.choose(spec.family, spec.params) if client is None else device.Device(
-        "cluster", {}, "the Dask cluster's workers")
     mlflow.set_tags({"mlplat.features": json.dumps(spec.features), "mlplat.feature_views": json.dumps(views),
                      "mlplat.training_set_fingerprint": fingerprint, "mlplat.user": settings.user,
                      "mlplat.team": settings.team, "mlplat.profile": os.environ.get("MLPLAT_PROFILE", ""),
