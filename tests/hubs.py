@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -17,14 +19,36 @@ import pytest
 import requests
 import websocket
 
+import mlplat
+import mlplat_hub
 from mlplat import services
 from mlplat.config import Settings, load_settings
+from mlplat_hub.accounts import closed_to_accounts
 from mlplat_hub.app import start_hub, stop_hub
 from mlplat_hub.options import HubOptions
 
 TOKEN = uuid.uuid4().hex
 PASSWORD = "workspaces-for-all"
 STARTS = 30  # seconds a workspace server may take to start here
+
+# What a workspace run as another account executes: this venv's interpreter and the (editable) packages.
+ENVIRONMENT = (Path(sys.executable), Path(mlplat.__file__), Path(mlplat_hub.__file__))
+
+
+@contextmanager
+def passable_to_accounts(*paths: Path) -> Iterator[None]:
+    """Other accounts may pass through every folder above ``paths`` for the duration (``o+x`` added where missing,
+    as for a checkout cloned into a private temporary folder); the folders get their modes back after."""
+    opened: dict[Path, int] = {}
+    for path in paths:
+        while (closed := closed_to_accounts(path)) is not None:
+            opened[closed] = stat.S_IMODE(closed.stat().st_mode)
+            os.chmod(closed, opened[closed] | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for folder, mode in opened.items():
+            os.chmod(folder, mode)
 
 
 class Hub:

@@ -10,8 +10,10 @@ Only a hub run as root can do this; :func:`check_can_manage` and :func:`check_ru
 from __future__ import annotations
 
 import grp
+import importlib.util
 import pwd
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -64,6 +66,11 @@ def check_can_manage(euid: int) -> None:
                        "without MLPLAT_HUB_ACCOUNTS for the one-user hub, whose workspaces run as you.")
 
 
+def closed_to_accounts(path: Path) -> Path | None:
+    """The first folder above ``path`` that other accounts may not pass through (no ``o+x``), or None."""
+    return next((folder for folder in path.parents if not folder.stat().st_mode & stat.S_IXOTH), None)
+
+
 def check_runnable(python: str, imports: str) -> None:
     """Refuse unless another account (``nobody``) can run ``python``, as this very interpreter (not another one
     that a path it cannot reach falls back to), and import ``imports`` with it."""
@@ -84,7 +91,18 @@ def check_runnable(python: str, imports: str) -> None:
         f"Workspaces run as their users' accounts cannot run this hub's Python {python} ({why}). Build the "
         "environment with an interpreter every account can run: `rm -rf .venv .venv-triton && make install` "
         "(the Makefile prefers Debian's /usr/bin/python3: `apt-get install python3-venv python3-dev`), or "
-        "`make install PYTHON=<a python outside /root>`.")
+        "`make install PYTHON=<a python outside /root>`." + _closed_hint(python, imports))
+
+
+def _closed_hint(python: str, imports: str) -> str:
+    """What to open when the interpreter or the packages ``imports`` names lie in a folder accounts cannot pass."""
+    modules = [importlib.util.find_spec(name.strip()) for name in imports.split(",")]
+    for path in (Path(python), *(Path(m.origin) for m in modules if m is not None and m.origin)):
+        closed = closed_to_accounts(path)
+        if closed is not None:
+            return (f" {path} lies in {closed}, which other accounts may not pass through: `chmod o+x {closed}`, "
+                    "or install in a folder they can.")
+    return ""
 
 
 def ensure_account(name: str, home: Path) -> pwd.struct_passwd:

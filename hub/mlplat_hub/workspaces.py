@@ -8,12 +8,12 @@ own workspace. Leaving a team removes its link at the next server start.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from pathlib import Path
 
 from mlplat.errors import HubError
 from mlplat.kernels import install_kernels
+from mlplat_hub.accounts import closed_to_accounts
 
 TEAMS = "teams"
 KERNELS = "kernels"
@@ -65,10 +65,10 @@ def open_to_accounts(root: Path) -> Path:
     for folder in (root, root / "users", root / TEAMS):
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o711)
-    for folder in root.parents:
-        if not folder.stat().st_mode & stat.S_IXOTH:
-            raise HubError(f"Workspaces run as their users' accounts cannot reach {root}: {folder} is closed to other "
-                           "accounts. Set MLPLAT_HUB_ROOT to a folder outside it (such as /srv/mlplat/workspaces).")
+    closed = closed_to_accounts(root)
+    if closed is not None:
+        raise HubError(f"Workspaces run as their users' accounts cannot reach {root}: {closed} is closed to other "
+                       "accounts. Set MLPLAT_HUB_ROOT to a folder outside it (such as /srv/mlplat/workspaces).")
     kernels = root / KERNELS
     install_kernels(str(kernels))
     for folder, _, files in os.walk(kernels):

@@ -11,6 +11,7 @@ import sys
 import uuid
 
 import pytest
+from hubs import ENVIRONMENT, passable_to_accounts
 
 from mlplat.config import load_settings
 from mlplat.errors import ConfigError, HubError
@@ -54,8 +55,9 @@ def test_a_hub_not_run_as_root_refuses_accounts_when_configured():
     env = {"PATH": os.environ["PATH"], "MLPLAT_HOME": home, **ACCOUNTS}
     code = ("from mlplat.config import load_settings; from mlplat_hub.options import HubOptions; "
             "HubOptions.from_env(load_settings())")
-    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", sys.executable,
-                           "-c", code], env=env, capture_output=True, text=True, cwd="/")
+    with passable_to_accounts(*ENVIRONMENT):
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", sys.executable,
+                               "-c", code], env=env, capture_output=True, text=True, cwd="/")
     assert done.returncode == 1
     assert "HubError: MLPLAT_HUB_ACCOUNTS=1 runs each user's workspace as an OS account" in done.stderr
 
@@ -80,7 +82,8 @@ def test_accounts_options_and_what_they_need():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the interpreter as another account (setpriv needs root)")
 def test_an_interpreter_other_accounts_cannot_run_is_refused_naming_the_fix(tmp_path):
-    check_runnable(sys.executable, "mlplat_hub")  # what the hub checks at start: this venv is runnable
+    with passable_to_accounts(*ENVIRONMENT):
+        check_runnable(sys.executable, "mlplat_hub")  # what the hub checks at start: this venv is runnable
     hidden = tmp_path / "python"  # pytest's temporary folders are 0700, as /root is
     hidden.symlink_to(sys.executable)
     with pytest.raises(HubError, match=r"cannot run this hub's Python .*\). Build the environment with an "
