@@ -31,19 +31,29 @@ TOKEN = uuid.uuid4().hex
 PASSWORD = "workspaces-for-all"
 STARTS = 30  # seconds a workspace server may take to start here
 
-# What a workspace run as another account executes: this venv's interpreter and the (editable) packages.
+# What a workspace run as another account executes: this venv's interpreter and the (editable) packages, whose
+# folders on sys.path it lists.
 ENVIRONMENT = (Path(sys.executable), Path(mlplat.__file__), Path(mlplat_hub.__file__))
+IMPORT_ROOTS = {Path(mlplat.__file__).parents[1], Path(mlplat_hub.__file__).parents[1]}
 
 
 @contextmanager
-def passable_to_accounts(*paths: Path) -> Iterator[None]:
-    """Other accounts may pass through every folder above ``paths`` for the duration (``o+x`` added where missing,
-    as for a checkout cloned into a private temporary folder); the folders get their modes back after."""
+def passable_to_accounts() -> Iterator[None]:
+    """Other accounts may run this environment for the duration: ``o+x`` added where missing on the folders above
+    it, ``o+r`` on the folders it imports from (as for a checkout cloned into a private temporary folder); the
+    folders get their modes back after."""
     opened: dict[Path, int] = {}
-    for path in paths:
+
+    def add(folder: Path, bits: int) -> None:
+        opened.setdefault(folder, stat.S_IMODE(folder.stat().st_mode))
+        os.chmod(folder, stat.S_IMODE(folder.stat().st_mode) | bits)
+
+    for path in ENVIRONMENT:
         while (closed := closed_to_accounts(path)) is not None:
-            opened[closed] = stat.S_IMODE(closed.stat().st_mode)
-            os.chmod(closed, opened[closed] | stat.S_IXOTH)
+            add(closed, stat.S_IXOTH)
+    for folder in IMPORT_ROOTS:
+        if not folder.stat().st_mode & stat.S_IROTH:
+            add(folder, stat.S_IROTH | stat.S_IXOTH)
     try:
         yield
     finally:

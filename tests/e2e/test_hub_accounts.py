@@ -24,7 +24,7 @@ import psutil
 import pytest
 import requests
 from click.testing import CliRunner
-from hubs import ENVIRONMENT, hub_environment, log_in, passable_to_accounts, running_hub, user_token
+from hubs import hub_environment, log_in, passable_to_accounts, running_hub, user_token
 
 from mlplat.cli import main
 from mlplat_hub.accounts import team_group
@@ -59,7 +59,7 @@ def hub(tmp_path_factory):
                  "MLPLAT_HUB_TEAMS": f"{{{TEAM}: [alice, bob]}}", "MLPLAT_HUB_SERVICES": "",
                  "MLPLAT_HUB_CULL_TIMEOUT": "0"}
     try:
-        with passable_to_accounts(*ENVIRONMENT), running_hub(tmp_path_factory.mktemp("accounts-hub"),
+        with passable_to_accounts(), running_hub(tmp_path_factory.mktemp("accounts-hub"),
                                                             variables) as started:
             yield started
     finally:

@@ -11,7 +11,7 @@ import sys
 import uuid
 
 import pytest
-from hubs import ENVIRONMENT, passable_to_accounts
+from hubs import passable_to_accounts
 
 from mlplat.config import load_settings
 from mlplat.errors import ConfigError, HubError
@@ -55,7 +55,7 @@ def test_a_hub_not_run_as_root_refuses_accounts_when_configured():
     env = {"PATH": os.environ["PATH"], "MLPLAT_HOME": home, **ACCOUNTS}
     code = ("from mlplat.config import load_settings; from mlplat_hub.options import HubOptions; "
             "HubOptions.from_env(load_settings())")
-    with passable_to_accounts(*ENVIRONMENT):
+    with passable_to_accounts():
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", sys.executable,
                                "-c", code], env=env, capture_output=True, text=True, cwd="/")
     assert done.returncode == 1
@@ -82,7 +82,7 @@ def test_accounts_options_and_what_they_need():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the interpreter as another account (setpriv needs root)")
 def test_an_interpreter_other_accounts_cannot_run_is_refused_naming_the_fix(tmp_path):
-    with passable_to_accounts(*ENVIRONMENT):
+    with passable_to_accounts():
         check_runnable(sys.executable, "mlplat_hub")  # what the hub checks at start: this venv is runnable
     hidden = tmp_path / "python"  # pytest's temporary folders are 0700, as /root is
     hidden.symlink_to(sys.executable)
