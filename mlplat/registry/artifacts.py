@@ -20,6 +20,7 @@ SPEC_ARTIFACT = "mlplat/train_spec.json"
 ENTITIES_ARTIFACT = "mlplat/entity_df.parquet"
 REFERENCE_ARTIFACT = "mlplat/reference.json"
 IMPUTE_ARTIFACT = "mlplat/impute.json"
+NATIVE_CATEGORICAL = ("xgboost", "lightgbm")  # families whose estimators code string features themselves
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,15 @@ class TrainSpec:
     seed: int
     validation: dict[str, Any] | None
     name: str
+    # Each string feature's categories, as seen in the training rows (sorted): how boosters' native categorical
+    # support codes them, and how monitoring counts them. None for runs made before strings were features.
+    categories: dict[str, list[str]] | None = None
+    template: str | None = None  # a composite estimator, unfitted (see mlplat.training.estimators.build)
+
+    @property
+    def native_categories(self) -> dict[str, list[str]] | None:
+        """The categories XGBoost and LightGBM take their string features as (others take the strings)."""
+        return self.categories if self.family in NATIVE_CATEGORICAL else None
 
 
 def load_spec(settings: Settings, run_id: str) -> tuple[TrainSpec, pd.DataFrame]:
@@ -83,10 +93,30 @@ def load_impute(settings: Settings, run_id: str) -> list[float] | None:
     return [float("nan") if v is None else v for v in found["values"]]
 
 
-def model_inputs(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Feature columns as estimators take them: floats (as stored), others as float64; NaN when missing."""
+def text_columns(X: pd.DataFrame) -> list[str]:
+    """The columns of ``X`` that hold strings (neither numbers nor booleans)."""
+    return [c for c in X.columns if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))]
+
+
+def categories_of(X: pd.DataFrame) -> dict[str, list[str]]:
+    """Each string column's distinct values (sorted; a missing value is no category)."""
+    return {c: sorted({v for v in X[c].tolist() if isinstance(v, str) and v}) for c in text_columns(X)}
+
+
+def model_inputs(frame: pd.DataFrame, columns: list[str],
+                 categories: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Feature columns as estimators take them: numbers as float64 (float32 as stored), NaN when missing.
+
+    Strings stay strings, with ``""`` for a missing one (what serving sends: string tensors have no null), unless
+    ``categories`` are given: then each is a pandas categorical of those categories (XGBoost's and LightGBM's native
+    support), a missing value or one never seen in training being NaN, which those estimators treat as missing.
+    """
     X = frame[columns]
-    strings = [c for c in columns if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))]
-    if strings:
-        raise TrainingError(f"Feature(s) {strings} are not numeric; encode them in a feature view (e.g. one-hot) first.")
-    return X.astype({c: "float64" for c in columns if X[c].dtype.kind != "f"})
+    texts = text_columns(X)
+    X = X.astype({c: "float64" for c in columns if c not in texts and X[c].dtype.kind != "f"})
+    if not texts:
+        return X
+    if categories is None:
+        return X.assign(**{c: X[c].where(X[c].notna(), "").astype(object) for c in texts})
+    return X.assign(**{c: pd.Categorical(X[c].where(X[c] != "", None), categories=categories.get(c, []))
+                       for c in texts})

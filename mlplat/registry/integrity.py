@@ -30,9 +30,10 @@ MANIFEST_TAG = "mlplat.artifact_manifest"  # {"relative/path": sha256 of the fil
 _MAX_TAG = 5000  # MLflow's limit on a tag value: a larger manifest is left out (the digest still pins)
 
 FAMILIES = {"mlflow.sklearn": "sklearn", "mlflow.xgboost": "xgboost", "mlflow.lightgbm": "lightgbm"}
+OWN_PYFUNC = "mlplat_pyfunc"  # the pyfunc of mlplat's boosters (mlplat/training/mlplat_pyfunc.py); mlplat never runs it
 # What skops may construct beyond its own safe defaults: classes of the libraries the platform trains with.
 _TRUSTED_MODULES = ("sklearn", "xgboost", "lightgbm")
-_TRUSTED_TYPES = {"collections.OrderedDict"}
+_TRUSTED_TYPES = {"collections.OrderedDict", "numpy.dtype"}
 _XGBOOST_CLASSES = {"xgboost.sklearn.XGBClassifier", "xgboost.sklearn.XGBRegressor", "xgboost.core.Booster"}
 _LIGHTGBM_CLASSES = {"lightgbm.sklearn.LGBMClassifier", "lightgbm.sklearn.LGBMRegressor"}
 # Written by MLflow's client into the folder a registered version is downloaded to (its name and version), not stored.
@@ -110,6 +111,8 @@ def check_flavour(folder: Path, what: str, family: str | None = None) -> str:
         loader = flavours["python_function"]["loader_module"]
     except Exception:
         raise ArtifactIntegrityError(f"{what} has no readable MLmodel file. {_ADVICE}.") from None
+    if loader == OWN_PYFUNC:  # a booster whose pyfunc is mlplat's (probabilities, categories): its own flavour
+        loader = next((f"mlflow.{name}" for name in ("xgboost", "lightgbm") if name in flavours), loader)
     found = FAMILIES.get(loader)
     if found is None or (family is not None and found != family) or "python_model" in flavours["python_function"]:
         raise ArtifactIntegrityError(f"{what} loads through {loader!r}, not the {family or 'platform'} flavour "
@@ -132,13 +135,13 @@ def _check_skops(folder: Path, conf: dict[str, Any], what: str, data: Any) -> No
     if fmt != "skops":
         raise ArtifactIntegrityError(f"{what} is stored as {fmt!r}, which runs arbitrary code when loaded; mlplat "
                                      f"loads scikit-learn models only from skops files. {_ADVICE}.")
-    untrusted = [t for t in conf.get("skops_trusted_types") or [] if not _trusted_type(t)]
+    untrusted = [t for t in conf.get("skops_trusted_types") or [] if not trusted_type(t)]
     if untrusted:
         raise ArtifactIntegrityError(f"{what} asks skops to trust {untrusted}, which no platform trainer produces. "
                                      f"{_ADVICE}.")
 
 
-def _trusted_type(name: Any) -> bool:
+def trusted_type(name: Any) -> bool:
     """A class of scikit-learn, XGBoost or LightGBM (never a function), or one of the few other types they hold."""
     if not isinstance(name, str):
         return False

@@ -64,7 +64,7 @@ def inputs(settings: Settings, features: FeatureSource, name: str, version: str,
                                  f"they have {list(entity_df.columns)}.")
     requests = resolve(spec.features, features.get_view, set(entity_df.columns))
     frame = features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field)
-    X = model_inputs(frame, [c for r in requests for c in r.columns])
+    X = model_inputs(frame, [c for r in requests for c in r.columns], spec.native_categories)
     return Inputs(spec, load_model(settings, name, version, spec.family), frame, X)
 
 

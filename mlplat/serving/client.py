@@ -22,7 +22,7 @@ import numpy as np
 
 from mlplat.errors import ServingError
 from mlplat.serving import missing
-from mlplat.serving.onnx_export import INPUT
+from mlplat.serving.onnx_export import INPUT, TEXT_INPUT
 from mlplat.serving.target import ServingTarget
 
 if TYPE_CHECKING:
@@ -94,7 +94,10 @@ class Client:
         version = str(version or deployed["default"])
         if version not in deployed["versions"]:
             raise ServingError(f"{name} v{version} is not loaded on Triton; loaded: {sorted(deployed['versions'])}.")
-        info = {**deployed["versions"][version], "version": version}
+        details = deployed["versions"][version]
+        if details.get("texts") and "codes" not in details:  # each string feature's category codes, made once
+            details["codes"] = [{c: float(i) for i, c in enumerate(found)} for found in details["categories"].values()]
+        info = {**details, "version": version}
         features, gaps, result = self._serve(name, info, entity_rows, features)
         outputs = result.as_numpy(info["output"])
         latency = (time.perf_counter() - started) * 1000
@@ -105,9 +108,14 @@ class Client:
 
     def _serve(self, name: str, info: dict[str, Any], entity_rows: Any,
                features: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
-        """The feature matrix sent, where it lacked values (see :func:`missing.apply`), and Triton's result."""
+        """The feature matrix sent (strings as their category codes), where it lacked values (see
+        :func:`missing.apply`), and Triton's result."""
         if features is None:
-            features = self._online(info["features"], entity_rows)
+            features = self._online(info, entity_rows)
+        texts = info.get("texts") or []
+        strings = None
+        if texts:
+            features, strings = _coded(name, info, features)
         try:
             with np.errstate(over="ignore"):  # too large for float32 becomes inf, refused below
                 features = np.ascontiguousarray(features, dtype=np.float32)
@@ -121,7 +129,8 @@ class Client:
             raise ServingError(f"{name}: row {row}'s {info['features'][column]} is infinite or beyond float32 "
                                "(about 3.4e38); send finite values (NaN marks a missing one).")
         features, gaps = missing.apply(name, info, features)
-        return features, gaps, self._infer(name, info, features)
+        tensors = {INPUT: features} if strings is None else _tensors(features, strings, texts)
+        return features, gaps, self._infer(name, info, tensors)
 
     @cached_property
     def log(self) -> PredictionLogger:
@@ -137,21 +146,25 @@ class Client:
                                for c in r.columns]
         return info["columns"]
 
-    def _online(self, refs: list[str], entity_rows: Any) -> np.ndarray:
-        online = self.features.get_online_features(refs, entity_rows).to_dict()
+    def _online(self, info: dict[str, Any], entity_rows: Any) -> np.ndarray:
+        online = self.features.get_online_features(info["features"], entity_rows).to_dict()
         keys = entity_rows if isinstance(entity_rows, dict) else (entity_rows[0] if entity_rows else {})
-        return np.array([v for k, v in online.items() if k not in keys], dtype=np.float32).T
+        return np.array([v for k, v in online.items() if k not in keys],
+                        dtype=object if info.get("texts") else np.float32).T
 
-    def _infer(self, name: str, info: dict[str, Any], features: np.ndarray) -> Any:
+    def _infer(self, name: str, info: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        tensor = grpcclient.InferInput(INPUT, list(features.shape), "FP32")
-        tensor.set_data_from_numpy(features)
+        inputs = []
+        for input_name, values in tensors.items():
+            inputs.append(grpcclient.InferInput(input_name, list(values.shape), "BYTES" if values.dtype == object
+                                                else "FP32"))
+            inputs[-1].set_data_from_numpy(values)
         output = [grpcclient.InferRequestedOutput(info["output"])]
         for attempt in (1, 2):
             try:
-                return self._client().infer(name, [tensor], model_version=info["version"], outputs=output,
+                return self._client().infer(name, inputs, model_version=info["version"], outputs=output,
                                             client_timeout=INFER_TIMEOUT)
             except InferenceServerException as exc:
                 if attempt == 2 or not self._recovered(str(exc.status())):
@@ -187,3 +200,32 @@ class Client:
         if self._grpc is not None:
             self._grpc.close()
             self._grpc = None
+
+
+def _coded(name: str, info: dict[str, Any], features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a model that takes strings: every column as a float (strings as the index of their category in
+    training, NaN where missing or never seen; what the missing-feature policy and the prediction log see),
+    and the string columns as text (``""`` where missing)."""
+    rows = np.asarray(features, dtype=object)
+    if rows.ndim != 2 or rows.shape[1] != len(info["features"]):
+        raise ServingError(f"{name} takes rows of {len(info['features'])} features ({info['features']}), "
+                           f"got an array of shape {rows.shape}.")
+    coded = rows.copy()
+    strings = np.empty((len(rows), len(info["texts"])), dtype=object)
+    codes = info["codes"]
+    for k, column in enumerate(info["texts"]):
+        values = rows[:, column]
+        wrong = [v for v in values if not (v is None or isinstance(v, str) or (isinstance(v, float) and v != v))]
+        if wrong:
+            raise ServingError(f"{name}: {info['features'][column]} is a string feature, got {wrong[0]!r}; send "
+                               "text (None or '' marks a missing one).")
+        strings[:, k] = ["" if v is None or isinstance(v, float) else v for v in values]
+        coded[:, column] = [codes[k].get(v, np.nan) for v in strings[:, k]]
+    return coded, strings
+
+
+def _tensors(coded: np.ndarray, strings: np.ndarray, texts: list[int]) -> dict[str, np.ndarray]:
+    """The numeric and string input tensors of a model that takes strings (see ``onnx_export.Inputs``)."""
+    numbers = [i for i in range(coded.shape[1]) if i not in texts]
+    found = {INPUT: np.ascontiguousarray(coded[:, numbers])} if numbers else {}
+    return {**found, TEXT_INPUT: np.char.encode(strings.astype(str), "utf-8").astype(object)}

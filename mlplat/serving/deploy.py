@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mlplat.config import Settings
 from mlplat.errors import ServingError
 from mlplat.registry.names import check_model_name
 from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
 from mlplat.serving.missing import check_policy
-from mlplat.serving.onnx_export import INPUT, OnnxModel, check_parity, export
+from mlplat.serving.onnx_export import Inputs, OnnxModel, check_parity, export
 from mlplat.serving.target import BY_ID, SERVING_INFO, ServingTarget
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 CONFIG = """name: "{name}"
 backend: "onnxruntime"
 max_batch_size: {max_batch_size}
-input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {n_features} ] }} ]
+input [ {inputs} ]
 output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
 dynamic_batching {{ }}
 instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
@@ -61,6 +63,8 @@ class Deployment:
     status: str
     features: list[str]
     http_endpoint: str = ""  # Triton's HTTP (KServe v2) host:port
+    texts: list[str] = field(default_factory=list)  # the features sent as text (``input_text``), in order
+    classes: list[Any] = field(default_factory=list)  # a classifier's classes, in the order of its probabilities
 
     def _repr_html_(self) -> str:
         return (f"<div><b>{self.triton_model}</b> v{self.version} — {self.status} at <code>{self.endpoint}</code>"
@@ -69,8 +73,13 @@ class Deployment:
 
 def config_text(name: str, versions: str, onnx: OnnxModel, width: int, max_batch_size: int, instances: int) -> str:
     """The ``config.pbtxt`` shared by the CPU (python backend) and GPU (native onnxruntime) Tritons."""
-    return CONFIG.format(name=name, versions=", ".join(versions.split()), input=INPUT, output=onnx.output, n_features=onnx.n_features,
-                         width=width, max_batch_size=max_batch_size, instances=instances)
+    return CONFIG.format(name=name, versions=", ".join(versions.split()), inputs=input_text(onnx.inputs),
+                         output=onnx.output, width=width, max_batch_size=max_batch_size, instances=instances)
+
+
+def input_text(inputs: Inputs) -> str:
+    """The ``input [...]`` entries of a config for a model's :class:`~mlplat.serving.onnx_export.Inputs`."""
+    return ", ".join(f'{{ name: "{name}" data_type: {kind} dims: [ {width} ] }}' for name, kind, width in inputs.tensors())
 
 
 class Deployer:
@@ -117,10 +126,11 @@ class Deployer:
         model = load_model(self.settings, name, found.version, spec.family)
         requests = resolve(spec.features, self.features.get_view, set(entity_df.columns))
         columns = [c for r in requests for c in r.columns]
-        onnx = export(model, spec.family, spec.kind, len(columns))
+        categories = spec.categories or {}
+        onnx = export(model, spec.family, spec.kind, columns, list(categories), spec.native_categories)
         sample = self.features.get_training_set(entity_df.head(256), spec.features,
                                                 timestamp_field=spec.timestamp_field)
-        check_parity(onnx, model, spec.kind, model_inputs(sample, columns), tolerance)
+        check_parity(onnx, model, spec.kind, model_inputs(sample, columns, spec.native_categories), tolerance)
         width = len(model.classes_) if spec.kind == "classifier" else 1
         folder = self.target.models / name
         info = json.loads((folder / SERVING_INFO).read_text()) if (folder / SERVING_INFO).is_file() else {"versions": {}}
@@ -132,7 +142,9 @@ class Deployer:
         if set(keep) - set(kept):
             raise ServingError(f"Cannot keep {sorted(set(keep) - set(kept))} of {name}: deploy them first.")
         versions = {**kept, found.version: {"features": spec.features, "columns": columns, "kind": spec.kind,
-                                            "output": onnx.output, "missing": missing, "impute": impute}}
+                                            "output": onnx.output, "missing": missing, "impute": impute,
+                                            "texts": onnx.inputs.texts, "categories": categories,
+                                            "classes": np.asarray(getattr(model, "classes_", [])).tolist()}}
         (folder / found.version).mkdir(parents=True, exist_ok=True)
         (folder / found.version / "model.onnx").write_bytes(onnx.data)
         loaded = " ".join(sorted(versions, key=int))
@@ -159,7 +171,7 @@ class Deployer:
         where = triton.endpoints
         self.audit.record("deployment", name, "deployed", found.version, endpoint=where.grpc, status=status,
                           serving=sorted(versions, key=int), default=default_version, missing=missing)
-        return Deployment(name, found.version, where.grpc, name, status, spec.features, where.http)
+        return _deployment(name, found.version, where, status, versions[found.version])
 
     def _write_by_id(self, name: str, info: dict[str, Any], requests: list, width: int, max_batch_size: int) -> None:
         """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
@@ -175,11 +187,14 @@ class Deployer:
         views, keys, kinds, column = [], [], {}, 0
         for request in requests:
             codec = RecordCodec(request.view)
-            slots = [[*codec.slot[f], codec.position[f]] for f in request.features]
+            numbers = [(k, f) for k, f in enumerate(request.features) if f not in codec.strings]
+            texts = [(k, f) for k, f in enumerate(request.features) if f in codec.strings]
             views.append({"prefix": online.key_prefix(request.view), "dtype": codec.dtype.descr,
-                          "join_keys": request.view.join_keys, "features": slots,
-                          "columns": list(range(column, column + len(slots)))})
-            column += len(slots)
+                          "join_keys": request.view.join_keys,
+                          "features": [[*codec.slot[f], codec.position[f]] for _, f in numbers],
+                          "columns": [column + k for k, _ in numbers], "strings": len(codec.strings),
+                          "texts": [[codec.strings.index(f), codec.position[f], column + k] for k, f in texts]})
+            column += len(request.features)
             keys += [k for k in request.view.join_keys if k not in keys]
             kinds.update({k: v for k, v in self.features.offline.key_kinds(request.view).items() if k not in kinds})
         prefix, version = self.settings.online_prefix, info["version"]
@@ -191,7 +206,7 @@ class Deployer:
                   "version": version, "output": info["output"], "keys": keys,
                   "key_kinds": {k: kinds.get(k) for k in keys}, "views": views, "n_features": column,
                   "features": info["features"], "missing": info["missing"], "impute": info["impute"],
-                  "missing_output": MISSING_OUTPUT, "metrics_key": metrics_key(prefix, name, version),
+                  "texts": info.get("texts") or [], "missing_output": MISSING_OUTPUT, "metrics_key": metrics_key(prefix, name, version),
                   "metrics_index": metrics_index(prefix)}
         folder = self.target.models / f"{name}{BY_ID}"
         (folder / "1").mkdir(parents=True, exist_ok=True)
@@ -225,6 +240,12 @@ class Deployer:
                 info = self.target.serving_info(name)
                 for version, details in sorted(info["versions"].items(), key=lambda item: int(item[0])):
                     ready = triton.ready(name, version)
-                    found.append(Deployment(name, version, where.grpc, name, "READY" if ready else "UNAVAILABLE",
-                                            details["features"], where.http))
+                    found.append(_deployment(name, version, where, "READY" if ready else "UNAVAILABLE", details))
         return found
+
+
+def _deployment(name: str, version: str, where: Any, status: str, details: dict[str, Any]) -> Deployment:
+    """A :class:`Deployment` from a version's serving info."""
+    texts = [details["features"][i] for i in details.get("texts") or []]
+    return Deployment(name, version, where.grpc, name, status, details["features"], where.http, texts,
+                      details.get("classes") or [])

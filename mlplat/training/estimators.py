@@ -7,6 +7,7 @@ class; an instance is used as given (cloned, with ``params`` applied on top).
 
 from __future__ import annotations
 
+import base64
 import difflib
 import importlib
 import inspect
@@ -36,10 +37,59 @@ class EstimatorSpec:
     params: dict[str, Any]  # constructor parameters as given by the user (plus the seed)
     kind: str  # "classifier" or "regressor"
     family: str  # "sklearn", "xgboost" or "lightgbm": decides the MLflow flavour and the Dask path
+    template: str | None = None  # a composite estimator (a Pipeline, ...), unfitted: see :func:`build`
 
-    def build(self) -> Any:
+    def build(self, **extra: Any) -> Any:
         """A fresh, unfitted estimator."""
-        return load_class(self.path)(**self.params)
+        return build(self.path, self.params, self.template, **extra)
+
+
+def build(path: str, params: dict[str, Any], template: str | None = None, **extra: Any) -> Any:
+    """A fresh, unfitted estimator: ``path``'s class with ``params`` (and ``extra``), or the composite estimator
+    ``template`` holds (skops, base64; only the types of the libraries mlplat trains with are loaded)."""
+    if template is None:
+        return load_class(path)(**params, **extra)
+    import skops.io
+
+    from mlplat.registry.integrity import trusted_type
+
+    data = base64.b64decode(template)
+    found = skops.io.get_untrusted_types(data=data)
+    refused = [t for t in found if not trusted_type(t)]
+    if refused:
+        raise InvalidArgument(f"The estimator holds {refused}, which mlplat does not load: build pipelines from "
+                              "scikit-learn, XGBoost and LightGBM parts, or log a model trained elsewhere.")
+    model = skops.io.loads(data, trusted=found)
+    return model.set_params(**params, **extra) if params or extra else model
+
+
+def _composite(estimator: Any) -> bool:
+    """Whether an estimator instance holds other estimators (a Pipeline, a ColumnTransformer, a stack, ...) or
+    cannot be made from its class alone: then it is recorded whole, not as a class and parameters."""
+    try:
+        type(estimator)()
+    except TypeError:
+        return True
+    return any(hasattr(v, "get_params") for v in estimator.get_params(deep=False).values())
+
+
+def _template(estimator: Any, params: dict[str, Any], seed: int) -> EstimatorSpec:
+    """The spec of a composite estimator: a clone with ``params`` applied and ``seed`` for every unset seed."""
+    import skops.io
+    from sklearn.base import clone, is_classifier, is_regressor
+
+    model = clone(estimator)
+    try:
+        model.set_params(**params)
+    except ValueError as exc:
+        raise InvalidArgument(f"{type(estimator).__name__}: {exc}") from None
+    model.set_params(**{k: seed for k, v in model.get_params(deep=True).items()
+                        if k.split("__")[-1] in _SEED_PARAMS and v is None})
+    path = f"{type(model).__module__}.{type(model).__qualname__}"
+    kind = "classifier" if is_classifier(model) else "regressor" if is_regressor(model) else None
+    if kind is None:
+        raise InvalidArgument(f"{path} is neither a classifier nor a regressor; mlplat trains those two kinds.")
+    return EstimatorSpec(path, {}, kind, "sklearn", base64.b64encode(skops.io.dumps(model)).decode())
 
 
 def load_class(path: str) -> type:
@@ -76,6 +126,8 @@ def resolve(estimator: Any, params: dict[str, Any] | None, seed: int) -> Estimat
         raise InvalidArgument(
             f"estimator {reprlib.repr(estimator)} is not an estimator; give a name ('xgboost.XGBClassifier' or one "
             f"of {', '.join(SHORT_NAMES)}), a scikit-learn style class, or an instance of one.")
+    if not isinstance(estimator, (str, type)) and _composite(estimator):
+        return _template(estimator, params, seed)
     if isinstance(estimator, str):
         path = SHORT_NAMES.get(estimator, estimator)
         cls = load_class(path)

@@ -5,12 +5,15 @@ The registry reads them back (:mod:`mlplat.registry.artifacts`).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlplat.registry.artifacts import IMPUTE_ARTIFACT, REFERENCE_ARTIFACT
+from mlplat.registry.artifacts import IMPUTE_ARTIFACT, REFERENCE_ARTIFACT, text_columns
 from mlplat.registry.evaluate import figures
 from mlplat.training.fingerprint import requirements
 
@@ -18,29 +21,55 @@ _FLAVOURS = {"sklearn": ("scikit-learn",), "xgboost": ("xgboost", "scikit-learn"
              "lightgbm": ("lightgbm", "scikit-learn")}
 
 
-def log_model(model: Any, family: str, X_sample: pd.DataFrame, output: Any) -> Any:
-    """Log ``model`` with its MLflow flavour, a signature, an input example and pinned requirements.
+def log_model(model: Any, family: str, kind: str, X_sample: pd.DataFrame, output: Any,
+              categories: dict[str, list[str]] | None = None) -> str:
+    """Log ``model`` with its MLflow flavour, a signature, an input example and pinned requirements; its URI.
 
-    The signature is inferred from a small sample (``X_sample`` and its ``output``):
-    MLflow checks every value it is given, which costs seconds on a whole test set.
-    Inputs are declared float64, which every estimator here accepts for float32 features.
+    Its pyfunc returns what serving returns: a classifier's class probabilities (the classes are in the model's
+    metadata, ``mlplat.classes``), a regressor's values; XGBoost's and LightGBM's take their string features as
+    text (:mod:`mlplat.training.mlplat_pyfunc`). The signature is inferred from a small sample (``X_sample`` and
+    its ``output``): MLflow checks every value it is given, which costs seconds on a whole test set. Numbers are
+    declared float64, which every estimator here accepts for float32 features.
     """
     import mlflow
     from mlflow.models import infer_signature
 
-    X_sample = X_sample.astype("float64")  # serving sends float64; float32 features widen losslessly
-    signature = infer_signature(X_sample, output)
-    pip = [*requirements(*_FLAVOURS[family]), *requirements("numpy", "pandas", "scipy")]
-    common = {"name": "model", "signature": signature, "input_example": X_sample.head(3), "pip_requirements": pip}
-    if family == "xgboost":
-        return mlflow.xgboost.log_model(model, **common)
-    if family == "lightgbm":
-        return mlflow.lightgbm.log_model(model, **common)
-    import skops.io
+    texts = text_columns(X_sample)
+    X_sample = X_sample.astype({c: "float64" for c in X_sample.columns if c not in texts})  # float32 widens losslessly
+    X_sample = X_sample.assign(**{c: X_sample[c].astype(object).where(X_sample[c].notna(), "") for c in texts})
+    about = {"family": family, "kind": kind, "columns": list(X_sample.columns), "categories": categories or {},
+             "classes": np.asarray(getattr(model, "classes_", [])).tolist()}
+    common = {"signature": infer_signature(X_sample, output), "input_example": X_sample.head(3),
+              "pip_requirements": [*requirements(*_FLAVOURS[family]), *requirements("numpy", "pandas", "scipy")],
+              "metadata": {"mlplat": about}}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model"
+        if family == "sklearn":
+            import skops.io
 
-    # skops refuses to load types it was not told to trust; trust exactly the types this model holds.
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    return mlflow.sklearn.log_model(model, skops_trusted_types=trusted, **common)
+            # skops refuses to load types it was not told to trust; trust exactly the types this model holds.
+            trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+            mlflow.sklearn.save_model(model, path, serialization_format="skops", skops_trusted_types=trusted,
+                                      pyfunc_predict_fn="predict_proba" if kind == "classifier" else "predict",
+                                      **common)
+        else:
+            getattr(mlflow, family).save_model(model, path, **common)
+            _own_pyfunc(path)
+        mlflow.log_artifacts(str(path), "model")
+    return f"runs:/{mlflow.active_run().info.run_id}/model"
+
+
+def _own_pyfunc(path: Path) -> None:
+    """Make a booster's pyfunc :mod:`mlplat.training.mlplat_pyfunc` (shipped in the model as its code)."""
+    from mlflow.models import Model
+
+    from mlplat.training import mlplat_pyfunc
+
+    (path / "code").mkdir()
+    shutil.copyfile(mlplat_pyfunc.__file__, path / "code" / "mlplat_pyfunc.py")
+    described = Model.load(path / "MLmodel")
+    described.flavors["python_function"].update(loader_module="mlplat_pyfunc", code="code")
+    described.save(path / "MLmodel")
 
 
 def log_plots(model: Any, X_test: pd.DataFrame, y_test: pd.Series, kind: str, predictions: np.ndarray) -> None:
@@ -64,7 +93,8 @@ def log_reference(X_train: pd.DataFrame, predictions: np.ndarray, seed: int) -> 
 
     rows = X_train if len(X_train) <= _REFERENCE_ROWS else X_train.sample(_REFERENCE_ROWS, random_state=seed)
     output = predictions[:, -1] if predictions.ndim == 2 else predictions  # classifiers: the last class's score
-    measured = [c for c in rows.columns if rows[c].notna().any()]  # a feature never seen has no distribution
+    # A feature never seen has no distribution; string features are not compared (their categories are recorded).
+    measured = [c for c in rows.columns if c not in text_columns(rows) and rows[c].notna().any()]
     features = reference(rows, measured)
     mlflow.log_dict(features.merged(reference(pd.DataFrame({"prediction": output}))).to_dict(), REFERENCE_ARTIFACT)
 
@@ -72,10 +102,12 @@ def log_reference(X_train: pd.DataFrame, predictions: np.ndarray, seed: int) -> 
 def log_impute(X_train: pd.DataFrame) -> None:
     """The training rows' median of each feature: what ``p.deploy(..., missing="impute")`` fills gaps with.
 
-    A feature never present in training has no median (null): the model learnt it as missing.
+    A feature never present in training has no median (null): the model learnt it as missing, and so is a string
+    feature (its missing value, ``""``, is what the model learnt missing values as).
     """
     import mlflow
 
-    medians = X_train.median(skipna=True)
+    medians = X_train.drop(columns=text_columns(X_train)).median(skipna=True)
     mlflow.log_dict({"statistic": "median", "columns": list(X_train.columns),
-                     "values": [None if pd.isna(v) else float(v) for v in medians]}, IMPUTE_ARTIFACT)
+                     "values": [None if pd.isna(medians.get(c)) else float(medians[c]) for c in X_train.columns]},
+                    IMPUTE_ARTIFACT)

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,14 @@ from mlplat.features.refs import resolve as resolve_refs
 from mlplat.features.retrieval import entity_times, refuse_clashes
 from mlplat.progress import ProgressBar, progress_bar
 from mlplat.registry import tracking
-from mlplat.registry.artifacts import SPEC_ARTIFACT, TrainSpec, load_spec, model_inputs
+from mlplat.registry.artifacts import (
+    SPEC_ARTIFACT,
+    TrainSpec,
+    categories_of,
+    load_spec,
+    model_inputs,
+    text_columns,
+)
 from mlplat.registry.evaluate import Gate, Split, check_target, predict, score, split_rows
 from mlplat.registry.models import ModelRegistry
 from mlplat.registry.names import check_model_name
@@ -88,7 +95,7 @@ def train(training: Training, estimator: Any, *, features: list[str], entity_df:
     requests = check_inputs(training.features, features, entity_df, target, name)
     pinned = [f"{r.view.name}@{r.view.version}:{f}" for r in requests for f in r.features]
     spec = TrainSpec(spec_.path, spec_.params, spec_.kind, spec_.family, pinned, target, timestamp_field,
-                     asdict(split), seed, asdict(gate) if gate else None, name)
+                     asdict(split), seed, asdict(gate) if gate else None, name, template=spec_.template)
     return _run(training, spec, entity_df, [c for r in requests for c in r.columns], gate, client, register,
                 progress=progress)
 
@@ -130,6 +137,9 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
     X, y = model_inputs(frame, columns), frame[spec.target]
     train_rows, test_rows = (_positions(rows) for rows in
                              split_rows(frame, Split(**spec.split), spec.timestamp_field, spec.seed))
+    spec = with_categories(spec, X.iloc[train_rows])
+    if spec.native_categories:
+        X = model_inputs(frame, columns, spec.native_categories)
     check_target(y.iloc[train_rows], y.iloc[test_rows], spec.kind, spec.target)
     fingerprint = frame_fingerprint(frame[[*entity_df.columns, *columns]])
     with tracking.session(training.settings) as mlflow_client:
@@ -153,7 +163,8 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
             metrics = score(model, X_test, y_test, spec.kind, predictions)
             bar.set_postfix(metrics)
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-            logged = outputs.log_model(model, spec.family, X_test.head(100), predictions[:100])
+            model_uri = outputs.log_model(model, spec.family, spec.kind, X_test.head(100), predictions[:100],
+                                          spec.categories)
             outputs.log_plots(model, X_test, y_test, spec.kind, predictions)
             outputs.log_reference(X.iloc[train_rows], predictions, spec.seed)
             outputs.log_impute(X.iloc[train_rows])
@@ -165,7 +176,7 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
                                   refused=rejected)
             version = None
             if rejected is None and register:
-                version = training.models.register(spec.name, logged.model_uri, run.info.run_id, spec.features,
+                version = training.models.register(spec.name, model_uri, run.info.run_id, spec.features,
                                                    fingerprint)
             seconds["tracking"] = time.perf_counter() - started
             bar.update()
@@ -174,7 +185,19 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
             mlflow.end_run("FAILED")
             raise
     return TrainResult(spec.name, run.info.run_id, metrics, version, rejected, spec.features, fingerprint,
-                       logged.model_uri, seconds)
+                       model_uri, seconds)
+
+
+def with_categories(spec: TrainSpec, X_train: pd.DataFrame) -> TrainSpec:
+    """``spec`` with the categories of its string features in the training rows; XGBoost told to take them as
+    categoricals (its native support), unless the user said otherwise."""
+    categories = categories_of(X_train)
+    if not categories:
+        return spec
+    params = spec.params
+    if spec.family == "xgboost" and "enable_categorical" not in params:
+        params = {**params, "enable_categorical": True}
+    return replace(spec, params=params, categories=categories)
 
 
 def _positions(rows: np.ndarray) -> slice | np.ndarray:
@@ -198,11 +221,15 @@ def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None, on: dict[s
                 return spec_build(spec).fit(X, y)
         return _fit_distributed(twin, spec, X, y, client)
     except (ValueError, TypeError, RuntimeError) as exc:
-        raise TrainingError(f"{spec.estimator}.fit failed: {exc}") from exc
+        texts = text_columns(X) if spec.family == "sklearn" else []
+        hint = (f" Its string features {texts} need encoding: give a Pipeline whose ColumnTransformer encodes them "
+                "(e.g. OneHotEncoder(handle_unknown='ignore')), or use XGBoost or LightGBM, which take them as "
+                "categoricals." if texts else "")
+        raise TrainingError(f"{spec.estimator}.fit failed: {exc}{hint}") from exc
 
 
 def spec_build(spec: Any, **extra: Any) -> Any:
-    return estimators.load_class(spec.estimator)(**spec.params, **extra)
+    return estimators.build(spec.estimator, spec.params, spec.template, **extra)
 
 
 def _fit_distributed(twin: type, spec: Any, X: pd.DataFrame, y: pd.Series, client: Any) -> Any:

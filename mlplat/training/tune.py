@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 from typing import Any
 
@@ -19,7 +19,7 @@ import pandas as pd
 from mlplat.errors import InvalidArgument
 from mlplat.progress import ProgressBar, progress_bar
 from mlplat.registry import tracking
-from mlplat.registry.artifacts import TrainSpec, model_inputs
+from mlplat.registry.artifacts import NATIVE_CATEGORICAL, TrainSpec, categories_of, model_inputs
 from mlplat.registry.evaluate import LOWER_IS_BETTER, Gate, Split, check_target, metric_names, score, split_rows
 from mlplat.training import estimators
 from mlplat.training.run import BOOKKEEPING, Training, TrainResult, _run, check_inputs
@@ -103,6 +103,11 @@ def tune(training: Training, estimator: Any, space: dict[str, Any], *, features:
     fitting = frame.iloc[train_rows]
     fit_rows, val_rows = split_rows(fitting, split_, timestamp_field, seed)
     X, y = model_inputs(fitting, columns), fitting[target]
+    categories = categories_of(X.iloc[fit_rows]) if base.family in NATIVE_CATEGORICAL else {}
+    if categories:  # boosters take string features as categoricals, as in the final run (run.with_categories)
+        X = model_inputs(fitting, columns, categories)
+        if base.family == "xgboost":
+            specs = [replace(s, params={"enable_categorical": True, **s.params}) for s in specs]
     check_target(y.iloc[fit_rows], y.iloc[val_rows], base.kind, target)
     data = (X.iloc[fit_rows], y.iloc[fit_rows], X.iloc[val_rows], y.iloc[val_rows])
     better = min if metric in LOWER_IS_BETTER else max

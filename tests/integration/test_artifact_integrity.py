@@ -53,6 +53,9 @@ def model_folder(p, name: str, version: str) -> Path:
     """Where the artifact store keeps the files of ``name`` ``version`` (a local folder in embedded mode)."""
     with session(p.settings) as client:
         uri = client.get_model_version_download_uri(name, version)
+        if uri.startswith("runs:/"):  # a model logged as the run's artifacts: the run's artifact folder
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            uri = f"{client.get_run(run_id).info.artifact_uri}/{path}"
     assert uri.startswith("file://"), uri
     folder = Path(uri.removeprefix("file://"))
     assert (folder / "MLmodel").is_file()

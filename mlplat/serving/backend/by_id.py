@@ -73,7 +73,7 @@ class TritonPythonModel:
     def _one(self, request):
         try:
             ids = {key: self._keys(request, key) for key in self.lookup["keys"]}
-            matrix = self._features(ids)
+            matrix, texts = self._features(ids)
             gaps = np.isnan(matrix)
             if gaps.any():
                 matrix = self._apply_policy(matrix, gaps)
@@ -81,7 +81,7 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
         inference = pb_utils.InferenceRequest(
             model_name=self.lookup["model"], model_version=int(self.lookup["version"]),
-            requested_output_names=[self.lookup["output"]], inputs=[pb_utils.Tensor("input", matrix)])
+            requested_output_names=[self.lookup["output"]], inputs=self._inputs(matrix, texts))
         response = inference.exec()
         if response.has_error():
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(response.error().message()))
@@ -104,8 +104,17 @@ class TritonPythonModel:
             texts.append(text)
         return texts
 
+    def _inputs(self, matrix, texts):
+        """The model's input tensors: its numeric columns as ``input``, its string columns as ``input_text``."""
+        if not self.lookup["texts"]:
+            return [pb_utils.Tensor("input", matrix)]
+        numbers = [i for i in range(matrix.shape[1]) if i not in self.lookup["texts"]]
+        found = [pb_utils.Tensor("input", np.ascontiguousarray(matrix[:, numbers]))] if numbers else []
+        return found + [pb_utils.Tensor("input_text", texts)]
+
     def _features(self, ids):
-        """The feature matrix of the entities, NaN where Redis has no value."""
+        """The feature matrix of the entities (NaN where Redis has no value; 0 for a string that is there), and
+        their string features (``b""`` where missing)."""
         rows = {len(texts) for texts in ids.values()}
         if len(rows) > 1:
             raise BadRequest(f"the key inputs have different numbers of rows ({sorted(rows)}); send one per row")
@@ -116,6 +125,7 @@ class TritonPythonModel:
             keys.extend(view["prefix"] + "\x1f".join(p) for p in parts)
         values = self.redis.mget(keys) if keys else []
         matrix = np.full((rows, self.lookup["n_features"]), np.nan, dtype=np.float32)
+        texts = np.full((rows, len(self.lookup["texts"])), b"", dtype=object)
         for index, view in enumerate(self.lookup["views"]):
             size = view["numpy"].itemsize
             chunk = values[index * rows:(index + 1) * rows]
@@ -123,7 +133,12 @@ class TritonPythonModel:
             for column, (block, slot, flag) in zip(view["columns"], view["features"]):
                 present = records["valid"][:, flag].astype(bool)
                 matrix[present, column] = records[block][present, slot]
-        return matrix
+            for string, flag, column in view.get("texts", ()):
+                present = records["valid"][:, flag].astype(bool)
+                matrix[present, column] = 0
+                k = self.lookup["texts"].index(column)
+                texts[:, k] = [_text(v, size, string) if ok else b"" for v, ok in zip(chunk, present.tolist())]
+        return matrix, texts
 
     def _apply_policy(self, matrix, gaps):
         """Refuse, or count and (for ``impute``) fill, the missing features: the deployed policy."""
@@ -151,6 +166,14 @@ class TritonPythonModel:
             pipe.execute()
         except redis.RedisError:  # a counter is not worth failing a prediction for
             pass
+
+
+def _text(value, offset, index):
+    """The ``index``-th string of a packed record (``uint32`` length + UTF-8 bytes each, after the fixed part)."""
+    for _ in range(index):
+        offset += 4 + int.from_bytes(value[offset:offset + 4], "little")
+    length = int.from_bytes(value[offset:offset + 4], "little")
+    return value[offset + 4:offset + 4 + length]
 
 
 def _int64_text(text):

@@ -29,7 +29,7 @@ class TritonPythonModel:
         inputs = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs}
                   for r in requests]
         sizes = [len(feeds[self.inputs[0]]) for feeds in inputs]
-        merged = {name: np.concatenate([feeds[name] for feeds in inputs]) for name in self.inputs}
+        merged = {name: _text(np.concatenate([feeds[name] for feeds in inputs])) for name in self.inputs}
         results = self.session.run(self.outputs, merged)
         responses, start = [], 0
         for size in sizes:
@@ -38,3 +38,10 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(tensors))
             start += size
         return responses
+
+
+def _text(values):
+    """String tensors arrive as UTF-8 bytes; onnxruntime takes ``str``. Other tensors pass as they are."""
+    if values.dtype != object:
+        return values
+    return np.char.decode(values.astype(np.bytes_), "utf-8").astype(object)
