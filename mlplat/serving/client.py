@@ -212,15 +212,15 @@ def _coded(name: str, info: dict[str, Any], features: Any) -> tuple[np.ndarray, 
                            f"got an array of shape {rows.shape}.")
     coded = rows.copy()
     strings = np.empty((len(rows), len(info["texts"])), dtype=object)
-    codes = info["codes"]
     for k, column in enumerate(info["texts"]):
-        values = rows[:, column]
-        wrong = [v for v in values if not (v is None or isinstance(v, str) or (isinstance(v, float) and v != v))]
-        if wrong:
-            raise ServingError(f"{name}: {info['features'][column]} is a string feature, got {wrong[0]!r}; send "
+        texts = ["" if v is None or v != v else v for v in rows[:, column].tolist()]  # None, NaN: missing
+        wrong = next((v for v in texts if not isinstance(v, str)), None)
+        if wrong is not None:
+            raise ServingError(f"{name}: {info['features'][column]} is a string feature, got {wrong!r}; send "
                                "text (None or '' marks a missing one).")
-        strings[:, k] = ["" if v is None or isinstance(v, float) else v for v in values]
-        coded[:, column] = [codes[k].get(v, np.nan) for v in strings[:, k]]
+        strings[:, k] = texts
+        codes = info["codes"][k]
+        coded[:, column] = [codes.get(v, np.nan) for v in texts]
     return coded, strings
 
 
