@@ -58,6 +58,7 @@ bench: install
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/server.py
 	$(PY) benchmarks/isolation.py
+	$(PY) benchmarks/models.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks

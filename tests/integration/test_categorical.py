@@ -172,3 +172,19 @@ def test_a_regressors_pyfunc_returns_its_values(platform):
     with session(platform.settings):
         pyfunc = mlflow.pyfunc.load_model(f"models:/values/{trained.version}").predict(frame)
     np.testing.assert_allclose(np.asarray(pyfunc).ravel(), native, atol=1e-6)
+
+
+def test_a_pipeline_run_is_reproduced_from_its_record(platform):
+    trained = platform.train(one_hot_pipeline(), features=FEATURES, entity_df=platform.labels.tail(600),
+                             target="completed", name="cat_again")
+    again = platform.reproduce(trained.run_id)
+    assert again.identical, again.metrics
+
+
+def test_tuning_a_booster_on_strings_trains_its_best_as_categoricals(platform):
+    tuned = platform.tune("lightgbm.LGBMClassifier", {"num_leaves": [4, 8]}, features=FEATURES,
+                          entity_df=platform.labels, target="completed", name="cat_tuned",
+                          params={"n_estimators": 10})
+    with session(platform.settings):
+        spec = mlflow.artifacts.load_dict(f"runs:/{tuned.result.run_id}/mlplat/train_spec.json")
+    assert spec["categories"]["membership"] == ["basic", "plus", "premium"]
