@@ -85,6 +85,15 @@ def test_a_pipeline_with_a_one_hot_string_and_an_imputed_number_serves_what_it_p
     with pytest.raises(ServingError, match="membership is a string feature, got 3"):
         platform.predict("cat_pipeline", features=[[4.5, 3, 20.0]])
 
+    # The prediction log holds each string as its category's index (NaN: missing or unseen); the monitor's check
+    # runs on the model's numbers.
+    platform.serving.log.flush()
+    logged = platform.monitor.predictions("cat_pipeline").tail(4)  # the rows the caller sent, above
+    assert logged["membership"].iloc[1] == 2.0  # "premium", of ["basic", "plus", "premium"]
+    assert logged["membership"].iloc[[0, 2, 3]].isna().all()  # "platinum" (unseen), "", None
+    assert logged["avg_fare"].tolist()[:3] == [20.0, 20.0, 12.5]
+    platform.monitor.check("cat_pipeline")
+
 
 @pytest.mark.parametrize("estimator", ["lightgbm.LGBMClassifier", "xgboost.XGBClassifier"])
 def test_a_booster_takes_strings_as_native_categoricals_and_serves_them(platform, estimator):
