@@ -145,7 +145,7 @@ def log_model(model: TorchModel, X_sample: pd.DataFrame, output: Any) -> Any:
     pip = [*requirements("torch"), *requirements("numpy")]
     try:
         return mlflow.pytorch.log_model(model.serving_module(), name="model", signature=signature,
-                                        pip_requirements=pip)
+                                        input_example=X_sample.to_numpy()[:3], pip_requirements=pip)
     except Exception as exc:  # pickling a module defined in odd places fails in many ways
         raise TrainingError(f"MLflow could not save {type(model.module).__name__} ({type(exc).__name__}: "
                             f"{exc}); define the module's class in an importable module or the notebook.") from None
