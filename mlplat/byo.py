@@ -93,7 +93,7 @@ def log(training: Training, model: Any, name: str, *, features: list[str], targe
         mlflow.log_metrics({k: v for k, v in measured.items() if np.isfinite(v)})
         logged = log_outputs(native, spec, X.iloc[train_rows], X_test, y_test, predictions, exported)
         version, rejected = gate_and_register(training, spec, gate, measured, run.info.run_id, logged.model_uri,
-                                              fingerprint, register, runtime=runtime,
+                                              fingerprint, register, "logged", runtime=runtime,
                                               recorded=family == "torch" or runtime == PYFUNC)
     return TrainResult(name, run.info.run_id, measured, version, rejected, spec.features, fingerprint,
                        logged.model_uri)

@@ -223,15 +223,16 @@ def log_outputs(model: Any, spec: TrainSpec, X_train: pd.DataFrame, X_test: pd.D
 
 
 def gate_and_register(training: Training, spec: TrainSpec, gate: Gate | None, metrics: dict[str, float], run_id: str,
-                      model_uri: str, fingerprint: str, register: bool,
+                      model_uri: str, fingerprint: str, register: bool, action: str = "trained",
                       **registration: Any) -> tuple[str | None, str | None]:
-    """Check the gate, record the verdict (run tag, audit) and register a model that passed: ``(version, why
-    refused)``."""
+    """Check the gate, record the verdict (run tag, audit ``action``) and register a model that passed:
+    ``(version, why refused)``."""
     import mlflow
 
     rejected = gate.check(metrics) if gate else None
     mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
-    training.audit.record("model", spec.name, "trained", run_id=run_id, metrics=metrics, refused=rejected)
+    training.audit.record("model", spec.name, action, run_id=run_id, metrics=metrics, refused=rejected,
+                          **({"runtime": registration["runtime"]} if registration.get("runtime") else {}))
     version = None
     if rejected is None and register:
         version = training.models.register(spec.name, model_uri, run_id, spec.features, fingerprint, **registration)
