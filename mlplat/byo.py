@@ -76,7 +76,8 @@ def log(training: Training, model: Any, name: str, *, features: list[str], targe
         entity, frame = training_frame(training, spec, rows)
         fingerprint = training_fingerprint(frame, entity, columns)
     X, y, train_rows, test_rows = split_inputs(frame, spec, columns)
-    native = torch_models.from_module(model, kind, X, y) if family == "torch" else model
+    native = (torch_models.from_net(model, kind) if torch_models.is_net(model) else
+              torch_models.from_module(model, kind, X, y) if family == "torch" else model)
     spec = _with_kind(spec, native, family, kind)
     gate = Gate.parse(validation, spec.kind)
     X_test, y_test = X.iloc[test_rows], y.iloc[test_rows]
@@ -103,7 +104,7 @@ def _family(model: Any) -> tuple[str, str]:
     """``(family, class path)`` of a model; InvalidArgument for anything that is not one."""
     cls = type(model)
     path = f"{cls.__module__}.{cls.__qualname__}"
-    if torch_models.is_module(model):
+    if torch_models.is_module(model) or torch_models.is_net(model):
         return "torch", path
     if isinstance(model, type) or not callable(getattr(model, "predict", None)):
         raise InvalidArgument(f"{reprlib.repr(model)} is not a trained model: p.models.log takes a fitted "

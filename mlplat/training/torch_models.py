@@ -37,6 +37,11 @@ def is_module(model: Any) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
+def is_net(model: Any) -> bool:
+    """Whether ``model`` is a fitted skorch net (a module inside a scikit-learn estimator)."""
+    return type(model).__module__.split(".")[0] == "skorch" and is_module(getattr(model, "module_", None))
+
+
 class TorchModel:
     """A fitted module with scikit-learn's ``predict``/``predict_proba`` on feature rows (float32 in)."""
 
@@ -89,6 +94,17 @@ def from_module(module: Any, kind: str | None, X: pd.DataFrame, y: pd.Series) ->
     values = out.detach().numpy()
     probabilities = bool(np.all(values >= 0) and np.allclose(values.sum(axis=1), 1, atol=1e-5))
     return TorchModel(module, kind, classes, None if probabilities else _softmax())
+
+
+def from_net(net: Any, kind: str | None) -> TorchModel:
+    """A skorch net its user fitted: its module and skorch's own output function (softmax for CrossEntropyLoss)."""
+    from sklearn.base import ClassifierMixin
+
+    kind = kind or ("classifier" if isinstance(net, ClassifierMixin) else "regressor")
+    classes = getattr(net, "classes_", None) if kind == "classifier" else None
+    if kind == "classifier" and classes is None:
+        raise InvalidArgument(f"{type(net).__name__} has no classes_: is it fitted?")
+    return TorchModel(net.module_, kind, classes, net._get_predict_nonlinearity())
 
 
 def _softmax():
