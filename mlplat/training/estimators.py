@@ -154,9 +154,14 @@ _CLASS = "class"  # a parameter that is a class or function is recorded as {"cla
 
 def _torch_explicit(net: Any) -> dict[str, Any]:
     """The parameters a skorch net was made with (those differing from its constructor's defaults)."""
-    defaults = {n: p.default for n, p in inspect.signature(type(net).__init__).parameters.items()}
-    return {k: v for k, v in net.get_params(deep=False).items()
-            if k in defaults and (defaults[k] is inspect.Parameter.empty or not _same(defaults[k], v))}
+    defaults: dict[str, Any] = {}
+    for cls in type(net).__mro__:  # skorch passes most parameters on to its base classes through **kwargs
+        if "__init__" in vars(cls):
+            for name, parameter in inspect.signature(cls.__init__).parameters.items():
+                defaults.setdefault(name, parameter.default)
+    empty = inspect.Parameter.empty
+    return {k: v for k, v in net.get_params(deep=False).items() if not k.startswith("_")  # skorch's bookkeeping
+            and (defaults.get(k, empty) is empty or not _same(defaults[k], v))}
 
 
 def _torch_spec(cls: type, path: str, params: dict[str, Any]) -> EstimatorSpec:

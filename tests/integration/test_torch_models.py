@@ -112,6 +112,9 @@ def test_a_skorch_net_trains_through_p_train_and_serves(platform, rows):
                                      criterion=torch.nn.CrossEntropyLoss, train_split=None, verbose=0)
     result = platform.train(net, features=FEATURES, entity_df=entity_df, target="completed", name="torch_skorch")
     assert result.version == "1"
+    with tracking.session(platform.settings) as client:
+        params = client.get_run(result.run_id).data.params
+    assert (params["max_epochs"], params["lr"]) == ("8", "0.02")  # the net's own parameters, as given
     platform.models.promote("torch_skorch")
     deployment = platform.deploy("torch_skorch")
     assert (deployment.status, deployment.runtime) == ("READY", "onnx")
