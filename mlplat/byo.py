@@ -10,6 +10,7 @@ Everything is checked before anything is written.
 
 from __future__ import annotations
 
+import copy
 import numbers
 import reprlib
 from collections.abc import Mapping
@@ -220,7 +221,8 @@ def _export(model: Any, family: str, kind: str, X_test: pd.DataFrame,
     try:
         if family == "torch":
             return torch_models.logged_export(model, sample, tolerance), None
-        onnx = export(model, family, kind, X_test.shape[1])
+        # the XGBoost converter wants the booster's feature names cleared: the user's model keeps its own
+        onnx = export(copy.deepcopy(model) if family == "xgboost" else model, family, kind, X_test.shape[1])
         check_parity(onnx, model, kind, sample, tolerance)
         data = onnx.data
     except OnnxExportError as exc:

@@ -39,10 +39,12 @@ def write_frame(stream: BinaryIO, array: np.ndarray) -> None:
 
 
 def outputs(model: Any, rows: np.ndarray, kind: str, columns: list[str] | None) -> np.ndarray:
-    """What the model serves for ``rows``: class probabilities (a classifier), or one value per row."""
+    """What the model serves for ``rows``: class probabilities (a classifier), or one value per row.
+
+    A model whose signature names its columns gets a DataFrame (float64); one taking a tensor (PyTorch) the rows."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows.astype(np.float64), columns=columns)
+    frame = rows if columns is None else pd.DataFrame(rows.astype(np.float64), columns=columns)
     result = np.asarray(model.predict(frame), dtype=np.float32)
     if kind == "classifier" and result.ndim == 1:  # a pyfunc returning labels: ask its model for probabilities
         result = np.asarray(model.get_raw_model().predict_proba(frame), dtype=np.float32)

@@ -152,16 +152,32 @@ def logged_export(model: TorchModel, X: pd.DataFrame, tolerance: float = 1e-4) -
 
 def log_model(model: TorchModel, X_sample: pd.DataFrame, output: Any) -> Any:
     """Log the served module with MLflow's PyTorch flavour (its pyfunc returns what is served: probabilities for
-    a classifier). Recorded for lineage; mlplat itself serves the logged ONNX export."""
+    a classifier). Recorded for lineage and for the pyfunc fallback; mlplat serves the logged ONNX export.
+
+    MLflow saves it as a traced program (``pt2``: no pickle, no need of the module's class to load); a module that
+    cannot be traced is pickled instead, with the file defining its class beside it, so the fallback's worker can
+    import it."""
+    import inspect
+
     import mlflow
     from mlflow.models import infer_signature
 
     X_sample = X_sample.astype("float32")
-    signature = infer_signature(X_sample.to_numpy(), np.asarray(output, dtype=np.float32))
-    pip = [*requirements("torch"), *requirements("numpy")]
+    common = {"name": "model", "pip_requirements": [*requirements("torch"), *requirements("numpy")],
+              "signature": infer_signature(X_sample.to_numpy(), np.asarray(output, dtype=np.float32)),
+              "input_example": X_sample.to_numpy()[:3]}
     try:
-        return mlflow.pytorch.log_model(model.serving_module(), name="model", signature=signature,
-                                        input_example=X_sample.to_numpy()[:3], pip_requirements=pip)
+        return mlflow.pytorch.log_model(model.serving_module(), **common)
+    except Exception as exc:  # torch.export refuses data-dependent control flow and more
+        traced = exc
+    cls = type(model.module)
+    if cls.__module__ == "__main__":
+        raise TrainingError(f"{cls.__name__} cannot be traced ({type(traced).__name__}: {str(traced)[:300]}), and its "
+                            "class is defined in the notebook, where no other process can import it to serve it. "
+                            "Move the class into a .py file beside the notebook and import it from there.") from None
+    try:
+        return mlflow.pytorch.log_model(model.serving_module(), serialization_format="pickle",
+                                        code_paths=[inspect.getfile(cls)], **common)
     except Exception as exc:  # pickling a module defined in odd places fails in many ways
-        raise TrainingError(f"MLflow could not save {type(model.module).__name__} ({type(exc).__name__}: "
-                            f"{exc}); define the module's class in an importable module or the notebook.") from None
+        raise TrainingError(f"MLflow could not save {cls.__name__} ({type(exc).__name__}: {exc}); define the "
+                            "module's class in an importable .py file.") from None
