@@ -9,6 +9,7 @@ else ever unpickles the module (:mod:`mlplat.registry.logged_onnx`).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,8 @@ def from_module(module: Any, kind: str | None, X: pd.DataFrame, y: pd.Series) ->
     """A module trained by its user: a classifier (``kind`` None and more than one output) gets softmax applied
     unless its outputs already are probabilities; its classes are the target's values, sorted."""
     torch = _torch()
+    if any(p.device.type != "cpu" for p in module.parameters()):  # trained on a GPU: a CPU copy is logged
+        module = copy.deepcopy(module).cpu()
     try:
         with torch.no_grad():
             out = module.eval()(torch.as_tensor(np.asarray(X.head(SAMPLE_ROWS), dtype=np.float32)))

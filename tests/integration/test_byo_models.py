@@ -123,6 +123,7 @@ def test_a_model_onnx_cannot_express_is_served_by_its_pyfunc_and_its_killed_work
     native = model.predict_proba(online_rows(platform))
     np.testing.assert_allclose(platform.predict("byo_log1p", ROWS).outputs, native, atol=1e-5)
     assert {d.name: d.runtime for d in platform.deployments()}["byo_log1p"] == "pyfunc (slower)"
+    np.testing.assert_allclose(by_id(deployment.endpoint, "byo_log1p"), native, atol=1e-5)  # ids only, any client
     history = platform.models.history("byo_log1p")
     assert [e.detail["runtime"] for e in history if e.action in ("logged", "deployed")] == ["pyfunc", "pyfunc (slower)"]
 
@@ -134,6 +135,19 @@ def test_a_model_onnx_cannot_express_is_served_by_its_pyfunc_and_its_killed_work
         time.sleep(0.05)
     np.testing.assert_allclose(platform.predict("byo_log1p", ROWS).outputs, native, atol=1e-5)  # a new worker
     assert int(pid_file.read_text()) != killed
+
+
+def by_id(grpc, model):
+    """What any gRPC client gets from ``<model>_by_id`` for ROWS, sending entity ids only."""
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput("driver_id", [len(ROWS), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([str(r["driver_id"]).encode() for r in ROWS], dtype=object).reshape(-1, 1))
+    client = grpcclient.InferenceServerClient(grpc)
+    try:
+        return client.infer(f"{model}_by_id", [tensor]).as_numpy("probabilities")
+    finally:
+        client.close()
 
 
 def _alive(pid):
