@@ -57,6 +57,8 @@ def log(training: Training, model: Any, name: str, *, features: list[str], targe
         tolerance: float = 1e-4) -> TrainResult:
     """Track, gate and register ``model`` (trained by its user on ``features`` of ``entity_df``'s rows, or on the
     rows of ``training_set``, labelled by ``target``). See ``ModelRegistry.log``."""
+    import mlflow
+
     family, path = _family(model)
     given = _metrics(metrics)
     if kind not in (None, "classifier", "regressor"):
@@ -76,11 +78,12 @@ def log(training: Training, model: Any, name: str, *, features: list[str], targe
     else:
         entity, frame = training_frame(training, spec, rows)
         fingerprint = training_fingerprint(frame, entity, columns)
-    X, y, train_rows, test_rows = split_inputs(frame, spec, columns)
     native = (torch_models.from_net(model, kind) if torch_models.is_net(model) else
-              torch_models.from_module(model, kind, X, y) if family == "torch" else model)
+              torch_models.from_module(model, kind, model_inputs(frame, columns), frame[target])
+              if family == "torch" else model)
     spec = _with_kind(spec, native, family, kind)
     gate = Gate.parse(validation, spec.kind)
+    X, y, train_rows, test_rows = split_inputs(frame, spec, columns)
     X_test, y_test = X.iloc[test_rows], y.iloc[test_rows]
     predictions = _predictions(native, X_test, spec.kind)
     measured = {**score(native, X_test, y_test, spec.kind, predictions), **given}
@@ -88,8 +91,6 @@ def log(training: Training, model: Any, name: str, *, features: list[str], targe
     runtime = ONNX if exported.data is not None else PYFUNC
     tags = {LOGGED_TAG: "p.models.log", RUNTIME_TAG: runtime, **({"mlplat.onnx_refused": refused[:5000]}
                                                                   if refused else {})}
-    import mlflow
-
     with tracked_run(training, spec) as run:
         record_inputs(training, spec, entity, fingerprint, tags, CALLER)
         mlflow.log_metrics({k: v for k, v in measured.items() if np.isfinite(v)})
@@ -152,8 +153,8 @@ def _spec(model: Any, path: str, family: str, kind: str | None, pinned: list[str
           split: Split, seed: int, name: str) -> TrainSpec:
     params = {} if family == "torch" else {k: v for k, v in _params(model).items()
                                            if isinstance(v, (str, int, float, bool, type(None)))}
-    return TrainSpec(path, params, kind or "classifier", family, pinned, target, timestamp_field, asdict(split), seed,
-                     None, name)
+    return TrainSpec(path, params, kind or "undecided", family, pinned, target, timestamp_field, asdict(split), seed,
+                     None, name)  # the kind is the model's own when not given: see _with_kind
 
 
 def _params(model: Any) -> dict[str, Any]:
