@@ -51,6 +51,7 @@ bench: install
 	$(PY) benchmarks/feature_store.py --feast-python .venv-feast/bin/python
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/models.py
 	$(PY) benchmarks/missing_policy.py
 	$(PY) benchmarks/monitoring.py
 	$(PY) benchmarks/services.py
@@ -58,7 +59,7 @@ bench: install
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/server.py
 	$(PY) benchmarks/isolation.py
-	$(PY) benchmarks/models.py
+	$(PY) benchmarks/categorical.py
 
 lint: install
 	$(VENV)/bin/ruff check mlplat mlplat_magics hub extension/mlplat_lab tests benchmarks

@@ -1,15 +1,14 @@
-"""Benchmark serving models beyond numeric tables: ``p.predict`` on Triton against in-process onnxruntime.
+"""Benchmark the serving paths of models logged with ``p.models.log``: a PyTorch MLP (its ONNX export on Triton)
+against in-process onnxruntime on the same export, and the pyfunc fallback (a worker process behind Triton)
+against the same pyfunc in process.
 
     python benchmarks/models.py
     python benchmarks/models.py --calls 200   # smoke run
 
-The demo's features (a fresh mlplat home, its embedded Redis and Triton), and for each model, in the same run,
-taking turns call by call: ``p.predict`` of one row of features (batch 1: p50 and p99) and of 256 rows
-(rows/s), against onnxruntime in this process on the very ``model.onnx`` Triton serves (the limit). Models:
-
-- ``categorical pipeline``: a scikit-learn Pipeline, one-hot ``membership`` (a string) and median-imputed
-  numbers, then a logistic regression: two input tensors, FP32 and STRING;
-- ``lightgbm categorical``: LightGBM with ``membership`` as a native categorical (the export looks strings up).
+Builds the demo's features in a fresh mlplat home (a throw-away redis-server online), trains a small MLP on three
+features with a plain PyTorch loop and a ``log1p`` + logistic-regression pipeline (which ONNX cannot express),
+logs, promotes and deploys both on the local Triton, then measures in the same run ``p.predict`` on a feature
+matrix at batch 1 (p50/p99 latency) and batch 256 (rows/s), and each model's in-process peer, and prints a table.
 """
 
 from __future__ import annotations
@@ -18,123 +17,143 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import onnxruntime
-import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from feature_store import render  # noqa: E402
-from measure import interleaved_latencies, percentile  # noqa: E402
+import mlplat
+from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset
+from mlplat.serving.triton import TritonService, triton_installed
 
-import mlplat  # noqa: E402
-from mlplat import services  # noqa: E402
-from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset  # noqa: E402
-from mlplat.serving.onnx_export import Inputs  # noqa: E402
-from mlplat.serving.triton import triton_installed  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from feature_store import number, redis_server, render  # noqa: E402
+from measure import interleaved_latencies, latency_summary, machine_line, versions_line  # noqa: E402
 
-FEATURES = ["driver_stats:rating", "customer_profile:membership", "customer_profile:avg_fare"]
-COLUMNS = ["rating", "membership", "avg_fare"]
-NUMBERS = ["driver_stats:rating", "customer_profile:avg_fare"]  # the baseline: the same model without the string
-BATCH = 256
-
-
-def one_hot_pipeline() -> Any:
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
-    encode = ColumnTransformer([("membership", OneHotEncoder(handle_unknown="ignore"), ["membership"]),
-                                ("numbers", SimpleImputer(strategy="median"), ["rating", "avg_fare"])])
-    return Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=500))])
+FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate", "customer_profile:avg_fare"]
+COLUMNS = ["rating", "acceptance_rate", "avg_fare"]
+BATCH, WARMUP = 256, 30
 
 
-MODELS: dict[str, Callable[[], tuple[Any, dict, list[str]]]] = {
-    "categorical pipeline": lambda: (one_hot_pipeline(), {}, FEATURES),
-    "lightgbm categorical": lambda: ("lightgbm.LGBMClassifier", {"n_estimators": 100}, FEATURES),
-    "lightgbm, numbers only": lambda: ("lightgbm.LGBMClassifier", {"n_estimators": 100}, NUMBERS),
-}
+class MLP(torch.nn.Module):
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.scale = torch.nn.BatchNorm1d(len(COLUMNS))
+        self.layers = torch.nn.Sequential(torch.nn.Linear(len(COLUMNS), hidden), torch.nn.ReLU(),
+                                          torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.scale(x))
 
 
-def prepare(home: Path) -> mlplat.Platform:
-    stats, profiles, labels = make_dataset(drivers=500, customers=300, days=8, trips=20_000, seed=1)
-    p = mlplat.connect(home=str(home))
+def setup(home: Path, url: str) -> tuple[Any, Any, np.ndarray]:
+    """A demo platform, the rows whose features are all known, and their feature matrix."""
+    stats, customers, labels = make_dataset(drivers=200, customers=100, days=5, trips=4000, seed=11)
+    p = mlplat.connect(home=str(home), online_store=url)
+    if not triton_installed(p.settings):
+        sys.exit(f"no tritonserver in {p.settings.triton_env}: `make triton` creates it")
     p.features.apply([driver, driver_stats, customer, customer_profile])
     p.features.ingest("driver_stats", stats)
-    p.features.ingest("customer_profile", profiles)
-    p.features.materialize()
-    p.labels = labels
-    return p
+    p.features.ingest("customer_profile", customers)
+    p.features.materialize(progress=False)
+    frame = p.features.get_training_set(labels, FEATURES)
+    keep = frame[COLUMNS].notna().all(axis=1).to_numpy()
+    return p, labels[keep].reset_index(drop=True), frame[keep].reset_index(drop=True)
 
 
-def rows(count: int, seed: int) -> list[list[Any]]:
-    rng = np.random.default_rng(seed)
-    kinds = np.array(["basic", "plus", "premium", "platinum", ""], dtype=object)  # an unseen one, a missing one
-    return [[float(r), str(m), float(f)] for r, m, f in
-            zip(rng.normal(4.5, 0.3, count), kinds[rng.integers(0, 5, count)], rng.gamma(4, 4, count))]
+def train_mlp(frame: Any) -> MLP:
+    torch.manual_seed(0)
+    module = MLP()
+    X = torch.tensor(frame[COLUMNS].to_numpy(np.float32))
+    y = torch.tensor(frame["completed"].to_numpy(np.int64))
+    optimiser = torch.optim.Adam(module.parameters(), lr=0.01)
+    for _ in range(100):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(module(X), y).backward()
+        optimiser.step()
+    return module.eval()
 
 
-def measure(p: mlplat.Platform, name: str, features: list[str], calls: int) -> dict[str, float]:
-    onnx = p.serving_target.models / name / p.deployments()[0].version / "model.onnx"
-    info = p.serving_target.serving_info(name)["versions"]
-    details = next(iter(info.values()))
-    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    columns = [c for c in COLUMNS if any(f.endswith(f":{c}") for f in features)]
-    inputs = Inputs.of(columns, [columns[i] for i in details.get("texts", [])])
-    wanted = [COLUMNS.index(c) for c in columns]
-    singles = [[row[i] for i in wanted] for row in rows(64, 1)]
-    batches = [[[row[i] for i in wanted] for row in rows(BATCH, 10 + k)] for k in range(8)]
-    # The limit: the export in process on tensors made beforehand (p.predict makes its own from the rows).
-    single_feeds = [inputs.feeds(pd.DataFrame([row], columns=columns)) for row in singles]
-    batch_feeds = [inputs.feeds(pd.DataFrame(batch, columns=columns)) for batch in batches]
-
-    def native(feeds: dict[str, np.ndarray]) -> Any:
-        return session.run([details["output"]], feeds)
-
-    one = interleaved_latencies([lambda i: p.predict(name, features=[singles[i % 64]]),
-                                 lambda i: native(single_feeds[i % 64])], calls, 50)
-    many = interleaved_latencies([lambda i: p.predict(name, features=batches[i % 8]),
-                                  lambda i: native(batch_feeds[i % 8])], max(20, calls // 10), 5)
-    return {"p50": percentile(one[0], 50), "p99": percentile(one[0], 99), "ort_p50": percentile(one[1], 50),
-            "ort_p99": percentile(one[1], 99), "rows_s": BATCH / percentile(many[0], 50),
-            "ort_rows_s": BATCH / percentile(many[1], 50)}
+def rows_per_second(call: Any, batches: list[np.ndarray], calls: int) -> float:
+    for batch in batches[:3]:
+        call(batch)
+    started = time.perf_counter()
+    for i in range(calls):
+        call(batches[i % len(batches)])
+    return calls * BATCH / (time.perf_counter() - started)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=2000, help="timed batch-1 calls per side")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=1000, help="timed batch-1 calls per side")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        p = prepare(Path(folder))
-        if not triton_installed(p.settings):
-            sys.exit(f"no Triton in {p.settings.triton_env}: run `make triton` first")
-        lines = [["model", "p.predict p50 ms", "p99 ms", "onnxruntime p50 ms", "p99 ms", "p.predict rows/s @256",
-                  "onnxruntime rows/s @256", "ratio"]]
+    warnings.filterwarnings("ignore")
+    machine = machine_line()
+    with tempfile.TemporaryDirectory(prefix="mlplat-bench-models-") as folder, redis_server(Path(folder)) as port:
+        p, entity_df, frame = setup(Path(folder) / "home", f"redis://127.0.0.1:{port}/0")
         try:
-            for name, make in MODELS.items():
-                estimator, params, features = make()
-                model = "".join(c for c in name if c.isalnum() or c == " ").replace(" ", "_")
-                started = time.perf_counter()
-                p.train(estimator, features=features, entity_df=p.labels, target="completed", name=model,
-                        params=params)
-                p.models.promote(model)
-                p.deploy(model)
-                for other in [d.name for d in p.deployments() if d.name != model]:
-                    p.undeploy(other)
-                print(f"{name}: trained and deployed in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-                m = measure(p, model, features, args.calls)
-                lines.append([name, f"{m['p50'] * 1e3:.3f}", f"{m['p99'] * 1e3:.3f}", f"{m['ort_p50'] * 1e3:.3f}",
-                              f"{m['ort_p99'] * 1e3:.3f}", f"{m['rows_s']:,.0f}", f"{m['ort_rows_s']:,.0f}",
-                              f"{m['rows_s'] / m['ort_rows_s']:.2f}x"])
+            module = train_mlp(frame)
+            p.models.log(module, "bench_torch", features=FEATURES, entity_df=entity_df, target="completed")
+            pipeline = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression())
+            pipeline.fit(frame[COLUMNS], frame["completed"])
+            fallback = p.models.log(pipeline, "bench_pyfunc", features=FEATURES, entity_df=entity_df,
+                                    target="completed")
+            for name in ("bench_torch", "bench_pyfunc"):
+                p.models.promote(name)
+                p.deploy(name)
+            table = measure(p, frame, fallback.model_uri, args.calls)
         finally:
             p.close()
-            services.down(p.settings)
-    print(render(lines))
+            TritonService(p.settings).stop()
+    print(machine)
+    print(versions_line(HERE.parent, mlplat.__version__, {"torch": torch.__version__,
+                                                          "onnxruntime": onnxruntime.__version__,
+                                                          "mlflow": mlflow.__version__}))
+    print(render(table))
+
+
+def measure(p: Any, frame: Any, pyfunc_uri: str, calls: int) -> list[list[str]]:
+    X = np.ascontiguousarray(frame[COLUMNS].to_numpy(np.float32))
+    rng = np.random.default_rng(1)
+    singles = [X[i:i + 1] for i in rng.integers(0, len(X), calls + WARMUP)]
+    batches = [np.ascontiguousarray(X[rng.integers(0, len(X), BATCH)]) for _ in range(8)]
+    onnx_path = TritonService(p.settings).models / "bench_torch" / "1" / "model.onnx"
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    with mlflow_session(p):
+        pyfunc = mlflow.pyfunc.load_model(pyfunc_uri)
+    import pandas as pd
+
+    sides = {
+        "MLP: p.predict (Triton, ONNX)": lambda rows: p.predict("bench_torch", features=rows).outputs,
+        "MLP: onnxruntime in process (same export)": lambda rows: session.run(["probabilities"], {"input": rows})[0],
+        "log1p pipeline: p.predict (Triton, pyfunc worker)": lambda rows: p.predict("bench_pyfunc",
+                                                                                    features=rows).outputs,
+        "log1p pipeline: pyfunc in process": lambda rows: pyfunc.predict(pd.DataFrame(rows, columns=COLUMNS)),
+    }
+    lines = [["side", "batch 1 p50 ms", "batch 1 p99 ms", f"batch {BATCH} rows/s", "serving"]]
+    timed = interleaved_latencies([lambda i, f=f: f(singles[i]) for f in sides.values()], calls, WARMUP)
+    for (label, call), samples in zip(sides.items(), timed):
+        summary = latency_summary(samples, "l")
+        lines.append([label, number(summary["l_p50"] * 1e3), number(summary["l_p99"] * 1e3),
+                      number(rows_per_second(call, batches, max(20, calls // 10))),
+                      "pyfunc (slower)" if "pyfunc worker" in label else "onnx" if "Triton" in label else "-"])
+    return lines
+
+
+def mlflow_session(p: Any) -> Any:
+    from mlplat.registry.tracking import session
+
+    return session(p.settings)
 
 
 if __name__ == "__main__":

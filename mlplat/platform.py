@@ -76,7 +76,14 @@ class Platform:
         """The model registry (:class:`mlplat.registry.models.ModelRegistry`)."""
         from mlplat.registry.models import ModelRegistry
 
-        return ModelRegistry(self.settings, self.audit, self.features)
+        return ModelRegistry(self.settings, self.audit, self.features, logger=self._log_model)
+
+    def _log_model(self, model: Any, name: str, **options: Any):
+        """``p.models.log`` (see :meth:`mlplat.registry.models.ModelRegistry.log`)."""
+        from mlplat.byo import log
+        from mlplat.options import check_options
+
+        return log(self._training(), model, name, **check_options(log, options, "models.log", given=3))
 
     def compute(self, kind: str | None = None, **overrides: Any):
         """A Dask cluster: ``kind`` "local" or "kubernetes" (default: Kubernetes when configured, else local)."""

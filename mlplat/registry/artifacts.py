@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from mlplat.config import Settings
-from mlplat.errors import TrainingError
+from mlplat.errors import ArtifactIntegrityError, TrainingError
+from mlplat.registry import logged_onnx
 from mlplat.registry.tracking import session
 
 SPEC_ARTIFACT = "mlplat/train_spec.json"
@@ -75,10 +76,24 @@ def load_model(settings: Settings, name: str, version: str, family: str) -> Any:
     from mlplat.registry.integrity import verified_copy
 
     with session(settings) as client:
-        tags = dict(client.get_model_version(name, str(version)).tags or {})
+        found_version = client.get_model_version(name, str(version))
+        tags = dict(found_version.tags or {})
+    if family == "torch" or tags.get(logged_onnx.RUNTIME_TAG) == logged_onnx.PYFUNC:
+        return _logged_export(settings, name, str(version), found_version.run_id, tags)
     with verified_copy(settings, name, str(version), tags, family) as (folder, found):
         flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm, "sklearn": mlflow.sklearn}[found]
         return flavour.load_model(str(folder))
+
+
+def _logged_export(settings: Settings, name: str, version: str, run_id: str, tags: dict[str, str]) -> Any:
+    """A PyTorch or pyfunc-fallback version as its logged ONNX export: its native model runs its author's code."""
+    what = f"Model {name!r} version {version}"
+    found = logged_onnx.load(settings, run_id, tags, what)
+    if found is None or found.data is None:
+        raise ArtifactIntegrityError(f"{what} is served through its MLflow pyfunc, which runs its author's code when "
+                                     "loaded; mlplat loads it only in its serving worker. Deploy it and score it "
+                                     "with p.predict, or load it yourself with mlflow.pyfunc.load_model.")
+    return logged_onnx.OnnxPredictor(found)
 
 
 def load_impute(settings: Settings, run_id: str) -> list[float] | None:

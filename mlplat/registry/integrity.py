@@ -7,6 +7,10 @@ that its ``MLmodel`` loads through a pickle-free path (skops with an allow-list 
 trainers produce, or a booster's own format) BEFORE anything is deserialised; otherwise it raises
 :class:`~mlplat.errors.ArtifactIntegrityError` naming the file that changed.
 
+A model whose flavour would run its author's code when loaded (a PyTorch module, a pyfunc that ONNX could not
+express: see :mod:`mlplat.registry.logged_onnx`) is pinned the same way but only *recorded* (:func:`check_recorded`):
+the platform never loads it in its own processes; only the serving worker of its pyfunc fallback does.
+
 A version registered before pins existed is refused too: an admin who has checked its files records a pin
 with ``p.models.pin(name, version, reason=...)`` (pin on first use, audited).
 """
@@ -83,9 +87,11 @@ def downloaded(settings: Settings, uri: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def verified_copy(settings: Settings, name: str, version: str, tags: dict[str, str],
-                  family: str | None = None) -> Iterator[tuple[Path, str]]:
+                  family: str | None = None, recorded: bool = False) -> Iterator[tuple[Path, str]]:
     """Version ``version`` of ``name`` (with its version ``tags``) downloaded, checked against its pin and checked
-    to load without pickle: ``(folder, family)``. Raises ArtifactIntegrityError before anything is deserialised."""
+    to load without pickle: ``(folder, family)``. Raises ArtifactIntegrityError before anything is deserialised.
+    ``recorded=True`` (for the pyfunc fallback's worker, which alone loads it) checks the pin only: ``(folder,
+    loader module)``."""
     pinned = tags.get(DIGEST_TAG)
     what = f"Model {name!r} version {version}"
     if not pinned:
@@ -98,7 +104,7 @@ def verified_copy(settings: Settings, name: str, version: str, tags: dict[str, s
         if digest(files) != pinned:
             raise ArtifactIntegrityError(f"{what}: its files changed since it was registered "
                                          f"({_changes(files, tags.get(MANIFEST_TAG))}). {_ADVICE}.")
-        yield folder, check_flavour(folder, what, family)
+        yield folder, check_recorded(folder, what) if recorded else check_flavour(folder, what, family)
 
 
 def check_flavour(folder: Path, what: str, family: str | None = None) -> str:
@@ -128,6 +134,23 @@ def check_flavour(folder: Path, what: str, family: str | None = None) -> str:
     if not isinstance(data, str) or not (folder / data).resolve().is_relative_to(folder.resolve()):
         raise ArtifactIntegrityError(f"{what} names model data {data!r} outside its own files. {_ADVICE}.")
     return found
+
+
+def check_recorded(folder: Path, what: str) -> str:
+    """The loader module of the MLflow model in ``folder``, once its MLmodel is readable and names data inside it.
+
+    For models registered to be recorded, never loaded by the platform: nothing here deserialises them.
+    """
+    import yaml
+
+    try:
+        flavours = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
+        loader = flavours["python_function"]["loader_module"]
+    except Exception:
+        raise ArtifactIntegrityError(f"{what} has no readable MLmodel file; log it with p.models.log.") from None
+    if not isinstance(loader, str):
+        raise ArtifactIntegrityError(f"{what} names no loader module; log it with p.models.log.")
+    return loader
 
 
 def _check_skops(folder: Path, conf: dict[str, Any], what: str, data: Any) -> None:

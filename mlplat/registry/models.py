@@ -10,6 +10,7 @@ trail (``p.audit``, kind ``"model"``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from mlplat.audit import Audit, AuditTrail
 from mlplat.config import Settings
 from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
 from mlplat.features.definitions import check_text
-from mlplat.registry import integrity, scoring, tracking
+from mlplat.registry import integrity, logged_onnx, scoring, tracking
 from mlplat.registry.artifacts import REFERENCE_ARTIFACT, load_spec
 from mlplat.registry.evaluate import LOWER_IS_BETTER, Split, score, split_rows
 from mlplat.registry.names import check_model_name
@@ -66,11 +67,33 @@ class ModelRegistry:
     (promotion, batch scoring, evaluation) on inputs built from ``features``.
     """
 
-    def __init__(self, settings: Settings, audit: Audit, features: FeatureSource, margin: float = 0.0):
+    def __init__(self, settings: Settings, audit: Audit, features: FeatureSource, margin: float = 0.0,
+                 logger: Callable[..., Any] | None = None):
         self.settings = settings
         self.audit = audit
         self.features = features
         self.margin = margin
+        self._logger = logger  # what p.models.log runs (mlplat.byo.log, wired by the platform)
+
+    def log(self, model: Any, name: str, **options: Any) -> Any:
+        """Register a model trained anywhere, with the lineage, gate and pins of ``p.train``.
+
+        >>> p.models.log(model, "churn", features=["driver_stats:rating", ...], entity_df=labels,
+        ...              target="completed", validation={"metric": "roc_auc", "min": 0.7})
+
+        ``model``: a fitted scikit-learn-compatible estimator, XGBoost/LightGBM model or ``torch.nn.Module``
+        (a classifier module returns one logit, or probability, per class). Its rows: ``entity_df`` (entity keys,
+        times, target: the platform rebuilds the features) or ``training_set`` (those rows with the feature
+        columns, checked against the store). Options: ``metrics`` (yours, beside those computed on the holdout of
+        the rows, the split p.train makes), ``validation``, ``split``, ``kind``, ``timestamp_field``, ``seed``,
+        ``register``, ``tolerance`` (of the ONNX export's check). The model is exported to ONNX here; one that
+        ONNX cannot express is served through its MLflow pyfunc (slower). Returns a TrainResult.
+        """
+        if self._logger is None:
+            raise InvalidArgument("p.models.log registers a model from the process it lives in; this platform "
+                                  "connection cannot (server mode does not take logged models yet): train it "
+                                  "with p.train, or log it on an embedded platform.")
+        return self._logger(model, name, **options)
 
     def _client(self):
         return tracking.session(self.settings)
@@ -201,8 +224,14 @@ class ModelRegistry:
             client.set_registered_model_tag(name, TEAM_TAG, team)
         self.audit.record("model", name, "transferred", None, reason, team=team, previous=previous)
 
-    def register(self, name: str, model_uri: str, run_id: str, features: list[str], fingerprint: str) -> str:
-        """Register a logged model as a new version of ``name`` and make it the challenger."""
+    def register(self, name: str, model_uri: str, run_id: str, features: list[str], fingerprint: str,
+                 recorded: bool = False, runtime: str | None = None) -> str:
+        """Register a logged model as a new version of ``name`` and make it the challenger.
+
+        ``recorded=True``: a model the platform records but never loads (a PyTorch module, a pyfunc fallback; see
+        :func:`mlplat.registry.integrity.check_recorded`). Its run's ONNX export, if it logged one, is pinned too;
+        ``runtime`` (``"onnx"`` or ``"pyfunc"``) says how it is served.
+        """
         check_model_name(name)
         with self._client() as client:
             if not _call(self.settings, client.search_registered_models, f"name='{name}'"):
@@ -211,8 +240,12 @@ class ModelRegistry:
                     "mlplat.feature_views": json.dumps(sorted({f.split(":")[0].split("@")[0] for f in features})),
                     "mlplat.owner": self.audit.user, TEAM_TAG: self.audit.team}
             with integrity.downloaded(self.settings, model_uri) as folder:  # pinned: loads check these files
-                integrity.check_flavour(folder, f"The model at {model_uri}")
+                check = integrity.check_recorded if recorded else integrity.check_flavour
+                check(folder, f"The model at {model_uri}")
                 tags.update(integrity.pin_tags(folder))
+            if runtime:  # a model logged with its export (or its pyfunc's description): pinned as well
+                tags.update(logged_onnx.pin(self.settings, run_id))
+                tags[logged_onnx.RUNTIME_TAG] = runtime
             # A models:/ URI names a logged model, which an MLflow server wants named as model_id too.
             model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
             version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags,

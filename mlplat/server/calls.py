@@ -116,6 +116,7 @@ class Calls:
             raise InvalidArgument(f"{name}(): {exc}.") from None
         bound.apply_defaults()
         self.authorize(identity, name, bound.arguments)
+        _refuse_pyfunc(name, bound.arguments)
         return self.visible(identity, name, method(*bound.args, **bound.kwargs))
 
     def visible(self, identity: Identity, name: str, result: Any) -> Any:
@@ -224,3 +225,13 @@ def _as_list(objects: Any) -> list[Any]:
 def _view_read(read: Any) -> str | None:
     """The view a read of ``features.join`` names; None for a malformed one (the join refuses it)."""
     return read[0] if isinstance(read, (list, tuple)) and read and isinstance(read[0], str) else None
+
+
+def _refuse_pyfunc(name: str, arguments: dict[str, Any]) -> None:
+    """A shared install registers no pyfunc-fallback version (mlplat.registry.logged_onnx): serving one runs its
+    author's code in a worker on the serving host, which this install does not isolate per user yet."""
+    if name == "models.register" and arguments.get("runtime") not in (None, "onnx"):
+        raise PermissionDenied("A shared install serves models as ONNX only: a model ONNX cannot express would run "
+                               "its author's code on the serving host. Register it on an embedded platform, or "
+                               "use a model type ONNX can express.", action="register", kind="model",
+                               obj=arguments.get("name"), role="admin")

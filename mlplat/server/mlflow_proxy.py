@@ -66,6 +66,8 @@ log = logging.getLogger("mlplat.server.mlflow")
 PREFIX = "/mlflow"  # where MLflow answers on the platform server (and on the backing server: same paths)
 COOKIE = "mlplat-mlflow-token"
 PIN_PREFIX = "mlplat.artifact_"  # the tags pinning a version's files (mlplat.registry.integrity)
+# ... and those pinning its logged ONNX export and saying how it is served (mlplat.registry.logged_onnx)
+PINNED = (PIN_PREFIX, "mlplat.onnx_", "mlplat.runtime")
 MAX_JSON = 64 << 20  # a JSON request the server reads to judge it (log-batch is the largest): 64 MiB
 CALLER = ""  # a rule's target for what is created in the caller's team
 
@@ -521,7 +523,7 @@ def _refuse_pin_writes(identity: Identity, fields: dict[str, Any], kind: str, ob
     """Only the platform pins model files (``mlplat.artifact_*`` tags, :mod:`mlplat.registry.integrity`): a client
     that could rewrite a pin could make tampered files load. Admins re-pin through ``p.models.pin``."""
     keys = [fields.get("key")] + [t.get("key") for t in fields.get("tags") or [] if isinstance(t, dict)]
-    if not identity.admin and any(isinstance(k, str) and k.startswith(PIN_PREFIX) for k in keys):
+    if not identity.admin and any(isinstance(k, str) and k.startswith(PINNED) for k in keys):
         raise errors.PermissionDenied(
             f"{identity.name} may not set the {PIN_PREFIX}* tags of {kind} {obj!r}: the platform pins model files "
             "when it registers a version; a platform admin re-pins with p.models.pin.",

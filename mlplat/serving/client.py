@@ -214,10 +214,10 @@ def _coded(name: str, info: dict[str, Any], features: Any) -> tuple[np.ndarray, 
     strings = np.empty((len(rows), len(info["texts"])), dtype=object)
     for k, column in enumerate(info["texts"]):
         texts = ["" if v is None or v != v else v for v in rows[:, column].tolist()]  # None, NaN: missing
-        wrong = next((v for v in texts if not isinstance(v, str)), None)
-        if wrong is not None:
+        wrong = next((v for v in texts if not isinstance(v, str) or "\0" in v), None)
+        if wrong is not None:  # a NUL would end the string inside the model (ONNX strings are C strings)
             raise ServingError(f"{name}: {info['features'][column]} is a string feature, got {wrong!r}; send "
-                               "text (None or '' marks a missing one).")
+                               "text without NUL characters (None or '' marks a missing one).")
         strings[:, k] = texts
         codes = info["codes"][k]
         coded[:, column] = [codes.get(v, np.nan) for v in texts]
@@ -228,4 +228,8 @@ def _tensors(coded: np.ndarray, strings: np.ndarray, texts: list[int]) -> dict[s
     """The numeric and string input tensors of a model that takes strings (see ``onnx_export.Inputs``)."""
     numbers = [i for i in range(coded.shape[1]) if i not in texts]
     found = {INPUT: np.ascontiguousarray(coded[:, numbers])} if numbers else {}
-    return {**found, TEXT_INPUT: np.char.encode(strings.astype(str), "utf-8").astype(object)}
+    try:
+        return {**found, TEXT_INPUT: np.char.encode(strings.astype(str), "utf-8").astype(object)}
+    except UnicodeEncodeError as exc:
+        raise ServingError(f"A string feature holds {exc.object[exc.start:exc.end]!r}, which is not text (UTF-8 "
+                           "has no lone surrogates); send valid text.") from None

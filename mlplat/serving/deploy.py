@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlplat.config import Settings
-from mlplat.errors import ServingError
+from mlplat.errors import OnnxExportError, ServingError
+from mlplat.registry.logged_onnx import ONNX, PYFUNC, LoggedOnnx, parity
+from mlplat.registry.logged_onnx import load as load_logged
 from mlplat.registry.names import check_model_name
 from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
 from mlplat.serving.missing import check_policy
-from mlplat.serving.onnx_export import Inputs, OnnxModel, check_parity, export
+from mlplat.serving.onnx_export import INPUT, Inputs, OnnxModel, check_parity, export
 from mlplat.serving.target import BY_ID, SERVING_INFO, ServingTarget
 
 if TYPE_CHECKING:
@@ -48,6 +51,21 @@ instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 parameters: {{ key: "features" value: {{ string_value: "{features}" }} }}
 parameters: {{ key: "missing" value: {{ string_value: "{missing}" }} }}
 """
+PYFUNC_CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {n_features} ] }} ]
+output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
+dynamic_batching {{ }}
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
+version_policy: {{ specific: {{ versions: [ {versions} ] }} }}
+parameters: {{ key: "python" value: {{ string_value: "{python}" }} }}
+parameters: {{ key: "pythonpath" value: {{ string_value: "{pythonpath}" }} }}
+parameters: {{ key: "kind" value: {{ string_value: "{kind}" }} }}
+"""
+PYFUNC_MODEL = Path(__file__).parent / "backend" / "pyfunc.py"
+PYFUNC_FOLDER = "mlflow_model"  # beside model.py in the version's folder: the pinned MLflow model its worker loads
+RUNTIMES = {ONNX: "onnx", PYFUNC: "pyfunc (slower)"}
 MISSING_OUTPUT = "missing_features"  # per row, a flag per feature (in the order of the "features" parameter)
 BY_ID_MODEL = Path(__file__).parent / "backend" / "by_id.py"
 
@@ -63,6 +81,7 @@ class Deployment:
     status: str
     features: list[str]
     http_endpoint: str = ""  # Triton's HTTP (KServe v2) host:port
+    runtime: str = "onnx"  # how it is served: "onnx", or "pyfunc (slower)" for a model ONNX cannot express
     texts: list[str] = field(default_factory=list)  # the features sent as text (``input_text``), in order
     classes: list[Any] = field(default_factory=list)  # a classifier's classes, in the order of its probabilities
 
@@ -123,15 +142,23 @@ class Deployer:
         if missing == "impute" and impute is None:
             raise ServingError(f"{name} v{found.version} was trained before mlplat recorded imputation values; "
                                "retrain it to deploy with missing='impute', or use 'flag' or 'error'.")
-        model = load_model(self.settings, name, found.version, spec.family)
         requests = resolve(spec.features, self.features.get_view, set(entity_df.columns))
         columns = [c for r in requests for c in r.columns]
+        tags = self._tags(name, found.version)
+        logged = load_logged(self.settings, found.run_id, tags, f"Model {name!r} version {found.version}")
         categories = spec.categories or {}
-        onnx = export(model, spec.family, spec.kind, columns, list(categories), spec.native_categories)
-        sample = self.features.get_training_set(entity_df.head(256), spec.features,
-                                                timestamp_field=spec.timestamp_field)
-        check_parity(onnx, model, spec.kind, model_inputs(sample, columns, spec.native_categories), tolerance)
-        width = len(model.classes_) if spec.kind == "classifier" else 1
+        if logged is not None:
+            onnx, width = self._logged(logged, columns, tolerance)
+            classes = logged.classes or []
+        else:
+            model = load_model(self.settings, name, found.version, spec.family)
+            onnx = export(model, spec.family, spec.kind, columns, list(categories), spec.native_categories)
+            sample = self.features.get_training_set(entity_df.head(256), spec.features,
+                                                    timestamp_field=spec.timestamp_field)
+            check_parity(onnx, model, spec.kind, model_inputs(sample, columns, spec.native_categories), tolerance)
+            width = len(model.classes_) if spec.kind == "classifier" else 1
+            classes = np.asarray(getattr(model, "classes_", [])).tolist()
+        runtime = ONNX if onnx is not None else PYFUNC
         folder = self.target.models / name
         info = json.loads((folder / SERVING_INFO).read_text()) if (folder / SERVING_INFO).is_file() else {"versions": {}}
         kept = {v: info["versions"][v] for v in keep if v in info["versions"]}
@@ -141,14 +168,19 @@ class Deployer:
                                    f"{spec.features}; versions served side by side must take the same features.")
         if set(keep) - set(kept):
             raise ServingError(f"Cannot keep {sorted(set(keep) - set(kept))} of {name}: deploy them first.")
+        _same_runtime(name, found.version, runtime, kept)
+        output = onnx.output if onnx is not None else logged.output
         versions = {**kept, found.version: {"features": spec.features, "columns": columns, "kind": spec.kind,
-                                            "output": onnx.output, "missing": missing, "impute": impute,
-                                            "texts": onnx.inputs.texts, "categories": categories,
-                                            "classes": np.asarray(getattr(model, "classes_", [])).tolist()}}
+                                            "output": output, "missing": missing, "impute": impute,
+                                            "runtime": runtime, "texts": onnx.inputs.texts if onnx else [],
+                                            "categories": categories, "classes": classes}}
         (folder / found.version).mkdir(parents=True, exist_ok=True)
-        (folder / found.version / "model.onnx").write_bytes(onnx.data)
         loaded = " ".join(sorted(versions, key=int))
-        (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
+        if onnx is not None:
+            (folder / found.version / "model.onnx").write_bytes(onnx.data)
+            (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
+        else:
+            self._write_pyfunc(name, found.version, tags, logged, loaded, max_batch_size, instances)
         default_version = found.version if default or not kept else info["default"]
         (folder / SERVING_INFO).write_text(json.dumps({"default": default_version, "versions": versions}))
         # On-demand features need request data and their function, which Redis alone cannot give the by-id model:
@@ -169,9 +201,44 @@ class Deployer:
                 triton.unload(f"{name}{BY_ID}")
             status = "READY" if triton.ready(name, found.version) else "UNAVAILABLE"
         where = triton.endpoints
+        if runtime == PYFUNC and status == "READY":
+            _check_live(where.grpc, name, found.version, logged, tolerance)
         self.audit.record("deployment", name, "deployed", found.version, endpoint=where.grpc, status=status,
-                          serving=sorted(versions, key=int), default=default_version, missing=missing)
+                          serving=sorted(versions, key=int), default=default_version, missing=missing,
+                          runtime=RUNTIMES[runtime])
         return _deployment(name, found.version, where, status, versions[found.version])
+
+    # -- versions logged with their export (p.models.log, PyTorch), or served through their pyfunc ----------------
+    def _tags(self, name: str, version: str) -> dict[str, str]:
+        from mlplat.registry.tracking import session
+
+        with session(self.settings) as client:
+            return dict(client.get_model_version(name, version).tags or {})
+
+    def _logged(self, logged: LoggedOnnx, columns: list[str], tolerance: float) -> tuple[OnnxModel | None, int]:
+        """The export logged where the model was trained (None for a pyfunc fallback), checked against the native
+        outputs recorded with it: the native model is never loaded here."""
+        if logged.n_features != len(columns):
+            raise ServingError(f"The logged model takes {logged.n_features} features, its version {len(columns)}.")
+        if logged.data is None:
+            return None, logged.width
+        parity(logged.data, logged.output, logged.rows, logged.native, tolerance, "the logged model")
+        return OnnxModel(logged.data, logged.output, Inputs(list(range(logged.n_features)))), logged.width
+
+    def _write_pyfunc(self, name: str, version: str, tags: dict[str, str], logged: LoggedOnnx, versions: str,
+                      max_batch_size: int, instances: int) -> None:
+        """A Triton python model whose worker (the platform's interpreter) serves the version's MLflow pyfunc."""
+        from mlplat.registry.integrity import verified_copy
+
+        target = self.target.models / name / version
+        shutil.rmtree(target / PYFUNC_FOLDER, ignore_errors=True)
+        with verified_copy(self.settings, name, version, tags, recorded=True) as (files, _):
+            shutil.copytree(files, target / PYFUNC_FOLDER)
+        shutil.copyfile(PYFUNC_MODEL, target / "model.py")
+        (self.target.models / name / "config.pbtxt").write_text(PYFUNC_CONFIG.format(
+            name=name, versions=", ".join(versions.split()), input=INPUT, n_features=logged.n_features,
+            output=logged.output, width=logged.width, max_batch_size=max_batch_size, instances=instances,
+            python=sys.executable, pythonpath=_platform_path(), kind=logged.kind))
 
     def _write_by_id(self, name: str, info: dict[str, Any], requests: list, width: int, max_batch_size: int) -> None:
         """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
@@ -247,5 +314,36 @@ class Deployer:
 def _deployment(name: str, version: str, where: Any, status: str, details: dict[str, Any]) -> Deployment:
     """A :class:`Deployment` from a version's serving info."""
     texts = [details["features"][i] for i in details.get("texts") or []]
-    return Deployment(name, version, where.grpc, name, status, details["features"], where.http, texts,
-                      details.get("classes") or [])
+    return Deployment(name, version, where.grpc, name, status, details["features"], where.http,
+                      RUNTIMES[details.get("runtime", ONNX)], texts, details.get("classes") or [])
+
+
+def _same_runtime(name: str, version: str, runtime: str, kept: dict[str, Any]) -> None:
+    """Versions served side by side share one Triton config, so one runtime."""
+    for other, info in kept.items():
+        if info.get("runtime", ONNX) != runtime:
+            raise ServingError(f"{name} v{other} is served by {RUNTIMES[info.get('runtime', ONNX)]} but v{version} by "
+                               f"{RUNTIMES[runtime]}; versions served side by side must share a runtime: deploy "
+                               "it alone (without keep=), or under another name.")
+
+
+def _platform_path() -> str:
+    """Where this mlplat is imported from: the pyfunc worker, run by the same interpreter, imports it there too."""
+    return str(Path(__file__).resolve().parents[2])  # the folder holding the mlplat package
+
+
+def _check_live(endpoint: str, name: str, version: str, logged: LoggedOnnx, tolerance: float) -> None:
+    """Ask the loaded pyfunc model for the recorded sample rows; refuse outputs other than the native model's."""
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(endpoint)
+    try:
+        tensor = grpc.InferInput(INPUT, list(logged.rows.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(logged.rows, dtype=np.float32))
+        result = client.infer(name, [tensor], model_version=version).as_numpy(logged.output)
+    finally:
+        client.close()
+    worst = float(np.nanmax(np.abs(result.astype(np.float64) - logged.native))) if len(logged.rows) else 0.0
+    if not worst <= tolerance:
+        raise OnnxExportError(f"{name} v{version}'s pyfunc answers differ from the outputs recorded when it was "
+                              f"logged by up to {worst:.3g} (allowed {tolerance:g}); it stays loaded but check it.")

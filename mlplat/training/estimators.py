@@ -25,7 +25,7 @@ SHORT_NAMES = {
     "random_forest": "sklearn.ensemble.RandomForestClassifier",
     "logistic_regression": "sklearn.linear_model.LogisticRegression",
 }
-_EXTRAS = {"xgboost": "xgboost", "lightgbm": "lightgbm", "sklearn": "training"}
+_EXTRAS = {"xgboost": "xgboost", "lightgbm": "lightgbm", "sklearn": "training", "skorch": "torch", "torch": "torch"}
 _SEED_PARAMS = ("random_state", "seed")
 
 
@@ -36,7 +36,7 @@ class EstimatorSpec:
     path: str  # importable "module.Class"
     params: dict[str, Any]  # constructor parameters as given by the user (plus the seed)
     kind: str  # "classifier" or "regressor"
-    family: str  # "sklearn", "xgboost" or "lightgbm": decides the MLflow flavour and the Dask path
+    family: str  # "sklearn", "xgboost", "lightgbm" or "torch" (skorch): decides the MLflow flavour and the Dask path
     template: str | None = None  # a composite estimator (a Pipeline, ...), unfitted: see :func:`build`
 
     def build(self, **extra: Any) -> Any:
@@ -48,7 +48,7 @@ def build(path: str, params: dict[str, Any], template: str | None = None, **extr
     """A fresh, unfitted estimator: ``path``'s class with ``params`` (and ``extra``), or the composite estimator
     ``template`` holds (skops, base64; only the types of the libraries mlplat trains with are loaded)."""
     if template is None:
-        return load_class(path)(**params, **extra)
+        return load_class(path)(**decode_params(params), **extra)
     import skops.io
 
     from mlplat.registry.integrity import trusted_type
@@ -126,11 +126,18 @@ def resolve(estimator: Any, params: dict[str, Any] | None, seed: int) -> Estimat
         raise InvalidArgument(
             f"estimator {reprlib.repr(estimator)} is not an estimator; give a name ('xgboost.XGBClassifier' or one "
             f"of {', '.join(SHORT_NAMES)}), a scikit-learn style class, or an instance of one.")
-    if not isinstance(estimator, (str, type)) and _composite(estimator):
+    if not isinstance(estimator, (str, type)) and _family(type(estimator).__module__) != "torch" \
+            and _composite(estimator):
         return _template(estimator, params, seed)
     if isinstance(estimator, str):
         path = SHORT_NAMES.get(estimator, estimator)
         cls = load_class(path)
+        if _family(path) == "torch":
+            return _torch_spec(cls, path, params)
+    elif _family((estimator if isinstance(estimator, type) else type(estimator)).__module__) == "torch":
+        cls = estimator if isinstance(estimator, type) else type(estimator)
+        explicit = {} if isinstance(estimator, type) else _torch_explicit(estimator)
+        return _torch_spec(cls, f"{cls.__module__}.{cls.__qualname__}", {**explicit, **params})
     else:
         cls = estimator if isinstance(estimator, type) else type(estimator)
         path = f"{cls.__module__}.{cls.__qualname__}"
@@ -191,7 +198,49 @@ def _kind(cls: type, path: str) -> str:
 
 def _family(path: str) -> str:
     root = path.split(".")[0]
-    return root if root in ("xgboost", "lightgbm") else "sklearn"
+    return root if root in ("xgboost", "lightgbm") else "torch" if root == "skorch" else "sklearn"
+
+
+# -- skorch nets (family "torch") ----------------------------------------------------------------------------------
+_CLASS = "class"  # a parameter that is a class or function is recorded as {"class": "module.qualname"}
+
+
+def _torch_explicit(net: Any) -> dict[str, Any]:
+    """The parameters a skorch net was made with (those differing from its constructor's defaults)."""
+    defaults: dict[str, Any] = {}
+    for cls in type(net).__mro__:  # skorch passes most parameters on to its base classes through **kwargs
+        if "__init__" in vars(cls):
+            for name, parameter in inspect.signature(cls.__init__).parameters.items():
+                defaults.setdefault(name, parameter.default)
+    empty = inspect.Parameter.empty
+    return {k: v for k, v in net.get_params(deep=False).items() if not k.startswith("_")  # skorch's bookkeeping
+            and (defaults.get(k, empty) is empty or not _same(defaults[k], v))}
+
+
+def _torch_spec(cls: type, path: str, params: dict[str, Any]) -> EstimatorSpec:
+    """A skorch net's spec: its module (a class, or its 'module.Class' name) and plain parameters, as JSON."""
+    from sklearn.base import ClassifierMixin
+
+    if "module" not in params:
+        raise InvalidArgument(f"{path} needs its torch module: params={{'module': MyModule}} (the class, or its "
+                              "'package.module.Class' name), or pass skorch.NeuralNetClassifier(MyModule, ...).")
+    encoded = {}
+    for key, value in params.items():
+        if isinstance(value, str) and key in ("module", "criterion", "optimizer"):
+            load_class(value)
+            value = {_CLASS: value}
+        elif isinstance(value, type) or inspect.isfunction(value):
+            value = {_CLASS: f"{value.__module__}.{value.__qualname__}"}
+        elif not isinstance(value, (str, int, float, bool, type(None))):
+            raise InvalidArgument(f"{path} parameter {key}={reprlib.repr(value)}: mlplat records a net's parameters "
+                                  "to rebuild it; give classes and plain values (numbers, strings), not instances.")
+        encoded[key] = value
+    return EstimatorSpec(path, encoded, "classifier" if issubclass(cls, ClassifierMixin) else "regressor", "torch")
+
+
+def decode_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Constructor parameters from a spec: classes recorded by name are imported again."""
+    return {k: load_class(v[_CLASS]) if isinstance(v, dict) and set(v) == {_CLASS} else v for k, v in params.items()}
 
 
 def dask_twin(path: str, family: str) -> type | None:

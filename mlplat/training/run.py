@@ -7,10 +7,12 @@ and refit the same estimator with the same seed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from html import escape
 from pathlib import Path
@@ -26,7 +28,7 @@ from mlplat.features.on_demand import source_views
 from mlplat.features.refs import resolve as resolve_refs
 from mlplat.features.retrieval import entity_times, refuse_clashes
 from mlplat.progress import ProgressBar, progress_bar
-from mlplat.registry import tracking
+from mlplat.registry import logged_onnx, tracking
 from mlplat.registry.artifacts import (
     SPEC_ARTIFACT,
     TrainSpec,
@@ -36,10 +38,11 @@ from mlplat.registry.artifacts import (
     text_columns,
 )
 from mlplat.registry.evaluate import Gate, Split, check_target, predict, score, split_rows
+from mlplat.registry.logged_onnx import ONNX, LoggedOnnx
 from mlplat.registry.models import ModelRegistry
 from mlplat.registry.names import check_model_name
 from mlplat.registry.scoring import FeatureSource
-from mlplat.training import device, estimators, outputs
+from mlplat.training import device, estimators, outputs, torch_models
 from mlplat.training.fingerprint import code_fingerprint, environment, frame_fingerprint
 
 
@@ -127,13 +130,55 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
     seconds: dict[str, float] = {}
     bar.set_postfix_str("training set")
     started = time.perf_counter()
+    entity_df, frame = training_frame(training, spec, entity_df, client)
+    seconds["training_set"] = time.perf_counter() - started
+    spec, X, y, train_rows, test_rows = split_inputs(frame, spec, columns)
+    fingerprint = training_fingerprint(frame, entity_df, columns)
+    with tracked_run(training, spec, parent_run_id) as run:
+        used = device.for_fit(spec.family, spec.params, client)
+        record_inputs(training, spec, entity_df, fingerprint, extra_tags, used)
+        bar.update()
+        bar.set_postfix_str("fit")
+        started = time.perf_counter()
+        model = fit(spec, X.iloc[train_rows], y.iloc[train_rows], client, used.params)
+        seconds["fit"] = time.perf_counter() - started
+        bar.update()
+        bar.set_postfix_str("evaluate and log")
+        started = time.perf_counter()
+        X_test, y_test = X.iloc[test_rows], y.iloc[test_rows]
+        predictions = predict(model, X_test, spec.kind)
+        metrics = score(model, X_test, y_test, spec.kind, predictions)
+        bar.set_postfix(metrics)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        exported = torch_models.logged_export(model, X_test) if spec.family == "torch" else None
+        model_uri = log_outputs(model, spec, X.iloc[train_rows], X_test, y_test, predictions, exported)
+        bar.update()
+        bar.set_postfix_str("gate and register")
+        version, rejected = gate_and_register(training, spec, gate, metrics, run.info.run_id, model_uri,
+                                              fingerprint, register, recorded=spec.family == "torch",
+                                              runtime=ONNX if exported else None)
+        seconds["tracking"] = time.perf_counter() - started
+        bar.update()
+    return TrainResult(spec.name, run.info.run_id, metrics, version, rejected, spec.features, fingerprint,
+                       model_uri, seconds)
+
+
+def training_frame(training: Training, spec: TrainSpec, entity_df: pd.DataFrame,
+                   client: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The entity rows in time order, and their point-in-time training set."""
     # In time order, a time split is two contiguous slices: no copies of the (large) feature matrix.
     times = entity_times(entity_df, spec.timestamp_field)
     if np.any(times[1:] < times[:-1]):
         entity_df = entity_df.iloc[np.argsort(times, kind="stable")]
     frame = training.features.get_training_set(entity_df, spec.features, timestamp_field=spec.timestamp_field,
                                                client=client)
-    seconds["training_set"] = time.perf_counter() - started
+    return entity_df, frame
+
+
+def split_inputs(frame: pd.DataFrame, spec: TrainSpec,
+                 columns: list[str]) -> tuple[TrainSpec, pd.DataFrame, pd.Series, Any, Any]:
+    """``(spec, X, y, training rows, test rows)`` of a training set, the split checked to be usable, the spec
+    with its string features' categories (see :func:`with_categories`)."""
     X, y = model_inputs(frame, columns), frame[spec.target]
     train_rows, test_rows = (_positions(rows) for rows in
                              split_rows(frame, Split(**spec.split), spec.timestamp_field, spec.seed))
@@ -141,51 +186,70 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
     if spec.native_categories:
         X = model_inputs(frame, columns, spec.native_categories)
     check_target(y.iloc[train_rows], y.iloc[test_rows], spec.kind, spec.target)
-    fingerprint = frame_fingerprint(frame[[*entity_df.columns, *columns]])
+    return spec, X, y, train_rows, test_rows
+
+
+def training_fingerprint(frame: pd.DataFrame, entity_df: pd.DataFrame, columns: list[str]) -> str:
+    """The lineage fingerprint of a training set: its entity rows' columns and its feature columns."""
+    return frame_fingerprint(frame[[*entity_df.columns, *columns]])
+
+
+@contextlib.contextmanager
+def tracked_run(training: Training, spec: TrainSpec, parent_run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run in the model's experiment, ended FINISHED, or FAILED on any exception."""
+    import mlflow
+
     with tracking.session(training.settings) as mlflow_client:
         experiment = tracking.experiment_id(mlflow_client, training.settings, spec.name)
         run = mlflow.start_run(experiment_id=experiment, parent_run_id=parent_run_id, nested=parent_run_id is not None,
                                run_name=f"{spec.name}-{spec.estimator.rsplit('.', 1)[-1]}")
         try:
-            views = source_views(spec.features, training.features.get_view)  # on-demand views' sources too
-            used = device.for_fit(spec.family, spec.params, client)
-            _log_inputs(spec, entity_df, fingerprint, training.settings, extra_tags, views, used)
-            bar.update()
-            bar.set_postfix_str("fit")
-            started = time.perf_counter()
-            model = fit(spec, X.iloc[train_rows], y.iloc[train_rows], client, used.params)
-            seconds["fit"] = time.perf_counter() - started
-            bar.update()
-            bar.set_postfix_str("evaluate and log")
-            started = time.perf_counter()
-            X_test, y_test = X.iloc[test_rows], y.iloc[test_rows]
-            predictions = predict(model, X_test, spec.kind)
-            metrics = score(model, X_test, y_test, spec.kind, predictions)
-            bar.set_postfix(metrics)
-            mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-            model_uri = outputs.log_model(model, spec.family, spec.kind, X_test.head(100), predictions[:100],
-                                          spec.categories)
-            outputs.log_plots(model, X_test, y_test, spec.kind, predictions)
-            outputs.log_reference(X.iloc[train_rows], predictions, spec.seed)
-            outputs.log_impute(X.iloc[train_rows])
-            bar.update()
-            bar.set_postfix_str("gate and register")
-            rejected = gate.check(metrics) if gate else None
-            mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
-            training.audit.record("model", spec.name, "trained", run_id=run.info.run_id, metrics=metrics,
-                                  refused=rejected)
-            version = None
-            if rejected is None and register:
-                version = training.models.register(spec.name, model_uri, run.info.run_id, spec.features,
-                                                   fingerprint)
-            seconds["tracking"] = time.perf_counter() - started
-            bar.update()
+            yield run
             mlflow.end_run("FINISHED")
         except BaseException:
             mlflow.end_run("FAILED")
             raise
-    return TrainResult(spec.name, run.info.run_id, metrics, version, rejected, spec.features, fingerprint,
-                       model_uri, seconds)
+
+
+def record_inputs(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, fingerprint: str,
+                  extra_tags: dict | None, used: device.Device) -> None:
+    """Log a run's lineage: parameters, tags (features, views, fingerprint, code, user), spec and entity rows."""
+    views = source_views(spec.features, training.features.get_view)  # on-demand views' sources too
+    _log_inputs(spec, entity_df, fingerprint, training.settings, extra_tags, views, used)
+
+
+def log_outputs(model: Any, spec: TrainSpec, X_train: pd.DataFrame, X_test: pd.DataFrame, y_test: pd.Series,
+                predictions: np.ndarray, exported: LoggedOnnx | None = None) -> Any:
+    """Log the model (its flavour; a PyTorch module with ``torch.pytorch``), its ONNX export when made here,
+    plots, drift reference and imputation values; return the logged model's URI."""
+    if spec.family == "torch":
+        model_uri = torch_models.log_model(model, X_test.head(100), predictions[:100]).model_uri
+    else:
+        model_uri = outputs.log_model(model, spec.family, spec.kind, X_test.head(100), predictions[:100],
+                                      spec.categories)
+    if exported is not None:
+        logged_onnx.log(exported)
+    outputs.log_plots(model, X_test, y_test, spec.kind, predictions)
+    outputs.log_reference(X_train, predictions, spec.seed)
+    outputs.log_impute(X_train)
+    return model_uri
+
+
+def gate_and_register(training: Training, spec: TrainSpec, gate: Gate | None, metrics: dict[str, float], run_id: str,
+                      model_uri: str, fingerprint: str, register: bool, action: str = "trained",
+                      **registration: Any) -> tuple[str | None, str | None]:
+    """Check the gate, record the verdict (run tag, audit ``action``) and register a model that passed:
+    ``(version, why refused)``."""
+    import mlflow
+
+    rejected = gate.check(metrics) if gate else None
+    mlflow.set_tag("mlplat.gate", "passed" if rejected is None else f"refused: {rejected}")
+    training.audit.record("model", spec.name, action, run_id=run_id, metrics=metrics, refused=rejected,
+                          **({"runtime": registration["runtime"]} if registration.get("runtime") else {}))
+    version = None
+    if rejected is None and register:
+        version = training.models.register(spec.name, model_uri, run_id, spec.features, fingerprint, **registration)
+    return version, rejected
 
 
 def with_categories(spec: TrainSpec, X_train: pd.DataFrame) -> TrainSpec:
@@ -211,6 +275,8 @@ def fit(spec: Any, X: pd.DataFrame, y: pd.Series, client: Any = None, on: dict[s
     """Fit the estimator: in process (with ``on``, the parameters choosing its device: see
     :mod:`mlplat.training.device`), or on the Dask cluster behind ``client`` with the library's own path."""
     try:
+        if spec.family == "torch":
+            return torch_models.fit(spec_build(spec, **(on or {})), X, y, spec.kind, spec.seed)
         if client is None:
             return spec_build(spec, **(on or {})).fit(X, y)
         twin = estimators.dask_twin(spec.estimator, spec.family)
@@ -314,6 +380,9 @@ def reproduce(training: Training, run_id: str, client: Any = None) -> Reproducti
     spec, entity_df = load_spec(training.settings, run_id)
     with tracking.session(training.settings) as mlflow_client:
         original = mlflow_client.get_run(run_id)
+    if original.data.tags.get("mlplat.logged"):
+        raise TrainingError(f"Run {run_id} logged a model trained outside mlplat ({original.data.tags['mlplat.logged']}); "
+                            "only runs of p.train can be retrained from their record.")
     requests = resolve_refs(spec.features, training.features.get_view, set(entity_df.columns))
     result = _run(training, spec, entity_df, [c for r in requests for c in r.columns], None, client,
                   register=False, extra_tags={"mlplat.reproduces": run_id})

@@ -84,6 +84,10 @@ def test_a_pipeline_with_a_one_hot_string_and_an_imputed_number_serves_what_it_p
                                model.predict_proba(frame), atol=1e-5)
     with pytest.raises(ServingError, match="membership is a string feature, got 3"):
         platform.predict("cat_pipeline", features=[[4.5, 3, 20.0]])
+    with pytest.raises(ServingError, match="without NUL"):
+        platform.predict("cat_pipeline", features=[[4.5, "plus\0", 20.0]])
+    with pytest.raises(ServingError, match="not text"):
+        platform.predict("cat_pipeline", features=[[4.5, "\ud800", 20.0]])
 
     # The prediction log holds each string as its category's index (NaN: missing or unseen); the monitor's check
     # runs on the model's numbers.

@@ -166,6 +166,11 @@ def test_only_a_platform_admin_pins_a_model_versions_files(connect):
     assert (caught.value.action, caught.value.role) == ("pin the files of", "admin")
     with pytest.raises(InvalidArgument, match="already pinned"):  # registered through the server: pinned then
         root.models.pin("bobs", version, reason="checked")
+    run_id = bob.models.get("bobs", version).run_id
+    with pytest.raises(PermissionDenied, match="serves models as ONNX only"):  # its author's code on the server
+        bob.models.register("bobs", f"runs:/{run_id}/model", run_id, [], "", recorded=True, runtime="pyfunc")
+    with pytest.raises(InvalidArgument, match="server mode does not take logged models"):
+        bob.models.log(object(), "bobs", features=[], entity_df=None, target="y")
 
 
 def test_another_team_cannot_pause_bobs_schedule(connect, tmp_path):

@@ -220,7 +220,8 @@ def test_bob_and_an_admin_change_bobs_models(server, bobs_model, as_user):
     refused(lambda: bob.delete_registered_model("bobs-renamed"), "of team 'a'")
     as_user("alice").delete_registered_model("bobs-renamed")  # now alice's team's to delete
     bob = as_user("bob")
-    for key in ("mlplat.artifact_sha256", "mlplat.artifact_manifest"):  # only the platform pins model files
+    for key in ("mlplat.artifact_sha256", "mlplat.artifact_manifest",  # only the platform pins model files...
+                "mlplat.onnx_sha256", "mlplat.runtime"):  # ...their ONNX exports and how they are served
         refused(lambda key=key: bob.set_model_version_tag("bobs-model", "1", key, "0" * 64),
                 "bob may not set the mlplat.artifact_* tags of model 'bobs-model'")
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found"):

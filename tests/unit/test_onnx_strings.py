@@ -45,7 +45,9 @@ FITTED = {"sklearn": pipeline().fit(X, y),
 EXPORTS = {family: export(model, family, "classifier", COLUMNS, ["membership", "city"],
                           CATEGORIES if family != "sklearn" else None) for family, model in FITTED.items()}
 
-texts = st.one_of(st.sampled_from([*KINDS, "", "Paris", "Lyon", "Zürich"]), st.text(max_size=12))
+# Any text but NUL, which ends a string inside ONNX, and lone surrogates, which are not UTF-8: p.predict refuses both.
+texts = st.one_of(st.sampled_from([*KINDS, "", "Paris", "Lyon", "Zürich"]),
+                  st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=12))
 row = st.tuples(st.one_of(st.floats(1, 5), st.just(float("nan"))), texts, texts)
 
 

@@ -1,0 +1,101 @@
+"""Triton python model of a pyfunc-fallback version: a worker process with the platform's interpreter runs it.
+
+Triton's environment (numpy<2, onnxruntime, redis) cannot import MLflow or the model's libraries, and loading a
+pyfunc runs its author's code, so neither happens here: on initialize this starts
+``python -m mlplat.serving.pyfunc_worker`` (the interpreter and ``PYTHONPATH`` that ``p.deploy`` recorded in
+the config's parameters) on the MLflow model copied beside this file, and sends it each batch over its
+stdin/stdout (see that module for the framing). A worker that died is started again on the next batch.
+Inputs and outputs are named as the ONNX models' are, so clients call both alike.
+"""
+
+import io
+import json
+import os
+import struct
+import subprocess
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _read(stream):
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("the pyfunc worker stopped")
+    (size,) = struct.unpack("<Q", head)
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError("the pyfunc worker stopped")
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+
+def _write(stream, array):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    stream.write(struct.pack("<Q", buffer.tell()) + buffer.getvalue())
+    stream.flush()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.version_folder = os.path.join(args["model_repository"], args["model_version"])
+        model = os.path.join(self.version_folder, "mlflow_model")
+        self.command = [params["python"], "-m", "mlplat.serving.pyfunc_worker", model, params["kind"]]
+        # A clean environment: none of Triton's library paths or preloads reach the platform's interpreter.
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": params["pythonpath"],
+                    "HOME": os.environ.get("HOME", "/"), "PYTHONNOUSERSITE": "1"}
+        self.inputs = [tensor["name"] for tensor in config["input"]]
+        self.outputs = [tensor["name"] for tensor in config["output"]]
+        self.lock = threading.Lock()
+        self.worker = None
+        self._start()
+
+    def _start(self):
+        self.worker = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
+                                       cwd=self.version_folder)
+        pid = int(_read(self.worker.stdout))  # written once the model is loaded
+        with open(os.path.join(self.version_folder, "worker.pid"), "w") as handle:
+            handle.write(str(pid))
+
+    def _stop(self):
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker.wait()
+            self.worker = None
+
+    def _ask(self, rows):
+        with self.lock:
+            for attempt in (1, 2):  # a worker found dead is started again, and the batch sent once more
+                try:
+                    if self.worker is None or self.worker.poll() is not None:
+                        self._stop()
+                        self._start()
+                    _write(self.worker.stdin, rows)
+                    return _read(self.worker.stdout)
+                except (OSError, EOFError, ValueError):
+                    self._stop()
+                    if attempt == 2:
+                        raise
+
+    def execute(self, requests):
+        inputs = [pb_utils.get_input_tensor_by_name(r, self.inputs[0]).as_numpy() for r in requests]
+        sizes = [len(rows) for rows in inputs]
+        try:
+            result = self._ask(np.ascontiguousarray(np.concatenate(inputs), dtype=np.float32))
+        except Exception as exc:
+            error = pb_utils.TritonError(f"the pyfunc worker failed: {type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        if result.dtype.kind == "U":  # the model itself raised
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))) for _ in requests]
+        responses, start = [], 0
+        for size in sizes:
+            tensor = pb_utils.Tensor(self.outputs[0], np.ascontiguousarray(result[start:start + size]))
+            responses.append(pb_utils.InferenceResponse([tensor]))
+            start += size
+        return responses
+
+    def finalize(self):
+        self._stop()
