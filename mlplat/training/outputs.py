@@ -32,7 +32,7 @@ def log_model(model: Any, family: str, kind: str, X_sample: pd.DataFrame, output
     declared float64, which every estimator here accepts for float32 features.
     """
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     texts = text_columns(X_sample)
     X_sample = X_sample.astype({c: "float64" for c in X_sample.columns if c not in texts})  # float32 widens losslessly
@@ -41,7 +41,8 @@ def log_model(model: Any, family: str, kind: str, X_sample: pd.DataFrame, output
              "classes": np.asarray(getattr(model, "classes_", [])).tolist()}
     common = {"signature": infer_signature(X_sample, output), "input_example": X_sample.head(3),
               "pip_requirements": [*requirements(*_FLAVOURS[family]), *requirements("numpy", "pandas", "scipy")],
-              "metadata": {"mlplat": about}}
+              "metadata": {"mlplat": about},
+              "mlflow_model": Model(run_id=mlflow.active_run().info.run_id, artifact_path="model")}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model"
         if family == "sklearn":
@@ -56,7 +57,7 @@ def log_model(model: Any, family: str, kind: str, X_sample: pd.DataFrame, output
             getattr(mlflow, family).save_model(model, path, **common)
             _own_pyfunc(path)
         mlflow.log_artifacts(str(path), "model")
-    return f"runs:/{mlflow.active_run().info.run_id}/model"
+    return f"runs:/{common['mlflow_model'].run_id}/model"
 
 
 def _own_pyfunc(path: Path) -> None:
