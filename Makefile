@@ -51,6 +51,7 @@ bench: install
 	$(PY) benchmarks/feature_store.py --feast-python .venv-feast/bin/python
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/concurrency.py
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/missing_policy.py
 	$(PY) benchmarks/monitoring.py

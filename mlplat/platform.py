@@ -249,6 +249,11 @@ class Platform:
         """
         return self.serving.predict(name, entity_rows, features, version)
 
+    async def apredict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None):
+        """:meth:`predict` for asyncio code; concurrent calls for one model go out together as batches
+        (see :meth:`mlplat.serving.client.Client.apredict`)."""
+        return await self.serving.apredict(name, entity_rows, features, version)
+
     def rollback(self, name: str, reason: str = ""):
         """In one call: give ``champion`` back to the previous champion and serve it on Triton."""
         self.models.rollback(name, reason)

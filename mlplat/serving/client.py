@@ -11,6 +11,7 @@ Every request is counted, failed ones by error class, and (at
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import numpy as np
 
 from mlplat.errors import ServingError
 from mlplat.serving import missing
+from mlplat.serving.coalesce import Coalescer
 from mlplat.serving.onnx_export import INPUT, TEXT_INPUT
 from mlplat.serving.target import ServingTarget
 
@@ -65,6 +67,7 @@ class Client:
         self.features = features
         self._prediction_log = prediction_log
         self._grpc: Any = None
+        self._aio: tuple[Any, Any] | None = None  # (event loop, its asyncio gRPC client)
         self._info: dict[str, dict[str, Any]] = {}
 
     def predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
@@ -90,6 +93,67 @@ class Client:
                  arm: str = "") -> Prediction:
         """The prediction itself: :meth:`predict` without the counting of failures."""
         started = time.perf_counter()
+        info = self._version(name, version)
+        rows = self._online(info, entity_rows) if features is None else features
+        features, gaps, tensors = self._checked(name, info, rows)
+        result = self._infer(name, info, tensors)
+        return self._answer(name, info, features, gaps, result.as_numpy(info["output"]),
+                            result.get_response().model_version, started, arm)
+
+    async def apredict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
+                       arm: str = "") -> Prediction:
+        """:meth:`predict` for asyncio callers, over Triton's asyncio gRPC client.
+
+        Concurrent calls for one model version are coalesced (:mod:`mlplat.serving.coalesce`): while a request
+        is in flight, the calls that arrive wait and then go out together, as one online lookup and one
+        inference, each answered with its own rows; a call whose rows are refused (a bad value, a missing
+        feature under ``missing="error"``) fails alone. A lone caller is sent at once. The online lookup itself
+        is a short blocking call (one MGET for the whole batch).
+        """
+        try:
+            info = self._version(name, version)
+            return await self._coalescer.submit((name, info["version"]), (entity_rows, features, arm,
+                                                                           time.perf_counter()))
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.log.error(name, str(version or self._info.get(name, {}).get("default", "")), type(exc).__name__)
+            raise
+
+    @cached_property
+    def _coalescer(self) -> Coalescer:
+        return Coalescer(self._send)
+
+    async def _send(self, key: tuple[str, str], calls: list[tuple]) -> list[Any]:
+        """One batch of :meth:`apredict` calls: a Prediction for each, or the error of each call refused."""
+        name, version = key
+        info = self._version(name, version)
+        looked_up = [rows for rows, features, *_ in calls if features is None]
+        online = iter(_split(self._online(info, _merged(looked_up)), [_count(r) for r in looked_up])
+                      if looked_up else ())
+        prepared: list[Any] = []
+        for _, features, *_ in calls:
+            try:
+                prepared.append(self._checked(name, info, next(online) if features is None else features))
+            except Exception as exc:
+                prepared.append(exc)
+        ok = [p for p in prepared if not isinstance(p, Exception)]
+        if not ok:
+            return prepared
+        result = await self._ainfer(name, info, {k: np.concatenate([p[2][k] for p in ok]) for k in ok[0][2]})
+        outputs, served = result.as_numpy(info["output"]), result.get_response().model_version
+        answers, start = [], 0
+        for (_, _, arm, started), found in zip(calls, prepared):
+            if isinstance(found, Exception):
+                answers.append(found)
+                continue
+            features, gaps, _ = found
+            answers.append(self._answer(name, info, features, gaps, outputs[start:start + len(features)], served,
+                                        started, arm))
+            start += len(features)
+        return answers
+
+    def _version(self, name: str, version: str | None) -> dict[str, Any]:
+        """The serving info of ``name``'s ``version`` (default: the deployed default), with its version."""
         deployed = self._info.get(name) or self._info.setdefault(name, self.target.serving_info(name))
         version = str(version or deployed["default"])
         if version not in deployed["versions"]:
@@ -97,21 +161,22 @@ class Client:
         details = deployed["versions"][version]
         if details.get("texts") and "codes" not in details:  # each string feature's category codes, made once
             details["codes"] = [{c: float(i) for i, c in enumerate(found)} for found in details["categories"].values()]
-        info = {**details, "version": version}
-        features, gaps, result = self._serve(name, info, entity_rows, features)
-        outputs = result.as_numpy(info["output"])
-        latency = (time.perf_counter() - started) * 1000
-        self.log.log(name, version, self._columns(deployed["versions"][version]), features, outputs, latency, arm)
-        if gaps is not None:
-            self.log.missing(name, version, info["features"], gaps)
-        return Prediction(name, result.get_response().model_version, outputs, latency, info["features"], gaps)
+        self._columns(details)
+        return {**details, "version": version}
 
-    def _serve(self, name: str, info: dict[str, Any], entity_rows: Any,
-               features: Any) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    def _answer(self, name: str, info: dict[str, Any], features: np.ndarray, gaps: np.ndarray | None,
+                outputs: np.ndarray, served: str, started: float, arm: str) -> Prediction:
+        """A call's Prediction, logged and its missing features counted."""
+        latency = (time.perf_counter() - started) * 1000
+        self.log.log(name, info["version"], info["columns"], features, outputs, latency, arm)
+        if gaps is not None:
+            self.log.missing(name, info["version"], info["features"], gaps)
+        return Prediction(name, served, outputs, latency, info["features"], gaps)
+
+    def _checked(self, name: str, info: dict[str, Any],
+                 features: Any) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         """The feature matrix sent (strings as their category codes), where it lacked values (see
-        :func:`missing.apply`), and Triton's result."""
-        if features is None:
-            features = self._online(info, entity_rows)
+        :func:`missing.apply`), and the input tensors."""
         texts = info.get("texts") or []
         strings = None
         if texts:
@@ -129,8 +194,7 @@ class Client:
             raise ServingError(f"{name}: row {row}'s {info['features'][column]} is infinite or beyond float32 "
                                "(about 3.4e38); send finite values (NaN marks a missing one).")
         features, gaps = missing.apply(name, info, features)
-        tensors = {INPUT: features} if strings is None else _tensors(features, strings, texts)
-        return features, gaps, self._infer(name, info, tensors)
+        return features, gaps, {INPUT: features} if strings is None else _tensors(features, strings, texts)
 
     @cached_property
     def log(self) -> PredictionLogger:
@@ -156,18 +220,34 @@ class Client:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        inputs = []
-        for input_name, values in tensors.items():
-            inputs.append(grpcclient.InferInput(input_name, list(values.shape), "BYTES" if values.dtype == object
-                                                else "FP32"))
-            inputs[-1].set_data_from_numpy(values)
-        output = [grpcclient.InferRequestedOutput(info["output"])]
         for attempt in (1, 2):
             try:
-                return self._client().infer(name, inputs, model_version=info["version"], outputs=output,
+                return self._client().infer(name, **_request(grpcclient, info, tensors), model_version=info["version"],
                                             client_timeout=INFER_TIMEOUT)
             except InferenceServerException as exc:
                 if attempt == 2 or not self._recovered(str(exc.status())):
+                    raise ServingError(f"Triton could not serve {name}: {exc.message()}") from None
+
+    async def _ainfer(self, name: str, info: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
+        """:meth:`_infer` over the asyncio gRPC client (one per event loop), recovering Triton off the loop."""
+        import tritonclient.grpc.aio as aioclient
+        from tritonclient.utils import InferenceServerException
+
+        for attempt in (1, 2):
+            loop = asyncio.get_running_loop()
+            if self._aio is None or self._aio[0] is not loop:
+                where = await asyncio.to_thread(self.target.ensure)
+                self._aio = (loop, aioclient.InferenceServerClient(where.grpc))
+            try:
+                return await self._aio[1].infer(name, **_request(aioclient, info, tensors),
+                                                model_version=info["version"], client_timeout=INFER_TIMEOUT)
+            except InferenceServerException as exc:
+                status = str(exc.status())
+                if attempt == 2 or not ("UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status):
+                    raise ServingError(f"Triton could not serve {name}: {exc.message()}") from None
+                client, self._aio = self._aio[1], None
+                await client.close()
+                if not await asyncio.to_thread(self.target.recover, late="UNAVAILABLE" not in status):
                     raise ServingError(f"Triton could not serve {name}: {exc.message()}") from None
 
     def _client(self) -> Any:
@@ -200,6 +280,7 @@ class Client:
         if self._grpc is not None:
             self._grpc.close()
             self._grpc = None
+        self._aio = None  # its channel belongs to its event loop, which closes it
 
 
 def _coded(name: str, info: dict[str, Any], features: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -233,3 +314,35 @@ def _tensors(coded: np.ndarray, strings: np.ndarray, texts: list[int]) -> dict[s
     except UnicodeEncodeError as exc:
         raise ServingError(f"A string feature holds {exc.object[exc.start:exc.end]!r}, which is not text (UTF-8 "
                            "has no lone surrogates); send valid text.") from None
+
+
+def _request(module: Any, info: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, list]:
+    """The inputs and requested output of an inference, for ``tritonclient.grpc`` or its ``aio`` twin."""
+    inputs = []
+    for name, values in tensors.items():
+        inputs.append(module.InferInput(name, list(values.shape), "BYTES" if values.dtype == object else "FP32"))
+        inputs[-1].set_data_from_numpy(values)
+    return {"inputs": inputs, "outputs": [module.InferRequestedOutput(info["output"])]}
+
+
+def _count(entity_rows: Any) -> int:
+    """How many rows ``entity_rows`` holds (a list of dicts, or a dict of lists)."""
+    if isinstance(entity_rows, dict):
+        return len(next(iter(entity_rows.values()), []))
+    return len(entity_rows)
+
+
+def _merged(calls: list[Any]) -> list[dict[str, Any]]:
+    """The entity rows of several calls as one list of dicts, in order."""
+    rows: list[dict[str, Any]] = []
+    for found in calls:
+        if isinstance(found, dict):
+            rows.extend(dict(zip(found, values)) for values in zip(*found.values()))
+        else:
+            rows.extend(found)
+    return rows
+
+
+def _split(matrix: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    """``matrix``'s rows cut into consecutive parts of ``counts`` rows."""
+    return np.split(matrix, np.cumsum(counts)[:-1])

@@ -1,0 +1,56 @@
+"""p.apredict: the asyncio client answers what p.predict answers, and concurrent callers share requests
+without ever getting each other's rows."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from mlplat.errors import ServingError
+from tests.platforms import serving_platform
+
+ROWS = [{"driver_id": d} for d in range(1, 41)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, redis_url):
+    with serving_platform(tmp_path_factory.mktemp("apredict"), "coalesced", ROWS, redis_url) as found:
+        yield found
+
+
+def executions(p, name):
+    """Triton's count of model executions and of the requests they served, so far."""
+    client = grpcclient.InferenceServerClient(p.serving_target.ensure().grpc)
+    stats = client.get_inference_statistics(name, as_json=True)["model_stats"][0]
+    return int(stats.get("execution_count", 0)), int(stats["inference_stats"]["success"].get("count", 0))
+
+
+def test_the_async_client_returns_what_the_sync_client_returns(served):
+    p, outputs = served
+    found = asyncio.run(p.apredict("coalesced", ROWS))
+    np.testing.assert_array_equal(found.outputs, outputs)
+    assert found.version == p.predict("coalesced", ROWS).version
+    matrix = np.array([[4.5, 0.9], [3.9, np.nan]], dtype=np.float32)
+    np.testing.assert_array_equal(asyncio.run(p.apredict("coalesced", features=matrix)).outputs,
+                                  p.predict("coalesced", features=matrix).outputs)
+
+
+def test_concurrent_callers_share_requests_and_each_gets_its_own_rows(served):
+    p, outputs = served
+    before = executions(p, "coalesced")
+
+    async def callers():
+        # Forty callers at once, one entity each, in a shuffled order; a forty-first sends rows of the wrong width.
+        order = np.random.default_rng(0).permutation(len(ROWS))
+        calls = [p.apredict("coalesced", [ROWS[i]]) for i in order]
+        calls.append(p.apredict("coalesced", features=np.zeros((1, 5), dtype=np.float32)))
+        return order, await asyncio.gather(*calls, return_exceptions=True)
+
+    order, answers = asyncio.run(callers())
+    *found, refused = answers
+    assert isinstance(refused, ServingError) and "rows of 2 features" in str(refused)
+    for i, answer in zip(order, found):
+        np.testing.assert_array_equal(answer.outputs, outputs[i:i + 1])  # its own row, nobody else's
+    requests = executions(p, "coalesced")[1] - before[1]
+    assert 1 <= requests < len(ROWS)  # fewer requests reached Triton than calls were made: they were shared
