@@ -136,6 +136,11 @@ def test_a_model_onnx_cannot_express_is_served_by_its_pyfunc_and_its_killed_work
     np.testing.assert_allclose(platform.predict("byo_log1p", ROWS).outputs, native, atol=1e-5)  # a new worker
     assert int(pid_file.read_text()) != killed
 
+    # promotion scores both versions on the shared holdout, each in a worker of its own (never in this process)
+    again = platform.models.log(model, "byo_log1p", features=FEATURES, entity_df=entity_df, target="completed")
+    promoted = platform.models.promote("byo_log1p", again.version, margin=-1.0)
+    assert promoted.challenger_score == pytest.approx(promoted.champion_score) and promoted.champion_score > 0
+
 
 def by_id(grpc, model):
     """What any gRPC client gets from ``<model>_by_id`` for ROWS, sending entity ids only."""

@@ -2,7 +2,7 @@
 
 Triton's environment (numpy<2, onnxruntime, redis) cannot import MLflow or the model's libraries, and loading a
 pyfunc runs its author's code, so neither happens here: on initialize this starts
-``python -m mlplat.serving.pyfunc_worker`` (the interpreter and ``PYTHONPATH`` that ``p.deploy`` recorded in
+``python -m mlplat.registry.pyfunc_worker`` (the interpreter and ``PYTHONPATH`` that ``p.deploy`` recorded in
 the config's parameters) on the MLflow model copied beside this file, and sends it each batch over its
 stdin/stdout (see that module for the framing). A worker that died is started again on the next batch.
 Inputs and outputs are named as the ONNX models' are, so clients call both alike.
@@ -43,7 +43,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.version_folder = os.path.join(args["model_repository"], args["model_version"])
         model = os.path.join(self.version_folder, "mlflow_model")
-        self.command = [params["python"], "-m", "mlplat.serving.pyfunc_worker", model, params["kind"]]
+        self.command = [params["python"], "-m", "mlplat.registry.pyfunc_worker", model, params["kind"]]
         # A clean environment: none of Triton's library paths or preloads reach the platform's interpreter.
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": params["pythonpath"],
                     "HOME": os.environ.get("HOME", "/"), "PYTHONNOUSERSITE": "1"}
