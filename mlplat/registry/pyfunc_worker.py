@@ -67,7 +67,8 @@ class WorkerPredictor:
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         if read_frame(self.worker.stdout) is None:  # its pid, once the model is loaded
             self.close()
-            raise RuntimeError("the pyfunc worker stopped while loading the model (its log says why)")
+            raise RuntimeError(f"the pyfunc worker stopped while loading the model (exit status "
+                               f"{self.worker.returncode}; its standard error says why)")
         weakref.finalize(self, _stop, self.worker)
 
     def _outputs(self, X: Any) -> np.ndarray:
