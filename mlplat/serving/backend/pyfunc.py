@@ -4,7 +4,9 @@ Triton's environment (numpy<2, onnxruntime, redis) cannot import MLflow or the m
 pyfunc runs its author's code, so neither happens here: on initialize this starts
 ``python -m mlplat.registry.pyfunc_worker`` (the interpreter and ``PYTHONPATH`` that ``p.deploy`` recorded in
 the config's parameters) on the MLflow model copied beside this file, and sends it each batch over its
-stdin/stdout (see that module for the framing). A worker that died is started again on the next batch.
+stdin/stdout (see that module for the framing). A spare worker is kept loaded beside it: one that dies is
+replaced by the spare on the next batch at once, and a new spare starts loading (two processes of the model's
+size per instance).
 Inputs and outputs are named as the ONNX models' are, so clients call both alike.
 """
 
@@ -50,33 +52,40 @@ class TritonPythonModel:
         self.inputs = [tensor["name"] for tensor in config["input"]]
         self.outputs = [tensor["name"] for tensor in config["output"]]
         self.lock = threading.Lock()
-        self.worker = None
-        self._start()
+        self.worker, self.spare = None, self._spawn()
+        self._take_over()
 
-    def _start(self):
-        self.worker = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
-                                       cwd=self.version_folder)
-        pid = int(_read(self.worker.stdout))  # written once the model is loaded
+    def _spawn(self):
+        """A worker process, loading the model in the background (it says so with its first frame)."""
+        return subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
+                                cwd=self.version_folder)
+
+    def _take_over(self):
+        """The spare worker (loaded meanwhile) replaces the current one, and a new spare starts loading: a worker
+        that died is replaced at once, not after the seconds a start takes."""
+        _stop(self.worker)
+        worker, self.spare = self.spare or self._spawn(), None
+        try:
+            pid = int(_read(worker.stdout))  # written once the model is loaded: waits only for a spare still loading
+        except Exception:
+            _stop(worker)
+            raise
+        self.worker = worker
         with open(os.path.join(self.version_folder, "worker.pid"), "w") as handle:
             handle.write(str(pid))
-
-    def _stop(self):
-        if self.worker is not None:
-            self.worker.kill()
-            self.worker.wait()
-            self.worker = None
+        self.spare = self._spawn()
 
     def _ask(self, rows):
         with self.lock:
-            for attempt in (1, 2):  # a worker found dead is started again, and the batch sent once more
+            for attempt in (1, 2):  # a worker found dead is replaced, and the batch sent once more
                 try:
                     if self.worker is None or self.worker.poll() is not None:
-                        self._stop()
-                        self._start()
+                        self._take_over()
                     _write(self.worker.stdin, rows)
                     return _read(self.worker.stdout)
                 except (OSError, EOFError, ValueError):
-                    self._stop()
+                    _stop(self.worker)
+                    self.worker = None
                     if attempt == 2:
                         raise
 
@@ -98,4 +107,12 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self._stop()
+        for worker in (self.worker, self.spare):
+            _stop(worker)
+
+
+def _stop(worker):
+    if worker is not None and worker.poll() is None:
+        worker.kill()
+    if worker is not None:
+        worker.wait()
