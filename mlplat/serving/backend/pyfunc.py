@@ -56,23 +56,34 @@ class TritonPythonModel:
         self._take_over()
 
     def _spawn(self):
-        """A worker process, loading the model in the background (it says so with its first frame)."""
-        return subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
-                                cwd=self.version_folder)
+        """A spare worker process, loading the model; a thread waits for its first frame (sent once loaded)."""
+        worker = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
+                                  cwd=self.version_folder)
+        worker.loaded = threading.Event()
+        threading.Thread(target=self._wait_loaded, args=(worker,), daemon=True).start()
+        return worker
+
+    def _wait_loaded(self, worker):
+        try:
+            worker.pid_frame = int(_read(worker.stdout))
+            with open(os.path.join(self.version_folder, "spare.pid"), "w") as handle:
+                handle.write(str(worker.pid_frame))
+        except Exception:  # it died while loading: whoever takes it over finds no pid and fails
+            worker.pid_frame = None
+        worker.loaded.set()
 
     def _take_over(self):
-        """The spare worker (loaded meanwhile) replaces the current one, and a new spare starts loading: a worker
-        that died is replaced at once, not after the seconds a start takes."""
+        """The spare worker replaces the current one, and a new spare starts loading: a worker that died is
+        replaced at once, not after the seconds a start takes (unless the spare is still loading)."""
         _stop(self.worker)
-        worker, self.spare = self.spare or self._spawn(), None
-        try:
-            pid = int(_read(worker.stdout))  # written once the model is loaded: waits only for a spare still loading
-        except Exception:
+        self.worker, worker, self.spare = None, self.spare or self._spawn(), None
+        worker.loaded.wait()
+        if worker.pid_frame is None:
             _stop(worker)
-            raise
+            raise EOFError("the pyfunc worker stopped while loading the model (its log says why)")
         self.worker = worker
         with open(os.path.join(self.version_folder, "worker.pid"), "w") as handle:
-            handle.write(str(pid))
+            handle.write(str(worker.pid_frame))
         self.spare = self._spawn()
 
     def _ask(self, rows):
