@@ -221,11 +221,11 @@ def _export(model: Any, family: str, kind: str, X_test: pd.DataFrame,
             tolerance: float) -> tuple[LoggedOnnx, str | None]:
     """The model's ONNX export checked against it here with its description, or the description alone (no
     ``data``) and why ONNX cannot express the model (then it is served by its pyfunc)."""
+    if family == "torch":
+        return torch_models.export_or_describe(model, X_test, tolerance)
     sample = X_test.head(SAMPLE_ROWS)
     data, refused = None, None
     try:
-        if family == "torch":
-            return torch_models.logged_export(model, sample, tolerance), None
         # the XGBoost converter wants the booster's feature names cleared: the user's model keeps its own
         onnx = export(copy.deepcopy(model) if family == "xgboost" else model, family, kind, list(X_test.columns))
         check_parity(onnx, model, kind, sample, tolerance)

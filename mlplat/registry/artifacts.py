@@ -89,11 +89,17 @@ def _logged_export(settings: Settings, name: str, version: str, run_id: str, tag
     """A PyTorch or pyfunc-fallback version as its logged ONNX export: its native model runs its author's code."""
     what = f"Model {name!r} version {version}"
     found = logged_onnx.load(settings, run_id, tags, what)
-    if found is None or found.data is None:
-        raise ArtifactIntegrityError(f"{what} is served through its MLflow pyfunc, which runs its author's code when "
-                                     "loaded; mlplat loads it only in its serving worker. Deploy it and score it "
-                                     "with p.predict, or load it yourself with mlflow.pyfunc.load_model.")
-    return logged_onnx.OnnxPredictor(found)
+    if found is None:
+        raise ArtifactIntegrityError(f"{what} has no pinned record of how it is served; log it again with "
+                                     "p.models.log.")
+    if found.data is not None:
+        return logged_onnx.OnnxPredictor(found)
+    # A pyfunc runs its author's code when loaded: in a worker process of its own, as Triton serves it.
+    from mlplat.registry.integrity import verified_copy
+    from mlplat.registry.pyfunc_worker import WorkerPredictor
+
+    with verified_copy(settings, name, version, tags, recorded=True) as (folder, _):
+        return WorkerPredictor(folder, found.kind, found.classes)
 
 
 def load_impute(settings: Settings, run_id: str) -> list[float] | None:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mlplat.audit import Audit, AuditTrail
 from mlplat.config import Settings
-from mlplat.errors import InvalidArgument, ModelNotFound, PromotionRefused
+from mlplat.errors import ArtifactIntegrityError, InvalidArgument, ModelNotFound, PromotionRefused
 from mlplat.features.definitions import check_text
 from mlplat.registry import integrity, logged_onnx, scoring, tracking
 from mlplat.registry.artifacts import REFERENCE_ARTIFACT, load_spec
@@ -160,6 +160,12 @@ class ModelRegistry:
         found = self.get(name, version, alias)
         with self._client() as client:
             tags = dict(client.get_model_version(name, found.version).tags or {})
+        if logged_onnx.RUNTIME_TAG in tags:  # logged with p.models.log (or a PyTorch run): recorded, never loaded
+            raise ArtifactIntegrityError(
+                f"{name} version {found.version} was logged from its author's process (runtime "
+                f"{tags[logged_onnx.RUNTIME_TAG]}); loading it would run that code, so mlplat serves its export or "
+                "its pyfunc worker instead. Use p.models.score or p.predict, or load it in your own process with "
+                f"mlflow.pyfunc.load_model('models:/{name}/{found.version}') if you trust its author.")
         with verified_copy(self.settings, name, found.version, tags) as (folder, _):
             return mlflow.pyfunc.load_model(str(folder))
 

@@ -38,7 +38,7 @@ from mlplat.registry.artifacts import (
     text_columns,
 )
 from mlplat.registry.evaluate import Gate, Split, check_target, predict, score, split_rows
-from mlplat.registry.logged_onnx import ONNX, LoggedOnnx
+from mlplat.registry.logged_onnx import ONNX, PYFUNC, RUNTIME_TAG, LoggedOnnx
 from mlplat.registry.models import ModelRegistry
 from mlplat.registry.names import check_model_name
 from mlplat.registry.scoring import FeatureSource
@@ -150,13 +150,17 @@ def _stages(training: Training, spec: TrainSpec, entity_df: pd.DataFrame, column
         metrics = score(model, X_test, y_test, spec.kind, predictions)
         bar.set_postfix(metrics)
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        exported = torch_models.logged_export(model, X_test) if spec.family == "torch" else None
+        exported, runtime = None, None
+        if spec.family == "torch":  # exported here, where the module lives (served by its pyfunc if it cannot be)
+            exported, refused = torch_models.export_or_describe(model, X_test)
+            runtime = ONNX if refused is None else PYFUNC
+            mlflow.set_tags({RUNTIME_TAG: runtime, **({"mlplat.onnx_refused": refused[:5000]} if refused else {})})
         model_uri = log_outputs(model, spec, X.iloc[train_rows], X_test, y_test, predictions, exported)
         bar.update()
         bar.set_postfix_str("gate and register")
         version, rejected = gate_and_register(training, spec, gate, metrics, run.info.run_id, model_uri,
                                               fingerprint, register, recorded=spec.family == "torch",
-                                              runtime=ONNX if exported else None)
+                                              runtime=runtime)
         seconds["tracking"] = time.perf_counter() - started
         bar.update()
     return TrainResult(spec.name, run.info.run_id, metrics, version, rejected, spec.features, fingerprint,

@@ -153,6 +153,19 @@ def logged_export(model: TorchModel, X: pd.DataFrame, tolerance: float = 1e-4) -
     return LoggedOnnx(data, OUTPUTS[model.kind], X.shape[1], native.shape[1], model.kind, classes, rows, native)
 
 
+def export_or_describe(model: TorchModel, X: pd.DataFrame, tolerance: float = 1e-4) -> tuple[LoggedOnnx, str | None]:
+    """:func:`logged_export`; for a module ``torch.onnx`` cannot export (or whose export disagrees with it), the
+    description alone (no ``data``: it is served by its pyfunc) and why."""
+    try:
+        return logged_export(model, X, tolerance), None
+    except OnnxExportError as exc:
+        rows = np.asarray(X.head(SAMPLE_ROWS), dtype=np.float32)
+        native = model.predict_proba(rows) if model.kind == "classifier" else model.predict(rows).reshape(-1, 1)
+        classes = None if model.classes_ is None else model.classes_.tolist()
+        return LoggedOnnx(None, OUTPUTS[model.kind], X.shape[1], native.shape[1], model.kind, classes, rows,
+                          native), str(exc)
+
+
 def log_model(model: TorchModel, X_sample: pd.DataFrame, output: Any) -> Any:
     """Log the served module with MLflow's PyTorch flavour (its pyfunc returns what is served: probabilities for
     a classifier). Recorded for lineage and for the pyfunc fallback; mlplat serves the logged ONNX export.

@@ -127,14 +127,24 @@ def test_a_model_onnx_cannot_express_is_served_by_its_pyfunc_and_its_killed_work
     history = platform.models.history("byo_log1p")
     assert [e.detail["runtime"] for e in history if e.action in ("logged", "deployed")] == ["pyfunc", "pyfunc (slower)"]
 
-    pid_file = platform.serving_target.models / "byo_log1p" / logged.version / "worker.pid"
-    killed = int(pid_file.read_text())
+    folder = platform.serving_target.models / "byo_log1p" / logged.version
+    pid_file, spare_file = folder / "worker.pid", folder / "spare.pid"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (spare_file.exists() and  # the spare worker has loaded the model
+                                               spare_file.read_text() != pid_file.read_text()):
+        time.sleep(0.1)
+    killed, spare = int(pid_file.read_text()), int(spare_file.read_text())
     os.kill(killed, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while _alive(killed) and time.monotonic() < deadline:
         time.sleep(0.05)
-    np.testing.assert_allclose(platform.predict("byo_log1p", ROWS).outputs, native, atol=1e-5)  # a new worker
-    assert int(pid_file.read_text()) != killed
+    np.testing.assert_allclose(platform.predict("byo_log1p", ROWS).outputs, native, atol=1e-5)  # the spare answers
+    assert int(pid_file.read_text()) == spare != killed
+
+    # promotion scores both versions on the shared holdout, each in a worker of its own (never in this process)
+    again = platform.models.log(model, "byo_log1p", features=FEATURES, entity_df=entity_df, target="completed")
+    promoted = platform.models.promote("byo_log1p", again.version, margin=-1.0)
+    assert promoted.challenger_score == pytest.approx(promoted.champion_score) and promoted.champion_score > 0
 
 
 def by_id(grpc, model):

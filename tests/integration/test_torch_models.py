@@ -91,6 +91,8 @@ def test_a_module_trained_with_its_own_loop_is_logged_deployed_and_predicts_its_
     # the registry scores it through its pinned export: the pickled module is never loaded by the platform
     scored = platform.models.score("torch_mlp", entity_df.head(20))
     assert {"probability_0", "probability_1"} <= set(scored.columns)
+    with pytest.raises(ArtifactIntegrityError, match="logged from its author's process"):
+        platform.models.load("torch_mlp")
 
 
 def test_a_changed_export_is_refused(platform, rows):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlplat.errors import InvalidArgument
-from mlplat.serving.pyfunc_worker import read_frame, write_frame
+from mlplat.registry.pyfunc_worker import read_frame, write_frame
 from mlplat.training import estimators
 
 

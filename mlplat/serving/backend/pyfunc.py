@@ -2,9 +2,11 @@
 
 Triton's environment (numpy<2, onnxruntime, redis) cannot import MLflow or the model's libraries, and loading a
 pyfunc runs its author's code, so neither happens here: on initialize this starts
-``python -m mlplat.serving.pyfunc_worker`` (the interpreter and ``PYTHONPATH`` that ``p.deploy`` recorded in
+``python -m mlplat.registry.pyfunc_worker`` (the interpreter and ``PYTHONPATH`` that ``p.deploy`` recorded in
 the config's parameters) on the MLflow model copied beside this file, and sends it each batch over its
-stdin/stdout (see that module for the framing). A worker that died is started again on the next batch.
+stdin/stdout (see that module for the framing). A spare worker is kept loaded beside it: one that dies is
+replaced by the spare on the next batch at once, and a new spare starts loading (two processes of the model's
+size per instance).
 Inputs and outputs are named as the ONNX models' are, so clients call both alike.
 """
 
@@ -43,40 +45,58 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.version_folder = os.path.join(args["model_repository"], args["model_version"])
         model = os.path.join(self.version_folder, "mlflow_model")
-        self.command = [params["python"], "-m", "mlplat.serving.pyfunc_worker", model, params["kind"]]
+        self.command = [params["python"], "-m", "mlplat.registry.pyfunc_worker", model, params["kind"]]
         # A clean environment: none of Triton's library paths or preloads reach the platform's interpreter.
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": params["pythonpath"],
                     "HOME": os.environ.get("HOME", "/"), "PYTHONNOUSERSITE": "1"}
         self.inputs = [tensor["name"] for tensor in config["input"]]
         self.outputs = [tensor["name"] for tensor in config["output"]]
         self.lock = threading.Lock()
-        self.worker = None
-        self._start()
+        self.worker, self.spare = None, self._spawn()
+        self._take_over()
 
-    def _start(self):
-        self.worker = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
-                                       cwd=self.version_folder)
-        pid = int(_read(self.worker.stdout))  # written once the model is loaded
+    def _spawn(self):
+        """A spare worker process, loading the model; a thread waits for its first frame (sent once loaded)."""
+        worker = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
+                                  cwd=self.version_folder)
+        worker.loaded = threading.Event()
+        threading.Thread(target=self._wait_loaded, args=(worker,), daemon=True).start()
+        return worker
+
+    def _wait_loaded(self, worker):
+        try:
+            worker.pid_frame = int(_read(worker.stdout))
+            with open(os.path.join(self.version_folder, "spare.pid"), "w") as handle:
+                handle.write(str(worker.pid_frame))
+        except Exception:  # it died while loading: whoever takes it over finds no pid and fails
+            worker.pid_frame = None
+        worker.loaded.set()
+
+    def _take_over(self):
+        """The spare worker replaces the current one, and a new spare starts loading: a worker that died is
+        replaced at once, not after the seconds a start takes (unless the spare is still loading)."""
+        _stop(self.worker)
+        self.worker, worker, self.spare = None, self.spare or self._spawn(), None
+        worker.loaded.wait()
+        if worker.pid_frame is None:
+            _stop(worker)
+            raise EOFError("the pyfunc worker stopped while loading the model (its log says why)")
+        self.worker = worker
         with open(os.path.join(self.version_folder, "worker.pid"), "w") as handle:
-            handle.write(str(pid))
-
-    def _stop(self):
-        if self.worker is not None:
-            self.worker.kill()
-            self.worker.wait()
-            self.worker = None
+            handle.write(str(worker.pid_frame))
+        self.spare = self._spawn()
 
     def _ask(self, rows):
         with self.lock:
-            for attempt in (1, 2):  # a worker found dead is started again, and the batch sent once more
+            for attempt in (1, 2):  # a worker found dead is replaced, and the batch sent once more
                 try:
                     if self.worker is None or self.worker.poll() is not None:
-                        self._stop()
-                        self._start()
+                        self._take_over()
                     _write(self.worker.stdin, rows)
                     return _read(self.worker.stdout)
                 except (OSError, EOFError, ValueError):
-                    self._stop()
+                    _stop(self.worker)
+                    self.worker = None
                     if attempt == 2:
                         raise
 
@@ -98,4 +118,12 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self._stop()
+        for worker in (self.worker, self.spare):
+            _stop(worker)
+
+
+def _stop(worker):
+    if worker is not None and worker.poll() is None:
+        worker.kill()
+    if worker is not None:
+        worker.wait()

@@ -1,9 +1,10 @@
-"""The worker behind a pyfunc-fallback model on Triton: loads an MLflow model and answers batches of rows.
+"""The worker that runs a pyfunc-fallback model: loads an MLflow model and answers batches of rows.
 
 Started by the Triton python model (:mod:`mlplat.serving.backend.pyfunc`) with the platform's own interpreter
-(``python -m mlplat.serving.pyfunc_worker <model folder> <kind>``), because Triton's environment cannot import
-MLflow or the model's libraries. Loading a pyfunc runs its author's code: it happens here, in this process of
-its own, never in the platform's or Triton's. Frames on stdin/stdout are an 8-byte little-endian length and an
+(``python -m mlplat.registry.pyfunc_worker <model folder> <kind>``), because Triton's environment cannot import
+MLflow or the model's libraries; and by the registry (:class:`WorkerPredictor`) to score such a version
+(promotion's shared holdout, ``p.models.score``). Loading a pyfunc runs its author's code: it happens here, in
+this process of its own, never in the platform's or Triton's. Frames on stdin/stdout are an 8-byte little-endian length and an
 ``.npy`` array: float32 rows in; float32 outputs (one column per class, or one value) out, or a 0-d string array
 saying what failed. The first frame out is the worker's pid, once the model is loaded.
 """
@@ -14,6 +15,8 @@ import io
 import os
 import struct
 import sys
+import weakref
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -49,6 +52,52 @@ def outputs(model: Any, rows: np.ndarray, kind: str, columns: list[str] | None) 
     if kind == "classifier" and result.ndim == 1:  # a pyfunc returning labels: ask its model for probabilities
         result = np.asarray(model.get_raw_model().predict_proba(frame), dtype=np.float32)
     return np.ascontiguousarray(result.reshape(len(rows), -1))
+
+
+class WorkerPredictor:
+    """A pyfunc-fallback version with scikit-learn's ``predict``/``predict_proba``, run by a worker of its own."""
+
+    def __init__(self, folder: Path, kind: str, classes: list[Any] | None):
+        import subprocess
+
+        self.kind = kind
+        self.classes_ = None if classes is None else np.asarray(classes)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        self.worker = subprocess.Popen([sys.executable, "-m", __spec__.name, str(folder), kind],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        if read_frame(self.worker.stdout) is None:  # its pid, once the model is loaded
+            self.close()
+            raise RuntimeError(f"the pyfunc worker stopped while loading the model (exit status "
+                               f"{self.worker.returncode}; its standard error says why)")
+        weakref.finalize(self, _stop, self.worker)
+
+    def _outputs(self, X: Any) -> np.ndarray:
+        write_frame(self.worker.stdin, np.ascontiguousarray(np.asarray(X, dtype=np.float32)))
+        result = read_frame(self.worker.stdout)
+        if result is None or result.dtype.kind == "U":
+            raise RuntimeError(f"the pyfunc worker failed: {'it stopped' if result is None else result}")
+        return result.astype(np.float64)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self._outputs(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        if self.kind == "classifier":
+            return self.classes_[self._outputs(X).argmax(axis=1)]
+        return self._outputs(X).reshape(len(X))
+
+    def close(self) -> None:
+        _stop(self.worker)
+
+
+def _stop(worker: Any) -> None:
+    if worker.poll() is None:
+        worker.stdin.close()
+        try:
+            worker.wait(timeout=5)
+        except Exception:  # subprocess.TimeoutExpired: it is killed
+            worker.kill()
+            worker.wait()
 
 
 def main(argv: list[str]) -> int:
