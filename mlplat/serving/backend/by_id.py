@@ -132,18 +132,16 @@ class TritonPythonModel:
         return ids
 
     def _keys(self, request, key):
-        """The key texts of one input, each checked against the key's kind."""
+        """The key texts of one input, each checked against the key's kind (a pass over the whole column first;
+        row by row only to say which row is wrong)."""
         kind = self.lookup["key_kinds"].get(key)
-        texts = []
-        for row, value in enumerate(pb_utils.get_input_tensor_by_name(request, key).as_numpy().reshape(-1)):
-            try:
-                text = value.decode() if isinstance(value, bytes) else str(value)
-            except UnicodeDecodeError:
-                raise BadRequest(f"row {row}: {key}={value!r} is not UTF-8 text") from None
-            if kind == "int64" and not _int64_text(text):
-                raise BadRequest(f"row {row}: {key}={text!r} is not an int64 key; send whole numbers as plain "
-                                 "decimal text such as '42' (no decimals, exponent, sign '+' or leading zeros)")
-            texts.append(text)
+        values = pb_utils.get_input_tensor_by_name(request, key).as_numpy().reshape(-1).tolist()
+        try:
+            texts = [value.decode() if isinstance(value, bytes) else str(value) for value in values]
+        except UnicodeDecodeError:
+            texts = None
+        if texts is None or (kind == "int64" and not _int64_texts(texts)):
+            _refuse_key(key, kind, values)
         return texts
 
     def _inputs(self, matrix, texts):
@@ -223,10 +221,22 @@ def _text(value, offset, index):
     return value[offset + 4:offset + 4 + length]
 
 
-def _int64_text(text):
-    """Whether ``text`` is an int64 written as ``str(int)`` writes it, the form online keys are stored in."""
+def _refuse_key(key, kind, values):
+    """Raise :class:`BadRequest` naming the first row whose key is not UTF-8 or not an int64 (for an int64 key)."""
+    for row, value in enumerate(values):
+        try:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            raise BadRequest(f"row {row}: {key}={value!r} is not UTF-8 text") from None
+        if kind == "int64" and not _int64_texts([text]):
+            raise BadRequest(f"row {row}: {key}={text!r} is not an int64 key; send whole numbers as plain "
+                             "decimal text such as '42' (no decimals, exponent, sign '+' or leading zeros)")
+
+
+def _int64_texts(texts):
+    """Whether every text is an int64 written as ``str(int)`` writes it, the form online keys are stored in."""
     try:
-        number = int(text)
+        numbers = list(map(int, texts))
     except ValueError:
         return False
-    return str(number) == text and INT64_RANGE[0] <= number <= INT64_RANGE[1]
+    return list(map(str, numbers)) == texts and (not numbers or INT64_RANGE[0] <= min(numbers) <= max(numbers) <= INT64_RANGE[1])
