@@ -5,6 +5,7 @@ import signal
 
 import numpy as np
 import pytest
+from triton_calls import at_once, executions, key_inputs
 
 from mlplat.errors import ModelNotFound, OnnxExportError, ServingError
 from mlplat.registry.artifacts import load_model
@@ -245,44 +246,6 @@ def test_any_grpc_client_can_predict_with_entity_ids_only(platform, base):
     np.testing.assert_allclose(by_id, expected, atol=1e-6)
 
 
-def _by_id_inputs(drivers, customers):
-    """The key tensors of one ``base_by_id`` request: one BYTES tensor per key, a row per entity."""
-    import tritonclient.grpc as grpcclient
-
-    inputs = []
-    for key, values in (("driver_id", drivers), ("customer_id", customers)):
-        tensor = grpcclient.InferInput(key, [len(values), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(values, dtype=object).reshape(-1, 1))
-        inputs.append(tensor)
-    return inputs
-
-
-def _at_once(client, requests):
-    """Send every request without waiting (tritonclient's async_infer); each one's (outputs, missing) or error."""
-    import threading
-
-    answers, done = [None] * len(requests), threading.Semaphore(0)
-
-    def answer(index):
-        def callback(result, error):
-            answers[index] = error if error is not None else (result.as_numpy("probabilities"),
-                                                               result.as_numpy("missing_features"))
-            done.release()
-        return callback
-
-    for index, inputs in enumerate(requests):
-        client.async_infer("base_by_id", inputs, answer(index))
-    for _ in requests:
-        assert done.acquire(timeout=60)
-    return answers
-
-
-def _executions(client):
-    """``base_by_id``'s (requests served, model executions) so far, from Triton's statistics."""
-    stats = client.get_inference_statistics("base_by_id", as_json=True)["model_stats"][0]
-    return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
-
-
 def _batch_of_requests(bad=None):
     """Requests of 1 to 3 rows over drivers 1-60 and customers 1-40 (999: no features); ``bad``: the one with
     a driver key that cannot name an entity."""
@@ -294,7 +257,7 @@ def _batch_of_requests(bad=None):
         customers = [str(c).encode() for c in rng.integers(1, 41, size)]
         if index == bad:
             drivers[-1] = b"1.5"
-        requests.append((drivers, customers))
+        requests.append({"driver_id": drivers, "customer_id": customers})
     return requests
 
 
@@ -305,17 +268,17 @@ def test_by_id_batches_concurrent_requests_into_one_execution_with_the_unbatched
     client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
     try:
         alone = []
-        for drivers, customers in requests:
-            result = client.infer("base_by_id", _by_id_inputs(drivers, customers))
+        for ids in requests:
+            result = client.infer("base_by_id", key_inputs(ids))
             alone.append((result.as_numpy("probabilities"), result.as_numpy("missing_features")))
-        before = _executions(client)
-        together = _at_once(client, [_by_id_inputs(*request) for request in requests])
-        after = _executions(client)
+        before = executions(client, "base_by_id")
+        together = at_once(client, "base_by_id", requests)
+        after = executions(client, "base_by_id")
     finally:
         client.close()
-    served, executions = after[0] - before[0], after[1] - before[1]
+    served, ran = after[0] - before[0], after[1] - before[1]
     assert served == len(requests)
-    assert executions < served, f"{served} requests in {executions} executions: no batching seen"
+    assert ran < served, f"{served} requests in {ran} executions: no batching seen"
     for (outputs, missing), (expected, expected_missing) in zip(together, alone):
         np.testing.assert_array_equal(outputs, expected)
         np.testing.assert_array_equal(missing, expected_missing)
@@ -329,16 +292,16 @@ def test_a_bad_key_fails_its_own_request_only_and_the_rest_of_the_batch_is_answe
     requests = _batch_of_requests(bad=bad)
     client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
     try:
-        before = _executions(client)
-        together = _at_once(client, [_by_id_inputs(*request) for request in requests])
-        after = _executions(client)
+        before = executions(client, "base_by_id")
+        together = at_once(client, "base_by_id", requests)
+        after = executions(client, "base_by_id")
     finally:
         client.close()
     assert after[1] - before[1] < len(requests) - 1, "no batching seen"
     assert isinstance(together[bad], InferenceServerException)
     assert "driver_id='1.5' is not an int64 key" in str(together[bad])
-    for index, ((drivers, customers), answer) in enumerate(zip(requests, together)):
+    for index, (ids, answer) in enumerate(zip(requests, together)):
         if index == bad:
             continue
-        rows = [{"driver_id": int(d), "customer_id": int(c)} for d, c in zip(drivers, customers)]
+        rows = [{"driver_id": int(d), "customer_id": int(c)} for d, c in zip(ids["driver_id"], ids["customer_id"])]
         np.testing.assert_allclose(answer[0], platform.predict("base", rows).outputs, atol=1e-6)
