@@ -305,3 +305,21 @@ def test_a_bad_key_fails_its_own_request_only_and_the_rest_of_the_batch_is_answe
             continue
         rows = [{"driver_id": int(d), "customer_id": int(c)} for d, c in zip(ids["driver_id"], ids["customer_id"])]
         np.testing.assert_allclose(answer[0], platform.predict("base", rows).outputs, atol=1e-6)
+
+
+def test_deploy_gives_by_id_the_models_instances_and_dynamic_batching(platform, base):
+    import tritonclient.grpc as grpcclient
+
+    platform.deploy("base", instances=2, max_batch_size=512)
+    client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
+    try:
+        for model in ("base", "base_by_id"):
+            config = client.get_model_config(model, as_json=True)["config"]
+            assert "dynamic_batching" in config
+            assert [group["count"] for group in config["instance_group"]] == [2]
+            assert config["max_batch_size"] == 512
+        answer = client.infer("base_by_id", key_inputs({"driver_id": [b"1"], "customer_id": [b"5"]}))
+    finally:
+        client.close()
+    np.testing.assert_allclose(answer.as_numpy("probabilities"),
+                               platform.predict("base", [{"driver_id": 1, "customer_id": 5}]).outputs, atol=1e-6)
