@@ -65,6 +65,7 @@ class TritonPythonModel:
                                           retry=retry, **located)
         for view in self.lookup["views"]:
             view["numpy"] = _dtype(view["dtype"])
+            view["blocks"] = _blocks(view)
         self.impute = np.array([np.nan if v is None else v for v in self.lookup["impute"] or []], dtype=np.float32)
 
     def execute(self, requests):
@@ -89,7 +90,7 @@ class TritonPythonModel:
         merged = {key: [text for _, ids in good for text in ids[key]] for key in self.lookup["keys"]}
         matrix, texts = self._features(merged, sum(sizes))
         gaps = np.isnan(matrix)
-        bounds = np.cumsum([0, *sizes])
+        bounds = np.cumsum([0, *sizes]).tolist()
         served = []
         for (index, _), start, stop in zip(good, bounds[:-1], bounds[1:]):
             try:
@@ -99,8 +100,8 @@ class TritonPythonModel:
                 answers[index] = _failed(str(exc))
         if not served:
             return
-        rows = np.concatenate([np.arange(start, stop) for _, start, stop in served])
-        if len(rows) < len(matrix):
+        if len(served) < len(good):  # only the rows of the requests still served go to the model
+            rows = np.concatenate([np.arange(start, stop) for _, start, stop in served])
             matrix, texts, gaps = matrix[rows], texts[rows], gaps[rows]
         if gaps.any():
             matrix = self._fill(matrix, gaps)
@@ -166,9 +167,9 @@ class TritonPythonModel:
             size = view["numpy"].itemsize
             chunk = values[index * rows:(index + 1) * rows]
             records = np.frombuffer(b"".join((v or b"\0" * size)[:size] for v in chunk), dtype=view["numpy"])
-            for column, (block, slot, flag) in zip(view["columns"], view["features"]):
-                present = records["valid"][:, flag].astype(bool)
-                matrix[present, column] = records[block][present, slot]
+            valid = records["valid"].astype(bool)
+            for block, (columns, slots, flags) in view["blocks"].items():
+                matrix[:, columns] = np.where(valid[:, flags], records[block][:, slots], np.nan)
             for string, flag, column in view.get("texts", ()):
                 present = records["valid"][:, flag].astype(bool)
                 matrix[present, column] = 0
@@ -206,6 +207,17 @@ class TritonPythonModel:
             pipe.execute()
         except redis.RedisError:  # a counter is not worth failing a prediction for
             pass
+
+
+def _blocks(view):
+    """A view's numeric features grouped by the record block holding them: block -> (matrix columns, slots in
+    the block, validity flags), so that each block fills its columns in one step."""
+    found = {}
+    for column, (block, slot, flag) in zip(view["columns"], view["features"]):
+        found.setdefault(block, ([], [], []))
+        for part, value in zip(found[block], (column, slot, flag)):
+            part.append(value)
+    return {block: tuple(np.array(part, dtype=np.intp) for part in parts) for block, parts in found.items()}
 
 
 def _failed(message):
