@@ -130,7 +130,8 @@ class Deployer:
         that ``predict`` uses when none is asked for; the default also gets a ``<name>_by_id`` model that reads
         its features from Redis inside Triton, unless it takes on-demand features. Dynamic batching merges
         concurrent requests (no added delay) up to ``max_batch_size`` rows;
-        ``instances`` model copies run in parallel (one per core is a good start).
+        ``instances`` model copies run in parallel (one per core is a good start). The ``_by_id`` model gets
+        both settings too.
         """
         from mlplat.features.on_demand import is_on_demand
         from mlplat.features.refs import resolve
