@@ -9,7 +9,8 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Triton's python-backend stub needs numpy < 2: the server side gets its own venv beside .venv.
 TRITON    := .venv-triton
-TRITON_STAMP := $(TRITON)/.installed
+# The stamp names the package set: a venv made for an older set gets what it lacks on the next `make`.
+TRITON_STAMP := $(TRITON)/.installed-hiredis
 DEMO_HOME ?= $(CURDIR)/.mlplat-demo
 
 .PHONY: install system triton demo test bench lint clean
@@ -34,7 +35,7 @@ $(STAMP): pyproject.toml
 $(TRITON_STAMP):
 	$(PYTHON) -m venv $(TRITON)
 	$(TRITON)/bin/python -m pip install -q --upgrade pip
-	$(TRITON)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" onnxruntime "numpy<2" redis
+	$(TRITON)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" onnxruntime "numpy<2" "redis[hiredis]"
 	@touch $(TRITON_STAMP)
 
 demo: install

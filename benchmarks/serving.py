@@ -16,8 +16,11 @@ batch 256 (rows/s), and prints one table with the issue's goals.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -53,6 +56,7 @@ from feature_store import number, redis_server, render  # noqa: E402
 from measure import interleaved_latencies, latency_summary, machine_line, versions_line  # noqa: E402
 
 VIEW, TTL, NAME = "driver_stats", timedelta(days=1), "serving_bench"
+BY_ID = f"{NAME}_by_id"
 TARGET, TIMESTAMP, SEED = "label", "event_timestamp", 0
 FOREST = "sklearn.ensemble.RandomForestClassifier"
 INPUT, OUTPUT = "input", "probabilities"
@@ -61,6 +65,9 @@ WARMUP = 50
 TICKS = os.sysconf("SC_CLK_TCK")
 PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 START_TIMEOUT_S = 180
+MILLION = 1_000_000
+PERF_ANALYZER_RUNS = ((1, 1), (1, 4), (BATCH, 1), (BATCH, 4))  # (batch, concurrency)
+PERF_ANALYZER_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,18 @@ def triton_infer(client: grpcclient.InferenceServerClient, version: str) -> Call
     return infer
 
 
+def by_id_infer(client: grpcclient.InferenceServerClient) -> Callable[[np.ndarray], np.ndarray]:
+    """One gRPC inference of ``<model>_by_id`` as any-language clients call it: entity ids (BYTES) in."""
+    output = [grpcclient.InferRequestedOutput(OUTPUT)]
+
+    def infer(ids: np.ndarray) -> np.ndarray:
+        tensor = grpcclient.InferInput("driver_id", [len(ids), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([str(i).encode() for i in ids], dtype=object).reshape(-1, 1))
+        return client.infer(BY_ID, [tensor], outputs=output).as_numpy(OUTPUT)
+
+    return infer
+
+
 def onnx_session(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """In-process onnxruntime on ``model.onnx`` (``threads`` 0: its default, one per core).
 
@@ -195,6 +214,12 @@ def mlflow_invoke(session: requests.Session, url: str, columns: list[str]) -> Ca
     return invoke
 
 
+def labels(predictions: list) -> np.ndarray:
+    """Class labels from mlflow's predictions: labels as they are, or the argmax of per-class probabilities."""
+    found = np.asarray(predictions)
+    return np.argmax(found, axis=1) if found.ndim == 2 else found
+
+
 # -- measures ---------------------------------------------------------------------------------------
 def rows_per_second(call: Callable[[np.ndarray], Any], batches: list[np.ndarray], calls: int) -> float:
     """Rows/s of ``calls`` back-to-back calls, each on one of ``batches`` in turn."""
@@ -235,10 +260,10 @@ def concurrent_rows_per_second(make: Callable[[], tuple[Callable[[np.ndarray], A
     return calls * len(batches[0]) / (time.perf_counter() - start)
 
 
-def server_stats(client: grpcclient.InferenceServerClient) -> dict[str, float]:
-    """Triton's cumulative statistics of the model: requests, rows, executions, ns per phase (summed over requests)."""
+def server_stats(client: grpcclient.InferenceServerClient, model_name: str = NAME) -> dict[str, float]:
+    """Triton's cumulative statistics of a model: requests, rows, executions, ns per phase (summed over requests)."""
     found = dict.fromkeys(("requests", "rows", "executions", *(f"{phase}_ns" for phase in PHASES)), 0.0)
-    for model in client.get_inference_statistics(NAME, as_json=True)["model_stats"]:
+    for model in client.get_inference_statistics(model_name, as_json=True)["model_stats"]:
         inference = model.get("inference_stats", {})
         found["requests"] += float(inference.get("success", {}).get("count", 0))
         found["rows"] += float(model.get("inference_count", 0))
@@ -248,37 +273,92 @@ def server_stats(client: grpcclient.InferenceServerClient) -> dict[str, float]:
     return found
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system, in clock ticks) of process ``pid`` and of its children together (``/proc``)."""
+def cpu_seconds(pid: int) -> tuple[float, dict[int, float]]:
+    """CPU seconds (user + system, in clock ticks) of process ``pid`` and of each of its children (``/proc``)."""
 
     def own(process: int) -> float:
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICKS
 
-    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()]
-    return own(pid), sum(own(child) for child in children)
+    children = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with suppress(OSError):  # a stub that has just exited (a model unloaded in the background)
+                children[int(child)] = own(int(child))
+    return own(pid), children
 
 
-def profile(client: grpcclient.InferenceServerClient, pid: int, run: Callable[[], Any], calls: int) -> dict[str, float]:
+def children_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the children alive at the end spent in between (those that exited meanwhile are left out)."""
+    return sum(seconds - before.get(child, 0.0) for child, seconds in after.items())
+
+
+def profile(client: grpcclient.InferenceServerClient, pid: int, run: Callable[[], Any], calls: int,
+            model_name: str = NAME) -> dict[str, float]:
     """``run()`` (which makes ``calls`` calls) seen from Triton's statistics and from CPU time, per call.
 
     Returns Triton's mean ms per request in each phase, rows per model execution, the wall ms per call,
     and the CPU ms per call of this process (the client), tritonserver and its children (the backend stubs).
     """
 
-    def snapshot() -> tuple[dict[str, float], float, float, float, float]:
-        return server_stats(client), *cpu_seconds(pid), time.process_time(), time.perf_counter()
+    def snapshot() -> tuple[dict[str, float], float, dict[int, float], float, float]:
+        return server_stats(client, model_name), *cpu_seconds(pid), time.process_time(), time.perf_counter()
 
     before = snapshot()
     run()
     after = snapshot()
     delta = {key: after[0][key] - before[0][key] for key in before[0]}
-    server, stubs, client_cpu, wall = ((a - b) / calls * 1e3 for a, b in zip(after[1:], before[1:]))
+    server, client_cpu, wall = ((after[k] - before[k]) / calls * 1e3 for k in (1, 3, 4))
+    stubs = children_delta(before[2], after[2]) / calls * 1e3
     served = max(delta["requests"], 1)
     out = {f"{phase}_ms": delta[f"{phase}_ns"] / served / 1e6 for phase in PHASES}
     return {**out, "rows_per_execution": delta["rows"] / max(delta["executions"], 1), "wall_ms": wall,
             "client_cpu_ms": client_cpu, "server_cpu_ms": server, "stub_cpu_ms": stubs}
+
+
+def perf_analyzer_binary() -> str | None:
+    """The ``perf_analyzer`` binary beside this interpreter or on ``PATH``."""
+    beside = Path(sys.executable).parent / "perf_analyzer"
+    return str(beside) if beside.is_file() else shutil.which("perf_analyzer")
+
+
+def perf_analyzer_blocker(binary: str | None) -> str | None:
+    """Why Triton's ``perf_analyzer`` cannot run here, or None when it can."""
+    glibc = " ".join(os.confstr("CS_GNU_LIBC_VERSION").split()[1:]) if hasattr(os, "confstr") else "unknown"
+    if binary is None:
+        return (f"not installed (`pip install perf-analyzer`, or the one in `tritonclient[all]`; its wheels are "
+                f"manylinux_2_38, glibc >= 2.38, and this machine has glibc {glibc})")
+    try:
+        probe = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        return f"{binary} does not start: {exc}"
+    if "GLIBC_" in probe.stderr:  # the dynamic loader names the symbol version it lacks
+        needed = sorted(set(part.split("'")[0] for part in probe.stderr.split("GLIBC_")[1:]))[-1]
+        return f"{binary} needs glibc {needed}, this machine has {glibc}"
+    return None
+
+
+def perf_analyzer(endpoint: str, version: str, features: int, folder: Path) -> list[str]:
+    """Triton's own load generator on the plain model, one line per (batch, concurrency), or why it was skipped."""
+    binary = perf_analyzer_binary()
+    blocker = perf_analyzer_blocker(binary)
+    if blocker:
+        return [f"perf_analyzer skipped: {blocker}"]
+    lines = []
+    for batch, concurrency in PERF_ANALYZER_RUNS:
+        report = folder / f"perf-{batch}-{concurrency}.csv"
+        run = subprocess.run(
+            [binary, "-m", NAME, "-x", version, "-u", endpoint, "-i", "grpc", "-b", str(batch),
+             "--concurrency-range", str(concurrency), "--shape", f"{INPUT}:{features}", "-f", str(report),
+             "--measurement-interval", "3000"], capture_output=True, text=True, timeout=PERF_ANALYZER_TIMEOUT_S)
+        if run.returncode != 0 or not report.is_file():
+            lines.append(f"perf_analyzer batch {batch}, concurrency {concurrency} failed: "
+                         f"{(run.stderr or run.stdout).strip().splitlines()[-1:]}")
+            continue
+        row = next(csv.DictReader(report.open()))
+        lines.append(f"perf_analyzer batch {batch}, concurrency {concurrency}: {float(row['Inferences/Second']):,.0f} "
+                     f"rows/s, p99 {float(row['p99 latency']) / 1e3:.2f} ms")
+    return lines
 
 
 def throughput(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -304,7 +384,9 @@ def measure(p: Any, data: Data, trained: Any, folder: Path, args: argparse.Names
     X = np.ascontiguousarray(np.array([online[c] for c in data.columns], dtype=np.float32).T)
     singles = [X[i - 1:i] for i in ids]
     lookups = [[{"driver_id": i}] for i in ids]
-    batches = [np.ascontiguousarray(X[rng.integers(0, len(X), BATCH)]) for _ in range(DISTINCT_BATCHES)]
+    drawn = [rng.integers(0, len(X), BATCH) for _ in range(DISTINCT_BATCHES)]
+    batches = [np.ascontiguousarray(X[rows]) for rows in drawn]
+    id_batches = [rows + 1 for rows in drawn]  # the same rows' drivers, for <model>_by_id
     results["batch_calls"] = calls = max(20, args.calls // 10)
     mlflow_calls = max(5, calls // 4)
     results["mlflow_single"] = mlflow_single = max(100, args.calls // 4)
@@ -314,8 +396,12 @@ def measure(p: Any, data: Data, trained: Any, folder: Path, args: argparse.Names
         own = grpcclient.InferenceServerClient(deployment.endpoint)
         return triton_infer(own, version), own.close
 
-    def concurrent(make: Callable[[], Any], count: int) -> Callable[[], float]:
-        return lambda: concurrent_rows_per_second(make, batches, count, args.concurrency)
+    def by_id_pair() -> tuple[Callable[[np.ndarray], Any], Callable[[], None]]:
+        own = grpcclient.InferenceServerClient(deployment.endpoint)
+        return by_id_infer(own), own.close
+
+    def concurrent(make: Callable[[], Any], count: int, inputs: list[np.ndarray] = batches) -> Callable[[], float]:
+        return lambda: concurrent_rows_per_second(make, inputs, count, args.concurrency)
 
     with mlflow_server(p, version, folder) as url:
         session = requests.Session()
@@ -326,7 +412,7 @@ def measure(p: Any, data: Data, trained: Any, folder: Path, args: argparse.Names
             return mlflow_invoke(own, url, data.columns), own.close
 
         client = grpcclient.InferenceServerClient(deployment.endpoint)
-        triton = triton_infer(client, version)
+        triton, by_id = triton_infer(client, version), by_id_infer(client)
         ort, ort_one = onnx_session(model_path), onnx_session(model_path, threads=1)
         # batch 1: Triton's paths and onnxruntime take turns call by call; mlflow (20x slower) runs its own series
         # after them: in turn with the others, it doubled the p50 of the call that followed it
@@ -335,21 +421,25 @@ def measure(p: Any, data: Data, trained: Any, folder: Path, args: argparse.Names
             lambda i: p.features.get_online_features(data.refs, lookups[i]).to_dict(),
             lambda i: triton(singles[i]),
             lambda i: ort(singles[i]),
+            lambda i: by_id([ids[i]]),
         ], args.calls, WARMUP)
         samples.append(interleaved_latencies([lambda i: mlflow_call(singles[i])], mlflow_single, WARMUP)[0])
-        for key, times in zip(("predict", "lookup", "grpc", "ort", "mlflow"), samples):
+        for key, times in zip(("predict", "lookup", "grpc", "ort", "by_id", "mlflow"), samples):
             results.update(latency_summary(times, key))
         # the same answers everywhere
         first = np.array(ids[:BATCH])
         results["max_diff"] = float(np.max(np.abs(triton(batches[0]) - ort(batches[0]))))
         results["predict_diff"] = float(np.max(np.abs(p.predict(NAME, {"driver_id": first.tolist()}).outputs
                                                       - ort(X[first - 1]))))
-        results["label_agreement"] = float(np.mean(np.asarray(mlflow_call(batches[0]))
+        results["by_id_diff"] = float(np.max(np.abs(by_id(id_batches[0]) - ort(batches[0]))))
+        results["label_agreement"] = float(np.mean(labels(mlflow_call(batches[0]))
                                                    == np.argmax(ort(batches[0]), axis=1)))
         # batch 256: the sides take turns block by block
         results.update(throughput({
             "triton1_seq": lambda: rows_per_second(triton, batches, calls),
             "triton1_conc": concurrent(triton_pair, calls),
+            "by_id1_seq": lambda: rows_per_second(by_id, id_batches, calls),
+            "by_id1_conc": concurrent(by_id_pair, calls, id_batches),
             "ort": lambda: rows_per_second(ort, batches, calls * 4),
             "ort_one": lambda: rows_per_second(ort_one, batches, calls * 4),
             "mlflow_seq": lambda: rows_per_second(mlflow_call, batches, mlflow_calls),
@@ -361,27 +451,36 @@ def measure(p: Any, data: Data, trained: Any, folder: Path, args: argparse.Names
         results["profile1_b1"] = profile(client, pid, lambda: rows_per_second(triton, singles, long), long)
         results["profile1_seq"] = profile(client, pid, lambda: rows_per_second(triton, batches, long), long)
         results["profile1_conc"] = profile(client, pid, concurrent(triton_pair, long), long)
+        results["by_id_b1_conc"] = profile(client, pid, concurrent(by_id_pair, long, [[i] for i in ids]), long, BY_ID)
+        results["by_id_conc"] = profile(client, pid, concurrent(by_id_pair, long, id_batches), long, BY_ID)
         client.close()
 
     start = time.perf_counter()
     p.deploy(NAME, instances=2)
     results["redeploy_s"] = time.perf_counter() - start
     client = grpcclient.InferenceServerClient(deployment.endpoint)
-    triton = triton_infer(client, version)
+    triton, by_id = triton_infer(client, version), by_id_infer(client)
     triton(batches[0])
+    by_id(id_batches[0])
     results.update(throughput({"triton2_seq": lambda: rows_per_second(triton, batches, calls),
-                               "triton2_conc": concurrent(triton_pair, calls)}, args.repeats))
+                               "triton2_conc": concurrent(triton_pair, calls),
+                               "by_id2_conc": concurrent(by_id_pair, calls, id_batches)}, args.repeats))
     results.update(latency_summary(interleaved_latencies([lambda i: triton(singles[i])], args.calls, WARMUP)[0],
                                    "grpc2"))
     results["profile2_conc"] = profile(client, pid, concurrent(triton_pair, long), long)
+    results["profile2_b1_conc"] = profile(client, pid, concurrent(triton_pair, long, singles), long)
     client.close()
+    results["perf_analyzer"] = perf_analyzer(deployment.endpoint, version, len(data.columns), folder)
     return results
 
 
 # -- report -----------------------------------------------------------------------------------------
 TRITON = {"triton1_seq": "1 instance, 1 client", "triton1_conc": "1 instance, {n} clients",
           "triton2_seq": "2 instances, 1 client", "triton2_conc": "2 instances, {n} clients"}
+BY_ID_SIDES = {"by_id1_seq": "1 instance, 1 client", "by_id1_conc": "1 instance, {n} clients",
+               "by_id2_conc": "2 instances, {n} clients"}
 MLFLOW = {"mlflow_seq": "1 client", "mlflow_conc": "{n} clients"}
+PROFILES = {1: ("profile1_b1", "profile2_b1_conc"), BATCH: ("profile1_seq", "profile1_conc", "profile2_conc")}
 LOCAL = {"ort": "default threads", "ort_one": "1 thread"}
 
 
@@ -402,17 +501,22 @@ def pair(results: dict[str, Any], key: str) -> str:
 def table(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]]:
     """The header and one line per measure: name, value, goal."""
     n = args.concurrency
-    p99 = results["predict_p99"] * 1e3
+    p99, by_id_p99 = results["predict_p99"] * 1e3, results["by_id_p99"] * 1e3
     top, peer, limit = best(results, TRITON), best(results, MLFLOW), best(results, LOCAL)
+    lookup = best(results, BY_ID_SIDES)
     lines = [["measure", "value", "goal"],
              ["p.predict end to end, batch 1, p50 (ms)", number(results["predict_p50"] * 1e3), ""],
              ["p.predict end to end, batch 1, p99 (ms)", number(p99), f"<= 2.5 ms: {verdict(p99 <= 2.5)}"],
              ["  online lookup alone, batch 1, p50 / p99 (ms)", pair(results, "lookup"), ""],
              ["Triton gRPC, batch 1, p50 / p99 (ms)", pair(results, "grpc"), ""],
+             [f"{BY_ID} gRPC (ids in), batch 1, p50 / p99 (ms)", pair(results, "by_id"),
+              f"p99 <= 1.5x p.predict's: {by_id_p99 / p99:.2f}x, {verdict(by_id_p99 <= 1.5 * p99)}"],
              ["onnxruntime in process, batch 1, p50 / p99 (ms)", pair(results, "ort"), ""],
              ["mlflow models serve, batch 1, p50 / p99 (ms)", pair(results, "mlflow"), ""]]
     lines += [[f"Triton gRPC, batch {BATCH}, {label.format(n=n)} (rows/s)", number(results[key]), ""]
               for key, label in TRITON.items()]
+    lines += [[f"{BY_ID} gRPC, batch {BATCH}, {label.format(n=n)} (rows/s)", number(results[key]), ""]
+              for key, label in BY_ID_SIDES.items()]
     lines += [[f"onnxruntime in process, batch {BATCH}, {label} (rows/s)", number(results[key]), ""]
               for key, label in LOCAL.items()]
     lines += [[f"mlflow models serve, batch {BATCH}, {label.format(n=n)} (rows/s)", number(results[key]), ""]
@@ -420,7 +524,10 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]]:
     lines += [
         [f"Triton best, batch {BATCH} (rows/s)", number(results[top]),
          f">= 500,000 rows/s: {verdict(results[top] >= 500_000)}"],
-        ["  Triton best / onnxruntime in process best", f"{results[top] / results[limit]:.2f}x", ""],
+        ["  Triton best / onnxruntime in process best", f"{results[top] / results[limit]:.2f}x",
+         f">= 0.7x: {verdict(results[top] >= 0.7 * results[limit])}"],
+        [f"  {BY_ID} best / Triton best", f"{results[lookup] / results[top]:.2f}x",
+         f">= 0.5x: {verdict(results[lookup] >= 0.5 * results[top])}"],
         ["  Triton best / mlflow models serve best", f"{results[top] / results[peer]:.1f}x",
          f">= 5x: {verdict(results[top] >= 5 * results[peer])}"],
     ]
@@ -440,6 +547,26 @@ def cpu_ceiling(found: dict[str, float]) -> float:
     """Rows/s if every core of the machine did nothing but this block's work (CPU per call from ``found``)."""
     per_call = (found["client_cpu_ms"] + found["server_cpu_ms"] + found["stub_cpu_ms"]) / 1e3
     return (os.cpu_count() or 1) * BATCH / per_call if per_call > 0 else float("nan")
+
+
+def per_core(found: dict[str, float], batch: int) -> float:
+    """Rows per second of server CPU (tritonserver + backend stubs; the clients run elsewhere in production)."""
+    server = (found["server_cpu_ms"] + found["stub_cpu_ms"]) / 1e3
+    return batch / server if server > 0 else float("nan")
+
+
+def capacity(results: dict[str, Any]) -> str:
+    """Rows/s per server core at batch 1 and 256 (the best profiled block of each) and the replicas of this
+    machine's size that 1M predictions/s needs."""
+    cores = os.cpu_count() or 1
+    rates = {batch: max(per_core(results[key], batch) for key in keys) for batch, keys in PROFILES.items()}
+
+    def replicas(rate: float) -> str:
+        return f"{math.ceil(MILLION / rate):,} cores = {math.ceil(MILLION / (rate * cores)):,} replicas of {cores} cores"
+
+    return (f"capacity (plain model, server CPU only): {rates[1]:,.0f} rows/s per core at batch 1, "
+            f"{rates[BATCH]:,.0f} at batch {BATCH}; 1M predictions/s needs {replicas(rates[BATCH])} at batch "
+            f"{BATCH}, {replicas(rates[1])} at batch 1")
 
 
 def notes(results: dict[str, Any], trained: Any, data: Data, args: argparse.Namespace) -> list[str]:
@@ -467,6 +594,9 @@ def notes(results: dict[str, Any], trained: Any, data: Data, args: argparse.Name
         f"  batch {BATCH}, 1 client: {where(results['profile1_seq'])}",
         f"  batch {BATCH}, {n} clients: {where(results['profile1_conc'])}",
         f"  batch {BATCH}, {n} clients, 2 instances: {where(results['profile2_conc'])}",
+        f"{BY_ID} (ids in, one Redis MGET and one model call per batch Triton forms), {n} clients, 1 instance: "
+        f"batch 1: {where(results['by_id_b1_conc'])}",
+        f"  batch {BATCH}: {where(results['by_id_conc'])}",
         f"  CPU ceiling at batch {BATCH} (all {os.cpu_count()} cores busy with client + tritonserver + stubs "
         f"only): {cpu_ceiling(results['profile1_conc']):,.0f} rows/s with 1 instance, "
         f"{cpu_ceiling(results['profile2_conc']):,.0f} with 2",
@@ -474,9 +604,10 @@ def notes(results: dict[str, Any], trained: Any, data: Data, args: argparse.Name
         "onnxruntime thread per instance, one session.run per batch Triton forms), the config p.deploy writes "
         "(dynamic batching without queue delay); onnxruntime in process: the deployed model.onnx, spinning off; mlflow models "
         "serve: --env-manager local, 1 uvicorn worker (its default), JSON dataframe_split encoded per call, "
-        "predictions = class labels (the pyfunc's predict)",
+        "predictions = the pyfunc's predict (class labels, or probabilities whose argmax is taken)",
         f"same answers: max |Triton - onnxruntime| {results['max_diff']:.2g} on a batch, max |p.predict - "
-        f"onnxruntime| {results['predict_diff']:.2g} on {BATCH} looked-up drivers, mlflow's labels = argmax of "
+        f"onnxruntime| {results['predict_diff']:.2g} on {BATCH} looked-up drivers, max |{BY_ID} - onnxruntime| "
+        f"{results['by_id_diff']:.2g} on a batch, mlflow's labels = argmax of "
         f"onnxruntime on {results['label_agreement']:.1%} of a batch",
         "load average after the run " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f"; the client, Triton "
         f"and mlflow share the {os.cpu_count()} cores, so every rows/s here includes the client's own CPU",
@@ -523,7 +654,8 @@ def main() -> None:
     print(f"mlplat serving benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print("\n".join(header), end="\n\n")
     print(render(table(results, args)), end="\n\n")
-    print("\n".join(notes(results, trained, data, args)))
+    print("\n".join(notes(results, trained, data, args)), end="\n\n")
+    print("\n".join([*results["perf_analyzer"], capacity(results)]))
 
 
 if __name__ == "__main__":

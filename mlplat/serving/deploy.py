@@ -47,7 +47,8 @@ max_batch_size: {max_batch_size}
 input [ {inputs} ]
 output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }},
          {{ name: "{missing_output}" data_type: TYPE_BOOL dims: [ {n_features} ] }} ]
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+dynamic_batching {{ }}
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 parameters: {{ key: "features" value: {{ string_value: "{features}" }} }}
 parameters: {{ key: "missing" value: {{ string_value: "{missing}" }} }}
 """
@@ -129,7 +130,8 @@ class Deployer:
         that ``predict`` uses when none is asked for; the default also gets a ``<name>_by_id`` model that reads
         its features from Redis inside Triton, unless it takes on-demand features. Dynamic batching merges
         concurrent requests (no added delay) up to ``max_batch_size`` rows;
-        ``instances`` model copies run in parallel (one per core is a good start).
+        ``instances`` model copies run in parallel (one per core is a good start). The ``_by_id`` model gets
+        both settings too.
         """
         from mlplat.features.on_demand import is_on_demand
         from mlplat.features.refs import resolve
@@ -190,7 +192,7 @@ class Deployer:
         stale = default and not by_id and (folder.parent / f"{name}{BY_ID}").exists()
         if by_id:
             self._write_by_id(name, {**versions[found.version], "version": found.version}, requests, width,
-                              max_batch_size)
+                              max_batch_size, instances)
         elif stale:
             shutil.rmtree(folder.parent / f"{name}{BY_ID}")
         with self.target.session() as triton:
@@ -240,8 +242,12 @@ class Deployer:
             output=logged.output, width=logged.width, max_batch_size=max_batch_size, instances=instances,
             python=sys.executable, pythonpath=_platform_path(), kind=logged.kind))
 
-    def _write_by_id(self, name: str, info: dict[str, Any], requests: list, width: int, max_batch_size: int) -> None:
+    def _write_by_id(self, name: str, info: dict[str, Any], requests: list, width: int, max_batch_size: int,
+                     instances: int) -> None:
         """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
+
+        Batched like the model itself (``instances`` copies, dynamic batching up to ``max_batch_size`` rows): the
+        requests of one batch make one Redis MGET and one call of the model.
 
         Its ``lookup.json`` says where the features live and how they are packed, each key's kind, and the
         version's missing-feature policy with its imputation values (see :mod:`mlplat.serving.missing`).
@@ -283,7 +289,7 @@ class Deployer:
         (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(
             name=f"{name}{BY_ID}", max_batch_size=max_batch_size, inputs=inputs, output=info["output"], width=width,
             missing_output=MISSING_OUTPUT, n_features=column, features=",".join(info["features"]),
-            missing=info["missing"]))
+            missing=info["missing"], instances=instances))
 
     def undeploy(self, name: str) -> None:
         """Unload a model from Triton and remove it from the model repository."""

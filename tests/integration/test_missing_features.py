@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from triton_calls import at_once, executions
 
 import mlplat
 from mlplat.errors import EntityKeyError, MissingFeatures, MlplatError
@@ -173,6 +174,26 @@ def test_error_refuses_rows_that_lack_features_in_both_paths(p):
     np.testing.assert_allclose(p.predict(NAME, complete).outputs, native(p, matrix(p, complete)), atol=1e-5)
     np.testing.assert_allclose(by_id(p, ids_of(complete)).as_numpy("probabilities"),
                                p.predict(NAME, complete).outputs, atol=1e-6)
+
+
+def test_error_in_a_batch_refuses_only_the_request_whose_rows_lack_features(p):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    serve(p, "error")
+    complete = [[{"driver_id": d, "customer_id": c}] for d, c in [(1, 1), (3, 4), (2, 2), (4, 3)] * 8]
+    requests = [ids_of(rows) for rows in complete[:12]] + [ids_of(ROWS)] + [ids_of(rows) for rows in complete[12:]]
+    client = grpcclient.InferenceServerClient(TritonService(p.settings).ensure().url)
+    try:
+        before = executions(client, f"{NAME}_by_id")
+        answers = at_once(client, f"{NAME}_by_id", requests)
+        after = executions(client, f"{NAME}_by_id")
+    finally:
+        client.close()
+    assert after[1] - before[1] < len(requests) - 1, "no batching seen"
+    assert isinstance(answers[12], InferenceServerException) and "missing='error'" in str(answers[12])
+    for rows, answer in zip(complete, answers[:12] + answers[13:]):
+        np.testing.assert_allclose(answer[0], p.predict(NAME, rows).outputs, atol=1e-6)
 
 
 def test_impute_fills_gaps_with_the_training_medians_in_both_paths(p):

@@ -5,6 +5,7 @@ import signal
 
 import numpy as np
 import pytest
+from triton_calls import at_once, executions, key_inputs
 
 from mlplat.errors import ModelNotFound, OnnxExportError, ServingError
 from mlplat.registry.artifacts import load_model
@@ -243,3 +244,82 @@ def test_any_grpc_client_can_predict_with_entity_ids_only(platform, base):
     expected = platform.predict("base", [{"driver_id": 1, "customer_id": 5}, {"driver_id": 2, "customer_id": 7},
                                          {"driver_id": 999, "customer_id": 1}]).outputs
     np.testing.assert_allclose(by_id, expected, atol=1e-6)
+
+
+def _batch_of_requests(bad=None):
+    """Requests of 1 to 3 rows over drivers 1-60 and customers 1-40 (999: no features); ``bad``: the one with
+    a driver key that cannot name an entity."""
+    rng = np.random.default_rng(3)
+    requests = []
+    for index in range(48):
+        size = 1 + index % 3
+        drivers = [str(d).encode() for d in rng.choice([*range(1, 61), 999], size)]
+        customers = [str(c).encode() for c in rng.integers(1, 41, size)]
+        if index == bad:
+            drivers[-1] = b"1.5"
+        requests.append({"driver_id": drivers, "customer_id": customers})
+    return requests
+
+
+def test_by_id_batches_concurrent_requests_into_one_execution_with_the_unbatched_answers(platform, base):
+    import tritonclient.grpc as grpcclient
+
+    requests = _batch_of_requests()
+    client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
+    try:
+        alone = []
+        for ids in requests:
+            result = client.infer("base_by_id", key_inputs(ids))
+            alone.append((result.as_numpy("probabilities"), result.as_numpy("missing_features")))
+        before = executions(client, "base_by_id")
+        together = at_once(client, "base_by_id", requests)
+        after = executions(client, "base_by_id")
+    finally:
+        client.close()
+    served, ran = after[0] - before[0], after[1] - before[1]
+    assert served == len(requests)
+    assert ran < served, f"{served} requests in {ran} executions: no batching seen"
+    for (outputs, missing), (expected, expected_missing) in zip(together, alone):
+        np.testing.assert_array_equal(outputs, expected)
+        np.testing.assert_array_equal(missing, expected_missing)
+
+
+def test_a_bad_key_fails_its_own_request_only_and_the_rest_of_the_batch_is_answered(platform, base):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    bad = 20
+    requests = _batch_of_requests(bad=bad)
+    client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
+    try:
+        before = executions(client, "base_by_id")
+        together = at_once(client, "base_by_id", requests)
+        after = executions(client, "base_by_id")
+    finally:
+        client.close()
+    assert after[1] - before[1] < len(requests) - 1, "no batching seen"
+    assert isinstance(together[bad], InferenceServerException)
+    assert "driver_id='1.5' is not an int64 key" in str(together[bad])
+    for index, (ids, answer) in enumerate(zip(requests, together)):
+        if index == bad:
+            continue
+        rows = [{"driver_id": int(d), "customer_id": int(c)} for d, c in zip(ids["driver_id"], ids["customer_id"])]
+        np.testing.assert_allclose(answer[0], platform.predict("base", rows).outputs, atol=1e-6)
+
+
+def test_deploy_gives_by_id_the_models_instances_and_dynamic_batching(platform, base):
+    import tritonclient.grpc as grpcclient
+
+    platform.deploy("base", instances=2, max_batch_size=512)
+    client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
+    try:
+        for model in ("base", "base_by_id"):
+            config = client.get_model_config(model, as_json=True)["config"]
+            assert "dynamic_batching" in config
+            assert [group["count"] for group in config["instance_group"]] == [2]
+            assert config["max_batch_size"] == 512
+        answer = client.infer("base_by_id", key_inputs({"driver_id": [b"1"], "customer_id": [b"5"]}))
+    finally:
+        client.close()
+    np.testing.assert_allclose(answer.as_numpy("probabilities"),
+                               platform.predict("base", [{"driver_id": 1, "customer_id": 5}]).outputs, atol=1e-6)

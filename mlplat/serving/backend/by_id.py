@@ -1,7 +1,7 @@
 """Triton python model ``<model>_by_id``: entity ids in, predictions out, for clients in any language.
 
 It reads the model's features from the online store (Redis, one MGET per
-request, mlplat's packed records decoded with numpy) and calls the ONNX model
+batch that Triton's dynamic batcher forms, mlplat's packed records decoded with numpy) and calls the ONNX model
 through Triton's business-logic scripting (BLS). ``lookup.json`` beside this
 file, written by ``p.deploy``, says where the features live and how they are packed,
 each join key's kind, and the version's missing-feature policy (as ``p.predict``
@@ -65,43 +65,84 @@ class TritonPythonModel:
                                           retry=retry, **located)
         for view in self.lookup["views"]:
             view["numpy"] = _dtype(view["dtype"])
+            view["blocks"] = _blocks(view)
         self.impute = np.array([np.nan if v is None else v for v in self.lookup["impute"] or []], dtype=np.float32)
 
     def execute(self, requests):
-        return [self._one(request) for request in requests]
+        """The requests Triton batched together: one Redis MGET and one model call for all of them, split back.
 
-    def _one(self, request):
-        try:
-            ids = {key: self._keys(request, key) for key in self.lookup["keys"]}
-            matrix, texts = self._features(ids)
-            gaps = np.isnan(matrix)
-            if gaps.any():
-                matrix = self._apply_policy(matrix, gaps)
-        except BadRequest as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        A request that cannot be served (a bad key, rows lacking features under ``missing='error'``) fails
+        alone; the others in the batch are answered from their own rows.
+        """
+        answers, good = [None] * len(requests), []
+        for index, request in enumerate(requests):
+            try:
+                good.append((index, self._ids(request)))
+            except BadRequest as exc:
+                answers[index] = _failed(str(exc))
+        if good:
+            self._answer(good, answers)
+        return answers
+
+    def _answer(self, good, answers):
+        """Fill ``answers`` for the requests in ``good`` (index, ids): features, policy, one model call."""
+        sizes = [len(next(iter(ids.values()), ())) for _, ids in good]
+        merged = {key: [text for _, ids in good for text in ids[key]] for key in self.lookup["keys"]}
+        matrix, texts = self._features(merged, sum(sizes))
+        gaps = np.isnan(matrix)
+        bounds = np.cumsum([0, *sizes]).tolist()
+        served = []
+        for (index, _), start, stop in zip(good, bounds[:-1], bounds[1:]):
+            try:
+                self._refuse(gaps[start:stop])
+                served.append((index, start, stop))
+            except BadRequest as exc:
+                answers[index] = _failed(str(exc))
+        if not served:
+            return
+        if len(served) < len(good):  # only the rows of the requests still served go to the model
+            rows = np.concatenate([np.arange(start, stop) for _, start, stop in served])
+            matrix, texts, gaps = matrix[rows], texts[rows], gaps[rows]
+        if gaps.any():
+            matrix = self._fill(matrix, gaps)
+        outputs = self._infer(matrix, texts)
+        offset = 0
+        for index, start, stop in served:
+            part = slice(offset, offset + stop - start)
+            offset = part.stop
+            answers[index] = outputs if isinstance(outputs, pb_utils.InferenceResponse) else \
+                pb_utils.InferenceResponse([pb_utils.Tensor(self.lookup["output"], outputs[part]),
+                                            pb_utils.Tensor(self.lookup["missing_output"], gaps[part])])
+
+    def _infer(self, matrix, texts):
+        """The model's outputs for the rows (one BLS call), or the failed response to give every request."""
         inference = pb_utils.InferenceRequest(
             model_name=self.lookup["model"], model_version=int(self.lookup["version"]),
             requested_output_names=[self.lookup["output"]], inputs=self._inputs(matrix, texts))
         response = inference.exec()
         if response.has_error():
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(response.error().message()))
-        output = pb_utils.get_output_tensor_by_name(response, self.lookup["output"])
-        return pb_utils.InferenceResponse([pb_utils.Tensor(self.lookup["output"], output.as_numpy()),
-                                           pb_utils.Tensor(self.lookup["missing_output"], gaps)])
+            return _failed(response.error().message())
+        return pb_utils.get_output_tensor_by_name(response, self.lookup["output"]).as_numpy()
+
+    def _ids(self, request):
+        """The request's key texts by key, each input with the same number of rows."""
+        ids = {key: self._keys(request, key) for key in self.lookup["keys"]}
+        rows = {len(texts) for texts in ids.values()}
+        if len(rows) > 1:
+            raise BadRequest(f"the key inputs have different numbers of rows ({sorted(rows)}); send one per row")
+        return ids
 
     def _keys(self, request, key):
-        """The key texts of one input, each checked against the key's kind."""
+        """The key texts of one input, each checked against the key's kind (a pass over the whole column first;
+        row by row only to say which row is wrong)."""
         kind = self.lookup["key_kinds"].get(key)
-        texts = []
-        for row, value in enumerate(pb_utils.get_input_tensor_by_name(request, key).as_numpy().reshape(-1)):
-            try:
-                text = value.decode() if isinstance(value, bytes) else str(value)
-            except UnicodeDecodeError:
-                raise BadRequest(f"row {row}: {key}={value!r} is not UTF-8 text") from None
-            if kind == "int64" and not _int64_text(text):
-                raise BadRequest(f"row {row}: {key}={text!r} is not an int64 key; send whole numbers as plain "
-                                 "decimal text such as '42' (no decimals, exponent, sign '+' or leading zeros)")
-            texts.append(text)
+        values = pb_utils.get_input_tensor_by_name(request, key).as_numpy().reshape(-1).tolist()
+        try:
+            texts = [value.decode() if isinstance(value, bytes) else str(value) for value in values]
+        except UnicodeDecodeError:
+            texts = None
+        if texts is None or (kind == "int64" and not _int64_texts(texts)):
+            _refuse_key(key, kind, values)
         return texts
 
     def _inputs(self, matrix, texts):
@@ -112,13 +153,9 @@ class TritonPythonModel:
         found = [pb_utils.Tensor("input", np.ascontiguousarray(matrix[:, numbers]))] if numbers else []
         return found + [pb_utils.Tensor("input_text", texts)]
 
-    def _features(self, ids):
-        """The feature matrix of the entities (NaN where Redis has no value; 0 for a string that is there), and
-        their string features (``b""`` where missing)."""
-        rows = {len(texts) for texts in ids.values()}
-        if len(rows) > 1:
-            raise BadRequest(f"the key inputs have different numbers of rows ({sorted(rows)}); send one per row")
-        rows = rows.pop() if rows else 0
+    def _features(self, ids, rows):
+        """The feature matrix of the ``rows`` entities (NaN where Redis has no value; 0 for a string that is
+        there), and their string features (``b""`` where missing): one MGET for them all."""
         keys = []
         for view in self.lookup["views"]:
             parts = zip(*(ids[k] for k in view["join_keys"]))
@@ -130,9 +167,9 @@ class TritonPythonModel:
             size = view["numpy"].itemsize
             chunk = values[index * rows:(index + 1) * rows]
             records = np.frombuffer(b"".join((v or b"\0" * size)[:size] for v in chunk), dtype=view["numpy"])
-            for column, (block, slot, flag) in zip(view["columns"], view["features"]):
-                present = records["valid"][:, flag].astype(bool)
-                matrix[present, column] = records[block][present, slot]
+            valid = records["valid"].astype(bool)
+            for block, (columns, slots, flags) in view["blocks"].items():
+                matrix[:, columns] = np.where(valid[:, flags], records[block][:, slots], np.nan)
             for string, flag, column in view.get("texts", ()):
                 present = records["valid"][:, flag].astype(bool)
                 matrix[present, column] = 0
@@ -140,15 +177,19 @@ class TritonPythonModel:
                 texts[:, k] = [_text(v, size, string) if ok else b"" for v, ok in zip(chunk, present.tolist())]
         return matrix, texts
 
-    def _apply_policy(self, matrix, gaps):
-        """Refuse, or count and (for ``impute``) fill, the missing features: the deployed policy."""
+    def _refuse(self, gaps):
+        """Under ``missing='error'``, refuse one request whose rows lack features."""
+        if self.lookup["missing"] != "error" or not gaps.any():
+            return
         features = self.lookup["features"]
-        if self.lookup["missing"] == "error":
-            rows = np.flatnonzero(gaps.any(axis=1))
-            shown = "; ".join(f"row {r}: {', '.join(features[c] for c in np.flatnonzero(gaps[r]))}" for r in rows[:5])
-            raise BadRequest(f"{self.lookup['model']} v{self.lookup['version']} is deployed with missing='error' "
-                             f"and {len(rows)} row(s) lack features ({shown}): unknown or expired entities, or "
-                             "null values")
+        rows = np.flatnonzero(gaps.any(axis=1))
+        shown = "; ".join(f"row {r}: {', '.join(features[c] for c in np.flatnonzero(gaps[r]))}" for r in rows[:5])
+        raise BadRequest(f"{self.lookup['model']} v{self.lookup['version']} is deployed with missing='error' "
+                         f"and {len(rows)} row(s) lack features ({shown}): unknown or expired entities, or "
+                         "null values")
+
+    def _fill(self, matrix, gaps):
+        """Count, and for ``impute`` fill, the missing features of the rows served (the deployed policy)."""
         self._count(gaps)
         if self.lookup["missing"] == "impute":
             matrix = np.where(gaps, self.impute, matrix)
@@ -168,6 +209,22 @@ class TritonPythonModel:
             pass
 
 
+def _blocks(view):
+    """A view's numeric features grouped by the record block holding them: block -> (matrix columns, slots in
+    the block, validity flags), so that each block fills its columns in one step."""
+    found = {}
+    for column, (block, slot, flag) in zip(view["columns"], view["features"]):
+        found.setdefault(block, ([], [], []))
+        for part, value in zip(found[block], (column, slot, flag)):
+            part.append(value)
+    return {block: tuple(np.array(part, dtype=np.intp) for part in parts) for block, parts in found.items()}
+
+
+def _failed(message):
+    """A response that fails one request with ``message``."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
 def _text(value, offset, index):
     """The ``index``-th string of a packed record (``uint32`` length + UTF-8 bytes each, after the fixed part)."""
     for _ in range(index):
@@ -176,10 +233,22 @@ def _text(value, offset, index):
     return value[offset + 4:offset + 4 + length]
 
 
-def _int64_text(text):
-    """Whether ``text`` is an int64 written as ``str(int)`` writes it, the form online keys are stored in."""
+def _refuse_key(key, kind, values):
+    """Raise :class:`BadRequest` naming the first row whose key is not UTF-8 or not an int64 (for an int64 key)."""
+    for row, value in enumerate(values):
+        try:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            raise BadRequest(f"row {row}: {key}={value!r} is not UTF-8 text") from None
+        if kind == "int64" and not _int64_texts([text]):
+            raise BadRequest(f"row {row}: {key}={text!r} is not an int64 key; send whole numbers as plain "
+                             "decimal text such as '42' (no decimals, exponent, sign '+' or leading zeros)")
+
+
+def _int64_texts(texts):
+    """Whether every text is an int64 written as ``str(int)`` writes it, the form online keys are stored in."""
     try:
-        number = int(text)
+        numbers = list(map(int, texts))
     except ValueError:
         return False
-    return str(number) == text and INT64_RANGE[0] <= number <= INT64_RANGE[1]
+    return list(map(str, numbers)) == texts and (not numbers or INT64_RANGE[0] <= min(numbers) <= max(numbers) <= INT64_RANGE[1])
