@@ -41,6 +41,8 @@ def prepare(home: Path) -> mlplat.Platform:
     p.features.apply([driver, driver_stats])
     p.features.ingest("driver_stats", stats)
     p.features.materialize()
+    if not triton_installed(p.settings):
+        sys.exit(f"no Triton in {p.settings.triton_env}: run `make triton` first")
     p.train("xgboost.XGBClassifier", features=["driver_stats:rating", "driver_stats:acceptance_rate",
                                                "driver_stats:trips_today"],
             entity_df=labels, target="completed", name=NAME, params={"n_estimators": 50})
@@ -98,8 +100,6 @@ def main() -> None:
               "p99 ms", "ratio"]]
     with tempfile.TemporaryDirectory() as folder:
         p = prepare(Path(folder))
-        if not triton_installed(p.settings):
-            sys.exit(f"no Triton in {p.settings.triton_env}: run `make triton` first")
         try:
             threads(p, 1, 1.0), tasks(p, 1, 1.0)  # warm both paths
             for callers in CALLERS:

@@ -33,6 +33,28 @@ def demo_platform(home: Path, redis_url: str | None = None, *, drivers: int = 50
     return p
 
 
+def triton_platform(home: Path, redis_url: str, **size: Any) -> Iterator[mlplat.Platform]:
+    """For module fixtures: a :func:`demo_platform` of ``size`` that serves on its own Triton, which stops after;
+    skips without Triton."""
+    import pytest
+
+    from mlplat.serving.triton import TritonService, triton_installed
+
+    p = demo_platform(home, redis_url, **size)
+    if not triton_installed(p.settings):
+        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
+    yield p
+    p.close()
+    TritonService(p.settings).stop()
+
+
+def complete_rows(p: mlplat.Platform, features: list[str], columns: list[str]) -> tuple[Any, Any]:
+    """The trips whose every feature is known, and their training set."""
+    frame = p.features.get_training_set(p.labels, features)
+    keep = frame[columns].notna().all(axis=1).to_numpy()
+    return p.labels[keep].reset_index(drop=True), frame[keep].reset_index(drop=True)
+
+
 @contextmanager
 def serving_platform(home: Path, name: str, rows: list[dict], redis_url: str | None = None,
                      n_estimators: int = 10) -> Iterator[tuple[mlplat.Platform, Any]]:

@@ -6,9 +6,9 @@ import asyncio
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from platforms import serving_platform
 
 from mlplat.errors import ServingError
-from tests.platforms import serving_platform
 
 ROWS = [{"driver_id": d} for d in range(1, 41)]
 

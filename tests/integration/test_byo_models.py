@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from platforms import complete_rows
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -35,9 +36,7 @@ def platform(tmp_path_factory, demo_platform):
 @pytest.fixture(scope="module")
 def rows(platform):
     """Trips late enough that every driver has features, and their training set."""
-    frame = platform.features.get_training_set(platform.labels, FEATURES)
-    keep = frame[COLUMNS].notna().all(axis=1).to_numpy()
-    return platform.labels[keep].reset_index(drop=True), frame[keep].reset_index(drop=True)
+    return complete_rows(platform, FEATURES, COLUMNS)
 
 
 def needs_triton(p):

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
+from platforms import triton_platform
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
@@ -17,20 +18,15 @@ from sklearn.preprocessing import OneHotEncoder
 from mlplat.errors import ServingError, TrainingError
 from mlplat.registry.artifacts import load_model
 from mlplat.registry.tracking import session
-from mlplat.serving.triton import TritonService, triton_installed
 
 FEATURES = ["driver_stats:rating", "customer_profile:membership", "customer_profile:avg_fare"]
 ROWS = [{"driver_id": d, "customer_id": c} for d, c in [(1, 5), (2, 7), (3, 9), (4, 999)]]  # 999: never seen
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, demo_platform):
-    p = demo_platform(tmp_path_factory.mktemp("categorical"), drivers=60, customers=40, days=8, trips=1500, seed=5)
-    if not triton_installed(p.settings):
-        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
-    yield p
-    p.close()
-    TritonService(p.settings).stop()
+def platform(tmp_path_factory, redis_url):
+    yield from triton_platform(tmp_path_factory.mktemp("categorical"), redis_url,
+                               drivers=60, customers=40, days=8, trips=1500, seed=5)
 
 
 def one_hot_pipeline():

@@ -5,11 +5,12 @@ import signal
 
 import numpy as np
 import pytest
+from platforms import triton_platform
 from triton_calls import at_once, executions, key_inputs
 
 from mlplat.errors import ModelNotFound, OnnxExportError, ServingError
 from mlplat.registry.artifacts import load_model
-from mlplat.serving.triton import TritonService, triton_installed
+from mlplat.serving.triton import TritonService
 
 FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate", "customer_profile:avg_fare"]
 DRIVER_FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate"]
@@ -23,13 +24,9 @@ def complete_rows(p):
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, demo_platform):
-    p = demo_platform(tmp_path_factory.mktemp("serving"), drivers=100, customers=50, days=5, trips=2000, seed=11)
-    if not triton_installed(p.settings):
-        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
-    yield p
-    p.close()
-    TritonService(p.settings).stop()
+def platform(tmp_path_factory, redis_url):
+    yield from triton_platform(tmp_path_factory.mktemp("serving"), redis_url,
+                               drivers=100, customers=50, days=5, trips=2000, seed=11)
 
 
 @pytest.fixture(scope="module")

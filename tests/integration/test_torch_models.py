@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from platforms import complete_rows, triton_platform
 
 from mlplat.errors import ArtifactIntegrityError
 from mlplat.registry import tracking
-from mlplat.serving.triton import TritonService, triton_installed
 
 torch = pytest.importorskip("torch")
 skorch = pytest.importorskip("skorch")
@@ -33,21 +33,15 @@ class MLP(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, demo_platform):
-    p = demo_platform(tmp_path_factory.mktemp("torch"), drivers=100, customers=50, days=5, trips=2000, seed=11)
-    if not triton_installed(p.settings):
-        pytest.skip(f"no Triton in {p.settings.triton_env}: `make triton` creates it")
-    yield p
-    p.close()
-    TritonService(p.settings).stop()
+def platform(tmp_path_factory, redis_url):
+    yield from triton_platform(tmp_path_factory.mktemp("torch"), redis_url,
+                               drivers=100, customers=50, days=5, trips=2000, seed=11)
 
 
 @pytest.fixture(scope="module")
 def rows(platform):
     """Trips whose every feature is known (a module has no rule for missing values), and their training set."""
-    frame = platform.features.get_training_set(platform.labels, FEATURES)
-    keep = frame[COLUMNS].notna().all(axis=1).to_numpy()
-    return platform.labels[keep].reset_index(drop=True), frame[keep].reset_index(drop=True)
+    return complete_rows(platform, FEATURES, COLUMNS)
 
 
 def online_rows(p):
