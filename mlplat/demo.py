@@ -154,7 +154,7 @@ def run(fresh: bool = False, keep_services: bool = False) -> None:
     with step("push a fresh value for driver 1"):
         p.features.push("driver_stats", fresh_value)
     after = p.features.get_online_features(["driver_stats:rating"], [{"driver_id": 1}]).to_dict()
-    model_features = ["driver_stats:*", "customer_profile:avg_fare"]
+    model_features = ["driver_stats:*", "customer_profile:avg_fare", "customer_profile:membership"]  # a string
     with step("train, track and gate an XGBoost model (MLflow)"):
         trained = p.train("xgboost.XGBClassifier", features=model_features, entity_df=labels, target="completed",
                           name="trip_completion", params={"n_estimators": 100, "max_depth": 4},
