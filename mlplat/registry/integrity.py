@@ -34,7 +34,7 @@ MANIFEST_TAG = "mlplat.artifact_manifest"  # {"relative/path": sha256 of the fil
 _MAX_TAG = 5000  # MLflow's limit on a tag value: a larger manifest is left out (the digest still pins)
 
 FAMILIES = {"mlflow.sklearn": "sklearn", "mlflow.xgboost": "xgboost", "mlflow.lightgbm": "lightgbm"}
-OWN_PYFUNC = "mlplat_pyfunc"  # the pyfunc of mlplat's boosters (mlplat/training/mlplat_pyfunc.py); mlplat never runs it
+OWN_PYFUNC = "mlplat_pyfunc"  # the pyfunc of mlplat's boosters (mlplat/registry/mlplat_pyfunc.py), shipped as code
 # What skops may construct beyond its own safe defaults: classes of the libraries the platform trains with.
 _TRUSTED_MODULES = ("sklearn", "xgboost", "lightgbm")
 _TRUSTED_TYPES = {"collections.OrderedDict", "numpy.dtype"}
@@ -118,6 +118,7 @@ def check_flavour(folder: Path, what: str, family: str | None = None) -> str:
     except Exception:
         raise ArtifactIntegrityError(f"{what} has no readable MLmodel file. {_ADVICE}.") from None
     if loader == OWN_PYFUNC:  # a booster whose pyfunc is mlplat's (probabilities, categories): its own flavour
+        _check_own_pyfunc(folder, flavours["python_function"], what)
         loader = next((f"mlflow.{name}" for name in ("xgboost", "lightgbm") if name in flavours), loader)
     found = FAMILIES.get(loader)
     if found is None or (family is not None and found != family) or "python_model" in flavours["python_function"]:
@@ -151,6 +152,19 @@ def check_recorded(folder: Path, what: str) -> str:
     if not isinstance(loader, str):
         raise ArtifactIntegrityError(f"{what} names no loader module; log it with p.models.log.")
     return loader
+
+
+def _check_own_pyfunc(folder: Path, conf: dict[str, Any], what: str) -> None:
+    """The code shipped with a booster (which ``mlflow.pyfunc.load_model`` imports) must be mlplat's own loader,
+    to the byte, and nothing else: anything else would run its author's code in whoever loads the model."""
+    from mlplat.registry import mlplat_pyfunc
+
+    code = folder / str(conf.get("code") or "")
+    files = sorted(p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file()) if conf.get("code") else []
+    own = Path(mlplat_pyfunc.__file__).read_bytes()
+    if files != ["mlplat_pyfunc.py"] or (code / "mlplat_pyfunc.py").read_bytes() != own:
+        raise ArtifactIntegrityError(f"{what} ships code other than mlplat's own pyfunc loader ({files}); loading "
+                                     f"it would run that code. {_ADVICE}.")
 
 
 def _check_skops(folder: Path, conf: dict[str, Any], what: str, data: Any) -> None:

@@ -27,7 +27,7 @@ def log_model(model: Any, family: str, kind: str, X_sample: pd.DataFrame, output
 
     Its pyfunc returns what serving returns: a classifier's class probabilities (the classes are in the model's
     metadata, ``mlplat.classes``), a regressor's values; XGBoost's and LightGBM's take their string features as
-    text (:mod:`mlplat.training.mlplat_pyfunc`). The signature is inferred from a small sample (``X_sample`` and
+    text (:mod:`mlplat.registry.mlplat_pyfunc`). The signature is inferred from a small sample (``X_sample`` and
     its ``output``): MLflow checks every value it is given, which costs seconds on a whole test set. Numbers are
     declared float64, which every estimator here accepts for float32 features.
     """
@@ -61,10 +61,10 @@ def log_model(model: Any, family: str, kind: str, X_sample: pd.DataFrame, output
 
 
 def _own_pyfunc(path: Path) -> None:
-    """Make a booster's pyfunc :mod:`mlplat.training.mlplat_pyfunc` (shipped in the model as its code)."""
+    """Make a booster's pyfunc :mod:`mlplat.registry.mlplat_pyfunc` (shipped in the model as its code)."""
     from mlflow.models import Model
 
-    from mlplat.training import mlplat_pyfunc
+    from mlplat.registry import mlplat_pyfunc
 
     (path / "code").mkdir()
     shutil.copyfile(mlplat_pyfunc.__file__, path / "code" / "mlplat_pyfunc.py")

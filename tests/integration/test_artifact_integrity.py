@@ -129,6 +129,22 @@ def test_a_skops_allow_list_naming_foreign_types_is_refused(platform):
         integrity.check_flavour(folder, "Model 'trusting'")
 
 
+def test_a_booster_shipping_code_other_than_mlplats_pyfunc_loader_is_refused_and_never_runs(platform, tmp_path):
+    trained = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=platform.labels.tail(400),
+                             target="completed", name="shipping", params={"n_estimators": 5})
+    folder = model_folder(platform, "shipping", trained.version)
+    assert integrity.check_flavour(folder, "Model 'shipping'") == "xgboost"
+    marker = tmp_path / "alice-was-here"
+    loader = folder / "code" / "mlplat_pyfunc.py"  # what mlflow.pyfunc.load_model imports
+    loader.write_text(loader.read_text() + f"\nopen({str(marker)!r}, 'w')\n")
+    with session(platform.settings) as client:  # someone who can also write the registry's tags
+        for key, value in integrity.pin_tags(folder).items():
+            client.set_model_version_tag("shipping", trained.version, key, value)
+    with pytest.raises(ArtifactIntegrityError, match="ships code other than mlplat's own pyfunc loader"):
+        platform.models.load("shipping", trained.version)
+    assert not marker.exists()
+
+
 def test_a_version_without_a_pin_is_refused_until_an_admin_pins_it(platform):
     trained = train(platform, "legacy")
     with session(platform.settings) as client:  # as a version registered before pins existed

@@ -75,7 +75,9 @@ def test_backfill_train_score_and_evaluate(p, tmp_path):
     recent = labels.tail(200).reset_index(drop=True)
     model = p.models.load("trips")
     X = p.features.get_training_set(recent, champion.features)[FEATURES].astype("float64")
-    predicted, probability = model.predict(X), model.get_raw_model().predict_proba(X)[:, 1]
+    probabilities = np.asarray(model.predict(X))  # the pyfunc answers class probabilities, as serving does
+    np.testing.assert_array_equal(probabilities, model.get_raw_model().predict_proba(X))
+    predicted, probability = probabilities.argmax(axis=1), probabilities[:, 1]
 
     entities = recent.drop(columns="completed")
     entities.to_parquet(tmp_path / "entities.parquet")

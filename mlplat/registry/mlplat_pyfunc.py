@@ -30,6 +30,10 @@ class _Model:
         self.columns = about["columns"]
         self.categories = about.get("categories") or {}
 
+    def get_raw_model(self):
+        """The booster itself (``predict_proba`` and the rest)."""
+        return self.model
+
     def predict(self, rows, params=None):
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=self.columns)
         frame = frame.assign(**{c: pd.Categorical(frame[c].where(frame[c] != "", None), categories=found)
