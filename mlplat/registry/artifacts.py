@@ -139,5 +139,5 @@ def model_inputs(frame: pd.DataFrame, columns: list[str],
         return X
     if categories is None:
         return X.assign(**{c: X[c].where(X[c].notna(), "").astype(object) for c in texts})
-    return X.assign(**{c: pd.Categorical(X[c].where(X[c] != "", None), categories=categories.get(c, []))
-                       for c in texts})
+    known = {c: categories.get(c, []) for c in texts}
+    return X.assign(**{c: pd.Categorical(X[c].where(X[c].isin(known[c]), None), categories=known[c]) for c in texts})

@@ -36,6 +36,6 @@ class _Model:
 
     def predict(self, rows, params=None):
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=self.columns)
-        frame = frame.assign(**{c: pd.Categorical(frame[c].where(frame[c] != "", None), categories=found)
+        frame = frame.assign(**{c: pd.Categorical(frame[c].where(frame[c].isin(found), None), categories=found)
                                 for c, found in self.categories.items() if c in frame.columns})
         return self.model.predict_proba(frame) if self.kind == "classifier" else self.model.predict(frame)
