@@ -69,6 +69,7 @@ PYFUNC_FOLDER = "mlflow_model"  # beside model.py in the version's folder: the p
 RUNTIMES = {ONNX: "onnx", PYFUNC: "pyfunc (slower)"}
 MISSING_OUTPUT = "missing_features"  # per row, a flag per feature (in the order of the "features" parameter)
 BY_ID_MODEL = Path(__file__).parent / "backend" / "by_id.py"
+BY_ID_RUNNER = "onnx_runner.py"  # beside it, the target's onnxruntime backend when by_id runs the model itself
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ class Deployer:
         """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
 
         Batched like the model itself (``instances`` copies, dynamic batching up to ``max_batch_size`` rows): the
-        requests of one batch make one Redis MGET and one call of the model.
+        requests of one batch make one Redis MGET and one call of the model, run in by_id's own process where the
+        target's onnxruntime backend is mlplat's python one (:attr:`ServingTarget.onnx_runner`).
 
         Its ``lookup.json`` says where the features live and how they are packed, each key's kind, and the
         version's missing-feature policy with its imputation values (see :mod:`mlplat.serving.missing`).
@@ -284,6 +286,12 @@ class Deployer:
         folder = self.target.models / f"{name}{BY_ID}"
         (folder / "1").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(BY_ID_MODEL, folder / "1" / "model.py")  # not its mode: the caller's umask decides
+        runner = self.target.onnx_runner if info["runtime"] == ONNX else None
+        if runner:  # the model runs in by_id's own process, with the backend's own code
+            shutil.copyfile(runner, folder / "1" / BY_ID_RUNNER)
+            lookup.update(runner=BY_ID_RUNNER, onnx=f"{name}/{version}/model.onnx")
+        else:
+            (folder / "1" / BY_ID_RUNNER).unlink(missing_ok=True)
         (folder / "1" / "lookup.json").write_text(json.dumps(lookup))
         inputs = ", ".join(f'{{ name: "{k}" data_type: TYPE_STRING dims: [ 1 ] }}' for k in keys)
         (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(

@@ -42,6 +42,10 @@ class ServingTarget(abc.ABC):
     """A Triton that deployed models are loaded into, with the model repository that records them."""
 
     models: Path  # the model repository deploy writes into; what is deployed is read from here
+    # The python file this Triton's ``onnxruntime`` backend runs, where it is mlplat's (the embedded Triton):
+    # ``<model>_by_id`` then loads it and runs an ONNX model in its own process, a hop shorter. None where the
+    # backend is Triton's native one (a GPU Triton): ``<model>_by_id`` calls the model through Triton.
+    onnx_runner: Path | None = None
 
     @abc.abstractmethod
     def ensure(self, patience: float | None = None) -> Endpoints:

@@ -201,6 +201,8 @@ class EmbeddedTriton(ServingTarget):
     """The serving target of the Triton the platform runs (:class:`TritonService`): started on first use, on the
     ports it had before, with every deployed model; restarted when it died or hangs."""
 
+    onnx_runner = BACKEND_SHIM
+
     def __init__(self, settings: Settings):
         self.service = TritonService(settings)
         self.models = self.service.models

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from faults import wait_for
+from triton_calls import executions
 
 import mlplat
 from mlplat.cli import main as cli
@@ -77,7 +78,11 @@ def by_id(grpc: str, model: str) -> np.ndarray:
         inputs.append(tensor)
     client = grpcclient.InferenceServerClient(grpc)
     try:
-        return client.infer(f"{model}_by_id", inputs).as_numpy("probabilities")
+        before = executions(client, model)
+        found = client.infer(f"{model}_by_id", inputs).as_numpy("probabilities")
+        # A Triton given by URL may run ONNX on its native backend (a GPU): by_id calls the model through it.
+        assert executions(client, model)[0] == before[0] + 1
+        return found
     finally:
         client.close()
 

@@ -268,14 +268,15 @@ def test_by_id_batches_concurrent_requests_into_one_execution_with_the_unbatched
         for ids in requests:
             result = client.infer("base_by_id", key_inputs(ids))
             alone.append((result.as_numpy("probabilities"), result.as_numpy("missing_features")))
-        before = executions(client, "base_by_id")
+        before, model_before = executions(client, "base_by_id"), executions(client, "base")
         together = at_once(client, "base_by_id", requests)
-        after = executions(client, "base_by_id")
+        after, model_after = executions(client, "base_by_id"), executions(client, "base")
     finally:
         client.close()
     served, ran = after[0] - before[0], after[1] - before[1]
     assert served == len(requests)
     assert ran < served, f"{served} requests in {ran} executions: no batching seen"
+    assert model_after == model_before  # on the embedded Triton, by_id runs the model in its own process
     for (outputs, missing), (expected, expected_missing) in zip(together, alone):
         np.testing.assert_array_equal(outputs, expected)
         np.testing.assert_array_equal(missing, expected_missing)

@@ -1,8 +1,10 @@
 """Triton python model ``<model>_by_id``: entity ids in, predictions out, for clients in any language.
 
 It reads the model's features from the online store (Redis, one MGET per
-batch that Triton's dynamic batcher forms, mlplat's packed records decoded with numpy) and calls the ONNX model
-through Triton's business-logic scripting (BLS). ``lookup.json`` beside this
+batch that Triton's dynamic batcher forms, mlplat's packed records decoded with numpy) and runs the model: in
+its own process when deploy put the local ``onnxruntime`` backend beside it (``runner`` in ``lookup.json``: on
+the embedded Triton, whose onnxruntime backend is that python file), else through Triton's business-logic scripting (BLS),
+so that a GPU Triton's native backend, or a pyfunc model's worker, runs it. ``lookup.json`` beside this
 file, written by ``p.deploy``, says where the features live and how they are packed,
 each join key's kind, and the version's missing-feature policy (as ``p.predict``
 applies it, see ``mlplat.serving.missing``): ``flag`` (the ``missing_features`` output
@@ -13,6 +15,7 @@ names Redis's state file too, read at each connection, so a Redis restarted (eve
 another port) is found.
 """
 
+import importlib.util
 import json
 import os
 from urllib.parse import urlparse
@@ -67,6 +70,7 @@ class TritonPythonModel:
             view["numpy"] = _dtype(view["dtype"])
             view["blocks"] = _blocks(view)
         self.impute = np.array([np.nan if v is None else v for v in self.lookup["impute"] or []], dtype=np.float32)
+        self.runner = _runner(args, self.lookup["runner"], self.lookup["onnx"]) if self.lookup.get("runner") else None
 
     def execute(self, requests):
         """The requests Triton batched together: one Redis MGET and one model call for all of them, split back.
@@ -115,10 +119,18 @@ class TritonPythonModel:
                                             pb_utils.Tensor(self.lookup["missing_output"], gaps[part])])
 
     def _infer(self, matrix, texts):
-        """The model's outputs for the rows (one BLS call), or the failed response to give every request."""
+        """The model's outputs for the rows (one call), or the failed response to give every request."""
+        feeds = self._feeds(matrix, texts)
+        if self.runner:
+            session, feed = self.runner
+            try:
+                return session.run([self.lookup["output"]], {name: feed(value) for name, value in feeds.items()})[0]
+            except Exception as exc:  # onnxruntime's errors share no base class
+                return _failed(f"{self.lookup['model']} v{self.lookup['version']} failed: {exc}")
         inference = pb_utils.InferenceRequest(
             model_name=self.lookup["model"], model_version=int(self.lookup["version"]),
-            requested_output_names=[self.lookup["output"]], inputs=self._inputs(matrix, texts))
+            requested_output_names=[self.lookup["output"]],
+            inputs=[pb_utils.Tensor(name, value) for name, value in feeds.items()])
         response = inference.exec()
         if response.has_error():
             return _failed(response.error().message())
@@ -145,13 +157,13 @@ class TritonPythonModel:
             _refuse_key(key, kind, values)
         return texts
 
-    def _inputs(self, matrix, texts):
-        """The model's input tensors: its numeric columns as ``input``, its string columns as ``input_text``."""
+    def _feeds(self, matrix, texts):
+        """The model's inputs by name: its numeric columns as ``input``, its string columns as ``input_text``."""
         if not self.lookup["texts"]:
-            return [pb_utils.Tensor("input", matrix)]
+            return {"input": matrix}
         numbers = [i for i in range(matrix.shape[1]) if i not in self.lookup["texts"]]
-        found = [pb_utils.Tensor("input", np.ascontiguousarray(matrix[:, numbers]))] if numbers else []
-        return found + [pb_utils.Tensor("input_text", texts)]
+        found = {"input": np.ascontiguousarray(matrix[:, numbers])} if numbers else {}
+        return {**found, "input_text": texts}
 
     def _features(self, ids, rows):
         """The feature matrix of the ``rows`` entities (NaN where Redis has no value; 0 for a string that is
@@ -207,6 +219,17 @@ class TritonPythonModel:
             pipe.execute()
         except redis.RedisError:  # a counter is not worth failing a prediction for
             pass
+
+
+def _runner(args, file, onnx):
+    """The model's onnxruntime session and feed decoder, from the backend ``file`` beside this one, on the model
+    file ``onnx`` (relative to the model repository) with this model's thread parameters."""
+    spec = importlib.util.spec_from_file_location(
+        "onnx_runner", os.path.join(args["model_repository"], args["model_version"], file))
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    path = os.path.join(os.path.dirname(args["model_repository"]), onnx)
+    return runner.session(path, json.loads(args["model_config"]).get("parameters")), runner.feed
 
 
 def _blocks(view):
