@@ -23,7 +23,7 @@ import numpy as np
 
 from mlplat.errors import ServingError
 from mlplat.serving import missing
-from mlplat.serving.coalesce import Coalescer
+from mlplat.serving.coalesce import Coalescer, ThreadCoalescer
 from mlplat.serving.onnx_export import INPUT, TEXT_INPUT
 from mlplat.serving.target import ServingTarget
 
@@ -80,25 +80,17 @@ class Client:
         ``version`` picks one of the loaded versions (default: the deployed default); ``arm`` is the
         experiment arm recorded in the prediction log. A call that fails is counted, by the class of its
         error, and re-raised.
+
+        Calls from concurrent threads for one model version are coalesced, as :meth:`apredict`'s are: a call
+        that finds none in flight is sent at once; the calls that arrive meanwhile go out together next, as
+        one online lookup and one inference, each answered with its own rows.
         """
         try:
-            return self._predict(name, entity_rows, features, version, arm)
+            info = self._version(name, version)
+            return self._threads.submit((name, info["version"]), (entity_rows, features, arm, time.perf_counter()))
         except Exception as exc:
-            label = version or self._info.get(name, {}).get("default", "")
-            with contextlib.suppress(Exception):  # counting it must never hide the error itself
-                self.log.error(name, str(label), type(exc).__name__)
+            self._count_error(name, version, exc)
             raise
-
-    def _predict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
-                 arm: str = "") -> Prediction:
-        """The prediction itself: :meth:`predict` without the counting of failures."""
-        started = time.perf_counter()
-        info = self._version(name, version)
-        rows = self._online(info, entity_rows) if features is None else features
-        features, gaps, tensors = self._checked(name, info, rows)
-        result = self._infer(name, info, tensors)
-        return self._answer(name, info, features, gaps, result.as_numpy(info["output"]),
-                            result.get_response().model_version, started, arm)
 
     async def apredict(self, name: str, entity_rows: Any = None, features: Any = None, version: str | None = None,
                        arm: str = "") -> Prediction:
@@ -115,16 +107,40 @@ class Client:
             return await self._coalescer.submit((name, info["version"]), (entity_rows, features, arm,
                                                                            time.perf_counter()))
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                self.log.error(name, str(version or self._info.get(name, {}).get("default", "")), type(exc).__name__)
+            self._count_error(name, version, exc)
             raise
+
+    def _count_error(self, name: str, version: str | None, exc: Exception) -> None:
+        """Count a failed call by the class of its error."""
+        label = version or self._info.get(name, {}).get("default", "")
+        with contextlib.suppress(Exception):  # counting it must never hide the error itself
+            self.log.error(name, str(label), type(exc).__name__)
+
+    @cached_property
+    def _threads(self) -> ThreadCoalescer:
+        return ThreadCoalescer(self._send)
 
     @cached_property
     def _coalescer(self) -> Coalescer:
-        return Coalescer(self._send)
+        return Coalescer(self._asend)
 
-    async def _send(self, key: tuple[str, str], calls: list[tuple]) -> list[Any]:
-        """One batch of :meth:`apredict` calls: a Prediction for each, or the error of each call refused."""
+    def _send(self, key: tuple[str, str], calls: list[tuple]) -> list[Any]:
+        """One batch of :meth:`predict` calls: a Prediction for each, or the error of each call refused."""
+        info, prepared, tensors = self._prepared(key, calls)
+        if tensors is None:
+            return prepared
+        return self._answers(key[0], info, calls, prepared, self._infer(key[0], info, tensors))
+
+    async def _asend(self, key: tuple[str, str], calls: list[tuple]) -> list[Any]:
+        """One batch of :meth:`apredict` calls, as :meth:`_send`."""
+        info, prepared, tensors = self._prepared(key, calls)
+        if tensors is None:
+            return prepared
+        return self._answers(key[0], info, calls, prepared, await self._ainfer(key[0], info, tensors))
+
+    def _prepared(self, key: tuple[str, str], calls: list[tuple]) -> tuple[dict[str, Any], list[Any], Any]:
+        """The version's info, each call's checked rows (or its error), and the tensors of all the rows accepted
+        (None when none is): one online lookup for every call that sent entity ids."""
         name, version = key
         info = self._version(name, version)
         looked_up = [rows for rows, features, *_ in calls if features is None]
@@ -137,9 +153,12 @@ class Client:
             except Exception as exc:
                 prepared.append(exc)
         ok = [p for p in prepared if not isinstance(p, Exception)]
-        if not ok:
-            return prepared
-        result = await self._ainfer(name, info, {k: np.concatenate([p[2][k] for p in ok]) for k in ok[0][2]})
+        tensors = {k: np.concatenate([p[2][k] for p in ok]) for k in ok[0][2]} if ok else None
+        return info, prepared, tensors
+
+    def _answers(self, name: str, info: dict[str, Any], calls: list[tuple], prepared: list[Any],
+                 result: Any) -> list[Any]:
+        """Each call's Prediction from its share of the batch's ``result``, or its error."""
         outputs, served = result.as_numpy(info["output"]), result.get_response().model_version
         answers, start = [], 0
         for (_, _, arm, started), found in zip(calls, prepared):
@@ -333,7 +352,9 @@ def _count(entity_rows: Any) -> int:
 
 
 def _merged(calls: list[Any]) -> list[dict[str, Any]]:
-    """The entity rows of several calls as one list of dicts, in order."""
+    """The entity rows of several calls as one list of dicts, in order (a lone call's rows as they are)."""
+    if len(calls) == 1:
+        return calls[0]
     rows: list[dict[str, Any]] = []
     for found in calls:
         if isinstance(found, dict):

@@ -1,7 +1,8 @@
-"""p.apredict: the asyncio client answers what p.predict answers, and concurrent callers share requests
-without ever getting each other's rows."""
+"""p.apredict: the asyncio client answers what p.predict answers; concurrent callers (asyncio tasks, or threads
+calling p.predict) share requests without ever getting each other's rows."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -52,5 +53,33 @@ def test_concurrent_callers_share_requests_and_each_gets_its_own_rows(served):
     assert isinstance(refused, ServingError) and "rows of 2 features" in str(refused)
     for i, answer in zip(order, found):
         np.testing.assert_array_equal(answer.outputs, outputs[i:i + 1])  # its own row, nobody else's
+    requests = executions(p, "coalesced")[1] - before[1]
+    assert 1 <= requests < len(ROWS)  # fewer requests reached Triton than calls were made: they were shared
+
+
+def test_concurrent_threads_share_requests_and_each_gets_its_own_rows(served):
+    p, outputs = served
+    before = executions(p, "coalesced")
+    order = np.random.default_rng(1).permutation(len(ROWS)).tolist()
+    start = threading.Barrier(len(order) + 1)
+    answers = {}
+
+    def caller(i):
+        start.wait()
+        try:
+            answers[i] = p.predict("coalesced", [ROWS[i]]) if i >= 0 else \
+                p.predict("coalesced", features=np.zeros((1, 5), dtype=np.float32))
+        except Exception as exc:
+            answers[i] = exc
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in [*order, -1]]  # -1: rows of the wrong width
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert isinstance(answers.pop(-1), ServingError)
+    for i, answer in answers.items():
+        np.testing.assert_array_equal(answer.outputs, outputs[i:i + 1])  # its own row, nobody else's
+    assert sorted(answers) == list(range(len(ROWS)))
     requests = executions(p, "coalesced")[1] - before[1]
     assert 1 <= requests < len(ROWS)  # fewer requests reached Triton than calls were made: they were shared
