@@ -19,7 +19,7 @@ import numpy as np
 
 from mlplat.config import Settings
 from mlplat.errors import OnnxExportError, ServingError
-from mlplat.registry.logged_onnx import ONNX, PYFUNC, LoggedOnnx, parity
+from mlplat.registry.logged_onnx import ONNX, PYFUNC, LoggedOnnx, difference, parity
 from mlplat.registry.logged_onnx import load as load_logged
 from mlplat.registry.names import check_model_name
 from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
@@ -349,7 +349,7 @@ def _check_live(endpoint: str, name: str, version: str, logged: LoggedOnnx, tole
         result = client.infer(name, [tensor], model_version=version).as_numpy(logged.output)
     finally:
         client.close()
-    worst = float(np.nanmax(np.abs(result.astype(np.float64) - logged.native))) if len(logged.rows) else 0.0
+    worst = difference(result, logged.native)
     if not worst <= tolerance:
         raise OnnxExportError(f"{name} v{version}'s pyfunc answers differ from the outputs recorded when it was "
                               f"logged by up to {worst:.3g} (allowed {tolerance:g}); it stays loaded but check it.")
