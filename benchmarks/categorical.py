@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +27,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from feature_store import render  # noqa: E402
-from measure import interleaved_latencies, percentile  # noqa: E402
+from measure import fresh_platform, interleaved_latencies, percentile  # noqa: E402
 
 import mlplat  # noqa: E402
-from mlplat import services  # noqa: E402
 from mlplat.demo import customer, customer_profile, driver, driver_stats, make_dataset  # noqa: E402
 from mlplat.serving.onnx_export import Inputs  # noqa: E402
 from mlplat.serving.triton import triton_installed  # noqa: E402
@@ -109,31 +107,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000, help="timed batch-1 calls per side")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        p = prepare(Path(folder))
+    with fresh_platform(prepare) as p:
         if not triton_installed(p.settings):
             sys.exit(f"no Triton in {p.settings.triton_env}: run `make triton` first")
         lines = [["model", "p.predict p50 ms", "p99 ms", "onnxruntime p50 ms", "p99 ms", "p.predict rows/s @256",
                   "onnxruntime rows/s @256", "ratio"]]
-        try:
-            for name, make in MODELS.items():
-                estimator, params, features = make()
-                model = "".join(c for c in name if c.isalnum() or c == " ").replace(" ", "_")
-                started = time.perf_counter()
-                p.train(estimator, features=features, entity_df=p.labels, target="completed", name=model,
-                        params=params)
-                p.models.promote(model)
-                p.deploy(model)
-                for other in [d.name for d in p.deployments() if d.name != model]:
-                    p.undeploy(other)
-                print(f"{name}: trained and deployed in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-                m = measure(p, model, features, args.calls)
-                lines.append([name, f"{m['p50'] * 1e3:.3f}", f"{m['p99'] * 1e3:.3f}", f"{m['ort_p50'] * 1e3:.3f}",
-                              f"{m['ort_p99'] * 1e3:.3f}", f"{m['rows_s']:,.0f}", f"{m['ort_rows_s']:,.0f}",
-                              f"{m['rows_s'] / m['ort_rows_s']:.2f}x"])
-        finally:
-            p.close()
-            services.down(p.settings)
+        for name, make in MODELS.items():
+            estimator, params, features = make()
+            model = "".join(c for c in name if c.isalnum() or c == " ").replace(" ", "_")
+            started = time.perf_counter()
+            p.train(estimator, features=features, entity_df=p.labels, target="completed", name=model,
+                    params=params)
+            p.models.promote(model)
+            p.deploy(model)
+            for other in [d.name for d in p.deployments() if d.name != model]:
+                p.undeploy(other)
+            print(f"{name}: trained and deployed in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            m = measure(p, model, features, args.calls)
+            lines.append([name, f"{m['p50'] * 1e3:.3f}", f"{m['p99'] * 1e3:.3f}", f"{m['ort_p50'] * 1e3:.3f}",
+                          f"{m['ort_p99'] * 1e3:.3f}", f"{m['rows_s']:,.0f}", f"{m['ort_rows_s']:,.0f}",
+                          f"{m['rows_s'] / m['ort_rows_s']:.2f}x"])
     print(render(lines))
 
 

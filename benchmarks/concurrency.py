@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from feature_store import render  # noqa: E402
-from measure import percentile  # noqa: E402
+from measure import fresh_platform, percentile  # noqa: E402
 
 import mlplat  # noqa: E402
-from mlplat import services  # noqa: E402
 from mlplat.demo import driver, driver_stats, make_dataset  # noqa: E402
 from mlplat.serving.triton import triton_installed  # noqa: E402
 
@@ -98,20 +96,15 @@ def main() -> None:
     args = parser.parse_args()
     lines = [["callers", "p.predict (threads) /s", "p50 ms", "p99 ms", "p.apredict (coalesced) /s", "p50 ms",
               "p99 ms", "ratio"]]
-    with tempfile.TemporaryDirectory() as folder:
-        p = prepare(Path(folder))
-        try:
-            threads(p, 1, 1.0), tasks(p, 1, 1.0)  # warm both paths
-            for callers in CALLERS:
-                sync, coalesced = threads(p, callers, args.seconds), tasks(p, callers, args.seconds)
-                rates = [len(found) / args.seconds for found in (sync, coalesced)]
-                lines.append([str(callers), f"{rates[0]:,.0f}", f"{percentile(sync, 50) * 1e3:.2f}",
-                              f"{percentile(sync, 99) * 1e3:.2f}", f"{rates[1]:,.0f}",
-                              f"{percentile(coalesced, 50) * 1e3:.2f}", f"{percentile(coalesced, 99) * 1e3:.2f}",
-                              f"{rates[1] / rates[0]:.2f}x"])
-        finally:
-            p.close()
-            services.down(p.settings)
+    with fresh_platform(prepare) as p:
+        threads(p, 1, 1.0), tasks(p, 1, 1.0)  # warm both paths
+        for callers in CALLERS:
+            sync, coalesced = threads(p, callers, args.seconds), tasks(p, callers, args.seconds)
+            rates = [len(found) / args.seconds for found in (sync, coalesced)]
+            lines.append([str(callers), f"{rates[0]:,.0f}", f"{percentile(sync, 50) * 1e3:.2f}",
+                          f"{percentile(sync, 99) * 1e3:.2f}", f"{rates[1]:,.0f}",
+                          f"{percentile(coalesced, 50) * 1e3:.2f}", f"{percentile(coalesced, 99) * 1e3:.2f}",
+                          f"{rates[1] / rates[0]:.2f}x"])
     print(render(lines))
 
 

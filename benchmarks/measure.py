@@ -1,7 +1,8 @@
 """Measurement helpers shared by both sides of the benchmark.
 
 Standard library only, so the mlplat process and the Feast process (separate
-virtual environments) time and weigh their work with the very same code.
+virtual environments) time and weigh their work with the very same code
+(:func:`fresh_platform`, for the mlplat side alone, imports mlplat when called).
 Peak memory uses Linux's ``/proc`` (``clear_refs`` resets the high-water mark).
 """
 
@@ -12,8 +13,10 @@ import platform
 import re
 import statistics
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +107,17 @@ def versions_line(folder: Path, mlplat_version: str, packages: dict[str, str]) -
     listed = ", ".join(f"{name} {version}" for name, version in packages.items())
     return (f"versions: python {platform.python_version()}, mlplat {mlplat_version} (git {git_commit(folder)}), "
             f"{listed}")
+
+
+@contextmanager
+def fresh_platform(prepare: Callable[[Path], Any]) -> Iterator[Any]:
+    """The platform ``prepare(home)`` makes in a fresh temporary home; closed, its services stopped, on leaving."""
+    from mlplat import services
+
+    with tempfile.TemporaryDirectory() as folder:
+        p = prepare(Path(folder))
+        try:
+            yield p
+        finally:
+            p.close()
+            services.down(p.settings)

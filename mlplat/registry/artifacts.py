@@ -65,19 +65,26 @@ def load_spec(settings: Settings, run_id: str) -> tuple[TrainSpec, pd.DataFrame]
     return spec, entity_df
 
 
-def load_model(settings: Settings, name: str, version: str, family: str) -> Any:
+def registered(settings: Settings, name: str, version: str) -> Any:
+    """Version ``version`` of model ``name`` as MLflow's registry holds it (its run and the tags pinning it)."""
+    with session(settings) as client:
+        return client.get_model_version(name, str(version))
+
+
+def load_model(settings: Settings, name: str, version: str, family: str, found_version: Any = None) -> Any:
     """A registered version as its native estimator (with predict_proba), not the pyfunc wrapper.
 
     Its files are checked against the digest pinned at registration, and its MLmodel against the flavours
     mlplat loads without pickle, before anything is deserialised (ArtifactIntegrityError otherwise).
+    ``found_version`` is the version from :func:`registered`, where the caller has read it already.
     """
     import mlflow
 
     from mlplat.registry.integrity import verified_copy
 
-    with session(settings) as client:
-        found_version = client.get_model_version(name, str(version))
-        tags = dict(found_version.tags or {})
+    if found_version is None:
+        found_version = registered(settings, name, version)
+    tags = dict(found_version.tags or {})
     if family == "torch" or tags.get(logged_onnx.RUNTIME_TAG) == logged_onnx.PYFUNC:
         return _logged_export(settings, name, str(version), found_version.run_id, tags)
     with verified_copy(settings, name, str(version), tags, family) as (folder, found):

@@ -28,7 +28,7 @@ INFO_ARTIFACT = "mlplat/onnx.json"
 DIGEST_TAG = "mlplat.onnx_sha256"  # on the version: sha256 of the export and its description
 RUNTIME_TAG = "mlplat.runtime"  # on the run and the version: how it is served
 ONNX, PYFUNC = "onnx", "pyfunc"
-INPUT = "input"  # the tensor name every export takes (as mlplat.serving.onnx_export)
+INPUT = "input"  # the float32 tensor every export takes its numbers in (mlplat.serving.onnx_export too)
 SAMPLE_ROWS = 64
 
 
@@ -51,20 +51,29 @@ class LoggedOnnx:
                 "classes": self.classes, "rows": self.rows.tolist(), "native": self.native.tolist()}
 
 
-def run(data: bytes, output: str, rows: Any) -> np.ndarray:
-    """The export's output for ``rows`` (in-process onnxruntime, float32 in as Triton sends them)."""
+def outputs(data: bytes, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The export's ``output`` for the input tensors ``feeds`` (in-process onnxruntime)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return session.run([output], {INPUT: np.ascontiguousarray(rows, dtype=np.float32)})[0]
+    return session.run([output], feeds)[0]
+
+
+def run(data: bytes, output: str, rows: Any) -> np.ndarray:
+    """The export's output for ``rows`` (float32 in as Triton sends them)."""
+    return outputs(data, output, {INPUT: np.ascontiguousarray(rows, dtype=np.float32)})
+
+
+def difference(exported: np.ndarray, native: Any) -> float:
+    """Largest difference between an export's outputs and the native model's (as many rows, same shape)."""
+    return float(np.nanmax(np.abs(exported.astype(np.float64) - native))) if len(native) else 0.0
 
 
 def parity(data: bytes, output: str, rows: np.ndarray, native: np.ndarray, tolerance: float, what: str) -> float:
     """Largest difference between the export and ``native`` outputs on ``rows``; OnnxExportError above
     ``tolerance``."""
     native = np.asarray(native, dtype=np.float64)
-    exported = run(data, output, rows).astype(np.float64).reshape(native.shape)
-    worst = float(np.nanmax(np.abs(exported - native))) if len(rows) else 0.0
+    worst = difference(run(data, output, rows).reshape(native.shape), native)
     if not worst <= tolerance:
         raise OnnxExportError(f"The ONNX export of {what} differs from the native model by up to {worst:.3g} "
                               f"(allowed {tolerance:g}) on {len(rows)} sample rows.")

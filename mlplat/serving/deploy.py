@@ -19,7 +19,7 @@ import numpy as np
 
 from mlplat.config import Settings
 from mlplat.errors import OnnxExportError, ServingError
-from mlplat.registry.logged_onnx import ONNX, PYFUNC, LoggedOnnx, parity
+from mlplat.registry.logged_onnx import ONNX, PYFUNC, LoggedOnnx, difference, parity
 from mlplat.registry.logged_onnx import load as load_logged
 from mlplat.registry.names import check_model_name
 from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
@@ -136,7 +136,7 @@ class Deployer:
         """
         from mlplat.features.on_demand import is_on_demand
         from mlplat.features.refs import resolve
-        from mlplat.registry.artifacts import load_impute, load_model, load_spec, model_inputs
+        from mlplat.registry.artifacts import load_impute, load_model, load_spec, model_inputs, registered
 
         check_policy(missing)
         found = self.registry.get(name, version, alias if version is None else None)
@@ -147,14 +147,15 @@ class Deployer:
                                "retrain it to deploy with missing='impute', or use 'flag' or 'error'.")
         requests = resolve(spec.features, self.features.get_view, set(entity_df.columns))
         columns = [c for r in requests for c in r.columns]
-        tags = self._tags(name, found.version)
+        entry = registered(self.settings, name, found.version)  # read once: its tags pin what is served
+        tags = dict(entry.tags or {})
         logged = load_logged(self.settings, found.run_id, tags, f"Model {name!r} version {found.version}")
         categories = spec.categories or {}
         if logged is not None:
             onnx, width = self._logged(logged, columns, tolerance)
             classes = logged.classes or []
         else:
-            model = load_model(self.settings, name, found.version, spec.family)
+            model = load_model(self.settings, name, found.version, spec.family, entry)
             onnx = export(model, spec.family, spec.kind, columns, list(categories), spec.native_categories)
             sample = self.features.get_training_set(entity_df.head(256), spec.features,
                                                     timestamp_field=spec.timestamp_field)
@@ -212,12 +213,6 @@ class Deployer:
         return _deployment(name, found.version, where, status, versions[found.version])
 
     # -- versions logged with their export (p.models.log, PyTorch), or served through their pyfunc ----------------
-    def _tags(self, name: str, version: str) -> dict[str, str]:
-        from mlplat.registry.tracking import session
-
-        with session(self.settings) as client:
-            return dict(client.get_model_version(name, version).tags or {})
-
     def _logged(self, logged: LoggedOnnx, columns: list[str], tolerance: float) -> tuple[OnnxModel | None, int]:
         """The export logged where the model was trained (None for a pyfunc fallback), checked against the native
         outputs recorded with it: the native model is never loaded here."""
@@ -357,7 +352,7 @@ def _check_live(endpoint: str, name: str, version: str, logged: LoggedOnnx, tole
         result = client.infer(name, [tensor], model_version=version).as_numpy(logged.output)
     finally:
         client.close()
-    worst = float(np.nanmax(np.abs(result.astype(np.float64) - logged.native))) if len(logged.rows) else 0.0
+    worst = difference(result, logged.native)
     if not worst <= tolerance:
         raise OnnxExportError(f"{name} v{version}'s pyfunc answers differ from the outputs recorded when it was "
                               f"logged by up to {worst:.3g} (allowed {tolerance:g}); it stays loaded but check it.")

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from mlplat.errors import MissingDependency, OnnxExportError
+from mlplat.registry.logged_onnx import INPUT, difference, outputs
 
-INPUT = "input"
 TEXT_INPUT = "input_text"
 _ML_DOMAIN = "ai.onnx.ml"
 _CODES = "codes"
@@ -177,10 +177,7 @@ def _coded(proto: Any, columns: list[str], inputs: Inputs, categories: dict[str,
 
 def run(onnx: OnnxModel, rows: Any) -> np.ndarray:
     """The export's output for ``rows`` (in-process onnxruntime)."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(onnx.data, providers=["CPUExecutionProvider"])
-    return session.run([onnx.output], onnx.inputs.feeds(rows))[0]
+    return outputs(onnx.data, onnx.output, onnx.inputs.feeds(rows))
 
 
 def check_parity(onnx: OnnxModel, model: Any, kind: str, rows: Any, tolerance: float = 1e-4) -> float:
@@ -195,7 +192,7 @@ def check_parity(onnx: OnnxModel, model: Any, kind: str, rows: Any, tolerance: f
     except Exception as exc:  # onnxruntime's own kinds: an export that does not compute what the model does
         raise OnnxExportError(f"The ONNX export of {type(model).__name__} fails on {len(rows)} sample rows "
                               f"({exc}); refusing to deploy.") from None
-    worst = float(np.nanmax(np.abs(exported.astype(np.float64) - native))) if len(rows) else 0.0
+    worst = difference(exported, native)
     if not worst <= tolerance:
         raise OnnxExportError(
             f"The ONNX export differs from the model by up to {worst:.3g} (allowed {tolerance:g}) on "
