@@ -1,14 +1,15 @@
-"""Benchmark p.predict under concurrent callers: threads calling p.predict, against asyncio tasks calling p.apredict
-(coalesced), one entity per call.
+"""Benchmark p.predict under concurrent callers, one entity per call: threads sending a request per call (the peer),
+threads calling p.predict and asyncio tasks calling p.apredict (both coalesced).
 
     python benchmarks/concurrency.py
     python benchmarks/concurrency.py --seconds 2   # smoke run
 
 The demo's driver features in a fresh mlplat home (its embedded Redis and Triton) and an XGBoost model on them.
 For 1, 4, 16 and 64 concurrent callers, each calling in a loop for ``--seconds``: predictions per second (all
-callers together) and the p50/p99 latency of a call, first for threads sharing one platform's ``p.predict``
-(one gRPC channel, a request per call), then for asyncio tasks on ``p.apredict`` (calls that arrive while a
-request is in flight go out together as one request).
+callers together) and the p50/p99 latency of a call, for three sides taking turns: threads sharing one
+platform's client that send a request per call (one gRPC channel; what ``p.predict`` did before it coalesced),
+threads calling ``p.predict`` and asyncio tasks calling ``p.apredict`` (calls that arrive while a request is in
+flight go out together as one request).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import asyncio
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from feature_store import render  # noqa: E402
@@ -49,8 +52,22 @@ def prepare(home: Path) -> mlplat.Platform:
     return p
 
 
-def threads(p: mlplat.Platform, callers: int, seconds: float) -> list[float]:
-    """Latencies of every call made by ``callers`` threads calling p.predict for ``seconds``."""
+def alone(p: mlplat.Platform) -> Callable[[list[dict]], Any]:
+    """One request per call: the platform's client sending each call as a batch of its own (no coalescing)."""
+    client = p.serving
+
+    def predict(rows: list[dict]) -> Any:
+        info = client._version(NAME, None)
+        [answer] = client._send((NAME, info["version"]), [(rows, None, "", time.perf_counter())])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return predict
+
+
+def threads(predict: Callable[[list[dict]], Any], callers: int, seconds: float) -> list[float]:
+    """Latencies of every call made by ``callers`` threads calling ``predict`` for ``seconds``."""
     found: list[list[float]] = [[] for _ in range(callers)]
     stop = time.perf_counter() + seconds
 
@@ -58,7 +75,7 @@ def threads(p: mlplat.Platform, callers: int, seconds: float) -> list[float]:
         i = k
         while time.perf_counter() < stop:
             started = time.perf_counter()
-            p.predict(NAME, [{"driver_id": 1 + i % DRIVERS}])
+            predict([{"driver_id": 1 + i % DRIVERS}])
             found[k].append(time.perf_counter() - started)
             i += callers
 
@@ -94,17 +111,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="how long each setting runs")
     args = parser.parse_args()
-    lines = [["callers", "p.predict (threads) /s", "p50 ms", "p99 ms", "p.apredict (coalesced) /s", "p50 ms",
-              "p99 ms", "ratio"]]
+    lines = [["callers", "a request per call (threads) /s", "p50 ms", "p99 ms", "p.predict (threads) /s", "p50 ms",
+              "p99 ms", "p.apredict (tasks) /s", "p50 ms", "p99 ms", "p.predict / peer"]]
     with fresh_platform(prepare) as p:
-        threads(p, 1, 1.0), tasks(p, 1, 1.0)  # warm both paths
+        sides = [lambda n, s: threads(alone(p), n, s), lambda n, s: threads(lambda rows: p.predict(NAME, rows), n, s),
+                 lambda n, s: tasks(p, n, s)]
+        for side in sides:  # warm every path
+            side(1, 1.0)
         for callers in CALLERS:
-            sync, coalesced = threads(p, callers, args.seconds), tasks(p, callers, args.seconds)
-            rates = [len(found) / args.seconds for found in (sync, coalesced)]
-            lines.append([str(callers), f"{rates[0]:,.0f}", f"{percentile(sync, 50) * 1e3:.2f}",
-                          f"{percentile(sync, 99) * 1e3:.2f}", f"{rates[1]:,.0f}",
-                          f"{percentile(coalesced, 50) * 1e3:.2f}", f"{percentile(coalesced, 99) * 1e3:.2f}",
-                          f"{rates[1] / rates[0]:.2f}x"])
+            found = [side(callers, args.seconds) for side in sides]
+            rates = [len(times) / args.seconds for times in found]
+            line = [str(callers)]
+            for rate, times in zip(rates, found):
+                line += [f"{rate:,.0f}", f"{percentile(times, 50) * 1e3:.2f}", f"{percentile(times, 99) * 1e3:.2f}"]
+            lines.append([*line, f"{rates[1] / rates[0]:.2f}x"])
     print(render(lines))
 
 
