@@ -526,6 +526,8 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]]:
          f">= 500,000 rows/s: {verdict(results[top] >= 500_000)}"],
         ["  Triton best / onnxruntime in process best", f"{results[top] / results[limit]:.2f}x",
          f">= 0.7x: {verdict(results[top] >= 0.7 * results[limit])}"],
+        ["  Triton rows/s per core of server CPU / onnxruntime in process, 1 thread",
+         f"{best_per_core(results, BATCH) / results['ort_one']:.2f}x", "(the clients left out)"],
         [f"  {BY_ID} best / Triton best", f"{results[lookup] / results[top]:.2f}x",
          f">= 0.5x: {verdict(results[lookup] >= 0.5 * results[top])}"],
         ["  Triton best / mlflow models serve best", f"{results[top] / results[peer]:.1f}x",
@@ -555,11 +557,16 @@ def per_core(found: dict[str, float], batch: int) -> float:
     return batch / server if server > 0 else float("nan")
 
 
+def best_per_core(results: dict[str, Any], batch: int) -> float:
+    """The plain model's rows/s per core of server CPU at ``batch``, in its best profiled block."""
+    return max(per_core(results[key], batch) for key in PROFILES[batch])
+
+
 def capacity(results: dict[str, Any]) -> str:
     """Rows/s per server core at batch 1 and 256 (the best profiled block of each) and the replicas of this
     machine's size that 1M predictions/s needs."""
     cores = os.cpu_count() or 1
-    rates = {batch: max(per_core(results[key], batch) for key in keys) for batch, keys in PROFILES.items()}
+    rates = {batch: best_per_core(results, batch) for batch in PROFILES}
 
     def replicas(rate: float) -> str:
         return f"{math.ceil(MILLION / rate):,} cores = {math.ceil(MILLION / (rate * cores)):,} replicas of {cores} cores"
