@@ -12,6 +12,7 @@ TRITON    := .venv-triton
 # The stamp names the package set: a venv made for an older set gets what it lacks on the next `make`.
 TRITON_STAMP := $(TRITON)/.installed-hiredis
 DEMO_HOME ?= $(CURDIR)/.mlplat-demo
+TEST_WORKERS ?= 3
 
 .PHONY: install system triton demo test bench lint clean
 
@@ -45,7 +46,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	bash benchmarks/setup_feast.sh

@@ -1,5 +1,6 @@
 """Training runs: tracked, gated, registered, reproducible, and clear when something is wrong."""
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -48,8 +49,11 @@ def run_of(p, run_id):
         return client.get_run(run_id), client.list_artifacts(run_id, "plots")
 
 
-def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, monkeypatch):
+def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, monkeypatch, tmp_path):
     monkeypatch.setenv("MLPLAT_PROFILE", "gpu-x1")  # what a workspace's profile sets
+    notebook = tmp_path / "pricing.ipynb"
+    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    monkeypatch.setenv("MLPLAT_NOTEBOOK", str(notebook))  # the notebook the run comes from, as a kernel is told
     result = platform.train("xgboost.XGBClassifier", features=FEATURES, entity_df=labels, target="completed",
                             name="passes", params={"n_estimators": 30, "max_depth": 3},
                             validation={"metric": "roc_auc", "min": 0.55})
@@ -64,7 +68,8 @@ def test_a_passing_model_is_tracked_registered_and_loads_back(platform, labels, 
     assert json.loads(run.data.tags["mlplat.features"]) == [
         "driver_stats@1:rating", "driver_stats@1:trips_today", "driver_stats@1:acceptance_rate",
         "driver_stats@1:avg_speed_kmh", "customer_profile@1:avg_fare"]
-    assert run.data.tags["mlplat.code_sha256"]  # the running file (pytest's entry point) is hashed
+    assert run.data.tags["mlplat.code_path"] == str(notebook.resolve())
+    assert run.data.tags["mlplat.code_sha256"] == hashlib.sha256(notebook.read_bytes()).hexdigest()
     assert [run.data.tags[f"mlplat.{k}"] for k in ("user", "team", "profile")] == ["ana", "pricing", "gpu-x1"]
     assert (run.data.tags["mlplat.device"], run.data.tags["mlplat.device_reason"]) == ("cpu", "a CPU workspace")
     assert {a.path for a in plots} == {"plots/roc_pr.png", "plots/feature_importance.png"}
