@@ -1,18 +1,17 @@
 """Triton python model ``<model>_by_id``: entity ids in, predictions out, for clients in any language.
 
 It reads the model's features from the online store (Redis, one MGET per
-batch that Triton's dynamic batcher forms, mlplat's packed records decoded with numpy) and runs the model: in
-its own process when deploy put the local ``onnxruntime`` backend beside it (``runner`` in ``lookup.json``: on
-the embedded Triton, whose onnxruntime backend is that python file), else through Triton's business-logic scripting (BLS),
-so that a GPU Triton's native backend, or a pyfunc model's worker, runs it. ``lookup.json`` beside this
-file, written by ``p.deploy``, says where the features live and how they are packed,
-each join key's kind, and the version's missing-feature policy (as ``p.predict``
-applies it, see ``mlplat.serving.missing``): ``flag`` (the ``missing_features`` output
-marks each row's missing features), ``error`` (the request fails) or ``impute``.
-Keys that cannot name an entity (``1.5`` or ``01`` for an int64 key, bytes that are
-not UTF-8) fail the request with a message saying which. For the embedded Redis it
-names Redis's state file too, read at each connection, so a Redis restarted (even on
-another port) is found.
+batch that Triton's dynamic batcher forms, mlplat's packed records decoded with numpy) and runs the model:
+in its own process when deploy put the local ``onnxruntime`` backend beside it (``runner`` in
+``lookup.json``: on the embedded Triton, whose onnxruntime backend is that python file), else through
+Triton's business-logic scripting (BLS), so that a GPU Triton's native backend, or a pyfunc model's worker,
+runs it. ``lookup.json`` beside this file, written by ``p.deploy``, says where the features live and how
+they are packed, each join key's kind, and the version's missing-feature policy (as ``p.predict`` applies
+it, see ``mlplat.serving.missing``): ``flag`` (the ``missing_features`` output marks each row's missing
+features), ``error`` (the request fails) or ``impute``. Keys that cannot name an entity (``1.5`` or ``01``
+for an int64 key, bytes that are not UTF-8) fail the request with a message saying which. For the embedded
+Redis it names Redis's state file too, read at each connection, so a Redis restarted (even on another port)
+is found.
 """
 
 import importlib.util
