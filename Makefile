@@ -52,6 +52,7 @@ bench: install
 	bash benchmarks/setup_feast.sh
 	$(PY) benchmarks/feature_store.py --feast-python .venv-feast/bin/python
 	$(PY) benchmarks/training.py
+	bash benchmarks/setup_perf_analyzer.sh
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/concurrency.py
 	$(PY) benchmarks/models.py
@@ -71,7 +72,7 @@ lint: install
 clean:
 	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat hub --stop
 	-MLPLAT_HOME=$(DEMO_HOME) $(VENV)/bin/mlplat down
-	rm -rf $(VENV) $(TRITON) .venv-feast .node extension/node_modules $(DEMO_HOME) .pytest_cache
+	rm -rf $(VENV) $(TRITON) .venv-feast .venv-perf .node extension/node_modules $(DEMO_HOME) .pytest_cache
 
 # JupyterHub's proxy (an npm package), in .node beside .venv, where mlplat_hub finds it.
 PROXY_STAMP := .node/.installed

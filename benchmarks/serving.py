@@ -68,6 +68,7 @@ START_TIMEOUT_S = 180
 MILLION = 1_000_000
 PERF_ANALYZER_RUNS = ((1, 1), (1, 4), (BATCH, 1), (BATCH, 4))  # (batch, concurrency)
 PERF_ANALYZER_TIMEOUT_S = 120
+PERF_VENV = Path(__file__).resolve().parent.parent / ".venv-perf"  # made by benchmarks/setup_perf_analyzer.sh
 
 
 @dataclass(frozen=True)
@@ -317,48 +318,73 @@ def profile(client: grpcclient.InferenceServerClient, pid: int, run: Callable[[]
 
 
 def perf_analyzer_binary() -> str | None:
-    """The ``perf_analyzer`` binary beside this interpreter or on ``PATH``."""
-    beside = Path(sys.executable).parent / "perf_analyzer"
-    return str(beside) if beside.is_file() else shutil.which("perf_analyzer")
+    """The ``perf_analyzer`` of ``.venv-perf`` (``benchmarks/setup_perf_analyzer.sh``), beside this interpreter or on
+    ``PATH``."""
+    for candidate in (PERF_VENV / "bin" / "perf_analyzer", Path(sys.executable).parent / "perf_analyzer"):
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which("perf_analyzer")
+
+
+def perf_analyzer_env(binary: str) -> dict[str, str]:
+    """The environment it runs in: CUDA's runtime library from its venv on the loader's path (it only loads it)."""
+    env = dict(os.environ)
+    libraries = sorted({str(found.parent) for found in
+                        Path(binary).parent.parent.glob("lib/python*/site-packages/nvidia/*/lib/libcudart.so*")})
+    if libraries:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libraries, *filter(None, [env.get("LD_LIBRARY_PATH")])])
+    return env
 
 
 def perf_analyzer_blocker(binary: str | None) -> str | None:
     """Why Triton's ``perf_analyzer`` cannot run here, or None when it can."""
     glibc = " ".join(os.confstr("CS_GNU_LIBC_VERSION").split()[1:]) if hasattr(os, "confstr") else "unknown"
     if binary is None:
-        return (f"not installed (`pip install perf-analyzer`, or the one in `tritonclient[all]`; its wheels are "
-                f"manylinux_2_38, glibc >= 2.38, and this machine has glibc {glibc})")
+        return ("not installed: `bash benchmarks/setup_perf_analyzer.sh` (which `make bench` runs) makes .venv-perf "
+                f"with the one tritonclient[all] 2.41 bundles; the perf-analyzer wheels need glibc >= 2.38, this "
+                f"machine has {glibc}")
     try:
-        probe = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+        probe = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                               env=perf_analyzer_env(binary))
     except OSError as exc:
         return f"{binary} does not start: {exc}"
     if "GLIBC_" in probe.stderr:  # the dynamic loader names the symbol version it lacks
         needed = sorted(set(part.split("'")[0] for part in probe.stderr.split("GLIBC_")[1:]))[-1]
         return f"{binary} needs glibc {needed}, this machine has {glibc}"
+    if "error while loading shared libraries" in probe.stderr:
+        return f"{binary} does not start: {probe.stderr.strip()} (Debian's libb64-0d is one it needs)"
     return None
 
 
-def perf_analyzer(endpoint: str, version: str, features: int, folder: Path) -> list[str]:
-    """Triton's own load generator on the plain model, one line per (batch, concurrency), or why it was skipped."""
+def perf_analyzer(endpoint: str, version: str, rows: np.ndarray, folder: Path) -> tuple[list[str], float | None]:
+    """Triton's own load generator on the plain model, sending ``rows`` (real feature rows, in turn: its default
+    random data is one row repeated, which a tree ensemble serves about twice as fast): one line per (batch,
+    concurrency), or why it was skipped, and its best rows/s at batch 256 (None when it did not run)."""
     binary = perf_analyzer_binary()
     blocker = perf_analyzer_blocker(binary)
     if blocker:
-        return [f"perf_analyzer skipped: {blocker}"]
-    lines = []
+        return [f"perf_analyzer skipped: {blocker}"], None
+    data = folder / "perf-rows.json"
+    data.write_text(json.dumps({"data": [{INPUT: row} for row in rows.tolist()]}))
+    lines, best_rate = [], None
     for batch, concurrency in PERF_ANALYZER_RUNS:
         report = folder / f"perf-{batch}-{concurrency}.csv"
         run = subprocess.run(
             [binary, "-m", NAME, "-x", version, "-u", endpoint, "-i", "grpc", "-b", str(batch),
-             "--concurrency-range", str(concurrency), "--shape", f"{INPUT}:{features}", "-f", str(report),
-             "--measurement-interval", "3000"], capture_output=True, text=True, timeout=PERF_ANALYZER_TIMEOUT_S)
+             "--concurrency-range", str(concurrency), "--shape", f"{INPUT}:{rows.shape[1]}", "--input-data",
+             str(data), "-f", str(report), "--measurement-interval", "3000"],
+            capture_output=True, text=True, timeout=PERF_ANALYZER_TIMEOUT_S, env=perf_analyzer_env(binary))
         if run.returncode != 0 or not report.is_file():
             lines.append(f"perf_analyzer batch {batch}, concurrency {concurrency} failed: "
                          f"{(run.stderr or run.stdout).strip().splitlines()[-1:]}")
             continue
         row = next(csv.DictReader(report.open()))
-        lines.append(f"perf_analyzer batch {batch}, concurrency {concurrency}: {float(row['Inferences/Second']):,.0f} "
-                     f"rows/s, p99 {float(row['p99 latency']) / 1e3:.2f} ms")
-    return lines
+        rate = float(row["Inferences/Second"])
+        lines.append(f"perf_analyzer batch {batch}, concurrency {concurrency}: {rate:,.0f} rows/s, p99 "
+                     f"{float(row['p99 latency']) / 1e3:.2f} ms")
+        if batch == BATCH:
+            best_rate = max(rate, best_rate or 0.0)
+    return lines, best_rate
 
 
 def throughput(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -470,7 +496,8 @@ def measure(p: Any, data: Data, trained: Any, folder: Path, args: argparse.Names
     results["profile2_conc"] = profile(client, pid, concurrent(triton_pair, long), long)
     results["profile2_b1_conc"] = profile(client, pid, concurrent(triton_pair, long, singles), long)
     client.close()
-    results["perf_analyzer"] = perf_analyzer(deployment.endpoint, version, len(data.columns), folder)
+    results["perf_analyzer"], results["perf_best"] = perf_analyzer(deployment.endpoint, version,
+                                                                   np.concatenate(batches), folder)
     return results
 
 
@@ -526,6 +553,12 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]]:
          f">= 500,000 rows/s: {verdict(results[top] >= 500_000)}"],
         ["  Triton best / onnxruntime in process best", f"{results[top] / results[limit]:.2f}x",
          f">= 0.7x: {verdict(results[top] >= 0.7 * results[limit])}"],
+    ]
+    if results["perf_best"]:  # Triton's own C++ load generator as the client, in the same run
+        lines.append([f"  perf_analyzer (the same rows) best, batch {BATCH} / onnxruntime in process best",
+                      f"{results['perf_best'] / results[limit]:.2f}x",
+                      f">= 0.7x: {verdict(results['perf_best'] >= 0.7 * results[limit])}"])
+    lines += [
         ["  Triton rows/s per core of server CPU / onnxruntime in process, 1 thread",
          f"{best_per_core(results, BATCH) / results['ort_one']:.2f}x", "(the clients left out)"],
         [f"  {BY_ID} best / Triton best", f"{results[lookup] / results[top]:.2f}x",
