@@ -66,7 +66,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 START_TIMEOUT_S = 180
 MILLION = 1_000_000
-PERF_ANALYZER_RUNS = ((1, 1), (1, 4), (BATCH, 1), (BATCH, 4))  # (batch, concurrency)
+PERF_ANALYZER_RUNS = ((1, 1), (1, 4), (BATCH, 1), (BATCH, 4), (BATCH, 8))  # (batch, concurrency)
 PERF_ANALYZER_TIMEOUT_S = 120
 PERF_VENV = Path(__file__).resolve().parent.parent / ".venv-perf"  # made by benchmarks/setup_perf_analyzer.sh
 
