@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlplat.errors import ServingError
+from mlplat.errors import ServiceError, ServingError
 from mlplat.serving import missing
 from mlplat.serving.coalesce import Coalescer, ThreadCoalescer
 from mlplat.serving.onnx_export import INPUT, TEXT_INPUT
@@ -143,18 +143,40 @@ class Client:
         (None when none is): one online lookup for every call that sent entity ids."""
         name, version = key
         info = self._version(name, version)
-        looked_up = [rows for rows, features, *_ in calls if features is None]
-        online = iter(_split(self._online(info, _merged(looked_up)), [_count(r) for r in looked_up])
-                      if looked_up else ())
+        online = iter(self._looked_up(info, [rows for rows, features, *_ in calls if features is None]))
         prepared: list[Any] = []
         for _, features, *_ in calls:
             try:
-                prepared.append(self._checked(name, info, next(online) if features is None else features))
+                rows = next(online) if features is None else features
+                if isinstance(rows, Exception):
+                    raise rows
+                prepared.append(self._checked(name, info, rows))
             except Exception as exc:
                 prepared.append(exc)
         ok = [p for p in prepared if not isinstance(p, Exception)]
         tensors = {k: np.concatenate([p[2][k] for p in ok]) for k in ok[0][2]} if ok else None
         return info, prepared, tensors
+
+    def _looked_up(self, info: dict[str, Any], calls: list[Any]) -> list[Any]:
+        """Each call's online feature rows, from one lookup for them all. When that one fails for what a caller
+        sent (a missing key, a key of the wrong kind, rows of another shape), each call is looked up alone, so
+        that the error, in its place in the list, is that caller's only; Redis being down fails them all."""
+        try:
+            return _split(self._online(info, _merged(calls)), [_count(r) for r in calls]) if calls else []
+        except ServiceError:
+            raise
+        except Exception:
+            if len(calls) == 1:
+                raise
+        found: list[Any] = []
+        for rows in calls:
+            try:
+                found.append(self._online(info, rows))
+            except ServiceError:
+                raise
+            except Exception as exc:
+                found.append(exc)
+        return found
 
     def _answers(self, name: str, info: dict[str, Any], calls: list[tuple], prepared: list[Any],
                  result: Any) -> list[Any]:

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from platforms import serving_platform
 
-from mlplat.errors import ServingError
+from mlplat.errors import MlplatError, ServingError
 
 ROWS = [{"driver_id": d} for d in range(1, 41)]
 
@@ -83,3 +83,38 @@ def test_concurrent_threads_share_requests_and_each_gets_its_own_rows(served):
     assert sorted(answers) == list(range(len(ROWS)))
     requests = executions(p, "coalesced")[1] - before[1]
     assert 1 <= requests < len(ROWS)  # fewer requests reached Triton than calls were made: they were shared
+
+
+BAD_ROWS = [[{"driver": 1}], [{"driver_id": "1.5"}], "driver 1", [{"driver_id": 2}, 3]]
+
+
+def test_a_callers_bad_entity_rows_fail_that_caller_alone(served):
+    """Calls that share a lookup: one caller's malformed rows (a missing key, a key of the wrong kind, not rows
+    at all) fail that caller with its own error; the others in the batch are answered from their own rows."""
+    p, outputs = served
+
+    async def tasks():
+        good = [p.apredict("coalesced", [ROWS[i]]) for i in range(6)]
+        calls = [*good[:3], *(p.apredict("coalesced", rows) for rows in BAD_ROWS), *good[3:]]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    found = asyncio.run(tasks())
+    by_thread = {}  # the same calls from threads, through p.predict
+
+    def call(rows):
+        try:
+            by_thread[repr(rows)] = p.predict("coalesced", rows)
+        except Exception as exc:
+            by_thread[repr(rows)] = exc
+
+    threads = [threading.Thread(target=call, args=(rows,)) for rows in [*BAD_ROWS, *([ROWS[i]] for i in range(6))]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for index, answer in enumerate([*found[:3], *found[-3:]]):
+        np.testing.assert_array_equal(answer.outputs, outputs[index:index + 1])
+        np.testing.assert_array_equal(by_thread[repr([ROWS[index]])].outputs, outputs[index:index + 1])
+    for rows, error in zip(BAD_ROWS, found[3:-3]):
+        assert isinstance(error, MlplatError) and isinstance(by_thread[repr(rows)], type(error)), (rows, error)
+
