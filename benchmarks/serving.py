@@ -66,7 +66,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 START_TIMEOUT_S = 180
 MILLION = 1_000_000
-PERF_ANALYZER_RUNS = ((1, 1), (1, 4), (BATCH, 1), (BATCH, 4), (BATCH, 8))  # (batch, concurrency)
+# (protocol, batch, concurrency); HTTP sends binary tensors too (the KServe v2 binary data extension)
+PERF_ANALYZER_RUNS = (("grpc", 1, 1), ("grpc", 1, 4), ("grpc", BATCH, 1), ("grpc", BATCH, 4), ("grpc", BATCH, 8),
+                      ("http", BATCH, 4), ("http", BATCH, 8))
 PERF_ANALYZER_TIMEOUT_S = 120
 PERF_VENV = Path(__file__).resolve().parent.parent / ".venv-perf"  # made by benchmarks/setup_perf_analyzer.sh
 
@@ -356,10 +358,12 @@ def perf_analyzer_blocker(binary: str | None) -> str | None:
     return None
 
 
-def perf_analyzer(endpoint: str, version: str, rows: np.ndarray, folder: Path) -> tuple[list[str], float | None]:
-    """Triton's own load generator on the plain model, sending ``rows`` (real feature rows, in turn: its default
-    random data is one row repeated, which a tree ensemble serves about twice as fast): one line per (batch,
-    concurrency), or why it was skipped, and its best rows/s at batch 256 (None when it did not run)."""
+def perf_analyzer(endpoints: dict[str, str], version: str, rows: np.ndarray,
+                  folder: Path) -> tuple[list[str], float | None]:
+    """Triton's own load generator on the plain model over gRPC and HTTP (``endpoints``: protocol -> host:port),
+    sending ``rows`` (real feature rows, in turn: its default random data is one row repeated, which a tree
+    ensemble serves about twice as fast): one line per (protocol, batch, concurrency), or why it was skipped,
+    and its best rows/s at batch 256 (None when it did not run)."""
     binary = perf_analyzer_binary()
     blocker = perf_analyzer_blocker(binary)
     if blocker:
@@ -367,21 +371,20 @@ def perf_analyzer(endpoint: str, version: str, rows: np.ndarray, folder: Path) -
     data = folder / "perf-rows.json"
     data.write_text(json.dumps({"data": [{INPUT: row} for row in rows.tolist()]}))
     lines, best_rate = [], None
-    for batch, concurrency in PERF_ANALYZER_RUNS:
-        report = folder / f"perf-{batch}-{concurrency}.csv"
+    for protocol, batch, concurrency in PERF_ANALYZER_RUNS:
+        what = f"perf_analyzer {protocol} batch {batch}, concurrency {concurrency}"
+        report = folder / f"perf-{protocol}-{batch}-{concurrency}.csv"
         run = subprocess.run(
-            [binary, "-m", NAME, "-x", version, "-u", endpoint, "-i", "grpc", "-b", str(batch),
+            [binary, "-m", NAME, "-x", version, "-u", endpoints[protocol], "-i", protocol, "-b", str(batch),
              "--concurrency-range", str(concurrency), "--shape", f"{INPUT}:{rows.shape[1]}", "--input-data",
              str(data), "-f", str(report), "--measurement-interval", "3000"],
             capture_output=True, text=True, timeout=PERF_ANALYZER_TIMEOUT_S, env=perf_analyzer_env(binary))
         if run.returncode != 0 or not report.is_file():
-            lines.append(f"perf_analyzer batch {batch}, concurrency {concurrency} failed: "
-                         f"{(run.stderr or run.stdout).strip().splitlines()[-1:]}")
+            lines.append(f"{what} failed: {(run.stderr or run.stdout).strip().splitlines()[-1:]}")
             continue
         row = next(csv.DictReader(report.open()))
         rate = float(row["Inferences/Second"])
-        lines.append(f"perf_analyzer batch {batch}, concurrency {concurrency}: {rate:,.0f} rows/s, p99 "
-                     f"{float(row['p99 latency']) / 1e3:.2f} ms")
+        lines.append(f"{what}: {rate:,.0f} rows/s, p99 {float(row['p99 latency']) / 1e3:.2f} ms")
         if batch == BATCH:
             best_rate = max(rate, best_rate or 0.0)
     return lines, best_rate
@@ -496,8 +499,8 @@ def measure(p: Any, data: Data, trained: Any, folder: Path, args: argparse.Names
     results["profile2_conc"] = profile(client, pid, concurrent(triton_pair, long), long)
     results["profile2_b1_conc"] = profile(client, pid, concurrent(triton_pair, long, singles), long)
     client.close()
-    results["perf_analyzer"], results["perf_best"] = perf_analyzer(deployment.endpoint, version,
-                                                                   np.concatenate(batches), folder)
+    results["perf_analyzer"], results["perf_best"] = perf_analyzer(
+        {"grpc": deployment.endpoint, "http": deployment.http_endpoint}, version, np.concatenate(batches), folder)
     return results
 
 
@@ -555,7 +558,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]]:
          f">= 0.7x: {verdict(results[top] >= 0.7 * results[limit])}"],
     ]
     if results["perf_best"]:  # Triton's own C++ load generator as the client, in the same run
-        lines.append([f"  perf_analyzer (the same rows) best, batch {BATCH} / onnxruntime in process best",
+        lines.append([f"  perf_analyzer (the same rows, gRPC or HTTP) best, batch {BATCH} / onnxruntime best",
                       f"{results['perf_best'] / results[limit]:.2f}x",
                       f">= 0.7x: {verdict(results['perf_best'] >= 0.7 * results[limit])}"])
     lines += [
