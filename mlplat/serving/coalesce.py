@@ -9,6 +9,7 @@ many callers share requests, so a busy process sends a few large requests instea
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
@@ -92,12 +93,19 @@ class ThreadCoalescer:
     def __init__(self, send: SendNow, max_items: int = 256):
         self._send = send
         self.max_items = max_items
+        self._start()
+
+    def _start(self) -> None:
+        """No batch in flight: at creation, and in a forked child, whose parent's senders are not there."""
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._waiting: dict[Hashable, list[_Call]] = {}
         self._busy: set[Hashable] = set()
 
     def submit(self, key: Hashable, item: Any) -> Any:
         """``item``'s result, sent with whatever else waits for ``key``."""
+        if self._pid != os.getpid():
+            self._start()
         call = _Call(item)
         with self._lock:
             self._waiting.setdefault(key, []).append(call)

@@ -1,6 +1,8 @@
 """The coalescers (asyncio and threads) send concurrent calls together and answer each with its own result."""
 
 import asyncio
+import os
+import signal
 import threading
 import time
 
@@ -223,3 +225,23 @@ def test_threads_every_caller_gets_its_own_answer_whatever_the_timing(calls):
     assert answers == [(key, item * 10) for key, item in calls]
     assert all(len(batch) <= 4 for batch in send.batches)
     assert sorted(item for batch in send.batches for item in batch) == sorted(item for _, item in calls)
+
+
+def test_threads_a_forked_child_sends_its_own_calls_though_its_parent_had_one_in_flight():
+    send = BlockingRecorder()
+    coalescer = ThreadCoalescer(send)
+    first, answer = in_threads(coalescer, [("m", 1)])
+    assert send.in_flight.wait(10)  # the parent's batch is in flight, its sender a thread the child will not have
+    child = os.fork()
+    if child == 0:  # the child: its call goes out at once instead of waiting for a sender that is not there
+        os._exit(0 if coalescer.submit("m", 5) == ("m", 50) else 1)
+    deadline = time.monotonic() + 10
+    while (found := os.waitpid(child, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if found == (0, 0):
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    send.release.set()
+    joined(first)
+    assert answer == [("m", 10)]
+    assert found[0] == child and os.waitstatus_to_exitcode(found[1]) == 0, "the forked child's call never returned"
