@@ -144,7 +144,7 @@ class Platform:
 
         Options: ``missing`` (``"flag"``, ``"error"`` or ``"impute"``: what serving does with rows that lack
         features, see :mod:`mlplat.serving.missing`), ``keep``, ``default``, ``max_batch_size``, ``instances``,
-        ``tolerance`` (see :func:`mlplat.serving.deploy.deploy`).
+        ``queue_delay_us``, ``tolerance`` (see :meth:`mlplat.serving.deploy.Deployer.deploy`).
         """
         from mlplat.options import check_options
 

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlplat.config import Settings
-from mlplat.errors import OnnxExportError, ServingError
+from mlplat.errors import InvalidArgument, OnnxExportError, ServingError
 from mlplat.registry.logged_onnx import ONNX, PYFUNC, LoggedOnnx, difference, parity
 from mlplat.registry.logged_onnx import load as load_logged
 from mlplat.registry.names import check_model_name
+from mlplat.serving.batching import Batching
 from mlplat.serving.missing import DEFAULT as DEFAULT_POLICY
 from mlplat.serving.missing import check_policy
 from mlplat.serving.onnx_export import INPUT, Inputs, OnnxModel, check_parity, export
@@ -34,36 +35,27 @@ if TYPE_CHECKING:
 
 CONFIG = """name: "{name}"
 backend: "onnxruntime"
-max_batch_size: {max_batch_size}
 input [ {inputs} ]
 output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
-dynamic_batching {{ }}
-instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 version_policy: {{ specific: {{ versions: [ {versions} ] }} }}
-"""
+{batching}"""
 BY_ID_CONFIG = """name: "{name}"
 backend: "python"
-max_batch_size: {max_batch_size}
 input [ {inputs} ]
 output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }},
          {{ name: "{missing_output}" data_type: TYPE_BOOL dims: [ {n_features} ] }} ]
-dynamic_batching {{ }}
-instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 parameters: {{ key: "features" value: {{ string_value: "{features}" }} }}
 parameters: {{ key: "missing" value: {{ string_value: "{missing}" }} }}
-"""
+{batching}"""
 PYFUNC_CONFIG = """name: "{name}"
 backend: "python"
-max_batch_size: {max_batch_size}
 input [ {{ name: "{input}" data_type: TYPE_FP32 dims: [ {n_features} ] }} ]
 output [ {{ name: "{output}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
-dynamic_batching {{ }}
-instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 version_policy: {{ specific: {{ versions: [ {versions} ] }} }}
 parameters: {{ key: "python" value: {{ string_value: "{python}" }} }}
 parameters: {{ key: "pythonpath" value: {{ string_value: "{pythonpath}" }} }}
 parameters: {{ key: "kind" value: {{ string_value: "{kind}" }} }}
-"""
+{batching}"""
 PYFUNC_MODEL = Path(__file__).parent / "backend" / "pyfunc.py"
 PYFUNC_FOLDER = "mlflow_model"  # beside model.py in the version's folder: the pinned MLflow model its worker loads
 RUNTIMES = {ONNX: "onnx", PYFUNC: "pyfunc (slower)"}
@@ -92,10 +84,10 @@ class Deployment:
                 f" (HTTP <code>{self.http_endpoint}</code>)<br>features: {', '.join(self.features)}</div>")
 
 
-def config_text(name: str, versions: str, onnx: OnnxModel, width: int, max_batch_size: int, instances: int) -> str:
+def config_text(name: str, versions: str, onnx: OnnxModel, width: int, batching: Batching) -> str:
     """The ``config.pbtxt`` shared by the CPU (python backend) and GPU (native onnxruntime) Tritons."""
     return CONFIG.format(name=name, versions=", ".join(versions.split()), inputs=input_text(onnx.inputs),
-                         output=onnx.output, width=width, max_batch_size=max_batch_size, instances=instances)
+                         output=onnx.output, width=width, batching=batching.config())
 
 
 def input_text(inputs: Inputs) -> str:
@@ -120,7 +112,7 @@ class Deployer:
 
     def deploy(self, name: str, version: str | int | None = None, alias: str = "champion", max_batch_size: int = 1024,
                instances: int = 1, tolerance: float = 1e-4, keep: tuple[str, ...] = (), default: bool = True,
-               missing: str = DEFAULT_POLICY) -> Deployment:
+               missing: str = DEFAULT_POLICY, queue_delay_us: int = 0) -> Deployment:
         """Export, check and load a registered version (default: the champion) on Triton.
 
         ``missing`` is what serving does with rows that lack feature values: ``"flag"`` them (default),
@@ -130,15 +122,17 @@ class Deployer:
         test serves two); ``default=False`` loads it without making it the version
         that ``predict`` uses when none is asked for; the default also gets a ``<name>_by_id`` model that reads
         its features from Redis inside Triton, unless it takes on-demand features. Dynamic batching merges
-        concurrent requests (no added delay) up to ``max_batch_size`` rows;
-        ``instances`` model copies run in parallel (one per core is a good start). The ``_by_id`` model gets
-        both settings too.
+        concurrent requests up to ``max_batch_size`` rows, waiting up to ``queue_delay_us`` microseconds for more
+        (default 0: no added delay); ``instances`` model copies run in parallel (one per core is a good start).
+        The ``_by_id`` model gets these settings too (see :class:`~mlplat.serving.batching.Batching`).
         """
         from mlplat.features.on_demand import is_on_demand
         from mlplat.features.refs import resolve
         from mlplat.registry.artifacts import load_impute, load_model, load_spec, model_inputs, registered
 
         check_policy(missing)
+        batching = Batching(max_batch_size, instances, queue_delay_us)
+        _check_tolerance(tolerance)
         found = self.registry.get(name, version, alias if version is None else None)
         spec, entity_df = load_spec(self.settings, found.run_id)
         impute = load_impute(self.settings, found.run_id) if missing == "impute" else None
@@ -182,9 +176,9 @@ class Deployer:
         loaded = " ".join(sorted(versions, key=int))
         if onnx is not None:
             (folder / found.version / "model.onnx").write_bytes(onnx.data)
-            (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, max_batch_size, instances))
+            (folder / "config.pbtxt").write_text(config_text(name, loaded, onnx, width, batching))
         else:
-            self._write_pyfunc(name, found.version, tags, logged, loaded, max_batch_size, instances)
+            self._write_pyfunc(name, found.version, tags, logged, loaded, batching)
         default_version = found.version if default or not kept else info["default"]
         (folder / SERVING_INFO).write_text(json.dumps({"default": default_version, "versions": versions}))
         # On-demand features need request data and their function, which Redis alone cannot give the by-id model:
@@ -194,7 +188,7 @@ class Deployer:
         stale = default and not by_id and (folder.parent / f"{name}{BY_ID}").exists()
         if by_id:
             self._write_by_id(name, {**versions[found.version], "version": found.version}, requests, width,
-                              max_batch_size, instances)
+                              batching)
         elif stale:
             shutil.rmtree(folder.parent / f"{name}{BY_ID}")
         with self.target.session() as triton:
@@ -224,7 +218,7 @@ class Deployer:
         return OnnxModel(logged.data, logged.output, Inputs(list(range(logged.n_features)))), logged.width
 
     def _write_pyfunc(self, name: str, version: str, tags: dict[str, str], logged: LoggedOnnx, versions: str,
-                      max_batch_size: int, instances: int) -> None:
+                      batching: Batching) -> None:
         """A Triton python model whose worker (the platform's interpreter) serves the version's MLflow pyfunc."""
         from mlplat.registry.integrity import verified_copy
 
@@ -235,14 +229,14 @@ class Deployer:
         shutil.copyfile(PYFUNC_MODEL, target / "model.py")
         (self.target.models / name / "config.pbtxt").write_text(PYFUNC_CONFIG.format(
             name=name, versions=", ".join(versions.split()), input=INPUT, n_features=logged.n_features,
-            output=logged.output, width=logged.width, max_batch_size=max_batch_size, instances=instances,
-            python=sys.executable, pythonpath=_platform_path(), kind=logged.kind))
+            output=logged.output, width=logged.width, batching=batching.config(), python=sys.executable,
+            pythonpath=_platform_path(), kind=logged.kind))
 
-    def _write_by_id(self, name: str, info: dict[str, Any], requests: list, width: int, max_batch_size: int,
-                     instances: int) -> None:
+    def _write_by_id(self, name: str, info: dict[str, Any], requests: list, width: int,
+                     batching: Batching) -> None:
         """The ``<name>_by_id`` model: entity ids in, predictions out, features read from Redis inside Triton.
 
-        Batched like the model itself (``instances`` copies, dynamic batching up to ``max_batch_size`` rows): the
+        Batched like the model itself (``batching``: its copies, dynamic batching and queue delay): the
         requests of one batch make one Redis MGET and one call of the model, run in by_id's own process where the
         target's onnxruntime backend is mlplat's python one (:attr:`ServingTarget.onnx_runner`).
 
@@ -290,9 +284,9 @@ class Deployer:
         (folder / "1" / "lookup.json").write_text(json.dumps(lookup))
         inputs = ", ".join(f'{{ name: "{k}" data_type: TYPE_STRING dims: [ 1 ] }}' for k in keys)
         (folder / "config.pbtxt").write_text(BY_ID_CONFIG.format(
-            name=f"{name}{BY_ID}", max_batch_size=max_batch_size, inputs=inputs, output=info["output"], width=width,
-            missing_output=MISSING_OUTPUT, n_features=column, features=",".join(info["features"]),
-            missing=info["missing"], instances=instances))
+            name=f"{name}{BY_ID}", inputs=inputs, output=info["output"], width=width, missing_output=MISSING_OUTPUT,
+            n_features=column, features=",".join(info["features"]), missing=info["missing"],
+            batching=batching.config()))
 
     def undeploy(self, name: str) -> None:
         """Unload a model from Triton and remove it from the model repository."""
@@ -339,6 +333,13 @@ def _same_runtime(name: str, version: str, runtime: str, kept: dict[str, Any]) -
 def _platform_path() -> str:
     """Where this mlplat is imported from: the pyfunc worker, run by the same interpreter, imports it there too."""
     return str(Path(__file__).resolve().parents[2])  # the folder holding the mlplat package
+
+
+def _check_tolerance(tolerance: Any) -> None:
+    """InvalidArgument unless ``tolerance`` (the export's allowed difference from the model) is a number >= 0."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < float("inf"):
+        raise InvalidArgument(f"p.deploy(..., tolerance=) takes a number >= 0 (the largest difference allowed "
+                              f"between the ONNX export's outputs and the model's), not {tolerance!r}.")
 
 
 def _check_live(endpoint: str, name: str, version: str, logged: LoggedOnnx, tolerance: float) -> None:

@@ -8,7 +8,7 @@ import pytest
 from platforms import triton_platform
 from triton_calls import at_once, executions, key_inputs
 
-from mlplat.errors import ModelNotFound, OnnxExportError, ServingError
+from mlplat.errors import InvalidArgument, ModelNotFound, OnnxExportError, ServingError
 from mlplat.registry.artifacts import load_model
 from mlplat.serving.triton import TritonService
 
@@ -128,8 +128,8 @@ def test_bad_requests_are_explained(platform, base):
         platform.predict("base", ROWS, version="99")
     with pytest.raises(ServingError, match="not deployed"):
         platform.undeploy("nope")
-    with pytest.raises(OnnxExportError, match="refusing to deploy"):
-        platform.deploy("base", tolerance=-1)  # no export can meet a negative tolerance
+    with pytest.raises(InvalidArgument, match="tolerance=. takes a number >= 0"):
+        platform.deploy("base", tolerance=-1)  # no export could meet it: refused before the export
 
 
 def test_a_model_onnx_cannot_express_is_refused(platform):
@@ -308,12 +308,12 @@ def test_a_bad_key_fails_its_own_request_only_and_the_rest_of_the_batch_is_answe
 def test_deploy_gives_by_id_the_models_instances_and_dynamic_batching(platform, base):
     import tritonclient.grpc as grpcclient
 
-    platform.deploy("base", instances=2, max_batch_size=512)
+    platform.deploy("base", instances=2, max_batch_size=512, queue_delay_us=300)
     client = grpcclient.InferenceServerClient(TritonService(platform.settings).ensure().url)
     try:
         for model in ("base", "base_by_id"):
             config = client.get_model_config(model, as_json=True)["config"]
-            assert "dynamic_batching" in config
+            assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 300
             assert [group["count"] for group in config["instance_group"]] == [2]
             assert config["max_batch_size"] == 512
         answer = client.infer("base_by_id", key_inputs({"driver_id": [b"1"], "customer_id": [b"5"]}))
@@ -321,3 +321,15 @@ def test_deploy_gives_by_id_the_models_instances_and_dynamic_batching(platform, 
         client.close()
     np.testing.assert_allclose(answer.as_numpy("probabilities"),
                                platform.predict("base", [{"driver_id": 1, "customer_id": 5}]).outputs, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", [{"instances": 0}, {"instances": "2"}, {"max_batch_size": 1.5},
+                                    {"queue_delay_us": -1}, {"instances": '1 } ] backend: "python" #'},
+                                    {"tolerance": "tight"}])
+def test_bad_batching_options_are_refused_before_anything_changes(platform, base, option):
+    repository = TritonService(platform.settings).models
+    before = {path: path.read_bytes() for path in repository.rglob("*") if path.is_file()}
+    with pytest.raises(InvalidArgument, match=f"{next(iter(option))}="):
+        platform.deploy("base", **option)
+    assert {path: path.read_bytes() for path in repository.rglob("*") if path.is_file()} == before
+    assert platform.predict("base", [{"driver_id": 1, "customer_id": 5}]).version
