@@ -99,8 +99,8 @@ class ThreadCoalescer:
         """No batch in flight: at creation, and in a forked child, whose parent's senders are not there."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        # Per key with a batch in flight, the calls waiting for the next one (a key is here while one is in flight).
         self._waiting: dict[Hashable, list[_Call]] = {}
-        self._busy: set[Hashable] = set()
 
     def submit(self, key: Hashable, item: Any) -> Any:
         """``item``'s result, sent with whatever else waits for ``key``."""
@@ -108,9 +108,8 @@ class ThreadCoalescer:
             self._start()
         call = _Call(item)
         with self._lock:
+            leads = key not in self._waiting
             self._waiting.setdefault(key, []).append(call)
-            leads = key not in self._busy
-            self._busy.add(key)
         if not leads:
             call.woken.wait()
         if not call.answered:  # it leads: the batch it sends begins with its own call
@@ -137,5 +136,4 @@ class ThreadCoalescer:
                     self._waiting[key][0].woken.set()
                 else:
                     del self._waiting[key]
-                    self._busy.discard(key)
 

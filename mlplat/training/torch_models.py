@@ -144,13 +144,11 @@ def export(model: TorchModel, n_features: int) -> bytes:
 
 def logged_export(model: TorchModel, X: pd.DataFrame, tolerance: float = 1e-4) -> LoggedOnnx:
     """The module's export with sample rows and the module's outputs on them, checked to agree."""
-    rows = np.asarray(X.head(SAMPLE_ROWS), dtype=np.float32)
-    data = export(model, X.shape[1])
-    native = model.predict_proba(rows) if model.kind == "classifier" else model.predict(rows).reshape(-1, 1)
-    parity(data, OUTPUTS[model.kind], rows, native, tolerance, type(model.module).__name__)
-    parity(data, OUTPUTS[model.kind], rows[:1], native[:1], tolerance, type(model.module).__name__)  # batch 1
-    classes = None if model.classes_ is None else model.classes_.tolist()
-    return LoggedOnnx(data, OUTPUTS[model.kind], X.shape[1], native.shape[1], model.kind, classes, rows, native)
+    found = _described(model, X, export(model, X.shape[1]))
+    what = type(model.module).__name__
+    parity(found.data, found.output, found.rows, found.native, tolerance, what)
+    parity(found.data, found.output, found.rows[:1], found.native[:1], tolerance, what)  # batch 1
+    return found
 
 
 def export_or_describe(model: TorchModel, X: pd.DataFrame, tolerance: float = 1e-4) -> tuple[LoggedOnnx, str | None]:
@@ -159,11 +157,15 @@ def export_or_describe(model: TorchModel, X: pd.DataFrame, tolerance: float = 1e
     try:
         return logged_export(model, X, tolerance), None
     except OnnxExportError as exc:
-        rows = np.asarray(X.head(SAMPLE_ROWS), dtype=np.float32)
-        native = model.predict_proba(rows) if model.kind == "classifier" else model.predict(rows).reshape(-1, 1)
-        classes = None if model.classes_ is None else model.classes_.tolist()
-        return LoggedOnnx(None, OUTPUTS[model.kind], X.shape[1], native.shape[1], model.kind, classes, rows,
-                          native), str(exc)
+        return _described(model, X, None), str(exc)
+
+
+def _described(model: TorchModel, X: pd.DataFrame, data: bytes | None) -> LoggedOnnx:
+    """The export ``data`` (None: none) with its sample rows of ``X`` and the module's outputs on them."""
+    rows = np.asarray(X.head(SAMPLE_ROWS), dtype=np.float32)
+    native = model.predict_proba(rows) if model.kind == "classifier" else model.predict(rows).reshape(-1, 1)
+    classes = None if model.classes_ is None else model.classes_.tolist()
+    return LoggedOnnx(data, OUTPUTS[model.kind], X.shape[1], native.shape[1], model.kind, classes, rows, native)
 
 
 def log_model(model: TorchModel, X_sample: pd.DataFrame, output: Any) -> Any:

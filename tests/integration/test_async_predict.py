@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from platforms import serving_platform
+from triton_calls import executions
 
 from mlplat.errors import MlplatError, ServingError
 
@@ -20,11 +21,13 @@ def served(tmp_path_factory, redis_url):
         yield found
 
 
-def executions(p, name):
-    """Triton's count of model executions and of the requests they served, so far."""
+def served_requests(p):
+    """How many requests of the model Triton has served so far."""
     client = grpcclient.InferenceServerClient(p.serving_target.ensure().grpc)
-    stats = client.get_inference_statistics(name, as_json=True)["model_stats"][0]
-    return int(stats.get("execution_count", 0)), int(stats["inference_stats"]["success"].get("count", 0))
+    try:
+        return executions(client, "coalesced")[0]
+    finally:
+        client.close()
 
 
 def test_the_async_client_returns_what_the_sync_client_returns(served):
@@ -39,7 +42,7 @@ def test_the_async_client_returns_what_the_sync_client_returns(served):
 
 def test_concurrent_callers_share_requests_and_each_gets_its_own_rows(served):
     p, outputs = served
-    before = executions(p, "coalesced")
+    before = served_requests(p)
 
     async def callers():
         # Forty callers at once, one entity each, in a shuffled order; a forty-first sends rows of the wrong width.
@@ -53,13 +56,13 @@ def test_concurrent_callers_share_requests_and_each_gets_its_own_rows(served):
     assert isinstance(refused, ServingError) and "rows of 2 features" in str(refused)
     for i, answer in zip(order, found):
         np.testing.assert_array_equal(answer.outputs, outputs[i:i + 1])  # its own row, nobody else's
-    requests = executions(p, "coalesced")[1] - before[1]
+    requests = served_requests(p) - before
     assert 1 <= requests < len(ROWS)  # fewer requests reached Triton than calls were made: they were shared
 
 
 def test_concurrent_threads_share_requests_and_each_gets_its_own_rows(served):
     p, outputs = served
-    before = executions(p, "coalesced")
+    before = served_requests(p)
     order = np.random.default_rng(1).permutation(len(ROWS)).tolist()
     start = threading.Barrier(len(order) + 1)
     answers = {}
@@ -81,7 +84,7 @@ def test_concurrent_threads_share_requests_and_each_gets_its_own_rows(served):
     for i, answer in answers.items():
         np.testing.assert_array_equal(answer.outputs, outputs[i:i + 1])  # its own row, nobody else's
     assert sorted(answers) == list(range(len(ROWS)))
-    requests = executions(p, "coalesced")[1] - before[1]
+    requests = served_requests(p) - before
     assert 1 <= requests < len(ROWS)  # fewer requests reached Triton than calls were made: they were shared
 
 
