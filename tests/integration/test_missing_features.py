@@ -69,11 +69,11 @@ def p(tmp_path_factory, redis_url):
     TritonService(platform.settings).stop()
 
 
-def serve(p, policy: str) -> None:
-    """Deploy the model with ``policy`` unless it already is."""
-    if p.policy != policy:
-        p.deploy(NAME, missing=policy)
-        p.policy = policy
+def serve(p, policy: str, queue_delay_us: int = 0) -> None:
+    """Deploy the model with ``policy`` (and Triton's queue delay) unless it already is."""
+    if p.policy != (policy, queue_delay_us):
+        p.deploy(NAME, missing=policy, queue_delay_us=queue_delay_us)
+        p.policy = (policy, queue_delay_us)
 
 
 def matrix(p, rows: list[dict]) -> np.ndarray:
@@ -180,7 +180,7 @@ def test_error_in_a_batch_refuses_only_the_request_whose_rows_lack_features(p):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    serve(p, "error")
+    serve(p, "error", queue_delay_us=20_000)  # requests sent at once meet in the batcher, however fast each runs
     complete = [[{"driver_id": d, "customer_id": c}] for d, c in [(1, 1), (3, 4), (2, 2), (4, 3)] * 8]
     requests = [ids_of(rows) for rows in complete[:12]] + [ids_of(ROWS)] + [ids_of(rows) for rows in complete[12:]]
     client = grpcclient.InferenceServerClient(TritonService(p.settings).ensure().url)

@@ -12,6 +12,7 @@ from mlplat.errors import InvalidArgument, ModelNotFound, OnnxExportError, Servi
 from mlplat.registry.artifacts import load_model
 from mlplat.serving.triton import TritonService
 
+WINDOW_US = 20_000  # a queue delay that lets requests sent at once meet in Triton's batcher
 FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate", "customer_profile:avg_fare"]
 DRIVER_FEATURES = ["driver_stats:rating", "driver_stats:acceptance_rate"]
 ROWS = [{"driver_id": d, "customer_id": c} for d, c in [(1, 5), (2, 7), (3, 9), (999, 1)]]  # 999: never seen
@@ -258,7 +259,16 @@ def _batch_of_requests(bad=None):
     return requests
 
 
-def test_by_id_batches_concurrent_requests_into_one_execution_with_the_unbatched_answers(platform, base):
+@pytest.fixture
+def batching_window(platform, base):
+    """``base`` served with a 20 ms queue delay, so that requests sent together are batched however fast each
+    runs (a 2-core machine under load sends them more slowly than by_id answers); then as it was."""
+    platform.deploy("base", queue_delay_us=WINDOW_US)
+    yield
+    platform.deploy("base")
+
+
+def test_by_id_batches_concurrent_requests_into_one_execution_with_the_unbatched_answers(platform, batching_window):
     import tritonclient.grpc as grpcclient
 
     requests = _batch_of_requests()
@@ -282,7 +292,7 @@ def test_by_id_batches_concurrent_requests_into_one_execution_with_the_unbatched
         np.testing.assert_array_equal(missing, expected_missing)
 
 
-def test_a_bad_key_fails_its_own_request_only_and_the_rest_of_the_batch_is_answered(platform, base):
+def test_a_bad_key_fails_its_own_request_only_and_the_rest_of_the_batch_is_answered(platform, batching_window):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
